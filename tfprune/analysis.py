@@ -1,0 +1,1 @@
+def analyze(model): raise NotImplementedError

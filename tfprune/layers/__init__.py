@@ -1,0 +1,1 @@
+"""Keras layers provided by tfprune."""
