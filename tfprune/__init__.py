@@ -9,11 +9,10 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfprune import analysis, datasets  # noqa: E402
-from tfprune import callbacks, layers  # noqa: E402
-from tfprune.analysis import analyze  # noqa: E402
-from tfprune.sparsity import strip  # noqa: E402
-from tfprune.version import __version__  # noqa: E402
+from tfprune import analysis, callbacks, datasets, layers
+from tfprune.analysis import analyze
+from tfprune.sparsity import strip
+from tfprune.version import __version__
 
 __all__ = [
     "__version__",
