@@ -6,8 +6,13 @@ TFLite/LiteRT. The public API is re-exported here.
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.path.basename(sys.argv[0]) == "tfprune":
+    # The `tfprune` command keeps TensorFlow's C++ start-up chatter off the
+    # terminal; library users keep whatever logging they configured.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfprune import analysis, callbacks, datasets, layers
 from tfprune.analysis import analyze
