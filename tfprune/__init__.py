@@ -14,7 +14,7 @@ if os.path.basename(sys.argv[0]) == "tfprune":
     # terminal; library users keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfprune import analysis, callbacks, datasets, layers
+from tfprune import analysis, callbacks, datasets, layers, models
 from tfprune.analysis import analyze
 from tfprune.sparsity import strip
 from tfprune.version import __version__
@@ -26,5 +26,6 @@ __all__ = [
     "callbacks",
     "datasets",
     "layers",
+    "models",
     "strip",
 ]
