@@ -1,0 +1,82 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfprune import _utils
+
+
+def _functional():
+    inputs = keras.Input((6,), name="features")
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden * 0.5))
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def test_require_graph_model_accepts_functional_and_sequential():
+    model = _functional()
+    assert _utils.require_graph_model(model, "f") is model
+    sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert _utils.require_graph_model(sequential, "f") is sequential
+
+
+def test_require_graph_model_refuses_subclassed_unbuilt_and_non_models():
+    with pytest.raises(TypeError, match="cannot transform subclassed model"):
+        _utils.require_graph_model(_Subclassed(), "tfprune.f")
+    with pytest.raises(ValueError, match="is not built"):
+        _utils.require_graph_model(keras.Sequential([keras.layers.Dense(2)]), "tfprune.f")
+    with pytest.raises(TypeError, match="expects a Keras 3 `keras.Model`"):
+        _utils.require_graph_model(keras.layers.Dense(2), "tfprune.f")
+
+
+def test_clone_graph_copies_weights_keeps_names_and_replaces():
+    model = _functional()
+    before = [weight.copy() for weight in model.get_weights()]
+
+    def replace(layer):
+        if layer.name != "hidden":
+            return None
+        new_layer = keras.layers.Dense(4, name="hidden", kernel_initializer="zeros")
+        new_layer.build((None, 6))
+        return new_layer
+
+    clone = _utils.clone_graph(model, replace)
+    assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
+    np.testing.assert_array_equal(clone.get_layer("logits").kernel, model.get_layer("logits").kernel)
+    np.testing.assert_array_equal(clone.get_layer("hidden").kernel, np.zeros((6, 4)))
+    # The input model is untouched and the clone does not share its variables.
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    inputs = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    untouched = _utils.clone_graph(model)
+    np.testing.assert_allclose(untouched(inputs), model(inputs), atol=0)
+    untouched.get_layer("logits").kernel.assign(np.ones((4, 2)))
+    assert not np.allclose(model.get_layer("logits").kernel, 1.0)
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("original")
+    with pytest.raises(RuntimeError):
+        with _utils.atomic_path(target) as temporary:
+            with open(temporary, "w") as handle:
+                handle.write("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "original"
+    assert os.listdir(tmp_path) == ["out.txt"]  # no temporary file left behind
+    with _utils.atomic_path(target) as temporary:
+        with open(temporary, "w") as handle:
+            handle.write("new")
+    assert target.read_text() == "new"
+    with pytest.raises(FileExistsError, match="already exists"):
+        with _utils.atomic_path(target, overwrite=False):
+            pass
