@@ -1,0 +1,353 @@
+"""The `tfprune` command line.
+
+Every subcommand has `--help`. Commands that print figures accept `--json`.
+Bad input (a missing or corrupt file, a bad rate, an unknown criterion, an
+existing output without `--force`) prints one sentence on stderr and exits with
+code 2, without a traceback (`--traceback` shows it, for bug reports). Outputs
+are written atomically: a failed run never leaves a half-written file and never
+replaces an existing one unless `--force` is given. Input files are only read.
+
+Example:
+
+```
+tfprune demo --quick --out demo_out
+tfprune report model.keras
+tfprune prune model.keras --criterion sparsity_gamma --rate 0.5 -o small.keras
+tfprune export small.keras -o small.tflite --quantize dynamic
+tfprune bench small.tflite --threads 1 2
+```
+"""
+
+import argparse
+import json
+import os
+import sys
+import zipfile
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one sentence, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the whole usage block before its error; one line is
+    # easier to read and to test, and `--help` still shows the usage.
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def main(argv=None):
+    """Runs the `tfprune` command.
+
+    Args:
+        argv: Optional list of strings. The arguments after the program name;
+            defaults to `sys.argv[1:]`.
+
+    Returns:
+        Int. The exit code: 0 on success, 2 on bad input.
+
+    Example:
+
+    >>> from tfprune.cli import main
+    >>> main(["report", "missing.keras"])  # doctest: +SKIP
+    2
+    """
+    parser = build_parser()
+    show_traceback = "--traceback" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.handler(args) or 0
+    except (UsageError, ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
+        if show_traceback:
+            raise
+        message = " ".join(str(error).split())
+        print(f"tfprune: error: {message}", file=sys.stderr)
+        return 2
+
+
+def build_parser():
+    """Returns the `argparse` parser of the `tfprune` command."""
+    parser = _Parser(
+        prog="tfprune",
+        description="Pruning for Keras 3: learnable sparsity, channel removal, TFLite export.",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show Python tracebacks for errors"
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = subcommands.add_parser(
+        "demo",
+        help="run the whole pipeline on the offline digits data",
+        description=(
+            "Train a MobileNetV3 on the digits data with BN-gamma sparsification, prune it "
+            "at rate 0.5 (sparsity_gamma) and fine-tune; train an STR variant to 90% "
+            "sparsity; export all three to TFLite; print one table and write it as JSON "
+            "plus PNG plots into --out."
+        ),
+    )
+    demo.add_argument("--out", default="tfprune_demo", help="output directory (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a short run (about 2 minutes)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    _add_json_flag(demo)
+    demo.set_defaults(handler=_run_demo)
+
+    report = subcommands.add_parser(
+        "report",
+        help="params, MACs and sparsity of a .keras model",
+        description="Print params, MACs (FLOPs = 2 x MACs) and kernel sparsity per layer.",
+    )
+    report.add_argument("model", help="input .keras file")
+    _add_json_flag(report)
+    report.set_defaults(handler=_run_report)
+
+    prune = subcommands.add_parser(
+        "prune",
+        help="remove channels from a .keras model",
+        description="Score channels with a criterion and physically remove the lowest ones.",
+    )
+    prune.add_argument("model", help="input .keras file")
+    prune.add_argument("--criterion", required=True, help="importance criterion, e.g. sparsity_gamma, l1")
+    prune.add_argument("--rate", required=True, type=_rate, help="share of channels to remove, in (0, 1)")
+    prune.add_argument("--scope", default="global", choices=("global", "group"))
+    prune.add_argument("--targets", default="all", choices=("all", "expansion"))
+    prune.add_argument("--min-channels", type=int, default=1, help="channels every group keeps")
+    prune.add_argument("--round-to", type=int, default=1, help="round kept widths to a multiple")
+    _add_output_flags(prune, ".keras")
+    _add_json_flag(prune)
+    prune.set_defaults(handler=_run_prune)
+
+    sparsify = subcommands.add_parser(
+        "sparsify",
+        help="replace conv/dense layers by STR layers",
+        description="Replace Conv1D/Conv2D/DepthwiseConv2D/Dense layers by STR layers (weights kept).",
+    )
+    sparsify.add_argument("model", help="input .keras file")
+    sparsify.add_argument("--skip", nargs="*", default=(), help="layer names to leave dense")
+    sparsify.add_argument("--s-init", type=float, default=None, help="initial threshold parameter s")
+    _add_output_flags(sparsify, ".keras")
+    sparsify.set_defaults(handler=_run_sparsify)
+
+    strip = subcommands.add_parser(
+        "strip",
+        help="bake sparse kernels into plain Keras layers",
+        description="Replace STR layers and pruning masks by plain Keras layers (identical outputs).",
+    )
+    strip.add_argument("model", help="input .keras file")
+    _add_output_flags(strip, ".keras")
+    strip.set_defaults(handler=_run_strip)
+
+    export = subcommands.add_parser(
+        "export",
+        help="convert a .keras model to .tflite",
+        description="Convert to TFLite/LiteRT, verify against Keras in the interpreter, report sizes.",
+    )
+    export.add_argument("model", help="input .keras file")
+    export.add_argument("--quantize", choices=("dynamic", "float16", "int8"), default=None)
+    export.add_argument("--sparse", action="store_true", help="use the converter's sparsity encoding")
+    export.add_argument(
+        "--calibration",
+        choices=("digits", "random"),
+        default="random",
+        help="representative data for --quantize int8 (default: %(default)s)",
+    )
+    _add_output_flags(export, ".tflite")
+    _add_json_flag(export)
+    export.set_defaults(handler=_run_export)
+
+    bench = subcommands.add_parser(
+        "bench",
+        help="LiteRT latency of a .tflite file",
+        description="Measure LiteRT interpreter latency (XNNPACK): warm-up, then median/min/max.",
+    )
+    bench.add_argument("model", help="input .tflite file")
+    bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    bench.add_argument("--runs", type=_positive_int, default=50)
+    _add_json_flag(bench)
+    bench.set_defaults(handler=_run_bench)
+    return parser
+
+
+def _add_json_flag(parser):
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_output_flags(parser, suffix):
+    parser.add_argument("-o", "--output", required=True, help=f"output {suffix} file")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+
+
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate must be a number in (0, 1); received {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"rate must be in (0, 1); received {text}")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text}")
+    return value
+
+
+def _check_input(path, suffix):
+    if not os.path.isfile(path):
+        raise UsageError(f"Input file '{path}' does not exist.")
+    if not path.endswith(suffix):
+        raise UsageError(f"Input file '{path}' is not a {suffix} file; pass a {suffix} file.")
+
+
+def _check_output(path, suffix, force):
+    if not path.endswith(suffix):
+        raise UsageError(f"Output '{path}' must end in {suffix}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"Output directory '{directory}' does not exist; create it first.")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"Output '{path}' already exists; pass --force to overwrite it.")
+
+
+def _load_model(path):
+    _check_input(path, ".keras")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"Input file '{path}' is not a valid .keras archive (corrupt or another format).")
+    import keras
+
+    import tfprune  # noqa: F401  (registers tfprune's layers for deserialization)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # keras raises many types for unreadable archives
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"Could not load '{path}' as a Keras model: {first_line}") from error
+
+
+def _save_model(model, path, force):
+    from tfprune._utils import atomic_path
+
+    with atomic_path(path, overwrite=force) as temporary:
+        model.save(temporary)
+
+
+def _emit(result, as_json):
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=_json_default))
+    else:
+        print(result)
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def _run_demo(args):
+    from tfprune import demo
+
+    result = demo.run(out_dir=args.out, quick=args.quick, seed=args.seed, verbose=not args.json)
+    _emit(result, args.json)
+
+
+def _run_report(args):
+    import tfprune
+
+    model = _load_model(args.model)
+    _emit(tfprune.analyze(model), args.json)
+
+
+def _run_prune(args):
+    import tfprune
+
+    _check_output(args.output, ".keras", args.force)
+    model = _load_model(args.model)
+    try:
+        tfprune.criteria.get(args.criterion)
+    except (KeyError, ValueError) as error:
+        raise UsageError(str(error).strip("'\"")) from None
+    pruned, result = tfprune.prune(
+        model,
+        criterion=args.criterion,
+        rate=args.rate,
+        scope=args.scope,
+        targets=args.targets,
+        min_channels=args.min_channels,
+        round_to=args.round_to,
+    )
+    _save_model(pruned, args.output, args.force)
+    _emit(result, args.json)
+
+
+def _run_sparsify(args):
+    import tfprune
+
+    _check_output(args.output, ".keras", args.force)
+    model = _load_model(args.model)
+    options = {} if args.s_init is None else {"s_init": args.s_init}
+    sparse_model = tfprune.sparsify(model, skip=tuple(args.skip), **options)
+    _save_model(sparse_model, args.output, args.force)
+    print(f"wrote {args.output}")
+
+
+def _run_strip(args):
+    import tfprune
+
+    _check_output(args.output, ".keras", args.force)
+    model = _load_model(args.model)
+    _save_model(tfprune.strip(model), args.output, args.force)
+    print(f"wrote {args.output}")
+
+
+def _run_export(args):
+    _check_output(args.output, ".tflite", args.force)
+    from tfprune import export
+
+    model = _load_model(args.model)
+    representative_data = None
+    if args.quantize == "int8":
+        representative_data = _calibration_data(model, args.calibration)
+    report = export.to_tflite(
+        model,
+        args.output,
+        quantize=args.quantize,
+        representative_data=representative_data,
+        sparse=args.sparse,
+        overwrite=args.force,
+    )
+    _emit(report, args.json)
+
+
+def _calibration_data(model, source):
+    import numpy as np
+
+    shape = tuple(model.inputs[0].shape[1:])
+    if source == "digits":
+        from tfprune import datasets
+
+        if len(shape) != 3:
+            raise UsageError(f"--calibration digits needs an image model (H, W, C); input shape is {shape}.")
+        (images, _), _ = datasets.digits(
+            image_size=shape[0], channels=shape[2], as_numpy=True
+        )
+        return images[:200]
+    return np.random.default_rng(0).uniform(0.0, 1.0, size=(100, *shape)).astype("float32")
+
+
+def _run_bench(args):
+    _check_input(args.model, ".tflite")
+    from tfprune import export
+
+    _emit(export.benchmark(args.model, threads=tuple(args.threads), runs=args.runs), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
