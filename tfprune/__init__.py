@@ -14,7 +14,7 @@ if os.path.basename(sys.argv[0]) == "tfprune":
     # terminal; library users keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfprune import analysis, callbacks, datasets, layers, models
+from tfprune import analysis, callbacks, datasets, graph, layers, models, surgery
 from tfprune.analysis import analyze
 from tfprune.sparsity import strip
 from tfprune.version import __version__
@@ -25,7 +25,9 @@ __all__ = [
     "analyze",
     "callbacks",
     "datasets",
+    "graph",
     "layers",
     "models",
     "strip",
+    "surgery",
 ]

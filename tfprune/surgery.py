@@ -1,0 +1,268 @@
+"""Physically remove channels from a Sequential or functional Keras 3 model.
+
+`remove_channels(model, {group_name: indices})` returns a new model in which
+the given channels of the given groups (see `tfprune.graph`) are gone: layer
+configs are updated (`filters`, `units`, reshape targets), every weight that
+carries a removed channel is sliced (kernels on the right axis, biases,
+BatchNormalization gamma/beta/moving statistics, depthwise kernels, the convs
+of squeeze-and-excite blocks), layer names are kept and the input model is
+not touched. `set_widths(model, {group_name: width}, scores=...)` keeps the
+highest-scored channels of each group instead, and can apply the MobileNetV3
+rule of METHODS.md §11 to squeeze-and-excite bottlenecks.
+"""
+
+import keras
+import numpy as np
+
+from tfprune import _utils
+from tfprune import graph as graph_module
+
+__all__ = ["remove_channels", "set_widths", "se_bottleneck_width"]
+
+
+def remove_channels(model, removals):
+    """Returns a new model without the given channels.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`. Not modified.
+        removals: Dict mapping a group name (`tfprune.graph.build(model)`) to
+            the channel indices of that group to remove.
+
+    Returns:
+        A new `keras.Model` of the same kind, with the same layer names.
+
+    Raises:
+        TypeError: If `model` is not a graph model or `removals` is not a dict.
+        ValueError: If a group is unknown or not prunable, an index is out of
+            range or repeated, or every channel of a group would be removed.
+
+    Example:
+
+    >>> small = tfprune.surgery.remove_channels(model, {"conv": [0, 5]})  # doctest: +SKIP
+    >>> small.get_layer("conv").filters
+    14
+    """
+    _utils.require_graph_model(model, "tfprune.surgery.remove_channels")
+    if not isinstance(removals, dict):
+        raise TypeError(
+            "`removals` must be a dict {group_name: channel indices}; received an object of "
+            f"type {type(removals).__name__}."
+        )
+    graph = graph_module.build(model)
+    return _rewrite(model, graph, _checked_removals(graph, removals))
+
+
+def set_widths(model, widths, scores=None, se_policy=None):
+    """Returns a new model whose groups keep only their highest-scored channels.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`. Not modified.
+        widths: Dict mapping a group name to the number of channels to keep.
+        scores: Optional dict mapping a group name to a 1-D array with one
+            score per channel (higher is more important). Groups without one
+            are scored by the L1 norm of their producers' filters.
+        se_policy: None or `"keep_ratio"`. With `"keep_ratio"`, every
+            squeeze-and-excite bottleneck whose gated group shrinks (and that
+            has no width of its own in `widths`) keeps
+            `se_bottleneck_width(new_width)` channels, dropping its
+            lowest-scored ones (METHODS.md §11).
+
+    Returns:
+        A new `keras.Model` of the same kind, with the same layer names.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If a group is unknown or not prunable, a width is out of
+            `[1, size]`, a score array has the wrong shape, or `se_policy` is
+            unknown.
+
+    Example:
+
+    >>> small = tfprune.surgery.set_widths(                     # doctest: +SKIP
+    ...     model, {"expanded_conv_3_expand": 48}, se_policy="keep_ratio")
+    """
+    _utils.require_graph_model(model, "tfprune.surgery.set_widths")
+    scores = {} if scores is None else scores
+    for argument, value in (("widths", widths), ("scores", scores)):
+        if not isinstance(value, dict):
+            raise TypeError(
+                f"`{argument}` must be a dict keyed by group name; received an object of type "
+                f"{type(value).__name__}."
+            )
+    if se_policy not in (None, "keep_ratio"):
+        raise ValueError(
+            f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
+        )
+    graph = graph_module.build(model)
+    widths = dict(widths)
+    for name, width in widths.items():
+        group = _checked_group(graph, name)
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= group.size:
+            raise ValueError(
+                f"Width of group '{name}' must be an int in [1, {group.size}]. Received: {width!r}"
+            )
+    if se_policy == "keep_ratio":
+        for group in graph.groups:
+            gated = group.squeeze_excite_of
+            if gated in widths and group.name not in widths and widths[gated] < graph[gated].size:
+                widths[group.name] = min(group.size, se_bottleneck_width(widths[gated]))
+    removals = {}
+    for name, width in widths.items():
+        group = graph[name]
+        if width == group.size:
+            continue
+        group_scores = scores.get(name)
+        if group_scores is None:
+            group_scores = _producer_l1(model, group)
+        group_scores = np.asarray(group_scores, dtype=np.float64)
+        if group_scores.shape != (group.size,):
+            raise ValueError(
+                f"Scores of group '{name}' must have shape ({group.size},). "
+                f"Received: shape {group_scores.shape}"
+            )
+        # Stable sort: among equal scores the lower channel index is kept.
+        ranking = np.argsort(-group_scores, kind="stable")
+        removals[name] = np.sort(ranking[width:])
+    return _rewrite(model, graph, _checked_removals(graph, removals))
+
+
+def se_bottleneck_width(expansion_width, ratio=0.25, divisor=8):
+    """The squeeze-excite bottleneck width MobileNetV3 gives an expansion width.
+
+    MobileNetV3 builds its SE reduce conv with `_depth(filters * se_ratio)`:
+    round to the nearest multiple of `divisor` (at least `divisor`) and add
+    one `divisor` when rounding lost more than 10%.
+
+    Args:
+        expansion_width: Int. Channels of the gated (expansion) group.
+        ratio: Float. The SE ratio. Defaults to 0.25.
+        divisor: Int. Widths are multiples of it. Defaults to 8.
+
+    Returns:
+        Int.
+
+    Example:
+
+    >>> tfprune.surgery.se_bottleneck_width(72)
+    24
+    >>> tfprune.surgery.se_bottleneck_width(240)
+    64
+    """
+    value = expansion_width * ratio
+    width = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if width < 0.9 * value:
+        width += divisor
+    return width
+
+
+def _checked_group(graph, name):
+    if name not in graph:
+        prunable = [group.name for group in graph.groups if group.prunable]
+        raise ValueError(
+            f"Unknown channel group {name!r}; use a name from tfprune.graph.build(model), "
+            f"e.g. one of {prunable[:5]}."
+        )
+    return graph[name]
+
+
+def _checked_removals(graph, removals):
+    """Validates `{group: indices}`; returns `{group: sorted int array}`."""
+    checked = {}
+    for name, indices in removals.items():
+        group = _checked_group(graph, name)
+        indices = np.asarray(indices)
+        if indices.size == 0:
+            continue
+        if not group.prunable:
+            raise ValueError(f"{group.reason} Remove channels of another group.")
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(
+                f"Channels of group '{name}' must be a 1-D list of ints. Received: {indices.tolist()!r}"
+            )
+        out_of_range = indices[(indices < 0) | (indices >= group.size)]
+        if out_of_range.size:
+            raise ValueError(
+                f"Channel index {int(out_of_range[0])} is out of range for group '{name}' of size "
+                f"{group.size}; use indices in [0, {group.size - 1}]."
+            )
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError(f"Channels of group '{name}' are repeated. Received: {indices.tolist()}")
+        if len(indices) == group.size:
+            raise ValueError(
+                f"Cannot remove all {group.size} channels of group '{name}'; keep at least one."
+            )
+        checked[name] = np.sort(indices)
+    return checked
+
+
+def _producer_l1(model, group):
+    """L1 norm of each channel's producer filters (default score)."""
+    weights = {weight.path: weight for weight in model.weights}
+    scores = np.zeros(group.size)
+    for member in group.members:
+        if member.role != "output":
+            continue
+        for path, axis in member.weights:
+            value = np.abs(np.asarray(weights[path]))
+            per_position = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1).sum(axis=1)
+            np.add.at(scores, list(member.channels), per_position[list(member.positions)])
+    return scores
+
+
+def _rewrite(model, graph, removals):
+    """Clones `model` with `removals` ({group name: indices}) applied."""
+    trace = graph._trace
+    name_to_key = {name: key for key, name in trace.names.items()}
+    removed_roots = set()
+    for name, indices in removals.items():
+        key = name_to_key[name]
+        wanted = set(np.asarray(indices).tolist())
+        removed_roots.update(
+            root
+            for root, channel in trace.channel_of_root.items()
+            if trace.group_of_root[root] == key and channel in wanted
+        )
+    removed = np.zeros(len(trace.roots), dtype=bool)
+    removed[list(removed_roots)] = True
+    keep_of_id = ~removed[trace.roots]
+
+    tracer = trace.tracer
+    slices = {}  # layer name -> {weight index: [(axis, keep mask)]}
+    for (layer_name, index, axis), (_, channels, _) in tracer._uses.items():
+        keep = keep_of_id[channels]
+        if not keep.all():
+            slices.setdefault(layer_name, {}).setdefault(index, []).append((axis, keep))
+
+    functional = _utils.functional_view(model)
+    calls = {}
+    for node in graph_module._ordered_nodes(functional):
+        calls.setdefault(node.operation.name, node)
+
+    def new_width(tensor):
+        return int(keep_of_id[tracer.channels(tensor)].sum())
+
+    def replace(layer):
+        node = calls.get(layer.name)
+        if node is None or node.is_input or not isinstance(layer, keras.layers.Layer):
+            return None
+        output_width = new_width(node.outputs[0])
+        resized = output_width != node.outputs[0].shape[-1]
+        if layer.name not in slices and not resized:
+            return None
+        handler = graph_module._handler_for(layer)
+        config = handler.resize(dict(layer.get_config()), output_width)
+        new_layer = layer.__class__.from_config(config)
+        if not layer.weights:
+            return new_layer
+        input_shapes = [
+            tuple(tensor.shape[:-1]) + (new_width(tensor),) for tensor in node.input_tensors
+        ]
+        new_layer.build(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+        values = layer.get_weights()
+        for index, cuts in slices.get(layer.name, {}).items():
+            for axis, keep in cuts:
+                values[index] = np.compress(keep, values[index], axis=axis)
+        new_layer.set_weights(values)
+        return new_layer
+
+    return _utils.clone_graph(model, replace)
