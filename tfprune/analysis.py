@@ -1,1 +1,526 @@
-def analyze(model): raise NotImplementedError
+"""Parameters, multiply-accumulates and kernel sparsity of a model, as data.
+
+`analyze(model)` reads a built Sequential or functional model's graph (no
+forward pass) and returns an `Analysis`: one `LayerRecord` per layer or graph
+operation, and totals. The MAC formula of a layer is looked up in a registry
+keyed by layer class; the lookup walks the class's MRO, so subclasses of
+`Conv2D`, `Dense`, ... (tfprune's STR layers, user layers) are counted by
+their base class. Other modules add formulas with `register_macs`.
+
+Conventions, the same as the MobileNet, ResNet and Keras application papers
+and tables: one MAC is one multiply-accumulate of a convolution or dense
+kernel, counted for one input example; FLOPs are 2 x MACs. Bias additions,
+normalization, activations, pooling, elementwise operations (`Add`,
+`Multiply`, `x * 0.5`, ...) and reshapes are excluded from MACs (they count 0).
+"""
+
+import dataclasses
+import json
+import math
+
+import keras
+import numpy as np
+
+from tfprune._utils import functional_view, require_graph_model
+
+_MAC_FUNCTIONS = {}
+
+
+def register_macs(layer_class, function):
+    """Registers the MAC formula of a layer class (and of its subclasses).
+
+    `analyze` walks the MRO of each layer's class and uses the first class
+    found in the registry, so registering a base class covers every subclass
+    that does not register its own formula.
+
+    Args:
+        layer_class: A class, usually a `keras.layers.Layer` subclass.
+        function: Callable `function(layer, input_shape, output_shape) -> int`
+            returning the multiply-accumulates of one call of `layer` for one
+            example. `input_shape` and `output_shape` are the shapes of the
+            call's first input and first output, batch dimension included.
+
+    Returns:
+        `function`, unchanged.
+
+    Raises:
+        TypeError: If `layer_class` is not a class or `function` is not callable.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> class Scale(keras.layers.Layer):
+    ...     pass
+    >>> def scale_macs(layer, input_shape, output_shape):
+    ...     return output_shape[-1]  # one multiply per channel
+    >>> _ = tfprune.analysis.register_macs(Scale, scale_macs)
+    """
+    if not isinstance(layer_class, type):
+        raise TypeError(
+            "`register_macs` expects a class as `layer_class`; received "
+            f"layer_class={layer_class!r}. Pass the layer class, e.g. keras.layers.Conv2D."
+        )
+    if not callable(function):
+        raise TypeError(
+            f"`register_macs` expects a callable `function` for {layer_class.__name__}; "
+            f"received function={function!r}. Pass `function(layer, input_shape, output_shape)`."
+        )
+    _MAC_FUNCTIONS[layer_class] = function
+    return function
+
+
+def _conv_geometry(layer, input_shape, output_shape):
+    """Returns (input positions, output positions, input channels) of a convolution."""
+    channels_last = layer.data_format == "channels_last"
+    spatial = slice(1, -1) if channels_last else slice(2, None)
+    input_channels = input_shape[-1] if channels_last else input_shape[1]
+    return math.prod(input_shape[spatial]), math.prod(output_shape[spatial]), input_channels
+
+
+def _conv_macs(layer, input_shape, output_shape):
+    _, output_positions, input_channels = _conv_geometry(layer, input_shape, output_shape)
+    kernel_positions = math.prod(layer.kernel_size)
+    return output_positions * kernel_positions * (input_channels // layer.groups) * layer.filters
+
+
+def _conv_transpose_macs(layer, input_shape, output_shape):
+    # Every input position is multiplied with the whole kernel (the usual
+    # convention), including products that `padding="same"` crops away.
+    input_positions, _, input_channels = _conv_geometry(layer, input_shape, output_shape)
+    return input_positions * math.prod(layer.kernel_size) * input_channels * layer.filters
+
+
+def _depthwise_conv_macs(layer, input_shape, output_shape):
+    _, output_positions, input_channels = _conv_geometry(layer, input_shape, output_shape)
+    kernel_positions = math.prod(layer.kernel_size)
+    return output_positions * kernel_positions * input_channels * layer.depth_multiplier
+
+
+def _separable_conv_macs(layer, input_shape, output_shape):
+    _, output_positions, input_channels = _conv_geometry(layer, input_shape, output_shape)
+    pointwise = output_positions * input_channels * layer.depth_multiplier * layer.filters
+    return _depthwise_conv_macs(layer, input_shape, output_shape) + pointwise
+
+
+def _dense_macs(layer, input_shape, output_shape):
+    # Dense applies to the last axis; leading axes (e.g. timesteps) repeat it.
+    return math.prod(input_shape[1:]) * layer.units
+
+
+def _no_macs(layer, input_shape, output_shape):
+    return 0
+
+
+for _layer_class, _function in {
+    keras.layers.Conv1D: _conv_macs,
+    keras.layers.Conv2D: _conv_macs,
+    keras.layers.Conv3D: _conv_macs,
+    keras.layers.Conv1DTranspose: _conv_transpose_macs,
+    keras.layers.Conv2DTranspose: _conv_transpose_macs,
+    keras.layers.Conv3DTranspose: _conv_transpose_macs,
+    keras.layers.DepthwiseConv1D: _depthwise_conv_macs,
+    keras.layers.DepthwiseConv2D: _depthwise_conv_macs,
+    keras.layers.SeparableConv1D: _separable_conv_macs,
+    keras.layers.SeparableConv2D: _separable_conv_macs,
+    keras.layers.Dense: _dense_macs,
+    # Layers with weights that do no kernel multiply-accumulates (excluded by
+    # convention). Weightless layers and graph operations count 0 without an entry.
+    keras.layers.BatchNormalization: _no_macs,
+    keras.layers.LayerNormalization: _no_macs,
+    keras.layers.GroupNormalization: _no_macs,
+    keras.layers.RMSNormalization: _no_macs,
+    keras.layers.Normalization: _no_macs,
+    keras.layers.PReLU: _no_macs,
+    keras.layers.Embedding: _no_macs,
+}.items():
+    register_macs(_layer_class, _function)
+
+
+def _mac_function(layer):
+    for layer_class in type(layer).__mro__:
+        if layer_class in _MAC_FUNCTIONS:
+            return _MAC_FUNCTIONS[layer_class]
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRecord:
+    """Figures for one layer or graph operation of an analysed model.
+
+    Args:
+        name: String. The layer name; layers of a nested model are prefixed
+            with the nested model's name and a slash (`"backbone/conv1"`).
+        type: String. The class name (`"Conv2D"`, `"Multiply"` for `x * y`).
+        output_shape: Tuple (or list of tuples for several outputs) of the
+            layer's first call in the graph, batch dimension included.
+        params: Int. Number of weights of the layer (0 for graph operations).
+        trainable_params: Int. Number of trainable weights.
+        macs: Int or None. Kernel multiply-accumulates per example, summed
+            over all calls of the layer in the graph; None when they cannot be
+            counted (no registered formula, or unknown spatial size).
+        kernel_params: Int. Number of entries in the layer's kernels (weights
+            whose name ends in `kernel`), 0 when it has none.
+        nonzero_kernel_params: Int. How many of those are not exactly zero.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+    >>> tfprune.analyze(model)["logits"].macs
+    8
+    """
+
+    name: str
+    type: str
+    output_shape: object
+    params: int
+    trainable_params: int
+    macs: object
+    kernel_params: int
+    nonzero_kernel_params: int
+
+    @property
+    def flops(self):
+        """Int or None. 2 x MACs (one multiply and one add per MAC)."""
+        return None if self.macs is None else 2 * self.macs
+
+    @property
+    def kernel_sparsity(self):
+        """Float or None. Share of exact zeros in the kernels; None without a kernel."""
+        return _sparsity(self.kernel_params, self.nonzero_kernel_params)
+
+    def to_dict(self):
+        """Returns the record as a JSON-serialisable dict (shapes as lists).
+
+        Returns:
+            Dict with the fields plus `flops` and `kernel_sparsity`.
+
+        Example:
+
+        >>> record = LayerRecord("d", "Dense", (None, 2), 10, 10, 8, 8, 8)
+        >>> record.to_dict()["flops"]
+        16
+        """
+        result = dataclasses.asdict(self)
+        result["output_shape"] = _shape_to_list(self.output_shape)
+        result["flops"] = self.flops
+        result["kernel_sparsity"] = self.kernel_sparsity
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Per-layer records and totals returned by `tfprune.analyze`.
+
+    MACs count kernel multiply-accumulates of convolution and dense layers for
+    one example; FLOPs (2xMACs) are twice that. Normalization, activations,
+    pooling and elementwise operations are excluded (see the module docstring).
+
+    Args:
+        model_name: String. The analysed model's name.
+        layers: Tuple of `LayerRecord`, in graph order.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> outputs = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    >>> analysis = tfprune.analyze(keras.Model(inputs, outputs))
+    >>> analysis.macs, analysis.flops, analysis.params
+    (6912, 13824, 112)
+    >>> text = analysis.to_json()
+    """
+
+    model_name: str
+    layers: tuple
+
+    def __getitem__(self, name):
+        for record in self.layers:
+            if record.name == name:
+                return record
+        raise KeyError(
+            f"Model '{self.model_name}' has no layer named {name!r}; "
+            f"known names: {[record.name for record in self.layers]}."
+        )
+
+    @property
+    def params(self):
+        """Int. Total number of weights."""
+        return sum(record.params for record in self.layers)
+
+    @property
+    def trainable_params(self):
+        """Int. Total number of trainable weights."""
+        return sum(record.trainable_params for record in self.layers)
+
+    @property
+    def macs(self):
+        """Int. Kernel multiply-accumulates per example of the layers that could be counted."""
+        return sum(record.macs for record in self.layers if record.macs is not None)
+
+    @property
+    def flops(self):
+        """Int. 2 x `macs`."""
+        return 2 * self.macs
+
+    @property
+    def kernel_params(self):
+        """Int. Total number of kernel entries."""
+        return sum(record.kernel_params for record in self.layers)
+
+    @property
+    def nonzero_kernel_params(self):
+        """Int. Total number of kernel entries that are not exactly zero."""
+        return sum(record.nonzero_kernel_params for record in self.layers)
+
+    @property
+    def kernel_sparsity(self):
+        """Float or None. Share of exact zeros over all kernels."""
+        return _sparsity(self.kernel_params, self.nonzero_kernel_params)
+
+    @property
+    def uncounted_layers(self):
+        """Tuple of layer names whose MACs are unknown (left out of `macs`)."""
+        return tuple(record.name for record in self.layers if record.macs is None)
+
+    def to_dict(self):
+        """Returns the analysis as a JSON-serialisable dict.
+
+        Returns:
+            Dict with `model`, `layers` (a list of `LayerRecord.to_dict()`),
+            `totals` and `uncounted_layers`.
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> inputs = keras.Input((3,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        >>> tfprune.analyze(model).to_dict()["totals"]["flops"]
+        12
+        """
+        return {
+            "model": self.model_name,
+            "mac_convention": (
+                "MACs: kernel multiply-accumulates of conv/dense layers per example; "
+                "FLOPs = 2 x MACs; normalization, activation, pooling and elementwise ops excluded"
+            ),
+            "layers": [record.to_dict() for record in self.layers],
+            "totals": {
+                "params": self.params,
+                "trainable_params": self.trainable_params,
+                "macs": self.macs,
+                "flops": self.flops,
+                "kernel_params": self.kernel_params,
+                "nonzero_kernel_params": self.nonzero_kernel_params,
+                "kernel_sparsity": self.kernel_sparsity,
+            },
+            "uncounted_layers": list(self.uncounted_layers),
+        }
+
+    def to_json(self, indent=2):
+        """Returns `to_dict()` as a JSON string.
+
+        Args:
+            indent: Int or None. Passed to `json.dumps`. Defaults to 2.
+
+        Returns:
+            String.
+
+        Example:
+
+        >>> import json, keras, tfprune
+        >>> inputs = keras.Input((3,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+        >>> json.loads(tfprune.analyze(model).to_json())["layers"][1]["name"]
+        'logits'
+        """
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __repr__(self):
+        return (
+            f"Analysis(model={self.model_name!r}, layers={len(self.layers)}, "
+            f"params={self.params}, macs={self.macs})"
+        )
+
+    def __str__(self):
+        header = (
+            "Name",
+            "Type",
+            "Output shape",
+            "Params",
+            "MACs",
+            "FLOPs (2xMACs)",
+            "Kernel sparsity",
+        )
+        rows = [
+            (
+                record.name,
+                record.type,
+                str(record.output_shape),
+                f"{record.params:,}",
+                _format_count(record.macs),
+                _format_count(record.flops),
+                _format_share(record.kernel_sparsity),
+            )
+            for record in self.layers
+        ]
+        widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+        def line(row):
+            # Text columns left-aligned, numbers right-aligned.
+            cells = [
+                cell.ljust(width) if column < 3 else cell.rjust(width)
+                for column, (cell, width) in enumerate(zip(row, widths))
+            ]
+            return "  ".join(cells).rstrip()
+
+        rule = "-" * len(line(header))
+        lines = [f"Model: {self.model_name}", rule, line(header), rule, *map(line, rows), rule]
+        lines += [
+            f"Params: {self.params:,} ({_human(self.params)}), trainable: {self.trainable_params:,}",
+            f"MACs: {self.macs:,} ({_human(self.macs)}), conv and dense kernels only, per example",
+            f"FLOPs (2xMACs): {self.flops:,} ({_human(self.flops)})",
+            f"Kernel params: {self.kernel_params:,}, nonzero: {self.nonzero_kernel_params:,} "
+            f"(sparsity {_format_share(self.kernel_sparsity)})",
+        ]
+        if self.uncounted_layers:
+            lines.append(f"MACs not counted for: {', '.join(self.uncounted_layers)}")
+        return "\n".join(lines)
+
+
+def analyze(model):
+    """Counts params, MACs and kernel sparsity per layer of a model.
+
+    The graph's recorded shapes are used; the model is not run. One record per
+    layer or graph operation (`x * 0.5` gives a record with 0 params), in
+    graph order; a layer called several times gets one record whose MACs sum
+    all its calls. A nested Sequential/functional model is expanded into the
+    records of its layers, named `"nested_name/layer_name"`. For layers that
+    implement `stripped_layer()` (tfprune's training-time layers), MACs and
+    kernel sparsity are measured on the effective, stripped weights.
+
+    MACs are the multiply-accumulates of convolution (Conv1D/2D/3D with
+    `groups`, transposed, depthwise with `depth_multiplier`, separable) and
+    Dense kernels (Dense on N-D inputs repeats over leading axes) for one
+    example. Bias additions, normalization, activations, pooling, elementwise
+    operations and reshapes are excluded (0 MACs), as in the papers' and
+    Keras's reference figures. Layers with weights but no registered formula
+    (see `register_macs`) or with unknown spatial sizes get `macs=None` and are
+    listed in `Analysis.uncounted_layers`.
+
+    Args:
+        model: A built Sequential or functional Keras model.
+
+    Returns:
+        An `Analysis`.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or is a subclassed model.
+        ValueError: If the model is not built.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((28, 28, 1))
+    >>> x = keras.layers.Conv2D(8, 3)(inputs)
+    >>> outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    >>> analysis = tfprune.analyze(keras.Model(inputs, outputs))
+    >>> analysis.macs == 26 * 26 * 3 * 3 * 1 * 8 + 26 * 26 * 8 * 10
+    True
+    >>> print(analysis)  # doctest: +SKIP
+    """
+    require_graph_model(model, "tfprune.analyze")
+    return Analysis(model_name=model.name, layers=tuple(_records(model, prefix="", calls=1)))
+
+
+def _records(model, prefix, calls):
+    """Yields the records of a graph model; `calls` multiplies the MACs."""
+    graph = functional_view(model)
+    graph_nodes = {id(node) for nodes in graph._nodes_by_depth.values() for node in nodes}
+    for operation in graph.operations:
+        if isinstance(operation, keras.layers.InputLayer):
+            if not prefix:  # a nested model's inputs repeat the outer tensors
+                yield _record(operation, prefix, [], 0)
+            continue
+        nodes = [node for node in operation._inbound_nodes if id(node) in graph_nodes]
+        if isinstance(operation, keras.Model) and _is_graph_model(operation):
+            yield from _records(operation, f"{prefix}{operation.name}/", calls * len(nodes))
+            continue
+        yield _record(operation, prefix, nodes, calls)
+
+
+def _is_graph_model(model):
+    try:
+        require_graph_model(model, "tfprune.analyze")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _record(operation, prefix, nodes, calls):
+    if nodes:
+        output_shapes = [tuple(tensor.shape) for tensor in nodes[0].output_tensors]
+    else:  # an InputLayer
+        output_shapes = [tuple(operation.output.shape)]
+    effective = operation.stripped_layer() if hasattr(operation, "stripped_layer") else operation
+    kernels = [
+        keras.ops.convert_to_numpy(weight)
+        for weight in getattr(effective, "weights", [])
+        if weight.name.endswith("kernel")
+    ]
+    return LayerRecord(
+        name=prefix + operation.name,
+        type=type(operation).__name__,
+        output_shape=output_shapes[0] if len(output_shapes) == 1 else output_shapes,
+        params=_count(getattr(operation, "weights", [])),
+        trainable_params=_count(getattr(operation, "trainable_weights", [])),
+        macs=_macs(effective, nodes, calls),
+        kernel_params=sum(kernel.size for kernel in kernels),
+        nonzero_kernel_params=sum(int(np.count_nonzero(kernel)) for kernel in kernels),
+    )
+
+
+def _macs(layer, nodes, calls):
+    function = _mac_function(layer)
+    if function is None:
+        return None if getattr(layer, "weights", None) else 0
+    total = 0
+    for node in nodes:
+        input_shape = tuple(node.input_tensors[0].shape)
+        output_shape = tuple(node.output_tensors[0].shape)
+        if None in input_shape[1:] or None in output_shape[1:]:
+            return None
+        total += int(function(layer, input_shape, output_shape))
+    return calls * total
+
+
+def _count(weights):
+    return sum(math.prod(weight.shape) for weight in weights)
+
+
+def _sparsity(kernel_params, nonzero_kernel_params):
+    if kernel_params == 0:
+        return None
+    return 1.0 - nonzero_kernel_params / kernel_params
+
+
+def _shape_to_list(shape):
+    if isinstance(shape, tuple):
+        return list(shape)
+    return [list(item) for item in shape]
+
+
+def _format_count(value):
+    return "?" if value is None else f"{value:,}"
+
+
+def _format_share(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _human(value):
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= factor:
+            return f"{value / factor:.2f} {suffix}"
+    return str(value)
