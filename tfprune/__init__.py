@@ -16,7 +16,7 @@ if os.path.basename(sys.argv[0]) == "tfprune":
 
 from tfprune import analysis, callbacks, datasets, graph, layers, models, surgery
 from tfprune.analysis import analyze
-from tfprune.sparsity import strip
+from tfprune.sparsity import sparsify, sparsity_report, strip
 from tfprune.version import __version__
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "graph",
     "layers",
     "models",
+    "sparsify",
+    "sparsity_report",
     "strip",
     "surgery",
 ]

@@ -12,6 +12,12 @@ implementing one method:
 is (cloned, with its weights copied).
 """
 
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
 from tfprune._utils import clone_graph, require_graph_model
 
 
@@ -51,3 +57,260 @@ def strip(model):
         return None
 
     return clone_graph(model, replace)
+
+
+_STR_ARGUMENTS = ("s_init", "threshold_fn", "granularity", "mode", "threshold_regularizer")
+
+
+def _str_layer_classes():
+    # Exact types only: a user's subclass of Conv2D may change `call`, and STR
+    # layers themselves subclass Conv2D/Dense and must not be converted twice.
+    from tfprune import layers
+
+    return {
+        keras.layers.Conv1D: layers.STRConv1D,
+        keras.layers.Conv2D: layers.STRConv2D,
+        keras.layers.DepthwiseConv2D: layers.STRDepthwiseConv2D,
+        keras.layers.Dense: layers.STRDense,
+    }
+
+
+def sparsify(model, skip=(), **str_kwargs):
+    """Returns a new model whose Conv1D/Conv2D/DepthwiseConv2D/Dense layers are STR layers.
+
+    Each such layer is replaced by its STR counterpart (`STRConv1D`,
+    `STRConv2D`, `STRDepthwiseConv2D`, `STRDense`) with the same config, name
+    and weights; the threshold parameter starts at `s_init`. With the default
+    `s_init=-20` the threshold is ~2e-9, so the new model computes what the
+    old one computed until training raises the thresholds. Other layers
+    (BatchNormalization, biases, subclasses of the Keras layers, layers of
+    nested models) are cloned unchanged. The input model is not modified.
+
+    Args:
+        model: A built Sequential or functional Keras model.
+        skip: Iterable of layer names to keep dense (e.g. the first conv and
+            the classifier). Defaults to `()`.
+        **str_kwargs: STR arguments passed to every new layer: `s_init`,
+            `threshold_fn`, `granularity`, `mode`, `threshold_regularizer`
+            (see `tfprune.layers.STRMixin`).
+
+    Returns:
+        A new `keras.Model` of the same kind with STR layers.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or is subclassed, `skip` is a
+            string, or an unknown keyword argument is given.
+        ValueError: If `model` is not built, `skip` names a layer the model does
+            not have, no layer can be converted, or an STR argument is invalid.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    >>> x = keras.layers.Conv2D(4, 3)(x)
+    >>> outputs = keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> sparse = tfprune.sparsify(model, skip=("conv", "logits"))
+    >>> [type(layer).__name__ for layer in sparse.layers]
+    ['InputLayer', 'Conv2D', 'STRConv2D', 'Flatten', 'Dense']
+    """
+    require_graph_model(model, "tfprune.sparsify")
+    if isinstance(skip, str):
+        raise TypeError(
+            f"`tfprune.sparsify` expects `skip` to be a list of layer names, not one string. "
+            f"Received: skip={skip!r}; write skip=({skip!r},)."
+        )
+    skip = set(skip)
+    unknown_names = sorted(skip - {layer.name for layer in model.layers})
+    if unknown_names:
+        raise ValueError(
+            f"`tfprune.sparsify` got layer names in `skip` that model '{model.name}' does not "
+            f"have; check the names in `model.summary()`. Received: skip={sorted(skip)}"
+        )
+    unknown_arguments = sorted(set(str_kwargs) - set(_STR_ARGUMENTS))
+    if unknown_arguments:
+        raise TypeError(
+            f"`tfprune.sparsify` accepts only the STR arguments {_STR_ARGUMENTS}. "
+            f"Received unknown arguments: {unknown_arguments}"
+        )
+    str_classes = _str_layer_classes()
+    convertible = [
+        layer for layer in model.layers if type(layer) in str_classes and layer.name not in skip
+    ]
+    if not convertible:
+        raise ValueError(
+            f"`tfprune.sparsify` found no Conv1D, Conv2D, DepthwiseConv2D or Dense layer to "
+            f"convert in model '{model.name}' (skip={sorted(skip)}); nothing would be sparse."
+        )
+    convertible_names = {layer.name for layer in convertible}
+
+    def replace(layer):
+        if layer.name not in convertible_names:
+            return None
+        new_layer = str_classes[type(layer)].from_config({**layer.get_config(), **str_kwargs})
+        new_layer.build_from_config(layer.get_build_config())
+        new_layer._kernel.assign(layer.kernel)
+        if layer.use_bias:
+            new_layer.bias.assign(layer.bias)
+        return new_layer
+
+    return clone_graph(model, replace)
+
+
+def str_layers(model):
+    """Returns every layer of `model` with a learned STR threshold, nested models included.
+
+    Args:
+        model: A Keras model (or layer with sub-layers).
+
+    Returns:
+        List of layers that implement `pruning_scores()` (STR layers), in
+        `model.layers` order.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((3,))
+    >>> model = keras.Model(inputs, tfprune.layers.STRDense(2, name="dense")(inputs))
+    >>> [layer.name for layer in tfprune.sparsity.str_layers(model)]
+    ['dense']
+    """
+    found = []
+    for layer in getattr(model, "layers", ()):
+        if hasattr(layer, "pruning_scores"):
+            found.append(layer)
+        elif getattr(layer, "layers", None):
+            found.extend(str_layers(layer))
+    return found
+
+
+@dataclasses.dataclass
+class SparsityReport:
+    """Per-layer and global sparsity of a model's STR layers, as data.
+
+    `print(report)` shows a table; `report.layers` holds one dict per STR layer
+    with `name`, `class_name`, `threshold` (mean of `g(s)`), `parameters`
+    (kernel weights of the dense layer; `rank * (input_dim + units)` for
+    `STRLowRankDense`), `nonzero_parameters`, `sparsity`, `macs` and
+    `nonzero_macs` (multiply-accumulates per example of the kernel, dense and
+    skipping zeros).
+
+    Attributes:
+        layers: List of dicts, one per STR layer.
+        parameters: Int. Total STR kernel weights.
+        nonzero_parameters: Int. Non-zero effective weights among them.
+        macs: Int. Dense MACs of the STR layers per example.
+        nonzero_macs: Int. MACs that multiply a non-zero weight.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((3,))
+    >>> model = keras.Model(inputs, tfprune.layers.STRDense(2, s_init=5.0)(inputs))
+    >>> tfprune.sparsity_report(model).global_sparsity  # g(5) ~ 0.99 > every weight here
+    1.0
+    """
+
+    layers: list
+    parameters: int
+    nonzero_parameters: int
+    macs: int
+    nonzero_macs: int
+
+    @property
+    def global_sparsity(self):
+        """Float. Share of STR kernel weights that are exactly zero."""
+        return 1.0 - self.nonzero_parameters / max(self.parameters, 1)
+
+    def __str__(self):
+        header = f"{'layer':<28}{'type':<20}{'threshold':>11}{'params':>10}{'nonzero':>10}{'sparsity':>10}{'MACs':>12}{'nonzero MACs':>14}"
+        lines = [header, "-" * len(header)]
+        for record in self.layers:
+            lines.append(
+                f"{record['name'][:27]:<28}{record['class_name']:<20}{record['threshold']:>11.3g}"
+                f"{record['parameters']:>10}{record['nonzero_parameters']:>10}{record['sparsity']:>10.1%}"
+                f"{record['macs']:>12}{record['nonzero_macs']:>14}"
+            )
+        lines.append("-" * len(header))
+        lines.append(
+            f"{'total':<59}{self.parameters:>10}{self.nonzero_parameters:>10}"
+            f"{self.global_sparsity:>10.1%}{self.macs:>12}{self.nonzero_macs:>14}"
+        )
+        return "\n".join(lines)
+
+
+def _output_positions(layer):
+    # A kernel weight is used once per output position (spatial location, or
+    # sequence step for Dense on 3D inputs): MACs = weights * positions.
+    input_shape = layer.get_build_config()["input_shape"]
+    output_shape = layer.compute_output_shape(input_shape)
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return math.prod(output_shape[2:])
+    return math.prod(output_shape[1:-1])
+
+
+def sparsity_report(model):
+    """Measures the sparsity of every STR layer of `model`.
+
+    Counts are exact: a weight counts as zero when its effective value (what
+    the forward pass and `tfprune.strip` use) is zero.
+
+    Args:
+        model: A built Keras model with STR layers (e.g. from `sparsify`).
+
+    Returns:
+        A `SparsityReport`: per-layer records, totals and `global_sparsity`;
+        `print()` it for a table.
+
+    Raises:
+        TypeError: If `model` is not a Keras model.
+        ValueError: If `model` has no STR layer.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> x = keras.layers.Conv2D(4, 3)(inputs)
+    >>> model = tfprune.sparsify(keras.Model(inputs, x), s_init=-1.0)
+    >>> report = tfprune.sparsity_report(model)
+    >>> report.layers[0]["macs"]  # 3*3*1*4 weights at 6*6 positions
+    1296
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`tfprune.sparsity_report` expects a `keras.Model`; received an object of type "
+            f"{type(model).__name__}."
+        )
+    layers = str_layers(model)
+    if not layers:
+        raise ValueError(
+            f"`tfprune.sparsity_report` found no STR layer in model '{model.name}'; "
+            "convert it with `tfprune.sparsify(model)` first."
+        )
+    records = []
+    for layer in layers:
+        scores, thresholds, weights_per_score = layer.pruning_scores()
+        zero = np.broadcast_to(scores <= thresholds, scores.shape)
+        parameters = int(scores.size * weights_per_score)
+        nonzero = int(np.count_nonzero(~zero) * weights_per_score)
+        positions = _output_positions(layer)
+        records.append(
+            {
+                "name": layer.name,
+                "class_name": type(layer).__name__,
+                "threshold": float(np.mean(thresholds)),
+                "parameters": parameters,
+                "nonzero_parameters": nonzero,
+                "sparsity": 1.0 - nonzero / parameters,
+                "macs": parameters * positions,
+                "nonzero_macs": nonzero * positions,
+            }
+        )
+    return SparsityReport(
+        layers=records,
+        **{
+            key: sum(record[key] for record in records)
+            for key in ("parameters", "nonzero_parameters", "macs", "nonzero_macs")
+        },
+    )

@@ -1,0 +1,313 @@
+"""Soft Threshold Reparameterization (STR), written once for every layer type.
+
+METHODS.md §1 (Kusupati et al., 2020). A layer keeps its dense kernel `W` and a
+trainable threshold parameter `s`; the forward pass uses
+
+    unstructured: W_eff = sign(W) * relu(|W| - g(s))
+    channel:      W_eff[..., n] = W[..., n] * relu(1 - g(s) / ||W[..., n]||)
+
+so weights (or whole filters) whose magnitude is below the learned threshold
+`g(s)` are exactly zero. `STRMixin` holds all of it; `STRConv2D`, `STRDense` and
+the others are thin subclasses of the Keras layers, like Keras's own
+`conv2d.py` over `base_conv.py`.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+# g and its inverse (NumPy, used to rescale thresholds after training steps).
+THRESHOLD_FUNCTIONS = {
+    "sigmoid": (ops.sigmoid, lambda threshold: np.log(threshold) - np.log1p(-threshold)),
+    "exp": (ops.exp, np.log),
+}
+GRANULARITIES = ("layer", "filter")
+MODES = ("unstructured", "channel")
+# The paper's L2 weight decay on s: SGD weight decay 1e-4 adds 1e-4 * s to the
+# gradient, which is Keras's L2(5e-5) (penalty 5e-5 * s**2).
+DEFAULT_THRESHOLD_L2 = 5e-5
+# A filter norm below this is treated as zero (avoids 0/0 in channel mode).
+_NORM_FLOOR = 1e-30
+
+
+class SoftThresholdMixin:
+    """The learned threshold `g(s)` shared by every STR layer (not used directly).
+
+    A layer using it has `threshold_fn` and a variable `threshold_parameter` (`s`).
+
+    Example:
+
+    >>> import tfprune
+    >>> issubclass(tfprune.layers.STRLowRankDense, tfprune.layers.SoftThresholdMixin)
+    True
+    """
+
+    def _init_threshold(self, s_init, threshold_fn, threshold_regularizer):
+        layer_type = type(self).__name__
+        if isinstance(s_init, bool) or not isinstance(s_init, (int, float)) or not np.isfinite(s_init):
+            raise ValueError(
+                f"{layer_type} needs a finite float `s_init`, e.g. -20.0. Received: s_init={s_init!r}"
+            )
+        if threshold_fn not in THRESHOLD_FUNCTIONS:
+            raise ValueError(
+                f"{layer_type} supports threshold_fn in {sorted(THRESHOLD_FUNCTIONS)}. "
+                f"Received: threshold_fn={threshold_fn!r}"
+            )
+        self.s_init = float(s_init)
+        self.threshold_fn = threshold_fn
+        if isinstance(threshold_regularizer, str) and threshold_regularizer == "default":
+            threshold_regularizer = keras.regularizers.L2(DEFAULT_THRESHOLD_L2)
+        self.threshold_regularizer = keras.regularizers.get(threshold_regularizer)
+
+    def _add_threshold_parameter(self, shape):
+        self.threshold_parameter = self.add_weight(
+            name="threshold_parameter",
+            shape=shape,
+            initializer=keras.initializers.Constant(self.s_init),
+            regularizer=self.threshold_regularizer,
+            trainable=True,
+            dtype=self.dtype,
+        )
+
+    def _threshold_config(self):
+        return {
+            "s_init": self.s_init,
+            "threshold_fn": self.threshold_fn,
+            "threshold_regularizer": keras.regularizers.serialize(self.threshold_regularizer),
+        }
+
+    # Keras's Dense/Conv serialise only (kernel, bias); STR adds `s`, so save all variables.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    @property
+    def threshold(self):
+        """The threshold `g(s)`: a scalar, or one value per output channel (`"filter"`)."""
+        return THRESHOLD_FUNCTIONS[self.threshold_fn][0](self.threshold_parameter)
+
+    def scale_thresholds(self, factor):
+        """Multiplies the threshold `g(s)` by `factor` (by changing `s`).
+
+        Args:
+            factor: Positive float.
+
+        Raises:
+            ValueError: If `factor` is not positive.
+
+        Example:
+
+        >>> import tfprune
+        >>> layer = tfprune.layers.STRDense(2, threshold_fn="exp", s_init=-2.0)
+        >>> layer.build((None, 3))
+        >>> layer.scale_thresholds(2.0)
+        >>> round(float(layer.threshold), 4)
+        0.2707
+        """
+        if not factor > 0:
+            raise ValueError(
+                f"Layer '{self.name}' can only scale its threshold by a positive factor. "
+                f"Received: factor={factor!r}"
+            )
+        inverse = THRESHOLD_FUNCTIONS[self.threshold_fn][1]
+        threshold = ops.convert_to_numpy(self.threshold).astype("float64") * factor
+        if self.threshold_fn == "sigmoid":
+            threshold = np.minimum(threshold, 1.0 - 1e-7)  # sigmoid never reaches 1
+        self.threshold_parameter.assign(inverse(threshold).astype(self.threshold_parameter.dtype))
+
+
+class STRMixin(SoftThresholdMixin):
+    """The STR logic shared by `STRConv1D`, `STRConv2D`, `STRDepthwiseConv2D`, `STRDense`.
+
+    A subclass lists this mixin before the Keras layer it extends
+    (`class STRConv2D(STRMixin, keras.layers.Conv2D)`) and sets `_filter_axes`
+    (how many trailing kernel axes index output channels: 1, or 2 for
+    depthwise kernels); it needs no other code. The STR arguments are
+    keyword-only; every other argument goes to the Keras layer.
+
+    Args:
+        s_init: Float. Initial value of the threshold parameter `s`. The
+            default `-20.0` makes `g(s_init)` ~ 0 (sigmoid: 2e-9), so a freshly
+            converted layer computes what the dense layer computed. Defaults
+            to `-20.0`.
+        threshold_fn: String. `g`: `"sigmoid"` (the paper's choice, thresholds
+            below 1) or `"exp"`. Defaults to `"sigmoid"`.
+        granularity: String. `"layer"`: one trainable scalar `s` (the paper);
+            `"filter"`: one `s` per output channel. Defaults to `"layer"`.
+        mode: String. `"unstructured"`: soft-threshold each weight;
+            `"channel"`: soft-threshold each filter's L2 norm, so whole output
+            channels reach exact zero (see `zero_filters()`). Defaults to
+            `"unstructured"`.
+        threshold_regularizer: Regularizer on `s`, a Keras regularizer or its
+            name/config, or None. `"default"` is `keras.regularizers.L2(5e-5)`,
+            the paper's SGD weight decay 1e-4 applied to `s`: decay pulls `s`
+            towards 0 and so raises the threshold. Defaults to `"default"`.
+        *args, **kwargs: The arguments of the Keras layer.
+
+    Raises:
+        ValueError: If an STR argument is invalid, or `lora_rank` is given.
+
+    The mixin replaces the `kernel` property with the effective sparse kernel,
+    so the Keras layer's own `call` runs unchanged on `W_eff`, while the dense
+    `W` stays in the variable `_kernel` (saved and trained).
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> layer = tfprune.layers.STRDense(4, s_init=-1.0)
+    >>> _ = layer(keras.ops.ones((1, 3)))
+    >>> isinstance(layer, tfprune.layers.STRMixin)
+    True
+    """
+
+    _filter_axes = 1
+
+    def __init__(
+        self,
+        *args,
+        s_init=-20.0,
+        threshold_fn="sigmoid",
+        granularity="layer",
+        mode="unstructured",
+        threshold_regularizer="default",
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self._init_threshold(s_init, threshold_fn, threshold_regularizer)
+        layer_type = type(self).__name__
+        if granularity not in GRANULARITIES:
+            raise ValueError(
+                f"{layer_type} supports granularity in {GRANULARITIES}. "
+                f"Received: granularity={granularity!r}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"{layer_type} supports mode in {MODES}. Received: mode={mode!r}")
+        if getattr(self, "lora_rank", None):
+            raise ValueError(
+                f"{layer_type} cannot be combined with LoRA; drop `lora_rank`. "
+                f"Received: lora_rank={self.lora_rank}"
+            )
+        self.granularity = granularity
+        self.mode = mode
+
+    # `keras.layers.DepthwiseConv2D.build` assigns `self.kernel`; keep it in `_kernel`
+    # like the other layers so that `kernel` can return the sparse kernel.
+    @property
+    def kernel(self):
+        return self.sparse_kernel
+
+    @kernel.setter
+    def kernel(self, value):
+        self._kernel = value
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        shape = ()
+        if self.granularity == "filter":
+            shape = tuple(self._kernel.shape[-self._filter_axes :])
+        self._add_threshold_parameter(shape)
+
+    @property
+    def sparse_kernel(self):
+        """The effective kernel `W_eff` used by the forward pass (same shape as the kernel)."""
+        kernel = self._kernel
+        threshold = ops.cast(self.threshold, kernel.dtype)
+        if self.mode == "unstructured":
+            return ops.sign(kernel) * ops.relu(ops.abs(kernel) - threshold)
+        norm = ops.sqrt(ops.maximum(ops.sum(ops.square(kernel), axis=self._reduced_axes()), _NORM_FLOOR))
+        return kernel * ops.relu(norm - threshold) / norm
+
+    def _reduced_axes(self):
+        return tuple(range(len(self._kernel.shape) - self._filter_axes))
+
+    def pruning_scores(self):
+        """Returns the magnitudes STR compares to the threshold, as NumPy arrays.
+
+        A weight (or, in `"channel"` mode, a filter) is zero exactly when its
+        score is at most its threshold. `tfprune.callbacks.SparsityBudget` uses
+        this to count and rescale thresholds without running the model.
+
+        Returns:
+            Tuple `(scores, thresholds, weights_per_score)`: `scores` is `|W|`
+            (unstructured) or the filter L2 norms (channel), `thresholds`
+            broadcasts against `scores`, and `weights_per_score` is how many
+            kernel weights one score stands for (1, or the filter size).
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> layer = tfprune.layers.STRDense(2, mode="channel")
+        >>> layer.build((None, 3))
+        >>> scores, thresholds, weights_per_score = layer.pruning_scores()
+        >>> scores.shape, weights_per_score
+        ((2,), 3)
+        """
+        kernel = np.abs(ops.convert_to_numpy(self._kernel).astype("float64"))
+        thresholds = ops.convert_to_numpy(ops.cast(self.threshold, "float32")).astype("float64")
+        if self.mode == "unstructured":
+            return kernel, thresholds, 1
+        scores = np.sqrt(np.sum(np.square(kernel), axis=self._reduced_axes()))
+        return scores, thresholds, kernel.size // scores.size
+
+    def zero_filters(self):
+        """Returns which output channels have an all-zero effective kernel.
+
+        For depthwise layers the channels are ordered as the layer's outputs
+        (`input_channel * depth_multiplier + multiplier_index`).
+
+        Returns:
+            NumPy bool array of shape `(output_channels,)`.
+
+        Example:
+
+        >>> import tfprune
+        >>> layer = tfprune.layers.STRDense(3, mode="channel", s_init=5.0)
+        >>> layer.build((None, 2))
+        >>> layer.zero_filters().tolist()  # g(5) ~ 0.99 exceeds every filter norm here
+        [True, True, True]
+        """
+        sparse = ops.convert_to_numpy(self.sparse_kernel)
+        return np.all(sparse == 0, axis=self._reduced_axes()).reshape(-1)
+
+    def stripped_layer(self):
+        """Returns the plain Keras layer with the effective sparse kernel (strip protocol).
+
+        Returns:
+            A new, built layer of the Keras class this layer extends, with the
+            same name and config, whose kernel is `sparse_kernel`.
+
+        Example:
+
+        >>> import tfprune
+        >>> layer = tfprune.layers.STRDense(2)
+        >>> layer.build((None, 3))
+        >>> type(layer.stripped_layer()).__name__
+        'Dense'
+        """
+        plain_class = self._plain_class()
+        config = {key: value for key, value in self.get_config().items() if key not in _STR_CONFIG_KEYS}
+        plain = plain_class.from_config(config)
+        plain.build_from_config(self.get_build_config())
+        # Dense/Conv keep the kernel variable in `_kernel`, DepthwiseConv2D in `kernel`.
+        kernel_variable = plain._kernel if hasattr(plain, "_kernel") else plain.kernel
+        kernel_variable.assign(self.sparse_kernel)
+        if self.use_bias:
+            plain.bias.assign(self.bias)
+        return plain
+
+    def _plain_class(self):
+        for base in type(self).__mro__:
+            if base.__module__.startswith("keras."):
+                return base
+        raise TypeError(f"{type(self).__name__} does not extend a Keras layer.")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._threshold_config())
+        config.update({"granularity": self.granularity, "mode": self.mode})
+        return config
+
+
+_STR_CONFIG_KEYS = ("s_init", "threshold_fn", "granularity", "mode", "threshold_regularizer")
