@@ -14,7 +14,7 @@ rule of METHODS.md §11 to squeeze-and-excite bottlenecks.
 import keras
 import numpy as np
 
-from tfprune import _utils
+from tfprune import _utils, handlers
 from tfprune import graph as graph_module
 
 __all__ = ["remove_channels", "set_widths", "se_bottleneck_width"]
@@ -212,18 +212,9 @@ def _producer_l1(model, group):
 def _rewrite(model, graph, removals):
     """Clones `model` with `removals` ({group name: indices}) applied."""
     trace = graph._trace
-    name_to_key = {name: key for key, name in trace.names.items()}
-    removed_roots = set()
-    for name, indices in removals.items():
-        key = name_to_key[name]
-        wanted = set(np.asarray(indices).tolist())
-        removed_roots.update(
-            root
-            for root, channel in trace.channel_of_root.items()
-            if trace.group_of_root[root] == key and channel in wanted
-        )
     removed = np.zeros(len(trace.roots), dtype=bool)
-    removed[list(removed_roots)] = True
+    for name, indices in removals.items():
+        removed[trace.roots_by_group[name][indices]] = True
     keep_of_id = ~removed[trace.roots]
 
     tracer = trace.tracer
@@ -249,7 +240,7 @@ def _rewrite(model, graph, removals):
         resized = output_width != node.outputs[0].shape[-1]
         if layer.name not in slices and not resized:
             return None
-        handler = graph_module._handler_for(layer)
+        handler = handlers.handler_for(layer)
         config = handler.resize(dict(layer.get_config()), output_width)
         new_layer = layer.__class__.from_config(config)
         if not layer.weights:

@@ -1,0 +1,37 @@
+"""Helpers shared by the graph/surgery tests: provably dead channels."""
+
+import numpy as np
+
+
+def kill_channels(model, group, channels):
+    """Zeroes, in place, every producer and per-channel weight of `channels`.
+
+    Producer filters and biases become 0, so the channels are 0 right after
+    each producer; BatchNormalization beta and moving mean become 0 (moving
+    variance 1) and depthwise kernels/biases 0, so they stay 0 through every
+    zero-preserving layer. Consumers then read exact zeros from them.
+    """
+    wanted = set(int(channel) for channel in channels)
+    weights = {weight.path: weight for weight in model.weights}
+    for member in group.members:
+        if member.role == "input":
+            continue
+        positions = [p for p, c in zip(member.positions, member.channels) if c in wanted]
+        for path, axis in member.weights:
+            value = np.array(weights[path].numpy())
+            fill = 1.0 if path.endswith("moving_variance") else 0.0
+            index = [slice(None)] * value.ndim
+            index[axis] = positions
+            value[tuple(index)] = fill
+            weights[path].assign(value)
+
+
+def weights_snapshot(model):
+    """A copy of every weight of `model`, by path."""
+    return {weight.path: np.array(weight.numpy()) for weight in model.weights}
+
+
+def assert_same_weights(model, snapshot):
+    assert set(snapshot) == {weight.path for weight in model.weights}
+    for weight in model.weights:
+        np.testing.assert_array_equal(weight.numpy(), snapshot[weight.path])

@@ -1,0 +1,518 @@
+"""Handlers: how channels flow through each kind of layer or operation.
+
+A `Handler` is given one call node of an operation and a `Tracer`; it says
+which channel ids come out of the call and which weight axes they index.
+`tfprune.graph.build` looks handlers up in a registry that users extend with
+`register_handler` (layers by exact class, non-layer operations such as the
+`Add` that `x + 3.0` records by class name). The built-in handlers for Keras
+layers and `keras.ops` operations are registered at the bottom of this file.
+"""
+
+import keras
+import numpy as np
+
+ROLES = ("output", "input", "param")
+
+
+class Handler:
+    """Tells tfprune how channels flow through one kind of operation.
+
+    Subclass it for your own layer and register it with `register_handler`.
+    `trace` receives the call `node` (a Keras `Node`: `node.operation`,
+    `node.arguments.args`, `node.input_tensors`, `node.outputs`) and a
+    `Tracer`; it returns the channel ids of each output tensor's last axis and
+    declares which weight axes they index. `resize` returns the layer config
+    for a new output width (needed by producers such as `filters`/`units`).
+
+    Example:
+
+    ```python
+    class ScaleHandler(tfprune.graph.Handler):
+        # a layer `Scale` with one weight `scale` of shape (channels,)
+        def trace(self, node, tracer):
+            channels = tracer.channels(node.input_tensors[0])
+            tracer.use(node.operation, node.operation.scale, -1, channels, "param")
+            return [channels]
+
+    tfprune.graph.register_handler(Scale, ScaleHandler())
+    ```
+    """
+
+    def trace(self, node, tracer):
+        """Returns the channel ids (1-D int arrays) of each output of `node`.
+
+        Args:
+            node: The Keras `Node` of one call of the operation.
+            tracer: The `Tracer` collecting channels, couplings and weight use.
+
+        Returns:
+            List of NumPy int arrays, one per tensor in `node.outputs`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `trace`.")
+
+    def resize(self, config, output_width):
+        """Returns `config` updated for a new output width (default: unchanged).
+
+        Args:
+            config: Dict. A copy of the layer's `get_config()`.
+            output_width: Int. The new size of the output's last axis.
+
+        Returns:
+            The layer config to rebuild the layer from.
+        """
+        return config
+
+
+class Tracer:
+    """Collects channel ids while `build` walks a model (passed to handlers).
+
+    A channel id is an int; a tensor's last axis is a 1-D array of ids.
+
+    Example:
+
+    ```python
+    def trace(self, node, tracer):
+        inputs = tracer.channels(node.input_tensors[0])
+        outputs = tracer.new_channels(node.operation.units, node.operation.name)
+        tracer.use(node.operation, node.operation.kernel, 0, inputs, "input")
+        tracer.use(node.operation, node.operation.kernel, 1, outputs, "output")
+        return [outputs]
+    ```
+    """
+
+    def __init__(self):
+        self._parent = []  # union-find over channel ids
+        self._segments = []  # (first id, count, name): ids created together
+        self._pins = {}  # channel id -> reason it may not be removed
+        self._tensors = {}  # id(KerasTensor) -> channel ids of its last axis
+        self._uses = {}  # (layer name, weight index, axis) -> [role, ids]
+        self._gates = set()  # ids that gate a larger tensor (squeeze-excite)
+
+    def channels(self, tensor):
+        """Returns the channel ids of a traced tensor's last axis.
+
+        Args:
+            tensor: A `KerasTensor` of the model.
+
+        Returns:
+            1-D NumPy int array.
+        """
+        return self._tensors[id(tensor)]
+
+    def new_channels(self, count, name):
+        """Creates `count` fresh channel ids (a producer's output channels).
+
+        Args:
+            count: Int. Number of channels.
+            name: String. The producer's name (names the group).
+
+        Returns:
+            1-D NumPy int array of new ids.
+        """
+        if count is None:
+            raise ValueError(
+                f"Operation '{name}' outputs a tensor whose channel axis has unknown size; "
+                "give the model inputs a fully known channel dimension."
+            )
+        first = len(self._parent)
+        self._parent.extend(range(first, first + count))
+        self._segments.append((first, count, name))
+        return np.arange(first, first + count)
+
+    def couple(self, *channel_arrays):
+        """Declares that equal positions of the arrays are the same channel.
+
+        Args:
+            *channel_arrays: 1-D int arrays of equal length.
+
+        Raises:
+            ValueError: If the arrays differ in length.
+        """
+        first = channel_arrays[0]
+        for other in channel_arrays[1:]:
+            if len(other) != len(first):
+                raise ValueError(
+                    f"Cannot couple channel axes of sizes {len(first)} and {len(other)}."
+                )
+            for left, right in zip(first.tolist(), other.tolist()):
+                self._union(left, right)
+
+    def pin(self, channels, reason):
+        """Marks channels (and so their groups) as not removable.
+
+        Args:
+            channels: 1-D int array of channel ids.
+            reason: String. One sentence saying why, shown in `group.reason`.
+        """
+        for channel in np.asarray(channels).tolist():
+            self._pins.setdefault(channel, reason)
+
+    def use(self, layer, weight, axis, channels, role):
+        """Declares that axis `axis` of `weight` is indexed by `channels`.
+
+        Using the same weight axis twice (a shared layer) couples the ids.
+
+        Args:
+            layer: The `keras.layers.Layer` owning the weight.
+            weight: A `keras.Variable` of `layer` (or None: ignored, e.g. no bias).
+            axis: Int. The sliced axis (negative counts from the end).
+            channels: 1-D int array, one id per position along the axis.
+            role: String. One of `"output"`, `"input"`, `"param"`.
+
+        Raises:
+            ValueError: If `role` is unknown or the sizes do not match.
+        """
+        if weight is None:
+            return
+        if role not in ROLES:
+            raise ValueError(f"Unknown member role {role!r}; use one of {ROLES}.")
+        index = [id(variable) for variable in layer.weights].index(id(weight))
+        axis = axis % len(weight.shape)
+        if weight.shape[axis] != len(channels):
+            raise ValueError(
+                f"Layer '{layer.name}': weight '{weight.path}' has {weight.shape[axis]} entries "
+                f"on axis {axis} but {len(channels)} channels were given."
+            )
+        key = (layer.name, index, axis)
+        if key in self._uses:
+            self.couple(self._uses[key][1], channels)
+        else:
+            self._uses[key] = [role, np.asarray(channels), weight.path]
+
+    def _find(self, channel):
+        parent = self._parent
+        root = channel
+        while parent[root] != root:
+            root = parent[root]
+        while parent[channel] != root:
+            parent[channel], channel = root, parent[channel]
+        return root
+
+    def _union(self, left, right):
+        left, right = self._find(left), self._find(right)
+        if left != right:
+            # The older id stays the root, so a group keeps its first producer.
+            self._parent[max(left, right)] = min(left, right)
+
+
+_HANDLERS = {}
+
+
+def register_handler(layer_class_or_op_name, handler):
+    """Registers how channels flow through a layer class or a Keras operation.
+
+    Layers are looked up by their exact class (a subclass of `Conv2D` is not
+    assumed to behave like `Conv2D`); non-layer operations recorded in
+    `model.operations` (e.g. what `x + 3.0` or `keras.ops.relu6(x)` creates)
+    by their class name, such as `"Add"` or `"Relu6"`. A later registration
+    replaces an earlier one.
+
+    Args:
+        layer_class_or_op_name: A `keras.layers.Layer` subclass, or a string
+            naming a non-layer operation class.
+        handler: A `Handler` instance.
+
+    Raises:
+        TypeError: If the key or the handler has the wrong type.
+
+    Example:
+
+    >>> tfprune.graph.register_handler(MyScale, MyScaleHandler())  # doctest: +SKIP
+    """
+    is_layer_class = isinstance(layer_class_or_op_name, type) and issubclass(
+        layer_class_or_op_name, keras.layers.Layer
+    )
+    if not (is_layer_class or isinstance(layer_class_or_op_name, str)):
+        raise TypeError(
+            "`register_handler` expects a keras.layers.Layer subclass or an operation class name; "
+            f"received: {layer_class_or_op_name!r}. Pass the class itself, e.g. `MyLayer`."
+        )
+    if not isinstance(handler, Handler):
+        raise TypeError(
+            "`register_handler` expects a tfprune.graph.Handler instance; received: "
+            f"{handler!r}. Subclass tfprune.graph.Handler and pass an instance."
+        )
+    _HANDLERS[layer_class_or_op_name] = handler
+
+
+def handler_for(operation):
+    """The registered `Handler` of an operation, or None."""
+    if type(operation) in _HANDLERS:
+        return _HANDLERS[type(operation)]
+    if not isinstance(operation, keras.layers.Layer) and type(operation).__name__ in _HANDLERS:
+        return _HANDLERS[type(operation).__name__]
+    return None
+
+
+
+# Built-in handlers.
+
+
+class _Input(Handler):
+    def trace(self, node, tracer):
+        outputs = []
+        for tensor in node.outputs:
+            channels = tracer.new_channels(tensor.shape[-1], node.operation.name)
+            tracer.pin(channels, f"its channels are model input '{node.operation.name}'")
+            outputs.append(channels)
+        return outputs
+
+
+INPUT = _Input()
+
+
+class Freeze(Handler):
+    """Pins every channel in and out: the operation cannot be resized."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def trace(self, node, tracer):
+        for tensor in node.input_tensors:
+            tracer.pin(tracer.channels(tensor), self.reason)
+        outputs = []
+        for tensor in node.outputs:
+            channels = tracer.new_channels(tensor.shape[-1], node.operation.name)
+            tracer.pin(channels, self.reason)
+            outputs.append(channels)
+        return outputs
+
+
+class _Preserve(Handler):
+    """Channel-preserving operations: activations, pooling, padding, dropout."""
+
+    def trace(self, node, tracer):
+        return [tracer.channels(node.input_tensors[0])]
+
+
+class _PerChannel(Handler):
+    """Channel-preserving layers whose weights hold one value per channel.
+
+    Every weight whose last axis has the channel count is sliced on it
+    (BatchNormalization gamma/beta/moving stats, LayerNormalization gamma and
+    beta, PReLU alpha). Layers normalising over more than the channel axis
+    are frozen, since removing a channel would change the other outputs.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        channels = tracer.channels(node.input_tensors[0])
+        rank = len(node.input_tensors[0].shape)
+        axis = getattr(layer, "axis", -1)
+        axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+        if axes != [rank - 1]:
+            return Freeze(f"'{layer.name}' works over axes {axis}, not only the channel axis").trace(
+                node, tracer
+            )
+        for weight in layer.weights:
+            if len(weight.shape) and weight.shape[-1] == len(channels) and len(channels) > 1:
+                tracer.use(layer, weight, -1, channels, "param")
+        return [channels]
+
+
+class _Producer(Handler):
+    """Conv/Dense: new output channels; input channels on `input_axis`."""
+
+    def __init__(self, width_key, input_axis=-2, output_axis=-1):
+        self.width_key = width_key
+        self.input_axis = input_axis
+        self.output_axis = output_axis
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        inputs = tracer.channels(node.input_tensors[0])
+        outputs = tracer.new_channels(node.outputs[0].shape[-1], layer.name)
+        if getattr(layer, "groups", 1) != 1:
+            reason = f"'{layer.name}' is a grouped convolution (groups={layer.groups})"
+            tracer.pin(inputs, reason)
+            tracer.pin(outputs, reason)
+            return [outputs]
+        tracer.use(layer, layer.kernel, self.input_axis, inputs, "input")
+        tracer.use(layer, layer.kernel, self.output_axis, outputs, "output")
+        tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "output")
+        return [outputs]
+
+    def resize(self, config, output_width):
+        config[self.width_key] = output_width
+        return config
+
+
+class _Depthwise(Handler):
+    """Depthwise conv: output channel `c * M + m` comes from input channel c."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        inputs = tracer.channels(node.input_tensors[0])
+        outputs = np.repeat(inputs, layer.depth_multiplier)
+        tracer.use(layer, layer.kernel, -2, inputs, "param")
+        tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "param")
+        return [outputs]
+
+
+class _Separable(Handler):
+    """SeparableConv: a depthwise kernel, then a pointwise kernel (a producer)."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        inputs = tracer.channels(node.input_tensors[0])
+        outputs = tracer.new_channels(node.outputs[0].shape[-1], layer.name)
+        tracer.use(layer, layer.depthwise_kernel, -2, inputs, "input")
+        tracer.use(layer, layer.pointwise_kernel, -2, np.repeat(inputs, layer.depth_multiplier), "input")
+        tracer.use(layer, layer.pointwise_kernel, -1, outputs, "output")
+        tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "output")
+        return [outputs]
+
+    def resize(self, config, output_width):
+        config["filters"] = output_width
+        return config
+
+
+def _is_constant_per_channel(value):
+    """True for a non-tensor argument that broadcasts over several channels."""
+    shape = np.shape(value)
+    return len(shape) > 0 and shape[-1] > 1
+
+
+class _Elementwise(Handler):
+    """Add/Multiply/... between tensors: equal channels are unified.
+
+    Broadcasting is understood: an input whose channel axis has size 1 is not
+    coupled, a `1x1xC` squeeze-excite gate is unified with the C channels it
+    scales. A `gating` handler (a product of tensors) remembers the channels
+    it multiplies, which is how squeeze-excite bottlenecks are recognised.
+    """
+
+    def __init__(self, gating=False):
+        self.gating = gating
+
+    def trace(self, node, tracer):
+        tensors = node.input_tensors
+        for value in node.arguments.args:
+            if not hasattr(value, "_keras_history") and not isinstance(value, (list, tuple)):
+                if _is_constant_per_channel(value):
+                    channels = tracer.channels(tensors[0])
+                    tracer.pin(channels, f"'{node.operation.name}' uses a constant with one value per channel")
+        widest = max(tensors, key=lambda tensor: tensor.shape[-1] or 0)
+        channels = tracer.channels(widest)
+        coupled = [tracer.channels(tensor) for tensor in tensors if tensor.shape[-1] != 1 or len(channels) == 1]
+        tracer.couple(*coupled)
+        if self.gating and len(tensors) > 1:
+            tracer._gates.update(channels.tolist())
+        return [channels]
+
+
+class _Concatenate(Handler):
+    """Concatenate on the channel axis joins channel ids by offset."""
+
+    def trace(self, node, tracer):
+        tensors = node.input_tensors
+        rank = len(tensors[0].shape)
+        axis = getattr(node.operation, "axis", None)
+        if axis is None:
+            axis = node.arguments.kwargs.get("axis", node.arguments.args[1] if len(node.arguments.args) > 1 else 0)
+        if axis % rank == rank - 1:
+            return [np.concatenate([tracer.channels(tensor) for tensor in tensors])]
+        tracer.couple(*[tracer.channels(tensor) for tensor in tensors])
+        return [tracer.channels(tensors[0])]
+
+
+class _Reshape(Handler):
+    """Flatten/Reshape: maps each channel to every position it lands on.
+
+    The reshape is applied to an array of channel ids; it is supported when
+    every position of the output's last axis holds a single channel (the
+    channel axis is kept, or spatial axes are flattened into it).
+    """
+
+    def trace(self, node, tracer):
+        source, target = node.input_tensors[0], node.outputs[0]
+        channels = tracer.channels(source)
+        source_shape, target_shape = tuple(source.shape[1:]), tuple(target.shape[1:])
+        if None in source_shape or None in target_shape:
+            return Freeze(f"'{node.operation.name}' reshapes a tensor of unknown size").trace(node, tracer)
+        ids = np.broadcast_to(channels, source_shape).reshape(target_shape)
+        last_axis = ids.reshape(-1, target_shape[-1] if target_shape else 1)
+        if target_shape and (last_axis == last_axis[0]).all():
+            return [last_axis[0].copy()]
+        return Freeze(f"'{node.operation.name}' reshapes channels into several axes").trace(node, tracer)
+
+    def resize(self, config, output_width):
+        if "target_shape" in config:
+            config["target_shape"] = tuple(config["target_shape"][:-1]) + (output_width,)
+        return config
+
+
+class _Rescaling(Handler):
+    def trace(self, node, tracer):
+        channels = tracer.channels(node.input_tensors[0])
+        layer = node.operation
+        if _is_constant_per_channel(layer.scale) or _is_constant_per_channel(layer.offset):
+            tracer.pin(channels, f"'{layer.name}' rescales with one value per channel")
+        return [channels]
+
+
+class _Softmax(Handler):
+    def trace(self, node, tracer):
+        layer = node.operation
+        rank = len(node.input_tensors[0].shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if rank - 1 in [axis % rank for axis in axes]:
+            return Freeze(f"'{layer.name}' normalises over the channel axis").trace(node, tracer)
+        return [tracer.channels(node.input_tensors[0])]
+
+
+_PRESERVE = _Preserve()
+_ELEMENTWISE = _Elementwise()
+_GATING = _Elementwise(gating=True)
+_layers = keras.layers
+_LAYER_HANDLERS = {
+    _layers.Conv1D: _Producer("filters"),
+    _layers.Conv2D: _Producer("filters"),
+    _layers.Conv3D: _Producer("filters"),
+    _layers.Conv1DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
+    _layers.Conv2DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
+    _layers.Conv3DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
+    _layers.Dense: _Producer("units", input_axis=0, output_axis=1),
+    _layers.DepthwiseConv1D: _Depthwise(),
+    _layers.DepthwiseConv2D: _Depthwise(),
+    _layers.SeparableConv1D: _Separable(),
+    _layers.SeparableConv2D: _Separable(),
+    _layers.BatchNormalization: _PerChannel(),
+    _layers.LayerNormalization: _PerChannel(),
+    _layers.PReLU: _PerChannel(),
+    _layers.Add: _ELEMENTWISE,
+    _layers.Subtract: _ELEMENTWISE,
+    _layers.Multiply: _GATING,
+    _layers.Maximum: _ELEMENTWISE,
+    _layers.Minimum: _ELEMENTWISE,
+    _layers.Average: _ELEMENTWISE,
+    _layers.Concatenate: _Concatenate(),
+    _layers.Flatten: _Reshape(),
+    _layers.Reshape: _Reshape(),
+    _layers.Rescaling: _Rescaling(),
+    _layers.Softmax: _Softmax(),
+    _layers.Normalization: Freeze("Normalization keeps per-channel statistics tfprune does not slice"),
+    _layers.GroupNormalization: Freeze("GroupNormalization ties channels into groups"),
+}
+for _name in (
+    "Activation ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
+    "GaussianNoise GaussianDropout AlphaDropout ActivityRegularization Identity "
+    "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D "
+    "UpSampling1D UpSampling2D UpSampling3D "
+    "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+    "GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D "
+    "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D"
+).split():
+    _LAYER_HANDLERS[getattr(_layers, _name)] = _PRESERVE
+# Non-layer operations (what `x + 3.0`, `keras.ops.relu6(x)` record) by class name.
+for _name in (
+    "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Gelu Elu Selu LeakyRelu Softplus Tanh "
+    "Exp Abs Absolute Negative Square Sqrt Cast Clip"
+).split():
+    _LAYER_HANDLERS[_name] = _PRESERVE
+for _name in "Add Subtract Divide TrueDivide Maximum Minimum Power".split():
+    _LAYER_HANDLERS[_name] = _ELEMENTWISE
+_LAYER_HANDLERS["Multiply"] = _GATING
+_LAYER_HANDLERS["Concatenate"] = _Concatenate()
+_HANDLERS.update(_LAYER_HANDLERS)
+del _name, _layers
