@@ -759,15 +759,15 @@ def _verify(model, content, samples, report):
 
 
 def _ready_interpreter(path, num_threads):
-    """Returns an allocated interpreter with inputs set, and whether it uses XNNPACK."""
-    for use_xnnpack in (True, False):
-        interpreter = _interpreter(path, num_threads, use_xnnpack)
-        try:
-            interpreter.allocate_tensors()
-            break
-        except RuntimeError:  # XNNPACK refuses some files, e.g. sparse-encoded int8 weights
-            if not use_xnnpack:
-                raise
+    """Returns an interpreter that has run once on a random input, and whether it uses XNNPACK."""
+    try:
+        return _run_once(_interpreter(path, num_threads, use_xnnpack=True)), True
+    except RuntimeError:  # XNNPACK refuses some files (sparse int8 weights) when first invoked
+        return _run_once(_interpreter(path, num_threads, use_xnnpack=False)), False
+
+
+def _run_once(interpreter):
+    interpreter.allocate_tensors()
     random = np.random.default_rng(0)
     for details in interpreter.get_input_details():
         dtype = np.dtype(details["dtype"])
@@ -776,7 +776,8 @@ def _ready_interpreter(path, num_threads):
         else:
             values = np.zeros(details["shape"], dtype)
         interpreter.set_tensor(details["index"], values)
-    return interpreter, use_xnnpack
+    interpreter.invoke()
+    return interpreter
 
 
 # Runs in a fresh process so that the peak resident memory is the interpreter's,
