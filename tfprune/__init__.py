@@ -14,8 +14,15 @@ if os.path.basename(sys.argv[0]) == "tfprune":
     # terminal; library users keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfprune import analysis, callbacks, datasets, graph, layers, models, surgery
+from tfprune import analysis, callbacks, datasets, graph, layers, magnitude, models, surgery
 from tfprune.analysis import analyze
+from tfprune.magnitude import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    check_m_by_n,
+    prune_low_magnitude,
+)
 from tfprune.sparsity import sparsify, sparsity_report, strip
 from tfprune.version import __version__
 
@@ -27,6 +34,12 @@ __all__ = [
     "datasets",
     "graph",
     "layers",
+    "magnitude",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PruningSchedule",
+    "check_m_by_n",
+    "prune_low_magnitude",
     "models",
     "sparsify",
     "sparsity_report",

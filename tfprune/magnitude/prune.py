@@ -1,0 +1,232 @@
+"""`prune_low_magnitude`: wrap the prunable layers of a model in magnitude masks."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfprune._utils import clone_graph, require_graph_model
+from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
+
+
+def _skip_test(skip, model):
+    """Returns `layer -> bool` from `skip`: a callable, or layer names and classes."""
+    if callable(skip) and not isinstance(skip, type):
+        return skip
+    entries = (skip,) if isinstance(skip, (str, type)) else skip
+    if not isinstance(entries, (tuple, list, set, frozenset)) or not all(
+        isinstance(entry, (str, type)) for entry in entries
+    ):
+        raise TypeError(
+            "`skip` must be a callable `layer -> bool` or a tuple of layer names and layer "
+            f"classes. Received: skip={skip!r}"
+        )
+    names = {entry for entry in entries if isinstance(entry, str)}
+    unknown = sorted(names - {layer.name for layer in model.layers})
+    if unknown:
+        raise ValueError(
+            f"`skip` names layers that model '{model.name}' does not have; check the names in "
+            f"model.summary(). Received: skip={skip!r} (unknown: {unknown})"
+        )
+    classes = tuple(entry for entry in entries if isinstance(entry, type))
+    return lambda layer: layer.name in names or isinstance(layer, classes)
+
+
+def _copy_layer(layer):
+    """A new layer of the same class and config, built and holding copies of the weights."""
+    copy = type(layer).from_config(layer.get_config())
+    if layer.built:
+        copy.build_from_config(layer.get_build_config())
+        copy.set_weights(layer.get_weights())
+    return copy
+
+
+def prune_low_magnitude(
+    model_or_layer, schedule, block_size=(1, 1), block_pooling="avg", m_by_n=None, skip=()
+):
+    """Returns a copy of a model (or layer) whose prunable weights carry magnitude masks.
+
+    Every prunable layer (Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, the
+    pointwise kernel of SeparableConv1D/2D, Embedding, and your own layers with
+    a `get_prunable_weights()` method) that `skip` does not exclude is wrapped
+    in a `tfprune.magnitude.PruneLowMagnitude` with the same name; all other
+    layers are copied with their weights. Train the result with
+    `tfprune.callbacks.UpdatePruningStep()` among the callbacks, then call
+    `tfprune.strip` to get plain Keras layers with the zeros baked in. The
+    input is not modified. Layers inside nested models are not wrapped.
+
+    This is TensorFlow Model Optimization's `prune_low_magnitude` for Keras 3:
+    `tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=s)`
+    becomes `tfprune.prune_low_magnitude(model, schedule=s)`.
+
+    Args:
+        model_or_layer: A built Sequential or functional `keras.Model`, or a
+            prunable layer (a wrapped copy is returned, to use in a new model).
+        schedule: A schedule such as `tfprune.PolynomialDecay(0.0, 0.9, 0, 1000)`
+            or `tfprune.ConstantSparsity(0.5)`.
+        block_size: Tuple of two ints. Prune tiles of this shape over the
+            (input, output) channel axes of each kernel; `(1, 1)` prunes single
+            weights. Defaults to `(1, 1)`.
+        block_pooling: String. `"avg"` or `"max"`: how a tile is scored from its
+            |w|. Defaults to `"avg"`.
+        m_by_n: Optional tuple `(m, n)`, e.g. `(2, 4)`: keep the `m` largest of
+            every `n` consecutive input channels (the schedule then only decides
+            when masks are computed). Depthwise convolutions and embeddings have
+            no input-channel axis and are left dense. Defaults to `None`.
+        skip: Layer names and/or layer classes to leave dense, or a callable
+            `layer -> bool` returning True for layers to leave dense.
+            Defaults to `()`.
+
+    Returns:
+        A new `keras.Model` of the same kind, or a `PruneLowMagnitude` layer.
+
+    Raises:
+        TypeError: If `model_or_layer` is a subclassed model, neither a model nor
+            a prunable layer, or `schedule`/`skip` has the wrong type.
+        ValueError: If a pattern argument is invalid, `skip` names a layer the
+            model does not have, or no layer is left to prune.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8,))
+    >>> outputs = keras.layers.Dense(2, name="logits")(keras.layers.Dense(16)(inputs))
+    >>> model = keras.Model(inputs, outputs)
+    >>> pruned = tfprune.prune_low_magnitude(
+    ...     model, schedule=tfprune.PolynomialDecay(0.0, 0.9, 0, 100), skip=("logits",))
+    >>> [type(layer).__name__ for layer in pruned.layers]
+    ['InputLayer', 'PruneLowMagnitude', 'Dense']
+    """
+    block_size, block_pooling, m_by_n = check_pattern(block_size, block_pooling, m_by_n)
+    options = dict(schedule=schedule, block_size=block_size, block_pooling=block_pooling, m_by_n=m_by_n)
+    if isinstance(model_or_layer, keras.layers.Layer) and not isinstance(model_or_layer, keras.Model):
+        wrapper = PruneLowMagnitude(_copy_layer(model_or_layer), **options)
+        if model_or_layer.built:
+            wrapper.build_from_config(model_or_layer.get_build_config())
+        return wrapper
+    model = require_graph_model(model_or_layer, "tfprune.prune_low_magnitude")
+    skipped = _skip_test(skip, model)
+
+    def replace(layer):
+        if isinstance(layer, keras.Model) or skipped(layer) or not is_prunable(layer, m_by_n):
+            return None
+        wrapper = PruneLowMagnitude(_copy_layer(layer), **options)
+        wrapper.build_from_config(layer.get_build_config())
+        return wrapper
+
+    pruned = clone_graph(model, replace)
+    if not pruning_wrappers(pruned):
+        raise ValueError(
+            f"Model '{model.name}' has no layer left to prune (skip={skip!r}, m_by_n={m_by_n}); "
+            "it needs Dense, convolution or Embedding layers, or layers with "
+            "`get_prunable_weights()`, that `skip` does not exclude."
+        )
+    return pruned
+
+
+def pruning_wrappers(model):
+    """Returns every `PruneLowMagnitude` layer of a model, nested models included.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        List of `tfprune.magnitude.PruneLowMagnitude`, in graph order.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> len(tfprune.magnitude.pruning_wrappers(model))
+    0
+    """
+    found = []
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, PruneLowMagnitude):
+            found.append(layer)
+        elif getattr(layer, "layers", None):
+            found.extend(pruning_wrappers(layer))
+    return found
+
+
+def update_pruning_step(model, step=None):
+    """Updates every mask of a model for one training step; for custom training loops.
+
+    Call it once before each training step (the `UpdatePruningStep` callback
+    does this inside `model.fit`). Each wrapper whose schedule prunes at `step`
+    recomputes its masks from the current weights; every step counter is then
+    set to `step + 1`.
+
+    Args:
+        model: A Keras model with `PruneLowMagnitude` layers.
+        step: Optional int. The step to apply; defaults to the counter of the
+            first wrapper (so repeated calls advance one step each).
+
+    Returns:
+        Int. The step that was applied.
+
+    Raises:
+        ValueError: If the model has no `PruneLowMagnitude` layer.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8,))
+    >>> model = tfprune.prune_low_magnitude(
+    ...     keras.Model(inputs, keras.layers.Dense(2)(inputs)), tfprune.ConstantSparsity(0.5))
+    >>> tfprune.magnitude.update_pruning_step(model)
+    0
+    >>> tfprune.magnitude.mask_sparsity(model)
+    0.5
+    """
+    wrappers = _require_wrappers(model, "tfprune.magnitude.update_pruning_step")
+    if step is None:
+        step = int(ops.convert_to_numpy(wrappers[0].pruning_step.value))
+    for wrapper in wrappers:
+        wrapper.update_pruning_step(step)
+    return step
+
+
+def _require_wrappers(model, caller):
+    wrappers = pruning_wrappers(model)
+    if not wrappers:
+        raise ValueError(
+            f"`{caller}` found no PruneLowMagnitude layer in model '{model.name}'; "
+            "prune it first with tfprune.prune_low_magnitude(model, schedule=...)."
+        )
+    return wrappers
+
+
+def mask_sparsity(model, by_layer=False):
+    """Returns the share of masked-out (zero) entries in the masks of a model.
+
+    Args:
+        model: A Keras model with `PruneLowMagnitude` layers.
+        by_layer: Bool. If True, returns a dict `{layer name: sparsity}` instead
+            of one number over all masks. Defaults to `False`.
+
+    Returns:
+        Float in [0, 1], or a dict of floats.
+
+    Raises:
+        ValueError: If the model has no `PruneLowMagnitude` layer.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8,))
+    >>> model = tfprune.prune_low_magnitude(
+    ...     keras.Model(inputs, keras.layers.Dense(2)(inputs)), tfprune.ConstantSparsity(0.5))
+    >>> tfprune.magnitude.mask_sparsity(model, by_layer=True)
+    {'dense': 0.0}
+    """
+    counts = {}
+    for wrapper in _require_wrappers(model, "tfprune.magnitude.mask_sparsity"):
+        masks = [ops.convert_to_numpy(mask.value) for mask in wrapper.masks]
+        counts[wrapper.name] = (
+            sum(int(np.sum(mask == 0)) for mask in masks),
+            sum(mask.size for mask in masks),
+        )
+    if by_layer:
+        return {name: zeros / size for name, (zeros, size) in counts.items()}
+    return sum(zeros for zeros, _ in counts.values()) / sum(size for _, size in counts.values())
