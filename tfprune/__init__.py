@@ -14,7 +14,7 @@ if os.path.basename(sys.argv[0]) == "tfprune":
     # terminal; library users keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfprune import analysis, callbacks, datasets, graph, layers, magnitude, models, surgery
+from tfprune import analysis, callbacks, datasets, export, graph, layers, magnitude, models, surgery
 from tfprune.analysis import analyze
 from tfprune.magnitude import (
     ConstantSparsity,
@@ -32,6 +32,7 @@ __all__ = [
     "analyze",
     "callbacks",
     "datasets",
+    "export",
     "graph",
     "layers",
     "magnitude",
