@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune._utils import write_summary
+
 _MODES = ("subgradient", "proximal")
 
 
@@ -55,17 +57,6 @@ def _histogram(values, bins=30):
     """TensorBoard's histogram tensor: one row `(left edge, right edge, count)` per bin."""
     counts, edges = np.histogram(values, bins=bins)
     return np.stack([edges[:-1], edges[1:], counts]).T.astype("float64")
-
-
-def _write_summary(tag, tensor, plugin_name):
-    # tf.summary.histogram/scalar live in the TensorBoard package, which tfprune
-    # does not depend on; tf.summary.write with the plugin's metadata writes the
-    # same event records with TensorFlow alone.
-    import tensorflow as tf
-
-    metadata = tf.compat.v1.SummaryMetadata()
-    metadata.plugin_data.plugin_name = plugin_name
-    tf.summary.write(tag, tensor, metadata=metadata)
 
 
 class BNSparsity(keras.callbacks.Callback):
@@ -242,9 +233,9 @@ class BNSparsity(keras.callbacks.Callback):
             logs.update(statistics)
         if self._writer is not None:
             with self._writer.as_default(step=epoch):
-                _write_summary("bn_gamma/abs", _histogram(self._all_magnitudes()), "histograms")
+                write_summary("bn_gamma/abs", _histogram(self._all_magnitudes()), "histograms")
                 for name, value in statistics.items():
-                    _write_summary(f"bn_gamma/{name}", np.float32(value), "scalars")
+                    write_summary(f"bn_gamma/{name}", np.float32(value), "scalars")
             self._writer.flush()
 
     def on_train_end(self, logs=None):
