@@ -378,9 +378,9 @@ class Analysis:
         rule = "-" * len(line(header))
         lines = [f"Model: {self.model_name}", rule, line(header), rule, *map(line, rows), rule]
         lines += [
-            f"Params: {self.params:,} ({_human(self.params)}), trainable: {self.trainable_params:,}",
-            f"MACs: {self.macs:,} ({_human(self.macs)}), conv and dense kernels only, per example",
-            f"FLOPs (2xMACs): {self.flops:,} ({_human(self.flops)})",
+            f"Params: {_human(self.params)}, trainable: {self.trainable_params:,}",
+            f"MACs: {_human(self.macs)}, conv and dense kernels only, per example",
+            f"FLOPs (2xMACs): {_human(self.flops)}",
             f"Kernel params: {self.kernel_params:,}, nonzero: {self.nonzero_kernel_params:,} "
             f"(sparsity {_format_share(self.kernel_sparsity)})",
         ]
@@ -520,7 +520,8 @@ def _format_share(value):
 
 
 def _human(value):
+    """Formats 3896 as "3,896 (3.90 K)" and 122 as "122"."""
     for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if value >= factor:
-            return f"{value / factor:.2f} {suffix}"
-    return str(value)
+            return f"{value:,} ({value / factor:.2f} {suffix})"
+    return f"{value:,}"
