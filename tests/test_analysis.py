@@ -86,6 +86,12 @@ HAND_COMPUTED = {
     ),
     "dense": ((5,), keras.layers.Dense(3, name="layer"), 5 * 3 + 3, 5 * 3),
     "dense_per_timestep": ((7, 5), keras.layers.Dense(3, name="layer"), 5 * 3 + 3, 7 * 5 * 3),
+    "time_distributed_conv2d": (
+        (4, 6, 6, 2),
+        keras.layers.TimeDistributed(keras.layers.Conv2D(3, 3), name="layer"),
+        3 * 3 * 2 * 3 + 3,
+        4 * (4 * 4 * 3 * 3 * 2 * 3),  # 4 steps
+    ),
 }
 
 

@@ -35,9 +35,9 @@ def register_macs(layer_class, function):
 
     Args:
         layer_class: A class, usually a `keras.layers.Layer` subclass.
-        function: Callable `function(layer, input_shape, output_shape) -> int`
-            returning the multiply-accumulates of one call of `layer` for one
-            example. `input_shape` and `output_shape` are the shapes of the
+        function: Callable `function(layer, input_shape, output_shape)`
+            returning the multiply-accumulates (int) of one call of `layer`
+            for one example, or None if they cannot be counted. `input_shape` and `output_shape` are the shapes of the
             call's first input and first output, batch dimension included.
 
     Returns:
@@ -107,6 +107,14 @@ def _dense_macs(layer, input_shape, output_shape):
     return math.prod(input_shape[1:]) * layer.units
 
 
+def _time_distributed_macs(layer, input_shape, output_shape):
+    # The wrapped layer runs once per step of axis 1.
+    step_macs = _call_macs(
+        layer.layer, input_shape[:1] + input_shape[2:], output_shape[:1] + output_shape[2:]
+    )
+    return None if step_macs is None else input_shape[1] * step_macs
+
+
 def _no_macs(layer, input_shape, output_shape):
     return 0
 
@@ -123,6 +131,7 @@ for _layer_class, _function in {
     keras.layers.SeparableConv1D: _separable_conv_macs,
     keras.layers.SeparableConv2D: _separable_conv_macs,
     keras.layers.Dense: _dense_macs,
+    keras.layers.TimeDistributed: _time_distributed_macs,
     # Layers with weights that do no kernel multiply-accumulates (excluded by
     # convention). Weightless layers and graph operations count 0 without an entry.
     keras.layers.BatchNormalization: _no_macs,
@@ -403,7 +412,7 @@ def analyze(model):
     MACs are the multiply-accumulates of convolution (Conv1D/2D/3D with
     `groups`, transposed, depthwise with `depth_multiplier`, separable) and
     Dense kernels (Dense on N-D inputs repeats over leading axes) for one
-    example. Bias additions, normalization, activations, pooling, elementwise
+    example; `TimeDistributed` multiplies its layer's MACs by the steps. Bias additions, normalization, activations, pooling, elementwise
     operations and reshapes are excluded (0 MACs), as in the papers' and
     Keras's reference figures. Layers with weights but no registered formula
     (see `register_macs`) or with unknown spatial sizes get `macs=None` and are
@@ -482,17 +491,22 @@ def _record(operation, prefix, nodes, calls):
 
 
 def _macs(layer, nodes, calls):
+    per_call = [
+        _call_macs(layer, tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape))
+        for node in nodes
+    ]
+    return None if None in per_call else calls * sum(per_call)
+
+
+def _call_macs(layer, input_shape, output_shape):
+    """MACs of one call of `layer`, or None when they cannot be counted."""
     function = _mac_function(layer)
     if function is None:
         return None if getattr(layer, "weights", None) else 0
-    total = 0
-    for node in nodes:
-        input_shape = tuple(node.input_tensors[0].shape)
-        output_shape = tuple(node.output_tensors[0].shape)
-        if None in input_shape[1:] or None in output_shape[1:]:
-            return None
-        total += int(function(layer, input_shape, output_shape))
-    return calls * total
+    if None in input_shape[1:] or None in output_shape[1:]:
+        return None
+    macs = function(layer, input_shape, output_shape)
+    return None if macs is None else int(macs)
 
 
 def _count(weights):
