@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from sklearn.datasets import load_digits
 
 import tfprune
 from tfprune import export, surgery
@@ -16,12 +15,11 @@ FLOAT_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def digits():
-    """Digits images (8x8x1 in [0, 1]) split into 1437 train and 360 test samples."""
-    data = load_digits()
-    images = (data.images / 16.0).astype("float32")[..., None]
-    order = np.random.default_rng(0).permutation(len(images))
-    train, test = order[:1437], order[1437:]
-    return images[train], data.target[train], images[test], data.target[test]
+    """Digits images (8x8x1 in [0, 1]): 1437 train and 360 test samples."""
+    (train_images, train_labels), (test_images, test_labels) = tfprune.datasets.digits(
+        image_size=8, channels=1, as_numpy=True
+    )
+    return train_images, train_labels, test_images, test_labels
 
 
 def _cnn(widths=(16, 32), name="cnn"):
