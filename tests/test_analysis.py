@@ -322,6 +322,8 @@ def test_analyze_refuses_subclassed_models_and_other_objects():
         tfprune.analyze(Subclassed())
     with pytest.raises(TypeError, match=r"tfprune.analyze.*type str"):
         tfprune.analyze("model.keras")
+    with pytest.raises(ValueError, match=r"tfprune.analyze.*is not built"):
+        tfprune.analyze(keras.Sequential([keras.layers.Dense(2)]))
 
 
 def test_to_dict_is_json_serialisable_and_labels_macs_and_flops():

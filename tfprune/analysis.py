@@ -446,6 +446,9 @@ def analyze(model):
 def _records(model, prefix, calls):
     """Yields the records of a graph model; `calls` multiplies the MACs."""
     graph = functional_view(model)
+    # Keras has no public accessor for a graph's call nodes; `_nodes_by_depth`
+    # (this graph's nodes) and `_inbound_nodes` (a layer's calls) are what
+    # `keras.Model.summary` reads too.
     graph_nodes = {id(node) for nodes in graph._nodes_by_depth.values() for node in nodes}
     for operation in graph.operations:
         if isinstance(operation, keras.layers.InputLayer):
