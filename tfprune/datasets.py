@@ -107,7 +107,9 @@ def digits(
         batch_size: Int. Batch size of the returned datasets. Defaults to 64.
         test_fraction: Float in (0, 1). Share of the images in the test split.
             Defaults to 0.2.
-        seed: Int. Fixes the split and the training shuffle order. Defaults to 0.
+        seed: Int. Fixes the split and the training shuffle order (the order
+            also depends on TensorFlow's global seed if one is set, e.g. by
+            `keras.utils.set_random_seed`). Defaults to 0.
         shuffle: Bool. Whether the training dataset is reshuffled every epoch
             (deterministically under `seed`). The test dataset never is.
             Defaults to True.
@@ -191,7 +193,8 @@ def cifar10(
         image_size: Int. Height and width of the returned images. Defaults to 32.
         augment: Bool. Whether to augment the training split. Defaults to False.
         batch_size: Int. Batch size of both datasets. Defaults to 64.
-        seed: Int. Fixes the shuffle order and the augmentation. Defaults to 0.
+        seed: Int. Fixes the shuffle order and the augmentation (together with
+            TensorFlow's global seed, if one is set). Defaults to 0.
         shuffle: Bool. Whether the training dataset is reshuffled every epoch.
             Defaults to True.
         download: Bool. Whether TFDS may download and prepare the data if
@@ -245,7 +248,8 @@ def cifar100(
         augment: Bool. Whether to augment the training split (pad, random crop,
             random left-right flip). Defaults to False.
         batch_size: Int. Batch size of both datasets. Defaults to 64.
-        seed: Int. Fixes the shuffle order and the augmentation. Defaults to 0.
+        seed: Int. Fixes the shuffle order and the augmentation (together with
+            TensorFlow's global seed, if one is set). Defaults to 0.
         shuffle: Bool. Whether the training dataset is reshuffled every epoch.
             Defaults to True.
         download: Bool. Whether TFDS may download and prepare the data if
