@@ -1,0 +1,267 @@
+import keras
+import numpy as np
+import pytest
+
+import tfprune
+from tfprune.pruning import expansion_layers, prune
+
+
+def _small_model(seed=0):
+    """conv1 (8) -> expansion conv2 (6) -> depthwise -> projection conv3 (4) -> logits."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(6, 1, use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.Activation("hard_swish", name="act2")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise")(x)
+    x = keras.layers.BatchNormalization(name="bn3")(x)
+    x = keras.layers.ReLU(name="relu3")(x)
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="conv3")(x)
+    x = keras.layers.BatchNormalization(name="bn4")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2, size), rng.normal(size=size), rng.normal(size=size) * 0.1,
+                 rng.uniform(0.5, 1.5, size)]
+            )
+    return model
+
+
+def _inputs(count=4):
+    return np.random.default_rng(5).uniform(size=(count, 8, 8, 3)).astype("float32")
+
+
+def _l1_of_filters(model, name):
+    kernel = model.get_layer(name).get_weights()[0]
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+HAND_SCORES = {
+    "conv1": np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4]),
+    "conv2": np.array([0.15, 0.95, 0.25, 0.85, 0.35, 0.05]),
+    "conv3": np.array([0.5, 0.45, 0.55, 0.65]),
+}
+
+
+def _hand_criterion(model, graph, data=None, seed=None):
+    return {name: values.copy() for name, values in HAND_SCORES.items()}
+
+
+def test_global_rate_removes_the_lowest_scored_channels_across_groups():
+    model = _small_model()
+    # 18 channels, rate 0.5 -> the 9 lowest scores 0.05 .. 0.45:
+    # conv1 loses 0.1-0.4 (4), conv2 loses 0.05-0.35 (4), conv3 loses 0.45 (1)
+    cut = 0.45
+    small, result = prune(model, _hand_criterion, rate=0.5)
+    assert result.threshold == pytest.approx(cut)
+    assert result.widths_after == {"conv1": 4, "conv2": 2, "conv3": 3}
+    kept = {name: np.flatnonzero(values > cut) for name, values in HAND_SCORES.items()}
+    # the kept filters are exactly the highest-scored ones, in their original order,
+    # and the next conv keeps the matching input channels (conv2 follows conv1, conv3
+    # follows conv2 through the depthwise conv)
+    inputs_kept = {"conv1": np.arange(3), "conv2": kept["conv1"], "conv3": kept["conv2"]}
+    for name in HAND_SCORES:
+        expected_kernel = model.get_layer(name).get_weights()[0][:, :, inputs_kept[name]][..., kept[name]]
+        np.testing.assert_array_equal(small.get_layer(name).get_weights()[0], expected_kernel)
+
+
+def test_global_l1_is_not_comparable_across_layers_and_the_guard_warns():
+    # conv3 (1x1 over 6 inputs) has far smaller filter L1 norms than conv1 (3x3x3):
+    # a global l1 cut at 0.5 would take every conv3 channel.
+    with pytest.warns(UserWarning, match=r"remove all 4 channels of group 'conv3'"):
+        small, result = prune(_small_model(), "l1", rate=0.5)
+    assert small.get_layer("conv3").filters == 1
+    assert {g.name: g.guarded for g in result.groups}["conv3"] is True
+
+
+def test_group_scope_removes_rate_of_every_group():
+    small, result = prune(_small_model(), "l1", rate=0.5, scope="group")
+    assert result.widths_after == {"conv1": 4, "conv2": 3, "conv3": 2}
+    assert result.threshold is None
+    assert small.get_layer("depthwise").get_weights()[0].shape[-2] == 3
+    assert small.get_layer("bn3").gamma.shape == (3,)
+
+
+def test_expansion_targets_are_recognised_structurally():
+    assert expansion_layers(_small_model()) == ["conv2"]
+    model = tfprune.models.mobilenet_v3("small", input_shape=(32, 32, 3), seed=0)
+    names = expansion_layers(model)
+    assert len(names) == 10 and all(name.endswith("_expand") for name in names)
+    # the projection of block 0 and the stem feed no depthwise through BN/activation only
+    assert "conv" not in names and "expanded_conv_project" not in names
+
+
+def test_targets_expansion_and_callable_only_touch_their_groups():
+    model = _small_model()
+    small, result = prune(model, "l1", rate=0.5, targets="expansion")
+    assert [g.name for g in result.groups] == ["conv2"]
+    assert (small.get_layer("conv1").filters, small.get_layer("conv2").filters) == (8, 3)
+    small, result = prune(model, "l1", rate=0.5, targets=lambda group: group.name == "conv3")
+    assert result.widths_after == {"conv3": 2}
+    assert small.get_layer("conv2").filters == 6
+
+
+def test_guard_keeps_min_channels_and_warns_with_the_group_name():
+    model = _small_model()
+    # conv3's BN scales are tiny: a global bn_gamma cut takes all of them first
+    bn4 = model.get_layer("bn4")
+    bn4.gamma.assign(np.full(4, 1e-4, "float32"))
+    with pytest.warns(UserWarning, match=r"remove all 4 channels of group 'conv3'"):
+        small, result = prune(model, "bn_gamma", rate=0.3, min_channels=2)
+    assert small.get_layer("conv3").filters == 2
+    assert {g.name: g.guarded for g in result.groups}["conv3"] is True
+
+
+def test_max_group_rate_caps_every_group():
+    _, result = prune(_small_model(), "l1", rate=0.9, scope="group", max_group_rate=0.5)
+    assert result.widths_after == {"conv1": 4, "conv2": 3, "conv3": 2}
+
+
+def test_round_to_gives_multiples():
+    _, result = prune(_small_model(), "l1", rate=0.3, scope="group", round_to=4)
+    # removes round(0.3 * size) = 2, 2, 1 -> widths 6, 4, 3 -> nearest multiples of 4
+    # (halves up, at least 4): 8, 4, 4
+    assert result.widths_after == {"conv1": 8, "conv2": 4, "conv3": 4}
+    _, result = prune(_small_model(), "l1", rate=0.6, scope="group", round_to=2)
+    # removes 5, 4, 2 -> widths 3, 2, 2 -> 4, 2, 2
+    assert result.widths_after == {"conv1": 4, "conv2": 2, "conv3": 2}
+
+
+def test_ignore_by_group_or_layer_name():
+    _, result = prune(_small_model(), "l1", rate=0.5, scope="group", ignore=("conv1", "bn4"))
+    assert [g.name for g in result.groups] == ["conv2"]
+
+
+def test_threshold_removes_every_channel_scoring_at_or_below_it():
+    model = _small_model()
+    gamma = np.array([0.0, 1.0, 0.0, 2.0, 0.01, 1.0], "float32")
+    model.get_layer("bn2").gamma.assign(gamma)
+    small, result = prune(model, "bn_gamma", threshold=0.01, targets="expansion")
+    assert small.get_layer("conv2").filters == 3
+    np.testing.assert_array_equal(small.get_layer("bn2").gamma.numpy(), [1.0, 2.0, 1.0])
+    assert result.threshold == 0.01
+
+
+def test_removing_dead_channels_keeps_outputs_and_input_is_untouched():
+    model = _small_model()
+    # channels 1 and 4 of conv2's group are dead: both BNs of the group output exactly
+    # 0 there (γ = β = 0), so hard-swish and ReLU pass 0 to conv3
+    for name in ("bn2", "bn3"):
+        bn = model.get_layer(name)
+        gamma, beta, mean, variance = bn.get_weights()
+        gamma[[1, 4]] = 0.0
+        beta[[1, 4]] = 0.0
+        bn.set_weights([gamma, beta, mean, variance])
+    before = [w.copy() for w in model.get_weights()]
+    x = _inputs()
+    expected = model.predict(x, verbose=0)
+    small, result = prune(model, "bn_gamma", threshold=0.0, targets="expansion")
+    assert result.widths_after == {"conv2": 4}
+    np.testing.assert_allclose(small.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert model.get_layer("conv2").filters == 6
+
+
+def test_result_counts_match_the_models():
+    model = _small_model()
+    small, result = prune(model, "sparsity_gamma", rate=0.4)
+    assert result.params_before == model.count_params()
+    assert result.params_after == small.count_params()
+    assert 0 < result.params_reduction < 1 and 0 < result.macs_reduction < 1
+    data = result.to_dict()
+    assert data["groups"][0]["name"] == "conv1" and data["criterion"] == "sparsity_gamma"
+    assert "params" in str(result) and "conv2" in str(result)
+
+
+def test_reinitialize_gives_same_widths_and_fresh_weights():
+    model = _small_model()
+    inherited, _ = prune(model, "l1", rate=0.5)
+    fresh, result = prune(model, "l1", rate=0.5, reinitialize=True)
+    assert result.reinitialized
+    for a, b in zip(inherited.layers, fresh.layers):
+        assert a.name == b.name
+        assert [w.shape for w in a.weights] == [w.shape for w in b.weights]
+    assert not np.allclose(inherited.get_layer("conv1").kernel, fresh.get_layer("conv1").kernel)
+    # BN statistics start again from their initial values
+    np.testing.assert_array_equal(fresh.get_layer("bn1").moving_variance.numpy(), 1.0)
+
+
+def test_random_criterion_is_reproducible():
+    first, _ = prune(_small_model(), "random", rate=0.5, seed=4)
+    again, _ = prune(_small_model(), "random", rate=0.5, seed=4)
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pruned_model_converts_to_tflite_and_matches_keras(tmp_path):
+    small, _ = prune(_small_model(), "sparsity_gamma", rate=0.5)
+    path = tmp_path / "small.tflite"
+    tfprune.export.to_tflite(small, path, verify=False)
+    x = _inputs(2)
+    (tflite_output,) = tfprune.export.predict(path, x)
+    np.testing.assert_allclose(tflite_output, small.predict(x, verbose=0), atol=1e-4)
+
+
+def test_pruned_model_round_trips_through_keras_file(tmp_path):
+    small, _ = prune(_small_model(), "l1", rate=0.5)
+    path = tmp_path / "small.keras"
+    small.save(path)
+    restored = keras.models.load_model(path)
+    x = _inputs(2)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), small.predict(x, verbose=0), atol=1e-6)
+
+
+def test_mobilenet_v3_large_expansion_pruning_matches_the_paper_band():
+    model = keras.applications.MobileNetV3Large(
+        weights=None, input_shape=(224, 224, 3), classes=10
+    )
+    first_kernel = model.get_layer("expanded_conv_3_expand").kernel.numpy().copy()
+    small, result = prune(model, "sparsity_gamma", rate=0.5, targets="expansion")
+    # Liu & Lei report -44.5% params and -40% FLOPs on MobileNetV3-Large
+    assert 0.35 <= result.params_reduction <= 0.50, result.params_reduction
+    assert 0.30 <= result.macs_reduction <= 0.50, result.macs_reduction
+    assert len(result.groups) == 14 and all(g.after < g.before for g in result.groups)
+    # the SE bottleneck keeps MobileNetV3's ratio of its new expansion width
+    expansion = small.get_layer("expanded_conv_3_expand").filters
+    squeeze = small.get_layer("expanded_conv_3_squeeze_excite_conv").filters
+    assert squeeze == tfprune.surgery.se_bottleneck_width(expansion)
+    np.testing.assert_array_equal(model.get_layer("expanded_conv_3_expand").kernel.numpy(), first_kernel)
+    assert small(np.zeros((1, 224, 224, 3), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"rate": 1.0}, ValueError, r"`rate` must be a number in \[0, 1\).*rate=1.0"),
+        ({}, ValueError, r"exactly one of `rate`.*rate=None, threshold=None"),
+        ({"rate": 0.5, "threshold": 0.1}, ValueError, r"exactly one of `rate`"),
+        ({"rate": 0.5, "scope": "layer"}, ValueError, r"`scope` must be one of.*scope='layer'"),
+        ({"rate": 0.5, "targets": "depthwise"}, ValueError, r"`targets` must be.*targets='depthwise'"),
+        ({"rate": 0.5, "min_channels": 0}, ValueError, r"`min_channels`.*min_channels=0"),
+        ({"rate": 0.5, "max_group_rate": 1.5}, ValueError, r"`max_group_rate`.*max_group_rate=1.5"),
+        ({"rate": 0.5, "round_to": 0}, ValueError, r"`round_to` must be an int >= 1.*round_to=0"),
+        ({"rate": 0.5, "ignore": "conv1"}, TypeError, r"`ignore` must be a tuple.*ignore='conv1'"),
+        ({"rate": 0.5, "criterion": "nope"}, ValueError, r"Unknown criterion 'nope'"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, message):
+    kwargs = {"criterion": "l1", **kwargs}
+    with pytest.raises(error, match=message):
+        prune(_small_model(), **kwargs)
+
+
+def test_prune_refuses_subclassed_models():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="tfprune.prune"):
+        prune(Net(), "l1", rate=0.5)
