@@ -265,3 +265,41 @@ def test_prune_refuses_subclassed_models():
 
     with pytest.raises(TypeError, match="tfprune.prune"):
         prune(Net(), "l1", rate=0.5)
+
+
+def test_sensitivity_prunes_each_group_alone_with_a_custom_evaluate():
+    model = _small_model()
+    result = tfprune.pruning.sensitivity(
+        model, data=None, rates=(0.5,), evaluate=lambda candidate: candidate.count_params(),
+        verbose=0,
+    )
+    assert result.baseline == model.count_params()
+    assert list(result.values) == ["conv1", "conv2", "conv3"]
+    # conv2 at 0.5 keeps 3 of 6: conv2 kernel 8*6 -> 8*3, bn2 and bn3 4*6 -> 4*3,
+    # depthwise 9*6 -> 9*3, conv3 kernel 6*4 -> 3*4
+    removed = 8 * 3 + 4 * 3 + 4 * 3 + 9 * 3 + 3 * 4
+    assert result.values["conv2"] == (model.count_params() - removed,)
+
+
+def test_sensitivity_with_compiled_metric_and_plot(tmp_path):
+    model = _small_model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = _inputs(16)
+    y = np.arange(16) % 3
+    result = tfprune.pruning.sensitivity(model, (x, y), rates=(0.25, 0.75), targets="expansion", verbose=0)
+    assert result.metric == "accuracy"
+    assert result.baseline == pytest.approx(model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"])
+    manual, _ = prune(model, "l1", rate=0.75, scope="group", targets="expansion")
+    manual.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    expected = manual.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    assert result.values == {"conv2": (result.values["conv2"][0], pytest.approx(expected))}
+    figure = result.plot(tmp_path / "sensitivity.png")
+    assert (tmp_path / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(figure.axes[0].lines[0].get_ydata()) == list(result.values["conv2"])
+
+
+def test_sensitivity_needs_a_compiled_model_or_evaluate():
+    with pytest.raises(ValueError, match=r"needs a compiled model.*not compiled"):
+        tfprune.pruning.sensitivity(_small_model(), (_inputs(), np.zeros(4)), verbose=0)
+    with pytest.raises(ValueError, match=r"Every rate must be in \[0, 1\)"):
+        tfprune.pruning.sensitivity(_small_model(), None, rates=(1.5,), evaluate=len, verbose=0)

@@ -14,7 +14,21 @@ if os.path.basename(sys.argv[0]) == "tfprune":
     # terminal; library users keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfprune import analysis, callbacks, datasets, export, graph, layers, magnitude, models, surgery
+from tfprune import (
+    analysis,
+    callbacks,
+    criteria,
+    datasets,
+    export,
+    graph,
+    layers,
+    magnitude,
+    models,
+    plots,
+    pruning,
+    regularizers,
+    surgery,
+)
 from tfprune.analysis import analyze
 from tfprune.magnitude import (
     ConstantSparsity,
@@ -23,6 +37,7 @@ from tfprune.magnitude import (
     check_m_by_n,
     prune_low_magnitude,
 )
+from tfprune.pruning import PruneResult, SensitivityResult, prune, sensitivity
 from tfprune.sparsity import sparsify, sparsity_report, strip
 from tfprune.version import __version__
 
@@ -45,5 +60,13 @@ __all__ = [
     "sparsify",
     "sparsity_report",
     "strip",
+    "criteria",
+    "plots",
+    "pruning",
+    "regularizers",
+    "PruneResult",
+    "SensitivityResult",
+    "prune",
+    "sensitivity",
     "surgery",
 ]

@@ -393,3 +393,156 @@ def prune(
         reinitialized=bool(reinitialize),
     )
     return pruned, result
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivityResult:
+    """Per-group sensitivity scan (Li et al.): the metric after pruning one group alone.
+
+    Attributes:
+        metric: String. The metric's name.
+        baseline: Float. The metric of the unpruned model.
+        rates: Tuple of floats. The rates scanned.
+        values: Dict `{group_name: tuple of floats}`, one value per rate.
+
+    Example:
+
+    >>> # result = tfprune.sensitivity(model, (x, y)); result.plot("sensitivity.png")
+    """
+
+    metric: str
+    baseline: float
+    rates: tuple
+    values: dict
+
+    def plot(self, path=None):
+        """Returns the sensitivity figure (`tfprune.plots.sensitivity`), optionally saved as PNG.
+
+        Args:
+            path: Optional PNG path.
+
+        Returns:
+            A `matplotlib.figure.Figure`.
+
+        Example:
+
+        >>> # figure = result.plot()
+        """
+        from tfprune import plots
+
+        return plots.sensitivity(self, path)
+
+    def to_dict(self):
+        """Returns the result as plain Python data.
+
+        Returns:
+            Dict.
+
+        Example:
+
+        >>> # json.dumps(result.to_dict())
+        """
+        return {
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "rates": list(self.rates),
+            "values": {name: list(values) for name, values in self.values.items()},
+        }
+
+
+def _compiled_evaluator(model, data, metric):
+    """`evaluate(model) -> (metric name, value)` with the compile settings of `model`."""
+    compile_config = model.get_compile_config() if model.compiled else None
+    if compile_config is None:
+        raise ValueError(
+            f"tfprune.sensitivity needs a compiled model to evaluate, but model '{model.name}' is "
+            "not compiled; call model.compile(loss=..., metrics=[...]) or pass `evaluate=`."
+        )
+    x, y = data if isinstance(data, tuple) else (data, None)
+
+    def evaluate(candidate):
+        if candidate is not model:
+            candidate.compile_from_config(compile_config)
+        results = candidate.evaluate(x, y, verbose=0, return_dict=True)
+        name = metric or next((key for key in results if key != "loss"), "loss")
+        if name not in results:
+            raise ValueError(f"`metric` {name!r} is not one of {sorted(results)}. Received: metric={metric!r}")
+        return name, float(results[name])
+
+    return evaluate
+
+
+def sensitivity(
+    model,
+    data,
+    rates=(0.25, 0.5, 0.75),
+    criterion="l1",
+    targets="all",
+    metric=None,
+    evaluate=None,
+    seed=None,
+    verbose=1,
+):
+    """Prunes each targeted group alone at each rate and evaluates (Li et al. 2017).
+
+    The scan shows which groups tolerate pruning: flat curves can be pruned
+    hard, steep ones should be kept or pruned lightly.
+
+    Args:
+        model: A built, compiled Sequential or functional `keras.Model`. Not modified.
+        data: `(x, y)` arrays or a dataset of `(x, y)` batches for `evaluate`.
+        rates: Tuple of floats in [0, 1). Defaults to `(0.25, 0.5, 0.75)`.
+        criterion: Criterion name or callable ranking channels inside a group.
+            Defaults to `"l1"` (Li et al.).
+        targets: `"all"`, `"expansion"` or a callable `ChannelGroup -> bool`.
+        metric: Optional string. Which metric of `model.evaluate` to report;
+            defaults to the first one that is not the loss.
+        evaluate: Optional callable `model -> float` used instead of
+            `model.evaluate` (then the model need not be compiled).
+        seed: Optional int for the `"random"` criterion.
+        verbose: Int. 1 shows a progress bar. Defaults to `1`.
+
+    Returns:
+        A `SensitivityResult` (with `.plot()`).
+
+    Raises:
+        ValueError: If the model is not compiled and no `evaluate` is given,
+            or a rate is out of range.
+
+    Example:
+
+    >>> # result = tfprune.sensitivity(model, (x_test, y_test), rates=(0.3, 0.6))
+    >>> # result.values["expanded_conv_1_expand"]
+    """
+    require_graph_model(model, "tfprune.sensitivity")
+    rates = tuple(float(rate) for rate in rates)
+    for rate in rates:
+        if not 0 <= rate < 1:
+            raise ValueError(f"Every rate must be in [0, 1). Received: rates={rates!r}")
+    if evaluate is None:
+        evaluate_named = _compiled_evaluator(model, data, metric)
+    else:
+
+        def evaluate_named(candidate):
+            return metric or "metric", float(evaluate(candidate))
+
+    metric_name, baseline = evaluate_named(model)
+    graph = graph_module.build(model)
+    groups = _targeted_groups(model, graph, targets, ignore=())
+    progress = keras.utils.Progbar(len(groups) * len(rates), verbose=verbose, unit_name="scan")
+    values = {}
+    for group in groups:
+        scores = []
+        for rate in rates:
+            pruned, _ = prune(
+                model,
+                criterion,
+                rate=rate,
+                scope="group",
+                targets=lambda candidate, name=group.name: candidate.name == name,
+                seed=seed,
+            )
+            scores.append(evaluate_named(pruned)[1])
+            progress.add(1)
+        values[group.name] = tuple(scores)
+    return SensitivityResult(metric=metric_name, baseline=baseline, rates=rates, values=values)
