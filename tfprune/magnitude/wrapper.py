@@ -273,9 +273,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.add_loss(loss)
         return outputs
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
     def update_pruning_step(self, step=None):
         """Updates the masks for one training step, then advances the step counter.
 
