@@ -212,7 +212,14 @@ def main(argv=None):
             np.savez(data_path, order=order, **data, **weights)
             environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
             command = [interpreter, "-m", "benchmarks.tfmot_compare", "--tfmot-worker", data_path, output_path, "--seed", str(seed), "--epochs", str(dense_epochs), str(prune_epochs)]
-            subprocess.run(command, cwd=ROOT, env=environment, check=True)
+            if subprocess.run(command, cwd=ROOT, env=environment).returncode != 0:
+                print(
+                    f"The TFMOT side failed with interpreter {interpreter}; it needs tf_keras and "
+                    "tensorflow-model-optimization (`pip install -e .[bench]`, or a separate "
+                    "virtualenv passed with --tfmot-python).",
+                    file=sys.stderr,
+                )
+                return 1
             theirs = json.loads(pathlib.Path(output_path).read_text())
         differences.append(100 * (ours["accuracy"] - theirs["accuracy"]))
         rows.append(

@@ -289,6 +289,9 @@ def test_block_sparsity_on_dense_kernels():
     kernel = model.get_layer("dense").kernel.numpy().reshape(4, 4, 4, 2)
     scores = np.abs(kernel).max(axis=(1, 3))
     assert scores[tiles[:, 0, :, 0] == 1].min() >= scores[tiles[:, 0, :, 0] == 0].max()
+    restored = keras.layers.deserialize(keras.layers.serialize(wrapper))
+    assert (restored.block_size, restored.block_pooling, restored.m_by_n) == ((4, 2), "max", None)
+    assert restored.get_config() == wrapper.get_config()
 
 
 def test_callback_logs_sparsity_and_writes_tensorboard_summaries(tmp_path):
