@@ -2,5 +2,6 @@
 
 from tfprune.callbacks.bn_sparsity import BNSparsity
 from tfprune.callbacks.pruning_step import UpdatePruningStep
+from tfprune.callbacks.sparsity_budget import SparsityBudget
 
-__all__ = ["BNSparsity", "UpdatePruningStep"]
+__all__ = ["BNSparsity", "SparsityBudget", "UpdatePruningStep"]
