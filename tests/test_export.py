@@ -338,6 +338,7 @@ def test_overwrite_false_refuses_existing_file(tmp_path):
     ("kwargs", "error", "message"),
     [
         ({"quantize": "int4"}, ValueError, r"Received: quantize='int4'"),
+        ({"quantize": ["int8"]}, ValueError, r"Received: quantize=\['int8'\]"),
         ({"quantize": "int8"}, ValueError, "needs `representative_data`"),
         (
             {"representative_data": np.zeros((4, 7, 7, 1))},

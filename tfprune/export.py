@@ -312,7 +312,7 @@ def to_tflite(
     """
     caller = "tfprune.export.to_tflite"
     require_graph_model(model, caller)
-    if quantize not in QUANTIZERS:
+    if not isinstance(quantize, (str, type(None))) or quantize not in QUANTIZERS:
         raise ValueError(
             f"`quantize` must be one of {', '.join(repr(mode) for mode in QUANTIZERS)}. "
             f"Received: quantize={quantize!r}"
