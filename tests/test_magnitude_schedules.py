@@ -67,3 +67,22 @@ def test_bad_schedule_arguments_raise_clear_errors(build, message):
 def test_base_schedule_needs_a_sparsity():
     with pytest.raises(NotImplementedError, match="PruningSchedule must implement"):
         PruningSchedule().sparsity(0)
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "tfprune.magnitude.schedules",
+        "tfprune.magnitude.masks",
+        "tfprune.magnitude.wrapper",
+        "tfprune.magnitude.prune",
+        "tfprune.magnitude.m_by_n",
+        "tfprune.callbacks.pruning_step",
+    ],
+)
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert results.attempted > 0 and results.failed == 0

@@ -105,7 +105,25 @@ def prunable_weights(layer):
 
 
 def check_pattern(block_size, block_pooling, m_by_n):
-    """Validates the sparsity-pattern arguments; returns them normalised to tuples."""
+    """Validates the sparsity-pattern arguments shared by the wrapper and `prune_low_magnitude`.
+
+    Args:
+        block_size: Tuple of two positive ints.
+        block_pooling: String, `"avg"` or `"max"`.
+        m_by_n: None or a tuple `(m, n)` of positive ints with `m <= n`.
+
+    Returns:
+        Tuple `(block_size, block_pooling, m_by_n)` with tuples for the sizes.
+
+    Raises:
+        ValueError: If an argument is invalid, or both `m_by_n` and a block are given.
+
+    Example:
+
+    >>> from tfprune.magnitude.wrapper import check_pattern
+    >>> check_pattern([1, 4], "max", None)
+    ((1, 4), 'max', None)
+    """
     if (
         not isinstance(block_size, (tuple, list))
         or len(block_size) != 2
