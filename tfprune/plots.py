@@ -188,3 +188,43 @@ def sensitivity(result, path=None):
         axes.legend(fontsize=6, ncol=2)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def layer_sparsity(report, path=None):
+    """Bar chart of the learned per-layer sparsity of a model's STR layers.
+
+    Args:
+        report: A `tfprune.sparsity_report(model)` result (or any object with
+            `layers`, a list of dicts with `name` and `sparsity`, and
+            `global_sparsity`).
+        path: Optional PNG path to write.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: If the report has no layers.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, tfprune.layers.STRDense(2, s_init=5.0)(inputs))
+    >>> figure = tfprune.plots.layer_sparsity(tfprune.sparsity_report(model))
+    """
+    if not report.layers:
+        raise ValueError("The sparsity report has no STR layers; sparsify the model first.")
+    names = [record["name"] for record in report.layers]
+    positions = np.arange(len(names))
+    figure = Figure(figsize=(max(6, 0.3 * len(names)), 4))
+    axes = figure.add_subplot()
+    axes.bar(positions, [100.0 * record["sparsity"] for record in report.layers])
+    axes.axhline(100.0 * report.global_sparsity, color="black", linestyle="--",
+                 label=f"global {report.global_sparsity:.1%}")
+    axes.set_xticks(positions, names, rotation=90, fontsize=6)
+    axes.set_ylabel("zero weights (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title("Learned sparsity per STR layer")
+    axes.legend()
+    figure.tight_layout()
+    return _save(figure, path)
