@@ -275,82 +275,58 @@ def _assemble(functional, tracer):
     """Turns the traced ids into `ChannelGroup`s."""
     count = len(tracer._parent)
     roots = np.array([tracer._find(channel) for channel in range(count)], dtype=np.int64)
-    # Channels created together (one producer) belong to one group: a second
-    # union-find over roots joins groups whose segments share a channel.
-    group_parent = {}
-
-    def find_group(root):
-        while group_parent.setdefault(root, root) != root:
-            root = group_parent[root]
-        return root
-
+    # Channels created together (one producer) belong to one group: merge the
+    # group labels of every root met in a segment. A label is the smallest id
+    # of its group, so groups sort in the order their first channel was made.
+    label = np.arange(count)
     for first, size, _ in tracer._segments:
-        base = find_group(roots[first])
-        for root in roots[first : first + size].tolist():
-            other = find_group(root)
-            if other != base:
-                group_parent[max(base, other)] = min(base, other)
-                base = min(base, other)
-    segment_names = {}
-    for first, _, name in tracer._segments:
-        segment_names.setdefault(first, name)
-    # Number classes (distinct roots) per group in order of first appearance.
-    channel_of_root, group_of_root, group_sizes = {}, {}, {}
-    for root in roots.tolist():
-        if root in channel_of_root:
-            continue
-        group = find_group(root)
-        channel_of_root[root] = group_sizes.get(group, 0)
-        group_sizes[group] = channel_of_root[root] + 1
-        group_of_root[root] = group
-    group_order = sorted(group_sizes)
+        segment_labels = np.unique(label[roots[first : first + size]])
+        if len(segment_labels) > 1:
+            label[np.isin(label, segment_labels)] = segment_labels[0]
+    group_of = label[roots]  # channel id -> group key
+    # A group's channels are its distinct roots, numbered in order of creation.
+    class_roots = np.unique(roots)
+    class_roots = class_roots[np.lexsort((class_roots, label[class_roots]))]
+    group_keys, starts, sizes = np.unique(label[class_roots], return_index=True, return_counts=True)
+    channel_of = np.zeros(count, dtype=np.int64)  # root id -> channel index in its group
+    channel_of[class_roots] = np.arange(len(class_roots)) - np.repeat(starts, sizes)
+    segment_starts = np.array([first for first, _, _ in tracer._segments])
     names = {}
-    for group in group_order:
-        name = _owner_name(tracer._segments, group)
-        names[group] = name if name not in names.values() else f"{name}:{group}"
+    for key in group_keys.tolist():
+        name = tracer._segments[np.searchsorted(segment_starts, key, side="right") - 1][2]
+        names[key] = name if name not in names.values() else f"{name}:{key}"
     reasons = {}
     for channel, reason in tracer._pins.items():
-        reasons.setdefault(group_of_root[roots[channel]], reason)
+        reasons.setdefault(int(group_of[channel]), reason)
 
-    members = {group: [] for group in group_order}
+    members = {key: [] for key in names}
     for (layer_name, _, axis), (role, channels, path) in tracer._uses.items():
-        channel_roots = roots[channels]
-        by_group = {}
-        for position, root in enumerate(channel_roots.tolist()):
-            entry = by_group.setdefault(group_of_root[root], ([], []))
-            entry[0].append(position)
-            entry[1].append(channel_of_root[root])
-        for group, (positions, channels_in_group) in by_group.items():
-            members[group].append(
-                Member(layer_name, role, ((path, axis),), tuple(positions), tuple(channels_in_group))
+        channel_groups = group_of[channels]
+        for key in np.unique(channel_groups).tolist():
+            positions = np.flatnonzero(channel_groups == key)
+            group_channels = channel_of[roots[channels[positions]]]
+            members[key].append(
+                Member(layer_name, role, ((path, axis),), tuple(positions.tolist()), tuple(group_channels.tolist()))
             )
-    members = {group: _merge_members(group_members) for group, group_members in members.items()}
-    gated = {group_of_root[root] for root in roots[list(tracer._gates)].tolist()}
+    members = {key: _merge_members(group_members) for key, group_members in members.items()}
+    gated = set(group_of[sorted(tracer._gates)].tolist())
     groups = []
-    for group in group_order:
-        squeeze_excite_of = _gated_group(members[group], members, names, gated)
+    for key, size in zip(group_keys.tolist(), sizes.tolist()):
+        name = names[key]
         groups.append(
             ChannelGroup(
-                name=names[group],
-                size=group_sizes[group],
-                prunable=group not in reasons,
-                reason=reasons.get(group, "") and f"Group '{names[group]}' is not prunable: {reasons[group]}.",
-                members=tuple(members[group]),
-                squeeze_excite_of=squeeze_excite_of,
+                name=name,
+                size=size,
+                prunable=key not in reasons,
+                reason=f"Group '{name}' is not prunable: {reasons[key]}." if key in reasons else "",
+                members=tuple(members[key]),
+                squeeze_excite_of=_gated_group(members[key], members, names, gated),
             )
         )
-    roots_by_group = {names[group]: np.zeros(group_sizes[group], dtype=np.int64) for group in group_order}
-    for root, channel in channel_of_root.items():
-        roots_by_group[names[group_of_root[root]]][channel] = root
-    trace = _Trace(roots, roots_by_group, tracer)
-    return ChannelGraph(groups, trace)
-
-
-def _owner_name(segments, group_root):
-    for first, size, name in segments:
-        if first <= group_root < first + size:
-            return name
-    return str(group_root)
+    roots_by_group = {
+        names[key]: class_roots[start : start + size] for key, start, size in zip(group_keys, starts, sizes)
+    }
+    return ChannelGraph(groups, _Trace(roots, roots_by_group, tracer))
 
 
 def _merge_members(members):
