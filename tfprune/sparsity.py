@@ -13,7 +13,6 @@ is (cloned, with its weights copied).
 """
 
 import dataclasses
-import math
 
 import keras
 import numpy as np
@@ -135,6 +134,9 @@ def sparsify(model, skip=(), **str_kwargs):
             f"Received unknown arguments: {unknown_arguments}"
         )
     str_classes = _str_layer_classes()
+    # Check the STR arguments once, so a bad value raises its own ValueError
+    # (Keras's `from_config` would wrap it in a TypeError about deserializing).
+    str_classes[keras.layers.Dense](1, **str_kwargs)
     convertible = [
         layer for layer in model.layers if type(layer) in str_classes and layer.name not in skip
     ]
@@ -194,7 +196,8 @@ class SparsityReport:
     (kernel weights of the dense layer; `rank * (input_dim + units)` for
     `STRLowRankDense`), `nonzero_parameters`, `sparsity`, `macs` and
     `nonzero_macs` (multiply-accumulates per example of the kernel, dense and
-    skipping zeros).
+    skipping zeros; for `STRLowRankDense`, `macs` are those of the stripped
+    Dense and `nonzero_macs` those of the factorised kernel at the learned rank).
 
     Attributes:
         layers: List of dicts, one per STR layer.
@@ -240,21 +243,21 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _output_positions(layer):
-    # A kernel weight is used once per output position (spatial location, or
-    # sequence step for Dense on 3D inputs): MACs = weights * positions.
-    input_shape = layer.get_build_config()["input_shape"]
-    output_shape = layer.compute_output_shape(input_shape)
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return math.prod(output_shape[2:])
-    return math.prod(output_shape[1:-1])
+def _named_str_layers(model, prefix=""):
+    # Names as `tfprune.analyze` spells them: nested models prefix "outer/".
+    for layer in model.layers:
+        if hasattr(layer, "pruning_scores"):
+            yield f"{prefix}{layer.name}", layer
+        elif isinstance(layer, keras.Model):
+            yield from _named_str_layers(layer, f"{prefix}{layer.name}/")
 
 
 def sparsity_report(model):
     """Measures the sparsity of every STR layer of `model`.
 
     Counts are exact: a weight counts as zero when its effective value (what
-    the forward pass and `tfprune.strip` use) is zero.
+    the forward pass and `tfprune.strip` use) is zero. Dense MACs come from
+    `tfprune.analyze` (0 where it cannot count them, e.g. unknown spatial size).
 
     Args:
         model: A built Keras model with STR layers (e.g. from `sparsify`).
@@ -264,8 +267,8 @@ def sparsity_report(model):
         `print()` it for a table.
 
     Raises:
-        TypeError: If `model` is not a Keras model.
-        ValueError: If `model` has no STR layer.
+        TypeError: If `model` is not a Keras model or is subclassed.
+        ValueError: If `model` is not built or has no STR layer.
 
     Example:
 
@@ -277,34 +280,37 @@ def sparsity_report(model):
     >>> report.layers[0]["macs"]  # 3*3*1*4 weights at 6*6 positions
     1296
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`tfprune.sparsity_report` expects a `keras.Model`; received an object of type "
-            f"{type(model).__name__}."
-        )
-    layers = str_layers(model)
+    from tfprune.analysis import analyze
+
+    require_graph_model(model, "tfprune.sparsity_report")
+    layers = list(_named_str_layers(model))
     if not layers:
         raise ValueError(
             f"`tfprune.sparsity_report` found no STR layer in model '{model.name}'; "
             "convert it with `tfprune.sparsify(model)` first."
         )
+    analysis = analyze(model)
     records = []
-    for layer in layers:
+    for name, layer in layers:
         scores, thresholds, weights_per_score = layer.pruning_scores()
         zero = np.broadcast_to(scores <= thresholds, scores.shape)
         parameters = int(scores.size * weights_per_score)
         nonzero = int(np.count_nonzero(~zero) * weights_per_score)
-        positions = _output_positions(layer)
+        # Every kernel weight takes part in the same number of MACs (one per
+        # output position), so MACs that multiply a non-zero weight are
+        # `positions * nonzero`; `kernel_params` is the stripped kernel size.
+        record = analysis[name]
+        macs = record.macs or 0
         records.append(
             {
-                "name": layer.name,
+                "name": name,
                 "class_name": type(layer).__name__,
                 "threshold": float(np.mean(thresholds)),
                 "parameters": parameters,
                 "nonzero_parameters": nonzero,
                 "sparsity": 1.0 - nonzero / parameters,
-                "macs": parameters * positions,
-                "nonzero_macs": nonzero * positions,
+                "macs": macs,
+                "nonzero_macs": macs * nonzero // max(record.kernel_params, 1),
             }
         )
     return SparsityReport(
