@@ -13,9 +13,14 @@ import numpy as np
 from tfprune.criteria.base import from_layer_scores, register
 
 
+def to_numpy(value):
+    """A variable or tensor as a NumPy array (`np.asarray` on a Keras variable is deprecated)."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 def _depthwise_kernel(layer):
     # (h, w, in, multiplier) -> output channel `in * multiplier + m` on the last axis
-    kernel = np.asarray(layer.kernel)
+    kernel = to_numpy(layer.kernel)
     return kernel.reshape(kernel.shape[:-2] + (-1,))
 
 
@@ -24,7 +29,7 @@ def _depthwise_kernel(layer):
 # whose `kernel` is the effective sparse kernel).
 _OUTPUT_KERNELS = {
     keras.layers.DepthwiseConv2D: _depthwise_kernel,
-    keras.layers.SeparableConv2D: lambda layer: np.asarray(layer.pointwise_kernel),
+    keras.layers.SeparableConv2D: lambda layer: to_numpy(layer.pointwise_kernel),
 }
 
 
@@ -51,7 +56,7 @@ def output_kernel(layer):
             return _OUTPUT_KERNELS[layer_class](layer)
     if getattr(layer, "kernel", None) is None:
         return None
-    return np.asarray(keras.ops.convert_to_numpy(layer.kernel))
+    return to_numpy(layer.kernel)
 
 
 def _per_filter(function):
