@@ -79,6 +79,7 @@ def test_real_command_bad_input_is_one_line_exit_2(tmp_path):
         (["report", "{dir}/notes.txt"], "is not a .keras file"),
         (["prune", "{model}", "--criterion", "l1", "--rate", "1.5", "-o", "{dir}/o.keras"], "rate must be in"),
         (["prune", "{model}", "--criterion", "l1", "--rate", "half", "-o", "{dir}/o.keras"], "rate must be a number"),
+        (["prune", "{model}", "--criterion", "magic", "--rate", "0.5", "-o", "{dir}/o.keras"], "Unknown criterion 'magic'"),
         (["strip", "{model}", "-o", "{model}"], "already exists; pass --force"),
         (["strip", "{model}", "-o", "{dir}/no/such/dir/o.keras"], "does not exist; create it first"),
         (["export", "{model}", "-o", "{dir}/o.keras"], "must end in .tflite"),
@@ -109,6 +110,40 @@ def test_strip_writes_equivalent_model_and_respects_force(tmp_path, model_file, 
     assert cli.main(["strip", str(model_file), "-o", str(output)]) == 2
     assert "--force" in _error_line(capsys)[-1]
     assert cli.main(["strip", str(model_file), "-o", str(output), "--force"]) == 0
+
+
+def test_prune_writes_a_smaller_model_and_reports_json(tmp_path, model_file, capsys):
+    output = tmp_path / "small.keras"
+    arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.5", "-o", str(output), "--json"]
+    assert cli.main(arguments) == 0
+    result = json.loads(capsys.readouterr().out)
+    small = keras.saving.load_model(output)
+    assert small.get_layer("conv").filters == 4  # half of the 8 channels of the only prunable group
+    assert result["params_after"] == small.count_params() < result["params_before"]
+
+
+def test_sparsify_then_strip_round_trip_through_files(tmp_path, model_file):
+    sparse_path, plain_path = tmp_path / "str.keras", tmp_path / "plain.keras"
+    assert cli.main(["sparsify", str(model_file), "-o", str(sparse_path), "--skip", "logits"]) == 0
+    sparse = keras.saving.load_model(sparse_path)
+    assert type(sparse.get_layer("conv")).__name__ == "STRConv2D"
+    assert type(sparse.get_layer("logits")).__name__ == "Dense"
+    assert cli.main(["strip", str(sparse_path), "-o", str(plain_path)]) == 0
+    plain = keras.saving.load_model(plain_path)
+    original = keras.saving.load_model(model_file)
+    inputs = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(plain(inputs), original(inputs), atol=1e-5)
+
+
+def test_export_and_bench_json(tmp_path, model_file, capsys):
+    tflite_path = tmp_path / "model.tflite"
+    assert cli.main(["export", str(model_file), "-o", str(tflite_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["size_bytes"] == tflite_path.stat().st_size
+    assert report["max_abs_error"] < 1e-4
+    assert cli.main(["bench", str(tflite_path), "--threads", "1", "--runs", "3", "--json"]) == 0
+    latency = json.loads(capsys.readouterr().out)["latency"]
+    assert [entry["threads"] for entry in latency] == [1] and latency[0]["median_ms"] > 0
 
 
 def test_report_json_parses_and_counts_params(model_file, capsys):

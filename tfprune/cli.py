@@ -269,11 +269,8 @@ def _run_prune(args):
     import tfprune
 
     _check_output(args.output, ".keras", args.force)
+    tfprune.criteria.get(args.criterion)  # an unknown name fails before the model is loaded
     model = _load_model(args.model)
-    try:
-        tfprune.criteria.get(args.criterion)
-    except (KeyError, ValueError) as error:
-        raise UsageError(str(error).strip("'\"")) from None
     pruned, result = tfprune.prune(
         model,
         criterion=args.criterion,
