@@ -91,6 +91,9 @@ class SoftThresholdMixin:
     def scale_thresholds(self, factor):
         """Multiplies the threshold `g(s)` by `factor` (by changing `s`).
 
+        With `threshold_fn="sigmoid"` a threshold cannot reach 1, so a product
+        above 1 is clipped to `1 - 1e-7`.
+
         Args:
             factor: Positive float.
 
