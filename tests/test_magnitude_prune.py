@@ -248,23 +248,31 @@ def test_user_layers_declare_prunable_weights(tmp_path):
 
 
 def test_m_by_n_on_conv2d_and_dense_is_verified_by_the_checker():
-    model = small_cnn()
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
     dense_results = tfprune.check_m_by_n(model, 2, 4)
-    assert dense_results["hidden"] == {"runs": 288, "violations": 288, "ok": False}
+    # conv2: 9 positions x 8 filters x 2 runs of its 8 inputs; hidden: 128 inputs = 32 runs x 16.
+    assert dense_results["conv2"] == {"runs": 144, "violations": 144, "ok": False}
+    assert dense_results["hidden"] == {"runs": 512, "violations": 512, "ok": False}
     assert dense_results["conv"]["ok"]  # one input channel: every run holds a single weight
     pruned = compiled(tfprune.prune_low_magnitude(
         model, tfprune.ConstantSparsity(0.0, begin_step=0, frequency=4), m_by_n=(2, 4)))
     pruned.fit(*digits_batch(), batch_size=8, verbose=0, callbacks=[tfprune.callbacks.UpdatePruningStep()])
     results = tfprune.check_m_by_n(pruned, 2, 4)
-    # conv: 1 input channel (runs of 1), 9 positions x 8 filters; hidden: 72 inputs = 18 runs x 16.
-    assert results["conv"] == {"runs": 72, "violations": 0, "ok": True}
-    assert results["hidden"] == {"runs": 288, "violations": 0, "ok": True}
-    assert results["logits"]["ok"] and set(results) == {"conv", "hidden", "logits"}
+    assert results["conv2"] == {"runs": 144, "violations": 0, "ok": True}
+    assert results["hidden"] == {"runs": 512, "violations": 0, "ok": True}
+    assert set(results) == {"conv", "conv2", "hidden", "logits"}
+    assert all(result["ok"] for result in results.values())
+    conv_mask = pruned.get_layer("conv2").masks[0].numpy()
+    assert np.all(conv_mask.reshape(3, 3, 2, 4, 8).sum(axis=3) == 2)
     hidden_mask = pruned.get_layer("hidden").masks[0].numpy()
-    assert np.all(hidden_mask.reshape(18, 4, 16).sum(axis=1) == 2)
+    assert np.all(hidden_mask.reshape(32, 4, 16).sum(axis=1) == 2)
     plain = tfprune.strip(pruned)
     assert all(result["ok"] for result in tfprune.check_m_by_n(plain, 2, 4).values())
-    assert not tfprune.check_m_by_n(plain, 1, 4)["hidden"]["ok"]
+    assert not tfprune.check_m_by_n(plain, 1, 4)["conv2"]["ok"]
 
 
 def test_m_by_n_leaves_layers_without_input_channels_dense():
