@@ -402,3 +402,16 @@ def test_refuses_subclassed_models_and_unprunable_layers():
     plain.compile("sgd", "mse")
     with pytest.raises(ValueError, match="UpdatePruningStep` found no PruneLowMagnitude layer"):
         plain.fit(np.ones((2, 3)), np.ones((2, 2)), verbose=0, callbacks=[tfprune.callbacks.UpdatePruningStep()])
+
+
+def test_embedding_padding_mask_passes_through_the_wrapper():
+    inputs = keras.Input((4,), dtype="int32")
+    x = keras.layers.Embedding(10, 4, mask_zero=True, name="embedding")(inputs)
+    model = keras.Model(inputs, keras.layers.GRU(3, name="gru")(x))
+    pruned = tfprune.prune_low_magnitude(model, tfprune.ConstantSparsity(0.5))
+    tokens = np.array([[1, 2, 0, 0], [3, 0, 0, 0]])
+    # Without the mask the GRU would also run over the padding embeddings.
+    np.testing.assert_allclose(pruned.predict(tokens, verbose=0), model.predict(tokens, verbose=0), atol=1e-6)
+    unmasked = keras.Model(inputs, keras.layers.GRU(3)(keras.layers.Embedding(10, 4)(inputs)))
+    unmasked.set_weights(model.get_weights())
+    assert not np.allclose(unmasked.predict(tokens, verbose=0), model.predict(tokens, verbose=0), atol=1e-3)
