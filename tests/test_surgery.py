@@ -1,5 +1,7 @@
 """Tests for tfprune.surgery: removing provably dead channels keeps outputs."""
 
+import doctest
+
 import keras
 import numpy as np
 import pytest
@@ -268,6 +270,25 @@ def test_keep_ratio_policy_shrinks_the_squeeze_excite_bottleneck():
     np.testing.assert_array_equal(small.get_layer("se_expand").get_weights()[0], expand_back[:, :, :16, :48])
     without_policy = tfprune.surgery.set_widths(model, {"expand": 48})
     assert without_policy.get_layer("se_reduce").filters == 24
+
+
+def test_squeeze_excite_widths_only_fills_shrinking_gated_groups():
+    graph = tfprune.graph.build(squeeze_excite_model(expansion=96, bottleneck=24))
+    assert tfprune.surgery.squeeze_excite_widths(graph, {"expand": 48}) == {"expand": 48, "se_reduce": 16}
+    assert tfprune.surgery.squeeze_excite_widths(graph, {"expand": 96}) == {"expand": 96}
+    assert tfprune.surgery.squeeze_excite_widths(graph, {"expand": 48, "se_reduce": 20}) == {
+        "expand": 48, "se_reduce": 20
+    }
+    # The rule never widens a bottleneck: _depth(92 * 0.25) = 24 is capped at 24 anyway.
+    graph = tfprune.graph.build(squeeze_excite_model(expansion=96, bottleneck=16))
+    assert tfprune.surgery.squeeze_excite_widths(graph, {"expand": 92}) == {"expand": 92, "se_reduce": 16}
+
+
+@pytest.mark.parametrize("module", [tfprune.graph, tfprune.surgery])
+def test_docstring_examples_run(module):
+    globs = {"tfprune": tfprune, "keras": keras}
+    results = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
+    assert results.attempted >= 8 and results.failed == 0
 
 
 def test_input_model_is_untouched():

@@ -78,9 +78,14 @@ class Member:
 
     Example:
 
-    >>> member = graph["conv"].members[0]   # doctest: +SKIP
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(4, 1, name="head")(keras.layers.ReLU()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> member = tfprune.graph.build(model)["conv"].members[0]
     >>> member.layer_name, member.role, member.weights
-    ('conv', 'output', (('conv/kernel', -1), ('conv/bias', 0)))
+    ('conv', 'output', (('conv/kernel', 3), ('conv/bias', 0)))
     """
 
     layer_name: str
@@ -107,9 +112,14 @@ class ChannelGroup:
 
     Example:
 
-    >>> group = tfprune.graph.build(model)["expanded_conv_1_expand"]  # doctest: +SKIP
-    >>> group.size, group.prunable, group.producers
-    (72, True, ('expanded_conv_1_expand',))
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(4, 1, name="head")(keras.layers.ReLU()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> group = tfprune.graph.build(model)["conv"]
+    >>> group.size, group.prunable, group.producers, group.consumers
+    (16, True, ('conv',), ('head',))
     """
 
     name: str
@@ -143,11 +153,16 @@ class ChannelGraph:
 
     Example:
 
-    >>> graph = tfprune.graph.build(model)                 # doctest: +SKIP
-    >>> [group.name for group in graph.groups if group.prunable]
-    ['conv', 'expanded_conv_1_expand', ...]
-    >>> graph["conv"].size
-    16
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(4, 1, name="head")(keras.layers.ReLU()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> graph = tfprune.graph.build(model)
+    >>> [group.name for group in graph.groups]
+    ['image', 'conv', 'head']
+    >>> graph["head"].reason
+    "Group 'head' is not prunable: its channels are model output 'head'."
     """
 
     def __init__(self, groups, trace):
@@ -196,11 +211,12 @@ def build(model, unknown="raise"):
 
     Example:
 
-    >>> model = keras.applications.MobileNetV3Small(               # doctest: +SKIP
-    ...     input_shape=(32, 32, 3), weights=None)
+    >>> model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None)
     >>> graph = tfprune.graph.build(model)
-    >>> graph["expanded_conv_1_expand"].members[0].role
-    'output'
+    >>> graph["expanded_conv_3_expand"].producers
+    ('expanded_conv_3_expand', 'expanded_conv_3_squeeze_excite_conv_1')
+    >>> graph["expanded_conv_3_squeeze_excite_conv"].squeeze_excite_of
+    'expanded_conv_3_expand'
     """
     _utils.require_graph_model(model, "tfprune.graph.build")
     if unknown not in ("raise", "freeze"):

@@ -17,7 +17,7 @@ import numpy as np
 from tfprune import _utils, handlers
 from tfprune import graph as graph_module
 
-__all__ = ["remove_channels", "set_widths", "se_bottleneck_width"]
+__all__ = ["remove_channels", "se_bottleneck_width", "set_widths", "squeeze_excite_widths"]
 
 
 def remove_channels(model, removals):
@@ -38,9 +38,14 @@ def remove_channels(model, removals):
 
     Example:
 
-    >>> small = tfprune.surgery.remove_channels(model, {"conv": [0, 5]})  # doctest: +SKIP
-    >>> small.get_layer("conv").filters
-    14
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(4, 1, name="head")(keras.layers.ReLU()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> small = tfprune.surgery.remove_channels(model, {"conv": [0, 5]})
+    >>> small.get_layer("conv").filters, tuple(small.get_layer("bn").gamma.shape)
+    (14, (14,))
     """
     _utils.require_graph_model(model, "tfprune.surgery.remove_channels")
     if not isinstance(removals, dict):
@@ -78,8 +83,11 @@ def set_widths(model, widths, scores=None, se_policy=None):
 
     Example:
 
-    >>> small = tfprune.surgery.set_widths(                     # doctest: +SKIP
+    >>> model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None)
+    >>> small = tfprune.surgery.set_widths(
     ...     model, {"expanded_conv_3_expand": 48}, se_policy="keep_ratio")
+    >>> small.get_layer("expanded_conv_3_squeeze_excite_conv").filters
+    16
     """
     _utils.require_graph_model(model, "tfprune.surgery.set_widths")
     scores = {} if scores is None else scores
@@ -102,10 +110,7 @@ def set_widths(model, widths, scores=None, se_policy=None):
                 f"Width of group '{name}' must be an int in [1, {group.size}]. Received: {width!r}"
             )
     if se_policy == "keep_ratio":
-        for group in graph.groups:
-            gated = group.squeeze_excite_of
-            if gated in widths and group.name not in widths and widths[gated] < graph[gated].size:
-                widths[group.name] = min(group.size, se_bottleneck_width(widths[gated]))
+        widths = squeeze_excite_widths(graph, widths)
     removals = {}
     for name, width in widths.items():
         group = graph[name]
@@ -124,6 +129,36 @@ def set_widths(model, widths, scores=None, se_policy=None):
         ranking = np.argsort(-group_scores, kind="stable")
         removals[name] = np.sort(ranking[width:])
     return _rewrite(model, graph, _checked_removals(graph, removals))
+
+
+def squeeze_excite_widths(graph, widths):
+    """Adds the squeeze-excite bottleneck widths of the MobileNetV3 rule.
+
+    Every bottleneck group (`group.squeeze_excite_of` set) whose gated group
+    shrinks in `widths` and that has no width of its own gets
+    `se_bottleneck_width(new gated width)`, at most its current size. This is
+    what `set_widths(..., se_policy="keep_ratio")` applies.
+
+    Args:
+        graph: The `tfprune.graph.ChannelGraph` of the model.
+        widths: Dict `{group_name: width}`. Not modified.
+
+    Returns:
+        A new dict: `widths` plus the bottleneck widths.
+
+    Example:
+
+    >>> model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None)
+    >>> graph = tfprune.graph.build(model)
+    >>> tfprune.surgery.squeeze_excite_widths(graph, {"expanded_conv_3_expand": 48})
+    {'expanded_conv_3_expand': 48, 'expanded_conv_3_squeeze_excite_conv': 16}
+    """
+    widths = dict(widths)
+    for group in graph.groups:
+        gated = group.squeeze_excite_of
+        if gated in widths and group.name not in widths and widths[gated] < graph[gated].size:
+            widths[group.name] = min(group.size, se_bottleneck_width(widths[gated]))
+    return widths
 
 
 def se_bottleneck_width(expansion_width, ratio=0.25, divisor=8):
