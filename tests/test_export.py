@@ -306,6 +306,26 @@ def test_sequential_model_exports(tmp_path):
     assert report.top1_agreement is None  # one output column is not class scores
 
 
+def test_mixed_precision_model_exports_in_float32(digits, tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")
+    mixed = _cnn()
+    keras.config.set_dtype_policy("float32")
+    reference = _cnn()
+    reference.set_weights(mixed.get_weights())
+    test_images = digits[2]
+
+    report = export.to_tflite(mixed, tmp_path / "mixed.tflite", sample_inputs=test_images)
+
+    assert "CAST" not in report.ops and report.outputs[0]["dtype"] == "float32"
+    # The file computes in float32: it matches the float32 twin exactly, the float16 model loosely.
+    (outputs,) = export.predict(report.path, test_images)
+    np.testing.assert_allclose(
+        outputs, _keras_outputs(reference, test_images), atol=FLOAT_TOLERANCE
+    )
+    assert report.max_abs_error < 0.05
+    assert mixed.layers[1].dtype_policy.name == "mixed_float16"
+
+
 @keras.saving.register_keras_serializable(package="tfprune_tests")
 class _SingularValues(keras.layers.Layer):
     """Uses an op TFLite has no built-in kernel for."""

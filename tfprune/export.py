@@ -36,12 +36,14 @@ from tfprune.sparsity import strip
 # TensorFlow's guide recommends a few hundred calibration samples; more only
 # slows the conversion down.
 MAX_CALIBRATION_SAMPLES = 256
+# Verification samples taken at most from a tf.data.Dataset (it may repeat forever).
+MAX_VERIFICATION_SAMPLES = 4096
 # Verification inputs when neither `sample_inputs` nor `representative_data` is given.
 RANDOM_SAMPLES = 16
 
 
 def _float_weights(converter):
-    pass
+    pass  # the converter's default: float32 weights and activations
 
 
 def _dynamic_range(converter):
@@ -241,7 +243,8 @@ def to_tflite(
 
     tfprune's training-time layers are stripped first (`tfprune.strip`), so an
     STR or mask-wrapped model exports as plain Keras layers with its zeros
-    baked in. Only TFLite built-in ops are allowed, so the file runs on the
+    baked in; a mixed-precision model is exported in float32 (TFLite lacks
+    float16 kernels; use `quantize="float16"` for half-size weights). Only TFLite built-in ops are allowed, so the file runs on the
     plain LiteRT runtime of a phone. The file is written atomically: an
     existing file at `path` is only replaced once conversion and the
     interpreter check succeeded.
@@ -344,7 +347,7 @@ def to_tflite(
     elif verify:
         sample_inputs = _random_inputs(input_tensor)
 
-    plain = strip(model)
+    plain = _in_float32(strip(model))
     with tempfile.TemporaryDirectory() as saved_model_dir:
         _write_saved_model(plain, input_tensor, saved_model_dir)
         content = _convert(saved_model_dir, quantize, calibration, sparse, model.name)
@@ -506,10 +509,6 @@ def benchmark(path, threads=(1, 2), runs=50, warmup=5):
     )
 
 
-# Verification samples taken at most from a tf.data.Dataset (it may repeat forever).
-MAX_VERIFICATION_SAMPLES = 4096
-
-
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -596,6 +595,27 @@ def _random_inputs(input_tensor):
         )
     random = np.random.default_rng(0)
     return random.uniform(0.0, 1.0, size=(RANDOM_SAMPLES, *shape)).astype(input_tensor.dtype)
+
+
+def _in_float32(model):
+    """Returns `model`, or a float32 copy if some layers compute in another dtype.
+
+    TFLite has no float16 kernels for most ops, so a mixed-precision model is
+    exported in float32 (its variables are float32 already); `quantize`
+    chooses the file's precision.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def clone_function(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_function)
+    for source, target in zip(model.layers, copy.layers):
+        target.set_weights(source.get_weights())
+    return copy
 
 
 def _write_saved_model(model, input_tensor, directory):
