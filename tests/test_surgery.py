@@ -188,6 +188,48 @@ def test_squeeze_excite_block_equivalence():
     assert small.get_layer("dw").get_weights()[0].shape == (3, 3, 13, 1)
 
 
+def test_transpose_conv_prelu_upsampling_cropping_and_ops_concatenate_equivalence():
+    inputs = keras.Input((4, 4, 2))
+    a = layers.Conv2DTranspose(5, 3, strides=2, padding="same", name="up_conv")(inputs)
+    a = layers.PReLU(name="prelu")(a)
+    b = layers.UpSampling2D(name="upsample")(layers.Conv2D(3, 1, name="b")(inputs))
+    x = keras.ops.concatenate([a, b], axis=-1)
+    x = layers.Cropping2D(1)(layers.ZeroPadding2D(1)(x))
+    x = layers.Conv2DTranspose(4, 1, name="mix")(x)
+    x = layers.GlobalMaxPooling2D()(layers.ReLU()(x))
+    model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    small = assert_equivalent(model, {"up_conv": [0, 3], "b": [1], "mix": [2]})
+    assert small.get_layer("up_conv").filters == 3
+    assert small.get_layer("prelu").get_weights()[0].shape == (8, 8, 3)
+    assert small.get_layer("mix").get_weights()[0].shape == (1, 1, 3, 5)
+
+
+def test_sequence_model_with_conv1d_and_dense_on_timesteps_equivalence():
+    inputs = keras.Input((6, 3))
+    x = layers.Conv1D(5, 3, padding="same", name="conv")(inputs)
+    x = layers.ReLU()(x)
+    x = layers.Dense(4, name="per_step")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    small = assert_equivalent(model, {"conv": [4], "per_step": [0, 1]})
+    assert small.get_layer("per_step").units == 2
+
+
+def test_layer_normalization_over_channels_is_sliced():
+    # LayerNorm statistics change when channels go, so only the structure is checked.
+    inputs = keras.Input((5,))
+    x = layers.Dense(6, name="dense")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    small = tfprune.surgery.remove_channels(model, {"dense": [1, 4]})
+    gamma, beta = model.get_layer("norm").get_weights()
+    new_gamma, new_beta = small.get_layer("norm").get_weights()
+    np.testing.assert_array_equal(new_gamma, gamma[[0, 2, 3, 5]])
+    np.testing.assert_array_equal(new_beta, beta[[0, 2, 3, 5]])
+    assert small(inputs_for(model)).shape == (2, 2)
+
+
 def test_sequential_model_equivalence():
     model = keras.Sequential(
         [keras.Input((6,)), layers.Dense(5, name="hidden"), layers.ReLU(), layers.Dense(2, name="out")]
