@@ -278,6 +278,27 @@ def test_registered_handler_teaches_a_custom_layer(registered_scale):
     assert ("scale", "param", (("scale/scale", 0),)) in {(m.layer_name, m.role, m.weights) for m in group.members}
 
 
+class PassThrough(tfprune.graph.Handler):
+    def trace(self, node, tracer):
+        return [tracer.channels(node.input_tensors[0])]
+
+
+def test_non_layer_operation_is_refused_then_registered_by_class_name():
+    def sine_model():
+        inputs = keras.Input((4,))
+        x = keras.ops.sin(layers.Dense(5, name="dense")(inputs))
+        return keras.Model(inputs, layers.Dense(2, name="head")(x))
+
+    with pytest.raises(ValueError, match=r"operation 'sin' of type keras.src.ops.numpy.Sin; register one"):
+        tfprune.graph.build(sine_model())
+    tfprune.graph.register_handler("Sin", PassThrough())
+    try:
+        graph = tfprune.graph.build(sine_model())
+    finally:
+        handlers._HANDLERS.pop("Sin")
+    assert graph["dense"].prunable and graph["dense"].consumers == ("head",)
+
+
 def test_register_handler_rejects_wrong_types():
     with pytest.raises(TypeError, match=r"expects a keras.layers.Layer subclass .* received: 3"):
         tfprune.graph.register_handler(3, ScaleHandler())
