@@ -446,3 +446,11 @@ def test_benchmark_and_predict_reject_missing_and_corrupt_files(tmp_path):
         export.predict(corrupt, np.zeros((1, 8, 8, 1), "float32"))
     with pytest.raises(TypeError, match="Received: an object of type int"):
         export.predict(7, np.zeros((1, 8, 8, 1), "float32"))
+
+
+@pytest.mark.slow
+def test_mobilenet_v3_round_trip(tmp_path):
+    model = tfprune.models.mobilenet_v3("small", seed=0)
+    report = export.to_tflite(model, tmp_path / "mobilenet.tflite")
+    assert report.max_abs_error < FLOAT_TOLERANCE
+    assert report.ops["DEPTHWISE_CONV_2D"] > 0 and report.ops["HARD_SWISH"] > 0
