@@ -133,7 +133,16 @@ class ExportReport:
     xnnpack: bool | None = None
 
     def to_dict(self):
-        """Returns the report as a dict of JSON-compatible values."""
+        """Returns the report as a dict of JSON-compatible values.
+
+        Returns:
+            Dict with one entry per field (nested dicts and lists for the
+            tensors, ops and latencies); `json.dumps` accepts it as it is.
+
+        Example:
+
+        >>> json.dumps(report.to_dict())  # doctest: +SKIP
+        """
         return dataclasses.asdict(self)
 
     def __str__(self):
@@ -205,7 +214,16 @@ class BenchmarkReport:
     model_rss_bytes: int | None = None
 
     def to_dict(self):
-        """Returns the report as a dict of JSON-compatible values."""
+        """Returns the report as a dict of JSON-compatible values.
+
+        Returns:
+            Dict with one entry per field (nested dicts and lists for the
+            tensors, ops and latencies); `json.dumps` accepts it as it is.
+
+        Example:
+
+        >>> json.dumps(report.to_dict())  # doctest: +SKIP
+        """
         return dataclasses.asdict(self)
 
     def __str__(self):
