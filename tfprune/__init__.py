@@ -9,10 +9,29 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-if os.path.basename(sys.argv[0]) == "tfprune":
-    # The `tfprune` command keeps TensorFlow's C++ start-up chatter off the
-    # terminal; library users keep whatever logging they configured.
+
+
+def _import_tensorflow_quietly():
+    # TensorFlow's C++ runtime logs start-up notes (oneDNN, CUDA probing) to
+    # file descriptor 2 before its log level applies. The `tfprune` command
+    # keeps them off the terminal so that an error is one line; library users
+    # keep whatever logging they configured.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+
+        tensorflow.config.list_logical_devices()  # device probing logs too
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if os.path.basename(sys.argv[0]) == "tfprune":
+    _import_tensorflow_quietly()
 
 from tfprune import (
     analysis,
@@ -25,6 +44,7 @@ from tfprune import (
     magnitude,
     models,
     plots,
+    pruners,
     pruning,
     regularizers,
     surgery,
@@ -62,6 +82,7 @@ __all__ = [
     "strip",
     "criteria",
     "plots",
+    "pruners",
     "pruning",
     "regularizers",
     "PruneResult",
