@@ -246,6 +246,15 @@ def test_unknown_layer_is_refused_by_name_pointing_to_the_registry():
         tfprune.graph.build(scale_model())
 
 
+def test_freeze_handler_pins_a_registered_layer():
+    tfprune.graph.register_handler(Scale, tfprune.graph.Freeze("'Scale' mixes channels"))
+    try:
+        graph = tfprune.graph.build(scale_model())
+    finally:
+        handlers._HANDLERS.pop(Scale)
+    assert graph["dense"].reason == "Group 'dense' is not prunable: 'Scale' mixes channels."
+
+
 def test_unknown_layer_can_be_frozen():
     graph = tfprune.graph.build(scale_model(), unknown="freeze")
     assert not graph["dense"].prunable
@@ -278,11 +287,6 @@ def test_registered_handler_teaches_a_custom_layer(registered_scale):
     assert ("scale", "param", (("scale/scale", 0),)) in {(m.layer_name, m.role, m.weights) for m in group.members}
 
 
-class PassThrough(tfprune.graph.Handler):
-    def trace(self, node, tracer):
-        return [tracer.channels(node.input_tensors[0])]
-
-
 def test_non_layer_operation_is_refused_then_registered_by_class_name():
     def sine_model():
         inputs = keras.Input((4,))
@@ -291,7 +295,7 @@ def test_non_layer_operation_is_refused_then_registered_by_class_name():
 
     with pytest.raises(ValueError, match=r"operation 'sin' of type keras.src.ops.numpy.Sin; register one"):
         tfprune.graph.build(sine_model())
-    tfprune.graph.register_handler("Sin", PassThrough())
+    tfprune.graph.register_handler("Sin", tfprune.graph.Preserve())
     try:
         graph = tfprune.graph.build(sine_model())
     finally:

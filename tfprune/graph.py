@@ -40,7 +40,15 @@ A group is not prunable when its channels reach a model input or output, or
 pass through an operation tfprune cannot resize (a grouped convolution, a
 Softmax over channels, a reshape that splits channels ...). Unknown layers
 and operations are refused by name; teach tfprune about them with
-`register_handler`. Models nested as layers inside another model are refused.
+`register_handler(layer_class_or_op_name, handler)`: `Preserve()` for a
+channel-preserving layer, `Freeze(reason)` for one that must not be resized,
+or a `Handler` subclass (see `tfprune/handlers.py` for the built-in ones).
+Models nested as layers inside another model are refused: flatten them first.
+
+Design note: a group is a set of unified channel ids rather than a list of
+layers, so a Concatenate feeding an Add, or a depthwise conv with
+`depth_multiplier > 1`, needs no special case: whatever ids a weight axis
+carries, the positions of removed ids are cut from it.
 """
 
 import dataclasses
@@ -49,13 +57,15 @@ import keras
 import numpy as np
 
 from tfprune import _utils, handlers
-from tfprune.handlers import Handler, Tracer, handler_for, register_handler
+from tfprune.handlers import Freeze, Handler, Preserve, Tracer, handler_for, register_handler
 
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
+    "Freeze",
     "Handler",
     "Member",
+    "Preserve",
     "Tracer",
     "build",
     "register_handler",

@@ -244,7 +244,6 @@ def handler_for(operation):
     return None
 
 
-
 # Built-in handlers.
 
 
@@ -262,7 +261,18 @@ INPUT = _Input()
 
 
 class Freeze(Handler):
-    """Pins every channel in and out: the operation cannot be resized."""
+    """Pins every channel in and out of an operation that cannot be resized.
+
+    Register it for a layer whose channels must stay as they are; the groups
+    touching it become not prunable, with `reason` in their explanation.
+
+    Args:
+        reason: String. Why, in a few words (e.g. `"'attention' mixes channels"`).
+
+    Example:
+
+    >>> tfprune.graph.register_handler(MyMixer, tfprune.graph.Freeze("MyMixer mixes channels"))  # doctest: +SKIP
+    """
 
     def __init__(self, reason):
         self.reason = reason
@@ -278,8 +288,17 @@ class Freeze(Handler):
         return outputs
 
 
-class _Preserve(Handler):
-    """Channel-preserving operations: activations, pooling, padding, dropout."""
+class Preserve(Handler):
+    """Passes the channels of the first input through, like an activation.
+
+    Right for any weightless layer or operation that maps channel `c` of its
+    first input to channel `c` of its output (activations, pooling, padding,
+    dropout, elementwise functions).
+
+    Example:
+
+    >>> tfprune.graph.register_handler(MyActivation, tfprune.graph.Preserve())  # doctest: +SKIP
+    """
 
     def trace(self, node, tracer):
         return [tracer.channels(node.input_tensors[0])]
@@ -407,10 +426,8 @@ class _Concatenate(Handler):
     def trace(self, node, tracer):
         tensors = node.input_tensors
         rank = len(tensors[0].shape)
-        axis = getattr(node.operation, "axis", None)
-        if axis is None:
-            axis = node.arguments.kwargs.get("axis", node.arguments.args[1] if len(node.arguments.args) > 1 else 0)
-        if axis % rank == rank - 1:
+        # Both the Concatenate layer and the `keras.ops.concatenate` operation keep `axis`.
+        if node.operation.axis % rank == rank - 1:
             return [np.concatenate([tracer.channels(tensor) for tensor in tensors])]
         tracer.couple(*[tracer.channels(tensor) for tensor in tensors])
         return [tracer.channels(tensors[0])]
@@ -461,7 +478,7 @@ class _Softmax(Handler):
         return [tracer.channels(node.input_tensors[0])]
 
 
-_PRESERVE = _Preserve()
+_PRESERVE = Preserve()
 _ELEMENTWISE = _Elementwise()
 _GATING = _Elementwise(gating=True)
 _layers = keras.layers
