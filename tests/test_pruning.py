@@ -303,3 +303,25 @@ def test_sensitivity_needs_a_compiled_model_or_evaluate():
         tfprune.pruning.sensitivity(_small_model(), (_inputs(), np.zeros(4)), verbose=0)
     with pytest.raises(ValueError, match=r"Every rate must be in \[0, 1\)"):
         tfprune.pruning.sensitivity(_small_model(), None, rates=(1.5,), evaluate=len, verbose=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, extra",
+    [("mobilenetv3_digits.py", []), ("mobilenetv3_cifar10.py", ["--mock-data"])],
+)
+def test_examples_run_end_to_end(tmp_path, script, extra):
+    import subprocess
+    import sys
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    command = [
+        sys.executable, str(root / "examples" / script), "--variant", "small", "--epochs", "1",
+        "--fine-tune-epochs", "1", "--output", str(tmp_path), *extra,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "pruned accuracy after fine-tuning" in completed.stdout
+    assert "params" in completed.stdout and "MACs" in completed.stdout
+    for name in ("pruned.keras", "pruned.tflite", "widths.png", "gamma.png"):
+        assert (tmp_path / name).stat().st_size > 0
