@@ -411,3 +411,17 @@ def test_keras_applications_match_published_macs_within_two_percent(
     assert result.macs == pytest.approx(reference_macs, rel=0.02)
     assert result.flops == 2 * result.macs
     assert result.uncounted_layers == ()
+
+
+def test_masked_and_str_layers_count_the_params_of_what_ships():
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(8, 3, name="conv")
+    model = keras.Model(inputs, conv(inputs))
+    schedule = tfprune.ConstantSparsity(0.5, begin_step=0)
+    masked = tfprune.prune_low_magnitude(model, schedule=schedule)
+    sparse = tfprune.sparsify(model)
+    dense_params = 3 * 3 * 2 * 8 + 8  # kernel + bias; masks, step counters and thresholds excluded
+    for candidate in (model, masked, sparse):
+        record = tfprune.analyze(candidate)["conv"]
+        assert record.params == dense_params
+        assert record.macs == 4 * 4 * 3 * 3 * 2 * 8

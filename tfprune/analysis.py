@@ -406,8 +406,9 @@ def analyze(model):
     graph order; a layer called several times gets one record whose MACs sum
     all its calls. A nested Sequential/functional model is expanded into the
     records of its layers, named `"nested_name/layer_name"`. For layers that
-    implement `stripped_layer()` (tfprune's training-time layers), MACs and
-    kernel sparsity are measured on the effective, stripped weights.
+    implement `stripped_layer()` (tfprune's training-time layers), params, MACs
+    and kernel sparsity are measured on the effective, stripped layer (what
+    ships): an STR threshold or a pruning mask is not counted as a parameter.
 
     MACs are the multiply-accumulates of convolution (Conv1D/2D/3D with
     `groups`, transposed, depthwise with `depth_multiplier`, separable) and
@@ -485,8 +486,8 @@ def _record(operation, prefix, nodes, calls):
         name=prefix + operation.name,
         type=type(operation).__name__,
         output_shape=output_shapes[0] if len(output_shapes) == 1 else output_shapes,
-        params=_count(getattr(operation, "weights", [])),
-        trainable_params=_count(getattr(operation, "trainable_weights", [])),
+        params=_count(getattr(effective, "weights", [])),
+        trainable_params=_count(getattr(effective, "trainable_weights", [])),
         macs=_macs(effective, nodes, calls),
         kernel_params=sum(kernel.size for kernel in kernels),
         nonzero_kernel_params=sum(int(np.count_nonzero(kernel)) for kernel in kernels),
