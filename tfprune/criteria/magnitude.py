@@ -89,7 +89,7 @@ def filter_sparsity(layer):
     >>> from tfprune.criteria.magnitude import filter_sparsity
     >>> layer = keras.layers.Dense(2)
     >>> layer.build((None, 2))
-    >>> layer.kernel.assign(np.array([[4.0, 0.0], [1.0, 1.0]]))  # mean |W| = 1.5
+    >>> _ = layer.kernel.assign(np.array([[4.0, 0.0], [1.0, 1.0]]))  # mean |W| = 1.5
     >>> filter_sparsity(layer).tolist()
     [0.5, 0.0]
     """
