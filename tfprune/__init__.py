@@ -47,6 +47,7 @@ from tfprune import (
     pruners,
     pruning,
     regularizers,
+    search,
     surgery,
 )
 from tfprune.analysis import analyze
@@ -89,5 +90,6 @@ __all__ = [
     "SensitivityResult",
     "prune",
     "sensitivity",
+    "search",
     "surgery",
 ]
