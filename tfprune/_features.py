@@ -1,0 +1,232 @@
+"""Feature maps of channel groups, read from the functional graph (not public API).
+
+Data-driven criteria (HRank, DropNet's mean activation, reconstruction) look
+at what a channel computes on real inputs. This module turns user data into
+NumPy batches (`input_batches`), finds the tensors that carry a group's
+channels (`group_features`: each producer's output followed through its
+BatchNormalization and activation; `consumer_inputs`: what a consumer layer
+reads) and builds one feature-extraction model,
+`keras.Model(model.inputs, [those tensors])`, which shares the model's layers
+and never changes its weights.
+"""
+
+import keras
+import numpy as np
+
+from tfprune._utils import functional_view
+
+# Layers a producer's output passes through before it is "the feature map"
+# (HRank ranks, DropNet averages the post-activation maps).
+_POST_ACTIVATION_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+)
+
+
+def _nodes(functional):
+    # Keras has no public accessor for a model's call nodes; `_nodes_by_depth`
+    # holds exactly the nodes of this model (a shared layer may have others).
+    return [node for nodes in functional._nodes_by_depth.values() for node in nodes]
+
+
+def _readers(functional):
+    """`{id(tensor): [node, ...]}`: the nodes of the model that read each tensor."""
+    readers = {}
+    for node in _nodes(functional):
+        for tensor in node.input_tensors:
+            readers.setdefault(id(tensor), []).append(node)
+    return readers
+
+
+def _node_of(functional, layer_name):
+    for node in _nodes(functional):
+        if node.operation.name == layer_name and not node.is_input:
+            return node
+    raise ValueError(f"Layer '{layer_name}' is not called in model '{functional.name}'.")
+
+
+def post_activation_tensor(functional, layer_name, readers=None):
+    """The producer's output after the BN/activation layers that are its only reader."""
+    readers = _readers(functional) if readers is None else readers
+    tensor = _node_of(functional, layer_name).outputs[0]
+    while len(readers.get(id(tensor), ())) == 1:
+        node = readers[id(tensor)][0]
+        if not isinstance(node.operation, _POST_ACTIVATION_LAYERS):
+            break
+        tensor = node.outputs[0]
+    return tensor
+
+
+def _feature_size(tensor):
+    """Sort key: spatial rank, then number of known positions per example."""
+    spatial = tensor.shape[1:-1]
+    return len(spatial), int(np.prod([size or 1 for size in spatial]))
+
+
+def group_features(model, graph):
+    """The feature tensors that represent each prunable group's channels.
+
+    Every producer of a group is followed to its post-activation output; the
+    producers with the largest feature maps are kept (a squeeze-excite gate
+    producer's 1x1 output is a per-channel scale, not a feature map). Each
+    entry maps the producer's output positions to group channels.
+
+    Returns:
+        Dict `{group_name: [(tensor, positions, channels), ...]}`.
+    """
+    functional = functional_view(model)
+    readers = _readers(functional)
+    features = {}
+    for group in graph.groups:
+        if not group.prunable:
+            continue
+        entries, seen = [], set()
+        for member in group.members:
+            if member.role != "output" or member.layer_name in seen:
+                continue
+            seen.add(member.layer_name)
+            tensor = post_activation_tensor(functional, member.layer_name, readers)
+            entries.append((tensor, np.asarray(member.positions), np.asarray(member.channels)))
+        largest = max(_feature_size(tensor) for tensor, _, _ in entries)
+        features[group.name] = [entry for entry in entries if _feature_size(entry[0]) == largest]
+    return features
+
+
+def feature_model(model, tensors):
+    """`keras.Model(model.inputs, tensors)`: shares the model's layers and weights."""
+    functional = functional_view(model)
+    inputs = functional.inputs[0] if len(functional.inputs) == 1 else functional.inputs
+    return keras.Model(inputs, list(tensors))
+
+
+def run(extractor, batch):
+    """Runs a feature model on one batch in inference mode; returns a list of arrays."""
+    # A model with one output returns a tensor, not a list: flatten both alike.
+    outputs = keras.tree.flatten(extractor(batch, training=False))
+    return [np.asarray(keras.ops.convert_to_numpy(output)) for output in outputs]
+
+
+def _first_input(element):
+    # Datasets and arrays of `(x, y)` or `(x, y, sample_weight)` carry the inputs first.
+    if isinstance(element, (tuple, list)) and not isinstance(element, np.ndarray):
+        return element[0]
+    return element
+
+
+def input_batches(model, data, num_batches, batch_size, caller):
+    """Turns user data into at most `num_batches` NumPy input batches.
+
+    Args:
+        model: The model the inputs are for (single input).
+        data: A `tf.data.Dataset` of batches (`x` or `(x, y, ...)`), an
+            array of inputs, or an `(x, y)` tuple of arrays.
+        num_batches: Int or None (all). How many batches to use.
+        batch_size: Int. Batch size used to split arrays.
+        caller: String naming the criterion or pruner, for the error messages.
+
+    Returns:
+        List of float32 NumPy arrays.
+
+    Raises:
+        ValueError: If `data` is None or empty, its inputs do not have the
+            model's input shape, or the model has several inputs.
+        TypeError: If `data` is not a dataset or an array.
+    """
+    import tensorflow as tf  # tf.data is TensorFlow's; only datasets need it
+
+    functional = functional_view(model)
+    if len(functional.inputs) != 1:
+        raise ValueError(
+            f"{caller} supports single-input models; model '{model.name}' has "
+            f"{len(functional.inputs)} inputs."
+        )
+    if data is None:
+        raise ValueError(
+            f"{caller} needs data: pass `data=` a tf.data.Dataset of batches or an array of "
+            "inputs (e.g. `data=x_train`). Received: data=None"
+        )
+    for argument, value in (("num_batches", num_batches), ("batch_size", batch_size)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f"{caller}: `{argument}` must be an int >= 1. Received: {argument}={value!r}"
+            )
+    if isinstance(data, tf.data.Dataset):
+        dataset = data if num_batches is None else data.take(num_batches)
+        batches = [np.asarray(_first_input(element)) for element in dataset.as_numpy_iterator()]
+    elif isinstance(data, (np.ndarray, tuple, list)) or hasattr(data, "__array__"):
+        inputs = np.asarray(_first_input(data))
+        stop = len(inputs) if num_batches is None else num_batches * batch_size
+        batches = [
+            inputs[start : start + batch_size]
+            for start in range(0, min(stop, len(inputs)), batch_size)
+        ]
+    else:
+        raise TypeError(
+            f"{caller}: `data` must be a tf.data.Dataset or an array of inputs. "
+            f"Received: data of type {type(data).__name__}"
+        )
+    if not batches or sum(len(batch) for batch in batches) == 0:
+        raise ValueError(f"{caller}: `data` is empty; pass at least one batch of inputs.")
+    expected = tuple(functional.inputs[0].shape[1:])
+    for batch in batches:
+        received = batch.shape[1:]
+        if len(received) != len(expected) or any(
+            want is not None and want != got for want, got in zip(expected, received)
+        ):
+            raise ValueError(
+                f"{caller}: model '{model.name}' expects inputs of shape (batch,) + {expected}, "
+                f"but `data` has a batch of shape {batch.shape}; pass batched inputs of the "
+                "model's input shape (a tf.data.Dataset needs `.batch(n)`)."
+            )
+    return [batch.astype("float32") for batch in batches]
+
+
+def group_statistics(model, graph, data, statistic, num_batches, batch_size, caller, verbose=0):
+    """Averages a per-example, per-channel statistic of each group's feature maps.
+
+    Args:
+        model: The model.
+        graph: `tfprune.graph.build(model)`.
+        data: See `input_batches`.
+        statistic: Callable `features (batch, ..., channels) -> (batch, channels)`,
+            or None for a tensor it cannot handle (the group is not scored).
+        num_batches: Int or None. Number of batches.
+        batch_size: Int. Batch size when `data` is an array.
+        caller: String for messages.
+        verbose: Int. 1 shows a progress bar over the batches.
+
+    Returns:
+        Dict `{group_name: scores}`: per group channel, the mean over examples
+        and over the group's feature producers.
+    """
+    batches = input_batches(model, data, num_batches, batch_size, caller)
+    features = group_features(model, graph)
+    entries = [(name, entry) for name, group_entries in features.items() for entry in group_entries]
+    extractor = feature_model(model, [tensor for _, (tensor, _, _) in entries])
+    totals = [None] * len(entries)
+    progress = keras.utils.Progbar(len(batches), verbose=verbose, unit_name="batch")
+    for batch in batches:
+        for index, output in enumerate(run(extractor, batch)):
+            values = statistic(output)
+            if values is not None:
+                totals[index] = (0.0 if totals[index] is None else totals[index]) + values.sum(
+                    axis=0
+                )
+        progress.add(1)
+    examples = sum(len(batch) for batch in batches)
+    scores, counts = {}, {}
+    for (name, (_, positions, channels)), total in zip(entries, totals):
+        if total is None:
+            continue
+        size = graph[name].size
+        scores.setdefault(name, np.zeros(size))
+        counts.setdefault(name, np.zeros(size))
+        np.add.at(scores[name], channels, np.asarray(total, "float64")[positions] / examples)
+        np.add.at(counts[name], channels, 1)
+    return {name: scores[name] / np.maximum(counts[name], 1) for name in scores}

@@ -1,0 +1,125 @@
+"""`DropNet` (Tan & Motani, ICML 2020): iteratively drop the least active channels, retrain."""
+
+from tfprune.pruning import prune
+
+
+class DropNet:
+    """Iterative pruning by mean post-activation value, with retraining between rounds.
+
+    Each round removes `fraction` of the remaining targeted channels with the
+    lowest `tfprune.criteria.activation` score (per group or one global
+    threshold), optionally gives the pruned network fresh weights (the paper
+    shows pruned networks can be re-initialised and retrained), then trains it
+    with `model.fit` (METHODS.md §8). Use `step` to drive the loop yourself, or
+    `fit` to run `rounds` of prune-then-fit with your `fit` arguments.
+
+    Args:
+        fraction: Float in [0, 1). Share of the remaining channels removed per
+            round. Defaults to `0.2`.
+        scope: String. `"global"` (one threshold over all targeted channels)
+            or `"group"` (every group loses `fraction`). Defaults to `"global"`.
+        targets: `"all"`, `"expansion"` or a callable `ChannelGroup -> bool`,
+            as in `tfprune.prune`. Defaults to `"all"`.
+        reinitialize: Bool. Give the pruned network fresh random weights each
+            round. Defaults to `False`.
+        min_channels: Int. A group never keeps fewer. Defaults to `1`.
+
+    Raises:
+        ValueError: If an argument is out of range (checked by the first round).
+
+    Example:
+
+    >>> # pruner = tfprune.pruners.DropNet(fraction=0.3)
+    >>> # small = pruner.fit(model, x_train, y_train, rounds=2, epochs=3, verbose=0)
+    >>> # [result.params_after for result in pruner.results]
+    """
+
+    def __init__(
+        self, fraction=0.2, scope="global", targets="all", reinitialize=False, min_channels=1
+    ):
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 <= fraction < 1
+        ):
+            raise ValueError(
+                f"`fraction` must be a number in [0, 1), e.g. 0.2. Received: fraction={fraction!r}"
+            )
+        self.fraction = fraction
+        self.scope = scope
+        self.targets = targets
+        self.reinitialize = bool(reinitialize)
+        self.min_channels = min_channels
+        self.results = []
+        self.histories = []
+
+    def step(self, model, data):
+        """Runs one pruning round (no training); returns `(pruned_model, PruneResult)`.
+
+        Args:
+            model: A built Sequential or functional single-input `keras.Model`. Not modified.
+            data: Data to score the activations on: a `tf.data.Dataset` of
+                batches, an array of inputs or an `(x, y)` tuple of arrays.
+
+        Returns:
+            Tuple `(pruned_model, PruneResult)`; the result is also appended to `self.results`.
+
+        Raises:
+            ValueError: If `data` is missing, empty or of the wrong shape.
+
+        Example:
+
+        >>> # small, result = tfprune.pruners.DropNet(fraction=0.5).step(model, x_train)
+        """
+        pruned, result = prune(
+            model,
+            "activation",
+            rate=self.fraction,
+            scope=self.scope,
+            targets=self.targets,
+            min_channels=self.min_channels,
+            reinitialize=self.reinitialize,
+            data=data,
+        )
+        self.results.append(result)
+        return pruned, result
+
+    def fit(self, model, x=None, y=None, rounds=1, score_data=None, **fit_kwargs):
+        """Runs `rounds` of prune-then-`model.fit`; returns the last trained model.
+
+        Every pruned model is compiled with the input model's compile
+        configuration (a fresh optimizer) and trained with
+        `pruned.fit(x, y, **fit_kwargs)`; the histories go to `self.histories`.
+
+        Args:
+            model: A built, compiled Sequential or functional `keras.Model`. Not modified.
+            x: Training inputs or a `tf.data.Dataset`, as for `model.fit`.
+            y: Optional targets, as for `model.fit`.
+            rounds: Int >= 1. Number of prune-and-train rounds. Defaults to `1`.
+            score_data: Optional data to score activations on; defaults to `x`.
+            **fit_kwargs: Passed to `model.fit` (`epochs`, `batch_size`,
+                `callbacks`, `validation_data`, ...).
+
+        Returns:
+            The pruned and trained `keras.Model`.
+
+        Raises:
+            ValueError: If `model` is not compiled or `rounds` is not an int >= 1.
+
+        Example:
+
+        >>> # small = tfprune.pruners.DropNet(0.3).fit(model, train_ds, rounds=3, epochs=2)
+        """
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"`rounds` must be an int >= 1. Received: rounds={rounds!r}")
+        compile_config = model.get_compile_config() if model.compiled else None
+        if compile_config is None:
+            raise ValueError(
+                f"DropNet.fit retrains with the compile settings of the model, but model "
+                f"'{model.name}' is not compiled; call model.compile(...) first or use DropNet.step."
+            )
+        for _ in range(rounds):
+            model, _ = self.step(model, x if score_data is None else score_data)
+            model.compile_from_config(compile_config)
+            self.histories.append(model.fit(x, y, **fit_kwargs))
+        return model
