@@ -6,7 +6,9 @@ one. A criterion maps `(model, graph, data=None, seed=None)` to
 `tfprune.criteria.base` for the rule that combines the layers of a group.
 """
 
+from tfprune.criteria.activation import activation
 from tfprune.criteria.base import available, from_layer_scores, get, register
+from tfprune.criteria.hrank import hrank
 from tfprune.criteria.magnitude import (
     bn_gamma,
     filter_sparsity,
@@ -17,16 +19,20 @@ from tfprune.criteria.magnitude import (
     sparsity_gamma,
     str_zero_filters,
 )
+from tfprune.criteria.reconstruction import reconstruction
 
 __all__ = [
+    "activation",
     "available",
     "bn_gamma",
     "filter_sparsity",
     "from_layer_scores",
     "get",
+    "hrank",
     "l1",
     "l2",
     "random",
+    "reconstruction",
     "register",
     "sparsity",
     "sparsity_gamma",
