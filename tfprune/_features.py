@@ -180,7 +180,7 @@ def input_batches(model, data, num_batches, batch_size, caller):
             want is not None and want != got for want, got in zip(expected, received)
         ):
             raise ValueError(
-                f"{caller}: model '{model.name}' expects inputs of shape (batch,) + {expected}, "
+                f"{caller}: model '{model.name}' expects inputs of shape {(None,) + expected}, "
                 f"but `data` has a batch of shape {batch.shape}; pass batched inputs of the "
                 "model's input shape (a tf.data.Dataset needs `.batch(n)`)."
             )

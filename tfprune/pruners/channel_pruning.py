@@ -13,7 +13,7 @@ import math
 import keras
 import numpy as np
 
-from tfprune import _features, surgery
+from tfprune import _features, criteria, surgery
 from tfprune import graph as graph_module
 from tfprune._utils import require_graph_model
 from tfprune.analysis import analyze
@@ -36,10 +36,9 @@ class ChannelPruning:
     Every targeted group that has a reconstructable consumer (a `Conv2D` or
     `Dense` reading only its channels) loses `rate` of its channels, one group
     at a time; after each cut the consumers are refit so that their outputs
-    match the original model's on the data (METHODS.md §5). Consumers whose
-    own output width changed in the same cut (a squeeze-excite bottleneck under
-    MobileNetV3's keep-ratio rule) are sliced but not refit. The result is
-    usually accurate before any fine-tuning.
+    match the original model's on the data (METHODS.md §5), on the output
+    channels they still have. The result is usually accurate before any
+    fine-tuning.
 
     Args:
         rate: Float in [0, 1). Share of each targeted group's channels to remove.
@@ -137,8 +136,10 @@ class ChannelPruning:
                 model, names, batches, self.seed, self.positions_per_example
             )
         }
-        se_policy = "keep_ratio" if self.targets == "expansion" else None
         current, records = model, []
+        # Original output channels each layer still has, so that the targets of a
+        # consumer whose own outputs were cut earlier keep only its remaining columns.
+        self._kept_outputs = {}
         progress = keras.utils.Progbar(len(groups), verbose=self.verbose, unit_name="group")
         for group in groups:
             layer_names = [name for name, _ in consumers[group.name]]
@@ -146,17 +147,17 @@ class ChannelPruning:
             width = max(min(self.min_channels, group.size), requested)
             records.append(GroupWidth(group.name, group.size, width, width > requested))
             if width < group.size:
-                current_group = graph_module.build(current)[group.name]
+                targets = self._targets(original_outputs, layer_names)
+                current_graph = graph_module.build(current)
                 scores = group_scores(
                     current,
-                    current_group,
-                    self._moments(current, layer_names, batches, original_outputs),
+                    current_graph[group.name],
+                    self._moments(current, layer_names, batches, targets),
                 )
-                current = surgery.set_widths(
-                    current, {group.name: width}, {group.name: scores}, se_policy
-                )
+                current = self._cut(current, current_graph, group.name, scores, width)
                 if self.refit:
-                    self._refit(current, layer_names, batches, original_outputs)
+                    targets = self._targets(original_outputs, layer_names)
+                    self._refit(current, layer_names, batches, targets)
             progress.add(1)
         before, after = analyze(model), analyze(current)
         result = PruneResult(
@@ -173,17 +174,40 @@ class ChannelPruning:
         )
         return current, result
 
-    def _refit(self, model, layer_names, batches, original_outputs):
+    def _targets(self, original_outputs, layer_names):
+        """The original outputs of `layer_names`, restricted to the columns that remain."""
+        return {
+            (name, batch_index): rows[:, self._kept_outputs.get(name, slice(None))]
+            for (name, batch_index), rows in original_outputs.items()
+            if name in layer_names
+        }
+
+    def _cut(self, model, graph, name, scores, width):
+        """Removes the lowest-scored channels of group `name` (and of its SE bottleneck
+        under the MobileNetV3 rule), recording which outputs each producer keeps."""
+        removals = {name: np.sort(np.argsort(-scores, kind="stable")[width:])}
+        if self.targets == "expansion":
+            l1 = criteria.l1(model, graph)
+            for group in graph.groups:
+                if group.squeeze_excite_of == name:
+                    keep = min(group.size, surgery.se_bottleneck_width(width))
+                    removals[group.name] = np.sort(
+                        np.argsort(-l1[group.name], kind="stable")[keep:]
+                    )
+        for group_name, removed in removals.items():
+            removed = set(removed.tolist())
+            for member in graph[group_name].members:
+                if member.role != "output":
+                    continue
+                layer = model.get_layer(member.layer_name)
+                kept = self._kept_outputs.get(layer.name, np.arange(layer.kernel.shape[-1]))
+                gone = [p for p, c in zip(member.positions, member.channels) if c in removed]
+                self._kept_outputs[layer.name] = np.delete(kept, gone)
+        return surgery.remove_channels(model, removals)
+
+    def _refit(self, model, layer_names, batches, targets):
         """Least-squares kernels of the consumers on the kept channels (in place, on our copy)."""
-        units = {name: original_outputs[(name, 0)].shape[-1] for name in layer_names}
-        refit_names = [
-            name for name in layer_names if model.get_layer(name).kernel.shape[-1] == units[name]
-        ]
-        if not refit_names:
-            return
-        for name, (gram, cross, _) in self._moments(
-            model, refit_names, batches, original_outputs
-        ).items():
+        for name, (gram, cross, _) in self._moments(model, layer_names, batches, targets).items():
             layer = model.get_layer(name)
             kernel = np.linalg.lstsq(gram, cross, rcond=None)[0]
             layer.kernel.assign(kernel.reshape(layer.kernel.shape).astype(layer.kernel.dtype))
