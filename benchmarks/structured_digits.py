@@ -126,6 +126,11 @@ def _format(rows, sparse_accuracy, statistics, args, command):
             f"{100 * row['accuracy']:.2f} | {100 * (row['accuracy'] - sparse_accuracy):+.2f} | "
             f"{row['seconds']:.0f} |"
         )
+    lines += [
+        "",
+        "One seed; the test split has 360 images, so one image is 0.28 points. 'Acc. before "
+        "fine-tune' is the pruned model with the inherited weights, before any training.",
+    ]
     return "\n".join(lines) + "\n"
 
 
