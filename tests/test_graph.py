@@ -321,12 +321,41 @@ def test_tracer_refuses_mismatched_couplings():
         tracer.couple(tracer.new_channels(2, "a"), tracer.new_channels(3, "b"))
 
 
-def test_nested_model_is_refused():
-    inner = keras.Sequential([keras.Input((4,)), layers.Dense(3)], name="inner")
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, layers.Dense(2)(inner(inputs)))
-    with pytest.raises(ValueError, match="Model 'inner' is nested inside the model as a layer"):
+def nested_model():
+    inner_inputs = keras.Input((4, 4, 3))
+    x = layers.Conv2D(6, 3, padding="same", name="inner_conv")(inner_inputs)
+    x = layers.BatchNormalization(name="inner_bn")(x)
+    backbone = keras.Model(inner_inputs, layers.ReLU(name="inner_relu")(x), name="backbone")
+    inputs = keras.Input((4, 4, 3), name="image")
+    x = layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype("float32"))
+    return model, backbone
+
+
+def test_nested_model_is_refused_pointing_to_flatten():
+    model, _ = nested_model()
+    with pytest.raises(ValueError, match=r"Model 'backbone' is nested .* `model = tfprune.graph.flatten\(model\)`"):
         tfprune.graph.build(model)
+
+
+def test_flatten_inlines_nested_models_without_touching_them():
+    model, backbone = nested_model()
+    before = [weight.numpy().copy() for weight in model.weights]
+    flat = tfprune.graph.flatten(model)
+    assert [layer.name for layer in flat.layers] == ["image", "inner_conv", "inner_bn", "inner_relu", "pool", "head"]
+    x = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+    graph = tfprune.graph.build(flat)
+    assert graph["inner_conv"].consumers == ("head",)
+    for weight, value in zip(model.weights, before):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    # The user's layers got no extra call nodes (their `.output` stays defined).
+    assert len(backbone.get_layer("inner_conv")._inbound_nodes) == 1
+    flat.get_layer("inner_conv").kernel.assign(np.zeros((3, 3, 3, 6)))
+    assert np.abs(backbone.get_layer("inner_conv").kernel.numpy()).min() >= 0.5
 
 
 def test_subclassed_and_unbuilt_models_are_refused():

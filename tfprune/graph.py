@@ -68,6 +68,7 @@ __all__ = [
     "Preserve",
     "Tracer",
     "build",
+    "flatten",
     "register_handler",
 ]
 
@@ -242,6 +243,60 @@ def build(model, unknown="raise"):
     return _assemble(functional, tracer)
 
 
+def flatten(model):
+    """Returns a copy of `model` with every nested model inlined.
+
+    Transfer-learning models often call a whole application as one layer
+    (`keras.Sequential([backbone, head])`); the channel graph needs to see its
+    layers. The copy is one functional model whose layers (same names, same
+    weights) are called directly on each other's tensors; the input model is
+    not touched. A model without nested models comes back as a plain copy.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`.
+
+    Returns:
+        A new functional `keras.Model` computing the same outputs.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or is subclassed.
+        ValueError: If the model is not built, or inlining makes two layers
+            share a name (rename one of them).
+
+    Example:
+
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((8,)), keras.layers.Dense(6, name="hidden")], name="backbone")
+    >>> model = keras.Sequential([backbone, keras.layers.Dense(2, name="head")])
+    >>> [layer.name for layer in tfprune.graph.flatten(model).layers][1:]
+    ['hidden', 'head']
+    """
+    _utils.require_graph_model(model, "tfprune.graph.flatten")
+    # Inline a copy: calling the user's layers on new tensors would add call
+    # nodes to them.
+    copy = keras.models.clone_model(model, recursive=True)
+    copy.set_weights(model.get_weights())
+    functional = _utils.functional_view(copy)
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_tensor_name(tensor))
+        for tensor in functional.inputs
+    ]
+    outputs = _inline(functional, inputs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
+
+
+def _inline(functional, inputs):
+    """Runs `functional` on `inputs`, replacing each nested model by its layers."""
+
+    def operation_fn(operation):
+        if isinstance(operation, keras.Model):
+            inner = _utils.functional_view(operation)
+            return lambda inputs, *args, **kwargs: _inline(inner, inputs)
+        return operation
+
+    return functional._run_through_graph(inputs, operation_fn=operation_fn)
+
+
 def _ordered_nodes(functional):
     """The model's call nodes in topological order.
 
@@ -275,8 +330,7 @@ def _trace_node(node, tracer, unknown):
     if isinstance(operation, keras.Model):
         raise ValueError(
             f"Model '{operation.name}' is nested inside the model as a layer; tfprune cannot "
-            "see its channels. Build one flat functional model (call the inner model's layers "
-            "on your tensors) before pruning."
+            "see its channels there. Inline it first: `model = tfprune.graph.flatten(model)`."
         )
     if node.is_input:
         handler = handlers.INPUT

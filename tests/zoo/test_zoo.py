@@ -4,9 +4,9 @@ Each model (random weights, small input) gets about 30% of the channels of
 every prunable group removed at random. Those channels are first made dead
 (producer filters, BN shifts and means zeroed), so the pruned model must
 compute the same outputs; it must also have fewer parameters, keep its output
-shape, reload from `.keras` and convert to TFLite. Models tfprune cannot
-handle must be refused with an error naming the operation. Only MobileNetV3
-and ResNet50 run in CI; the rest are `slow`.
+shape, reload from `.keras` and convert to TFLite. ConvNeXt is refused (a
+nested model, then its LayerScale layer) until flattened and taught with a
+user handler. Only MobileNetV3 and ResNet50 run in CI; the rest are `slow`.
 """
 
 import keras
@@ -15,6 +15,7 @@ import pytest
 from surgery_helpers import kill_channels
 
 import tfprune
+from tfprune import handlers
 
 applications = keras.applications
 slow = pytest.mark.slow
@@ -59,6 +60,20 @@ def run_tflite(model, path, x):
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
+def check_pruned(model, small, x, tmp_path, equivalent=True):
+    """Runs, shrinks, keeps the output shape, reloads from .keras, converts to TFLite."""
+    expected = model(x)
+    pruned = small(x)
+    assert small.output_shape == model.output_shape
+    assert small.count_params() < 0.8 * model.count_params()
+    if equivalent:
+        np.testing.assert_allclose(pruned, expected, atol=1e-5, rtol=0)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(reloaded(x), pruned, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(run_tflite(small, tmp_path / "small.tflite", x), pruned, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name, constructor, options, size", SUPPORTED)
 def test_zoo_model_is_pruned_rebuilt_saved_and_converted(name, constructor, options, size, tmp_path):
     model = constructor(input_shape=(size, size, 3), weights=None, classes=10, **options)
@@ -68,25 +83,37 @@ def test_zoo_model_is_pruned_rebuilt_saved_and_converted(name, constructor, opti
     assert len(removals) >= 0.8 * sum(group.prunable for group in graph.groups)
     for group_name, channels in removals.items():
         kill_channels(model, graph[group_name], channels)
-
     small = tfprune.surgery.remove_channels(model, removals)
-
     x = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
-    expected = model(x)
-    pruned = small(x)
-    assert small.output_shape == model.output_shape
-    assert small.count_params() < 0.8 * model.count_params()
-    np.testing.assert_allclose(pruned, expected, atol=1e-5, rtol=0)
+    check_pruned(model, small, x, tmp_path)
 
-    small.save(tmp_path / "small.keras")
-    reloaded = keras.models.load_model(tmp_path / "small.keras")
-    np.testing.assert_allclose(reloaded(x), pruned, atol=1e-6, rtol=0)
 
-    np.testing.assert_allclose(run_tflite(small, tmp_path / "small.tflite", x), pruned, atol=1e-5, rtol=0)
+class LayerScaleHandler(tfprune.graph.Handler):
+    """What a user registers for ConvNeXt's LayerScale: one `gamma` per channel."""
+
+    def trace(self, node, tracer):
+        channels = tracer.channels(node.input_tensors[0])
+        tracer.use(node.operation, node.operation.gamma, 0, channels, "param")
+        return [channels]
 
 
 @slow
-def test_convnext_is_refused_naming_the_nested_model():
+def test_convnext_needs_flatten_and_a_user_handler_then_prunes(tmp_path):
+    # No public name exists for ConvNeXt's LayerScale layer.
+    from keras.src.applications.convnext import LayerScale
+
     model = applications.ConvNeXtTiny(input_shape=(32, 32, 3), weights=None, classes=10)
-    with pytest.raises(ValueError, match=r"Model 'convnext_tiny_stem' is nested inside the model as a layer"):
+    with pytest.raises(ValueError, match=r"Model 'convnext_tiny_stem' is nested inside the model"):
         tfprune.graph.build(model)
+    flat = tfprune.graph.flatten(model)
+    with pytest.raises(ValueError, match=r"no channel handler for operation '\w+_layer_scale' of type .*LayerScale"):
+        tfprune.graph.build(flat)
+    tfprune.graph.register_handler(LayerScale, LayerScaleHandler())
+    try:
+        graph = tfprune.graph.build(flat)
+        small = tfprune.surgery.remove_channels(flat, random_removals(graph, np.random.default_rng(0)))
+    finally:
+        handlers._HANDLERS.pop(LayerScale)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    # LayerNormalization statistics change when channels go: no equivalence here.
+    check_pruned(flat, small, x, tmp_path, equivalent=False)
