@@ -371,6 +371,7 @@ def test_remove_channels_errors(removals, error, message):
         ({"widths": {"conv1": 2}, "se_policy": "ratio"}, ValueError,
          r"`se_policy` must be None or 'keep_ratio'. Received: se_policy='ratio'"),
         ({"widths": [4]}, TypeError, r"`widths` must be a dict keyed by group name"),
+        ({"widths": {"conv1": 2}, "scores": {"conv_1": np.ones(8)}}, ValueError, r"Unknown channel group 'conv_1'"),
     ],
 )
 def test_set_widths_errors(kwargs, error, message):

@@ -102,6 +102,8 @@ def set_widths(model, widths, scores=None, se_policy=None):
             f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
         )
     graph = graph_module.build(model)
+    for name in scores:
+        _checked_group(graph, name)
     widths = dict(widths)
     for name, width in widths.items():
         group = _checked_group(graph, name)
