@@ -120,7 +120,9 @@ def test_guard_keeps_min_channels_and_warns_with_the_group_name():
 
 
 def test_max_group_rate_caps_every_group():
-    _, result = prune(_small_model(), "l1", rate=0.9, scope="group", max_group_rate=0.5)
+    # 0.9 of conv3's 4 channels rounds to all 4: the guard warns and max_group_rate caps it
+    with pytest.warns(UserWarning, match=r"all 4 channels of group 'conv3'; keeping 2"):
+        _, result = prune(_small_model(), "l1", rate=0.9, scope="group", max_group_rate=0.5)
     assert result.widths_after == {"conv1": 4, "conv2": 3, "conv3": 2}
 
 
@@ -183,8 +185,8 @@ def test_result_counts_match_the_models():
 
 def test_reinitialize_gives_same_widths_and_fresh_weights():
     model = _small_model()
-    inherited, _ = prune(model, "l1", rate=0.5)
-    fresh, result = prune(model, "l1", rate=0.5, reinitialize=True)
+    inherited, _ = prune(model, "l1", rate=0.5, scope="group")
+    fresh, result = prune(model, "l1", rate=0.5, scope="group", reinitialize=True)
     assert result.reinitialized
     for a, b in zip(inherited.layers, fresh.layers):
         assert a.name == b.name
@@ -211,7 +213,7 @@ def test_pruned_model_converts_to_tflite_and_matches_keras(tmp_path):
 
 
 def test_pruned_model_round_trips_through_keras_file(tmp_path):
-    small, _ = prune(_small_model(), "l1", rate=0.5)
+    small, _ = prune(_small_model(), "l1", rate=0.5, scope="group")
     path = tmp_path / "small.keras"
     small.save(path)
     restored = keras.models.load_model(path)
