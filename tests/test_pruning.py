@@ -249,6 +249,7 @@ def test_mobilenet_v3_large_expansion_pruning_matches_the_paper_band():
         ({"rate": 0.5, "targets": "depthwise"}, ValueError, r"`targets` must be.*targets='depthwise'"),
         ({"rate": 0.5, "min_channels": 0}, ValueError, r"`min_channels`.*min_channels=0"),
         ({"rate": 0.5, "max_group_rate": 1.5}, ValueError, r"`max_group_rate`.*max_group_rate=1.5"),
+        ({"rate": 0.5, "max_group_rate": "half"}, ValueError, r"max_group_rate='half'"),
         ({"rate": 0.5, "round_to": 0}, ValueError, r"`round_to` must be an int >= 1.*round_to=0"),
         ({"rate": 0.5, "ignore": "conv1"}, TypeError, r"`ignore` must be a tuple.*ignore='conv1'"),
         ({"rate": 0.5, "criterion": "nope"}, ValueError, r"Unknown criterion 'nope'"),

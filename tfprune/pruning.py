@@ -227,7 +227,11 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
         )
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
         raise ValueError(f"`min_channels` must be an int >= 1. Received: min_channels={min_channels!r}")
-    if max_group_rate is not None and not 0 < max_group_rate <= 1:
+    if max_group_rate is not None and (
+        isinstance(max_group_rate, bool)
+        or not isinstance(max_group_rate, (int, float))
+        or not 0 < max_group_rate <= 1
+    ):
         raise ValueError(
             f"`max_group_rate` must be None or in (0, 1]. Received: max_group_rate={max_group_rate!r}"
         )
