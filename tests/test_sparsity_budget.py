@@ -213,8 +213,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
         x = keras.layers.Flatten()(x)
         model = tfprune.sparsify(keras.Model(inputs, keras.layers.Dense(4)(x)))
         model.compile(keras.optimizers.Adam(1e-3), "mse")
-    data = np.random.default_rng(0).uniform(size=(64, 8, 8, 1)).astype("float32")
-    history = model.fit(data, np.zeros((64, 4)), batch_size=16, epochs=3, verbose=0,
+    data = np.random.default_rng(0).uniform(size=(32, 8, 8, 1)).astype("float32")
+    history = model.fit(data, np.zeros((32, 4)), batch_size=16, epochs=2, verbose=0,
                         callbacks=[tfprune.callbacks.SparsityBudget(0.8)])
     layers = tfprune.sparsity.str_layers(model)
     replica_thresholds = [

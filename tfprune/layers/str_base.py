@@ -219,8 +219,14 @@ class STRMixin(SoftThresholdMixin):
         threshold = ops.cast(self.threshold, kernel.dtype)
         if self.mode == "unstructured":
             return ops.sign(kernel) * ops.relu(ops.abs(kernel) - threshold)
-        norm = ops.sqrt(ops.maximum(ops.sum(ops.square(kernel), axis=self._reduced_axes()), _NORM_FLOOR))
-        return kernel * ops.relu(norm - threshold) / norm
+        # Norms in at least float32 under mixed precision: float16 squares of
+        # small weights underflow, and the floor below is not a float16 number.
+        dtype = keras.backend.standardize_dtype(kernel.dtype)
+        norm_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
+        squared_norm = ops.sum(ops.square(ops.cast(kernel, norm_dtype)), axis=self._reduced_axes())
+        norm = ops.sqrt(ops.maximum(squared_norm, _NORM_FLOOR))
+        scale = ops.relu(norm - ops.cast(threshold, norm_dtype)) / norm
+        return kernel * ops.cast(scale, dtype)
 
     def _reduced_axes(self):
         return tuple(range(len(self._kernel.shape) - self._filter_axes))
