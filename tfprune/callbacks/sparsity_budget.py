@@ -53,10 +53,11 @@ def global_sparsity(layers):
 
     >>> import tfprune
     >>> from tfprune.callbacks.sparsity_budget import global_sparsity
-    >>> layer = tfprune.layers.STRDense(2, s_init=5.0)  # g(5) ~ 0.99
+    >>> layer = tfprune.layers.STRDense(2, s_init=-2.0)  # g = 0.119
     >>> layer.build((None, 2))
-    >>> global_sparsity([layer])
-    1.0
+    >>> _ = layer._kernel.assign([[0.1, 0.2], [-0.05, 0.5]])
+    >>> global_sparsity([layer])  # 0.1 and -0.05 are below the threshold
+    0.5
     """
     ratios, weights = threshold_ratios(layers)
     return float(weights[ratios <= 1.0].sum() / weights.sum())

@@ -271,11 +271,14 @@ class STRMixin(SoftThresholdMixin):
 
         Example:
 
-        >>> import tfprune
-        >>> layer = tfprune.layers.STRDense(3, mode="channel", s_init=5.0)
-        >>> layer.build((None, 2))
-        >>> layer.zero_filters().tolist()  # g(5) ~ 0.99 exceeds every filter norm here
-        [True, True, True]
+        >>> import keras, tfprune
+        >>> layer = tfprune.layers.STRDense(
+        ...     3, mode="channel", granularity="filter",
+        ...     kernel_initializer=keras.initializers.Constant(0.5))
+        >>> layer.build((None, 2))  # every filter norm is 0.5 * sqrt(2) = 0.707
+        >>> _ = layer.threshold_parameter.assign([-5.0, 5.0, -5.0])  # g = 0.007, 0.993, 0.007
+        >>> layer.zero_filters().tolist()
+        [False, True, False]
         """
         sparse = ops.convert_to_numpy(self.sparse_kernel)
         return np.all(sparse == 0, axis=self._reduced_axes()).reshape(-1)

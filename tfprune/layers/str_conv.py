@@ -25,7 +25,7 @@ class STRConv1D(STRMixin, keras.layers.Conv1D):
 
     >>> import keras, tfprune
     >>> layer = tfprune.layers.STRConv1D(8, 3, padding="causal")
-    >>> layer(keras.ops.ones((2, 10, 4))).shape
+    >>> tuple(layer(keras.ops.ones((2, 10, 4))).shape)
     (2, 10, 8)
     """
 
@@ -51,9 +51,9 @@ class STRConv2D(STRMixin, keras.layers.Conv2D):
 
     >>> import keras, tfprune
     >>> layer = tfprune.layers.STRConv2D(16, 3, padding="same", granularity="filter")
-    >>> layer(keras.ops.ones((1, 8, 8, 3))).shape
+    >>> tuple(layer(keras.ops.ones((1, 8, 8, 3))).shape)
     (1, 8, 8, 16)
-    >>> layer.threshold_parameter.shape
+    >>> tuple(layer.threshold_parameter.shape)
     (16,)
     """
 
@@ -78,7 +78,7 @@ class STRDepthwiseConv2D(STRMixin, keras.layers.DepthwiseConv2D):
 
     >>> import keras, tfprune
     >>> layer = tfprune.layers.STRDepthwiseConv2D(3, depth_multiplier=2)
-    >>> layer(keras.ops.ones((1, 8, 8, 4))).shape
+    >>> tuple(layer(keras.ops.ones((1, 8, 8, 4))).shape)
     (1, 6, 6, 8)
     >>> layer.zero_filters().shape
     (8,)

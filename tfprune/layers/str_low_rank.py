@@ -42,7 +42,7 @@ class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):
 
     >>> import keras, tfprune
     >>> layer = tfprune.layers.STRLowRankDense(6, rank=3)
-    >>> layer(keras.ops.ones((2, 4))).shape
+    >>> tuple(layer(keras.ops.ones((2, 4))).shape)
     (2, 6)
     >>> layer.effective_rank()
     3
@@ -193,3 +193,4 @@ class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):
         )
         config.update(self._threshold_config())
         return config
+
