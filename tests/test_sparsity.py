@@ -209,3 +209,15 @@ def test_sparsify_refuses_bad_input():
 def test_sparsity_report_refuses_model_without_str_layers():
     with pytest.raises(ValueError, match=r"found no STR layer in model 'sequential'.*tfprune\.sparsify"):
         tfprune.sparsity_report(sequential_model())
+
+
+def test_sparsity_report_finds_str_layers_of_nested_models():
+    inner_inputs = keras.Input((4,))
+    inner = keras.Model(inner_inputs, STRDense(3, name="dense")(inner_inputs), name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, STRDense(2, name="head")(inner(inputs)))
+    set_global_sparsity(model, 0.5)
+    report = tfprune.sparsity_report(model)
+    assert [record["name"] for record in report.layers] == ["inner/dense", "head"]
+    assert [record["macs"] for record in report.layers] == [12, 6]
+    assert report.parameters == 18

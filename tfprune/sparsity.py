@@ -178,13 +178,7 @@ def str_layers(model):
     >>> [layer.name for layer in tfprune.sparsity.str_layers(model)]
     ['dense']
     """
-    found = []
-    for layer in getattr(model, "layers", ()):
-        if hasattr(layer, "pruning_scores"):
-            found.append(layer)
-        elif getattr(layer, "layers", None):
-            found.extend(str_layers(layer))
-    return found
+    return [layer for _, layer in _named_str_layers(model)]
 
 
 @dataclasses.dataclass
@@ -247,10 +241,10 @@ class SparsityReport:
 
 def _named_str_layers(model, prefix=""):
     # Names as `tfprune.analyze` spells them: nested models prefix "outer/".
-    for layer in model.layers:
+    for layer in getattr(model, "layers", ()):
         if hasattr(layer, "pruning_scores"):
             yield f"{prefix}{layer.name}", layer
-        elif isinstance(layer, keras.Model):
+        elif getattr(layer, "layers", None):
             yield from _named_str_layers(layer, f"{prefix}{layer.name}/")
 
 
