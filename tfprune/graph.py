@@ -43,7 +43,8 @@ and operations are refused by name; teach tfprune about them with
 `register_handler(layer_class_or_op_name, handler)`: `Preserve()` for a
 channel-preserving layer, `Freeze(reason)` for one that must not be resized,
 or a `Handler` subclass (see `tfprune/handlers.py` for the built-in ones).
-Models nested as layers inside another model are refused: flatten them first.
+Models nested as layers inside another model (a backbone called as one
+layer) are refused: inline them first with `flatten(model)`.
 
 Design note: a group is a set of unified channel ids rather than a list of
 layers, so a Concatenate feeding an Add, or a depthwise conv with
@@ -71,6 +72,7 @@ __all__ = [
     "flatten",
     "register_handler",
 ]
+
 
 @dataclasses.dataclass(frozen=True)
 class Member:
