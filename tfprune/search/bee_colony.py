@@ -22,10 +22,20 @@ are). Fitness values are cached per vector, so a vector is evaluated once.
 
 `ABCPruner` wraps it for a model: the options are the candidate widths of each
 channel group, fitness is the validation metric of the candidate after
-`finetune_steps` steps of fine-tuning from the model's weights (channel
-surgery keeps the highest-L1 filters of each group), and the budget is a
-share of the model's MACs or parameters computed exactly with
-`tfprune.search.cost.CostModel` before any candidate is built.
+`finetune_steps` steps of fine-tuning from the model's weights, and the
+budget is a share of the model's MACs or parameters computed exactly with
+`tfprune.search.cost.CostModel` before any candidate is trained.
+
+Candidates are not rebuilt one by one: that would retrace the training step
+for every candidate (tens of seconds each for MobileNetV3). Instead one copy
+of the model gets binary `ChannelMasks` at the input of every layer reading
+a searched group (`tfprune.search.gates`): a masked channel contributes
+nothing forward and its weights get no gradient, so the masked copy trains
+and predicts like the candidate that channel surgery builds (the highest-L1
+channels of each group kept, by `set_widths` with the same scores), up to
+float rounding and the random draws of dropout. Before each candidate the
+copy's variables and optimizer state are restored, so candidates do not
+influence each other. The best widths are then built by channel surgery.
 """
 
 import dataclasses
@@ -34,7 +44,9 @@ import math
 import keras
 import numpy as np
 
+from tfprune._utils import clone_graph
 from tfprune.search.cost import check_reachable, check_share, squeeze_excite_widths
+from tfprune.search.gates import ChannelMasks, chain_ranks, gated_model, reading_sites
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
 
 _DEFAULT_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -187,14 +199,16 @@ class ABCPruner:
     Every prunable channel group (or the `targets`) may keep one of the
     `candidates` fractions of its channels. `search()` runs `bee_colony` over
     those choices; a candidate's fitness is the model's metric on
-    `validation_data` after channel surgery (highest-L1 filters kept) and
-    `finetune_steps` training steps. With a `budget`, only candidates whose
-    MACs (or parameters) are at most `budget` times the model's are built.
+    `validation_data` after `finetune_steps` training steps from the model's
+    weights, with the channels surgery would remove masked (module
+    docstring). With a `budget`, only candidates whose MACs (or parameters)
+    are at most `budget` times the model's are trained.
 
-    Every candidate is fine-tuned on the same examples in the same order and
-    with the same Keras seed, so the search is deterministic under `seed`
-    (for the TensorFlow CPU kernels). `keras.utils.set_random_seed(seed)` is
-    called before each fine-tune.
+    Every candidate starts from the same variables (including the dropout
+    seed states) and optimizer state and is fine-tuned on the same examples in
+    the same order, so the search is deterministic under `seed` (for the
+    TensorFlow CPU kernels). The global Keras seed is left alone (setting it
+    would make TensorFlow retrace the training step).
 
     Args:
         model: A built, compiled Sequential or functional `keras.Model` (its
@@ -217,7 +231,7 @@ class ABCPruner:
             bottlenecks keep MobileNetV3's ratio. Defaults to `"all"`.
         metric: Optional string. The `evaluate` metric to maximise; defaults
             to the first one that is not the loss.
-        seed: Int. Seeds the colony, the fine-tune order and Keras. Defaults to `0`.
+        seed: Int. Seeds the colony and the fine-tune order. Defaults to `0`.
         verbose: Int. 1 shows a progress bar over the cycles. Defaults to `1`.
 
     Raises:
@@ -287,6 +301,17 @@ class ABCPruner:
         self.candidates, self.metric = candidates, metric
         self.colony_size, self.cycles, self.limit = colony_size, cycles, limit
         self.finetune_steps, self.batch_size, self.seed, self.verbose = finetune_steps, batch_size, seed, verbose
+        masked_groups = [self.graph[name] for name in self.costs.names]  # searched + followers
+        ranks = chain_ranks(model, self.graph, masked_groups)
+        self._scores = {name: -rank.astype(np.float64) for name, rank in ranks.items()}  # surgery keeps the same
+        sites = reading_sites(model, self.graph, masked_groups, ranks)
+        self.masks = ChannelMasks([group.size for group in masked_groups], sites, name="abc_masks")
+        self._plain = clone_graph(model)
+        self.masked_model = gated_model(self._plain, self.masks)
+        compile_like(model, self.masked_model)
+        self.masked_model.optimizer.build(self.masked_model.trainable_variables)
+        self._initial = [variable.numpy() for variable in self.masked_model.variables]
+        self._initial_optimizer = [variable.numpy() for variable in self.masked_model.optimizer.variables]
 
     def _widths(self, vector):
         widths = {group.name: options[index] for group, options, index in zip(self.groups, self.options, vector)}
@@ -310,33 +335,61 @@ class ABCPruner:
             return True
         return self.costs.of_widths(self._widths(vector)) <= self.budget * self.costs.total
 
-    def fitness(self, candidate):
-        """Fine-tunes a candidate model `finetune_steps` steps and returns its metric.
+    def fitness(self, vector):
+        """Fine-tunes the candidate `finetune_steps` steps and returns its metric.
 
         Args:
-            candidate: A `keras.Model` built from the model by channel surgery.
-                It is compiled and trained in place.
+            vector: Sequence of ints, one option index per searched group
+                (`options[i][vector[i]]` channels kept).
 
         Returns:
             Float. The metric on `validation_data`.
 
         Example:
 
-        >>> pruner.fitness(tfprune.surgery.set_widths(model, {"conv": 8}))  # doctest: +SKIP
-        0.83
+        >>> pruner.fitness([len(options) - 1 for options in pruner.options])  # doctest: +SKIP
+        0.93
         """
-        keras.utils.set_random_seed(self.seed)
-        compile_like(self.model, candidate)
+        widths = self._widths(vector)
+        self.masks.set_widths([widths.get(name, size) for name, size in zip(self.costs.names, self.costs.sizes)])
+        model = self.masked_model
+        for variable, value in zip(model.variables, self._initial):
+            if variable is not self.masks.mask:
+                variable.assign(value)
+        for variable, value in zip(model.optimizer.variables, self._initial_optimizer):
+            variable.assign(value)
+        # train_on_batch/test_on_batch reuse one traced step for every
+        # candidate (fit/evaluate would retrace for each new data iterator).
         x, y = self.data
-        if self.finetune_steps:
-            order = np.random.default_rng(self.seed).permutation(len(x))
-            order = np.resize(order, self.finetune_steps * self.batch_size)
-            candidate.fit(x[order], y[order], batch_size=self.batch_size, epochs=1, shuffle=False, verbose=0)
-        results = candidate.evaluate(*self.validation_data, batch_size=self.batch_size, verbose=0, return_dict=True)
-        name = self.metric or next((key for key in results if key != "loss"), "loss")
-        if name not in results:
-            raise ValueError(f"`metric` {name!r} is not one of {sorted(results)}. Received: metric={self.metric!r}")
-        return float(results[name])
+        order = np.resize(np.random.default_rng(self.seed).permutation(len(x)), self.finetune_steps * self.batch_size)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            model.train_on_batch(x[batch], y[batch])
+        x, y = self.validation_data
+        totals = {}
+        for start in range(0, len(x), self.batch_size):
+            logs = model.test_on_batch(x[start : start + self.batch_size], y[start : start + self.batch_size], return_dict=True)
+            for key, value in logs.items():  # means over the batch, weighted by its size
+                totals[key] = totals.get(key, 0.0) + float(value) * len(x[start : start + self.batch_size])
+        name = self.metric or next((key for key in totals if key != "loss"), "loss")
+        if name not in totals:
+            raise ValueError(f"`metric` {name!r} is not one of {sorted(totals)}. Received: metric={self.metric!r}")
+        return totals[name] / len(x)
+
+    def build(self, vector):
+        """Builds the candidate by channel surgery on the input model's weights.
+
+        Args:
+            vector: Sequence of ints, one option index per searched group.
+
+        Returns:
+            Tuple `(widths dict, keras.Model)`.
+
+        Example:
+
+        >>> widths, small = pruner.build([0] * len(pruner.groups))      # doctest: +SKIP
+        """
+        return build_pruned(self.model, self.graph, self._widths(vector), self.follows, self._scores)
 
     def search(self):
         """Runs the colony; returns the best widths and the pruned model.
@@ -350,13 +403,8 @@ class ABCPruner:
 
         >>> result = pruner.search()                                   # doctest: +SKIP
         """
-
-        def fitness(vector):
-            _, candidate = build_pruned(self.model, self.graph, self._widths(vector), self.follows)
-            return self.fitness(candidate)
-
         colony = bee_colony(
-            fitness,
+            self.fitness,
             [len(options) for options in self.options],
             colony_size=self.colony_size,
             cycles=self.cycles,
@@ -366,7 +414,7 @@ class ABCPruner:
             seed=self.seed,
             verbose=self.verbose,
         )
-        widths, pruned = build_pruned(self.model, self.graph, self._widths(colony.best), self.follows)
+        widths, pruned = self.build(colony.best)
         history = {"best_fitness": colony.history}
         return make_result("abc", self.model, pruned, widths, history, fitness=colony.best_fitness)
 

@@ -38,12 +38,10 @@ suffice to reach the target.
 import keras
 import numpy as np
 
-from tfprune import criteria
-from tfprune._utils import clone_graph, functional_view
+from tfprune._utils import clone_graph
 from tfprune.search.cost import CostModel, check_reachable, check_share, squeeze_excite_widths
+from tfprune.search.gates import SiteGates, chain_ranks, gated_model, reading_sites
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
-
-_CHANNEL_ORDERS = ("l1", "index")
 
 
 def keep_probabilities(transition_logits):
@@ -174,7 +172,7 @@ class ExpectedCostPenalty(keras.regularizers.Regularizer):
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
-class MarkovChannelGates(keras.layers.Layer):
+class MarkovChannelGates(SiteGates):
     """Scales channels by their DMCP keep probability, at the layers that read them.
 
     One layer holds the transition logits of every searched group (one
@@ -183,7 +181,7 @@ class MarkovChannelGates(keras.layers.Layer):
     with `site=` naming it. A site is a list of indices into the vector
     `[1, P(group 1, chain position 1), ..., P(group 1, position C1), P(group 2, ...), ...]`,
     one per input channel of the reading layer (0 for channels of groups that
-    are not searched).
+    are not searched); see `tfprune.search.gates`.
 
     Args:
         group_sizes: List of ints. Channels of each searched group.
@@ -197,6 +195,9 @@ class MarkovChannelGates(keras.layers.Layer):
         inputs: Tensor whose last axis has `len(sites[site])` channels.
         site: String. The site name.
 
+    Raises:
+        ValueError: If `initial_keep` is not in (0, 1).
+
     Example:
 
     >>> gates = MarkovChannelGates([4], {"dense": [1, 2, 3, 4]})
@@ -204,11 +205,9 @@ class MarkovChannelGates(keras.layers.Layer):
     """
 
     def __init__(self, group_sizes, sites, logit_scale=100.0, initial_keep=0.9, penalty=None, **kwargs):
-        super().__init__(**kwargs)
-        self.group_sizes = [int(size) for size in group_sizes]
-        self.sites = {name: [int(index) for index in indices] for name, indices in sites.items()}
+        super().__init__(group_sizes, sites, **kwargs)
         self.logit_scale = float(logit_scale)
-        if not 0 < initial_keep < 1:
+        if isinstance(initial_keep, bool) or not isinstance(initial_keep, (int, float)) or not 0 < initial_keep < 1:
             raise ValueError(
                 f"`initial_keep` must be in (0, 1), e.g. 0.9. Received: initial_keep={initial_keep!r}"
             )
@@ -229,26 +228,15 @@ class MarkovChannelGates(keras.layers.Layer):
         )
         self.built = True
 
-    def keep_probabilities(self):
-        """The vector indexed by the sites: 1, then every group's chain probabilities."""
+    def values(self):
         chains = _Chains(self.group_sizes, self.logit_scale)
         probabilities = keras.ops.reshape(chains.probabilities(self.transition_logits), (-1,))
-        one = keras.ops.ones((1,), dtype=probabilities.dtype)
-        return keras.ops.concatenate([one, keras.ops.take(probabilities, chains.flat)])
-
-    def call(self, inputs, site):
-        gate = keras.ops.take(self.keep_probabilities(), self.sites[site])
-        return inputs * keras.ops.cast(gate, inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        return keras.ops.take(probabilities, chains.flat)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "group_sizes": self.group_sizes,
-                "sites": self.sites,
                 "logit_scale": self.logit_scale,
                 "initial_keep": self.initial_keep,
                 "penalty": keras.regularizers.serialize(self.penalty) if self.penalty else None,
@@ -317,50 +305,23 @@ class DMCP:
         for name, value in (("strength", strength), ("logit_scale", logit_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
-        if channel_order not in _CHANNEL_ORDERS:
-            raise ValueError(
-                f"`channel_order` must be one of {_CHANNEL_ORDERS}. Received: channel_order={channel_order!r}"
-            )
         self.original = model
         sizes = [group.size for group in self.groups]
-        scores = criteria.get("l1")(model, self.graph) if channel_order == "l1" else {}
-        self._ranks, offsets, offset = {}, {}, 1
-        for group in self.groups:
-            # Higher score first; stable, so equal scores keep index order.
-            order = np.argsort(-np.asarray(scores.get(group.name, np.zeros(group.size))), kind="stable")
-            self._ranks[group.name] = np.argsort(order, kind="stable")
-            offsets[group.name] = offset
-            offset += group.size
+        self._ranks = chain_ranks(model, self.graph, self.groups, channel_order)
         index = {group.name: column for column, group in enumerate(self.groups)}
         columns = [index[self.follows.get(name, name)] for name in self.costs.names]
         penalty = ExpectedCostPenalty(self.costs, sizes, columns, self.target, strength, logit_scale)
         self.gates = MarkovChannelGates(
-            sizes, self._sites(offsets), logit_scale, initial_keep, penalty, name="dmcp_gates"
+            sizes, reading_sites(model, self.graph, self.groups, self._ranks), logit_scale, initial_keep, penalty,
+            name="dmcp_gates",
         )
         self._plain = clone_graph(model)
-        self.model = _gated_model(self._plain, self.gates)
+        self.model = gated_model(self._plain, self.gates)
         compile_like(model, self.model)
         self.history = []
 
     def _with_followers(self, widths):
         return squeeze_excite_widths(self.graph, widths) if self.follows else widths
-
-    def _sites(self, offsets):
-        """Site index lists for every layer reading channels of a searched group."""
-        searched = {group.name for group in self.groups}
-        shapes = {weight.path: tuple(weight.shape) for weight in self.original.weights}
-        sites = {}
-        for group in self.graph.groups:
-            if group.name not in searched:
-                continue
-            for member in group.members:
-                if member.role != "input":
-                    continue
-                path, axis = member.weights[0]  # e.g. a conv kernel's input-channel axis
-                indices = sites.setdefault(member.layer_name, [0] * shapes[path][axis])
-                for position, channel in zip(member.positions, member.channels):
-                    indices[position] = offsets[group.name] + int(self._ranks[group.name][channel])
-        return sites
 
     def expected_widths(self):
         """Dict `{group_name: float}`: each searched group's current expected width.
@@ -449,15 +410,3 @@ class _CostShareLogger(keras.callbacks.Callback):
         self.dmcp.history.append(share)
         if logs is not None:
             logs["expected_cost_share"] = share
-
-
-def _gated_model(plain, gates):
-    """`plain`'s graph with `gates` applied to the input of every site layer (layers shared)."""
-
-    def call_function(layer, *args, **kwargs):
-        if layer.name in gates.sites:
-            args = (gates(args[0], site=layer.name),) + args[1:]
-        return layer(*args, **kwargs)
-
-    functional = functional_view(plain)
-    return keras.models.clone_model(functional, clone_function=lambda layer: layer, call_function=call_function)
