@@ -398,12 +398,13 @@ class ABCPruner:
             A `SearchResult` (`method="abc"`): `widths`, `model` (surgery on
             the input model's weights, not fine-tuned), `fitness` of the best
             candidate, `history["best_fitness"]` per cycle and `plot()`.
+            The optimiser's `ColonyResult` is kept as `self.colony`.
 
         Example:
 
         >>> result = pruner.search()                                   # doctest: +SKIP
         """
-        colony = bee_colony(
+        self.colony = colony = bee_colony(
             self.fitness,
             [len(options) for options in self.options],
             colony_size=self.colony_size,
