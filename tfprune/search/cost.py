@@ -50,10 +50,15 @@ class CostModel:
 
     Example:
 
-    >>> graph = tfprune.graph.build(model)                        # doctest: +SKIP
-    >>> costs = CostModel(model, graph, ["conv", "conv_1"])
-    >>> costs(np.array([0.5, 1.0])) / costs.total                 # share of MACs left
-    >>> costs.of_widths({"conv": 8})                              # MACs at 8 channels
+    >>> import keras, numpy as np, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> hidden = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="head")(hidden))
+    >>> costs = CostModel(model, tfprune.graph.build(model), ["conv"])
+    >>> costs.total                       # 36 positions x (3*3*3*8 + 8*4)
+    8928.0
+    >>> costs.of_widths({"conv": 4}), costs(np.array([0.5]))
+    (4464.0, 4464.0)
     """
 
     def __init__(self, model, graph, groups, cost="macs"):

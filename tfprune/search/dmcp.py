@@ -140,7 +140,7 @@ class ExpectedCostPenalty(keras.regularizers.Regularizer):
     Example:
 
     >>> penalty = ExpectedCostPenalty(costs, [16, 72], [0, 1], target=0.5)  # doctest: +SKIP
-    >>> float(penalty(gates.transition_logits))
+    >>> float(penalty(gates.transition_logits))  # doctest: +SKIP
     """
 
     def __init__(self, costs, group_sizes, columns, target, strength=10.0, logit_scale=1.0):
@@ -282,10 +282,10 @@ class DMCP:
     Example:
 
     >>> dmcp = tfprune.search.DMCP(model, target=0.5)                   # doctest: +SKIP
-    >>> dmcp.fit(x, y, epochs=3, batch_size=64)
-    >>> result = dmcp.prune()
-    >>> result.macs_share                                               # about 0.5
-    >>> result.model.fit(x, y, epochs=5)                                # fine-tune
+    >>> dmcp.fit(x, y, epochs=3, batch_size=64)  # doctest: +SKIP
+    >>> result = dmcp.prune()  # doctest: +SKIP
+    >>> result.macs_share                                               # about 0.5  # doctest: +SKIP
+    >>> result.model.fit(x, y, epochs=5)                                # fine-tune  # doctest: +SKIP
     """
 
     def __init__(
@@ -376,7 +376,7 @@ class DMCP:
         Example:
 
         >>> history = dmcp.fit(x, y, epochs=3)                          # doctest: +SKIP
-        >>> history.history["expected_cost_share"]
+        >>> history.history["expected_cost_share"]  # doctest: +SKIP
         """
         callbacks = list(kwargs.pop("callbacks", None) or []) + [_CostShareLogger(self)]
         return self.model.fit(*args, callbacks=callbacks, **kwargs)

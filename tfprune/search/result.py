@@ -31,9 +31,9 @@ class SearchResult:
     Example:
 
     >>> result = tfprune.search.ABCPruner(model, (x, y), budget=0.5).search()  # doctest: +SKIP
-    >>> result.macs_after / result.macs_before <= 0.5
+    >>> result.macs_after / result.macs_before <= 0.5  # doctest: +SKIP
     True
-    >>> figure = result.plot("search.png")
+    >>> figure = result.plot("search.png")  # doctest: +SKIP
     """
 
     method: str
