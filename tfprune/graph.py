@@ -360,11 +360,23 @@ def _assemble(functional, tracer):
     # Channels created together (one producer) belong to one group: merge the
     # group labels of every root met in a segment. A label is the smallest id
     # of its group, so groups sort in the order their first channel was made.
-    label = np.arange(count)
+    label = list(range(count))  # union-find over root ids
+
+    def find(root):
+        while label[root] != root:
+            label[root] = label[label[root]]
+            root = label[root]
+        return root
+
     for first, size, _ in tracer._segments:
-        segment_labels = np.unique(label[roots[first : first + size]])
-        if len(segment_labels) > 1:
-            label[np.isin(label, segment_labels)] = segment_labels[0]
+        segment_roots = np.unique(roots[first : first + size]).tolist()
+        base = find(segment_roots[0])
+        for root in segment_roots[1:]:
+            other = find(root)
+            if other != base:
+                base, other = min(base, other), max(base, other)
+                label[other] = base
+    label = np.array([find(channel) for channel in range(count)], dtype=np.int64)
     group_of = label[roots]  # channel id -> group key
     # A group's channels are its distinct roots, numbered in order of creation.
     class_roots = np.unique(roots)
@@ -391,7 +403,7 @@ def _assemble(functional, tracer):
                 Member(layer_name, role, ((path, axis),), tuple(positions.tolist()), tuple(group_channels.tolist()))
             )
     members = {key: _merge_members(group_members) for key, group_members in members.items()}
-    gated = set(group_of[sorted(tracer._gates)].tolist())
+    squeeze_excite = _squeeze_excite_links(members, names, set(group_of[sorted(tracer._gates)].tolist()))
     groups = []
     for key, size in zip(group_keys.tolist(), sizes.tolist()):
         name = names[key]
@@ -402,7 +414,7 @@ def _assemble(functional, tracer):
                 prunable=key not in reasons,
                 reason=f"Group '{name}' is not prunable: {reasons[key]}." if key in reasons else "",
                 members=tuple(members[key]),
-                squeeze_excite_of=_gated_group(members[key], members, names, gated),
+                squeeze_excite_of=squeeze_excite.get(key),
             )
         )
     roots_by_group = {
@@ -424,27 +436,28 @@ def _merge_members(members):
     return list(merged.values())
 
 
-def _gated_group(group_members, members, names, gated):
-    """Name of the group an SE bottleneck gates, or None.
+def _squeeze_excite_links(members, names, gated):
+    """Maps each squeeze-excite bottleneck group key to the name of the group it gates.
 
-    A squeeze-excite bottleneck S reads only channels of one group E (its
-    producers' inputs) and its consumers write only channels of E, which
-    E multiplies with itself (the gate).
+    A bottleneck S reads only channels of one group E (its producers'
+    inputs) and its consumers write only channels of E, which E multiplies
+    with itself (the gate).
     """
-    producers = {member.layer_name for member in group_members if member.role == "output"}
-    consumers = {member.layer_name for member in group_members if member.role == "input"}
-    if not producers or not consumers:
-        return None
-    read, written = set(), set()
-    for other, other_members in members.items():
-        for member in other_members:
-            if member.role == "input" and member.layer_name in producers:
-                read.add(other)
-            if member.role == "output" and member.layer_name in consumers:
-                written.add(other)
-    if len(read) == 1 and read == written and read <= gated:
-        return names[next(iter(read))]
-    return None
+    groups_by_layer = {}  # (layer name, role) -> group keys
+    for key, group_members in members.items():
+        for member in group_members:
+            groups_by_layer.setdefault((member.layer_name, member.role), set()).add(key)
+    links = {}
+    for key, group_members in members.items():
+        read, written = set(), set()
+        for member in group_members:
+            if member.role == "output":
+                read |= groups_by_layer.get((member.layer_name, "input"), set())
+            elif member.role == "input":
+                written |= groups_by_layer.get((member.layer_name, "output"), set())
+        if len(read) == 1 and read == written and read <= gated:
+            links[key] = names[next(iter(read))]
+    return links
 
 
 @dataclasses.dataclass
