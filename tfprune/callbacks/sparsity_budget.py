@@ -30,14 +30,22 @@ def threshold_ratios(layers):
     >>> ratios.shape, weights.tolist()
     ((4,), [1, 1, 1, 1])
     """
-    ratios, weights = [], []
+    per_layer = _layer_ratios(layers)
+    ratios = np.concatenate([layer_ratios for layer_ratios, _ in per_layer])
+    weights = np.repeat(
+        [weights_per_score for _, weights_per_score in per_layer],
+        [layer_ratios.size for layer_ratios, _ in per_layer],
+    )
+    return ratios, weights
+
+
+def _layer_ratios(layers):
+    per_layer = []
     for layer in layers:
         scores, thresholds, weights_per_score = layer.pruning_scores()
         with np.errstate(divide="ignore"):  # a zero threshold gives ratio inf: never pruned
-            layer_ratios = np.broadcast_to(scores / thresholds, scores.shape).ravel()
-        ratios.append(layer_ratios)
-        weights.append(np.full(layer_ratios.size, weights_per_score, dtype="int64"))
-    return np.concatenate(ratios), np.concatenate(weights)
+            per_layer.append(((scores / thresholds).ravel(), weights_per_score))
+    return per_layer
 
 
 def global_sparsity(layers):
@@ -59,8 +67,10 @@ def global_sparsity(layers):
     >>> global_sparsity([layer])  # 0.1 and -0.05 are below the threshold
     0.5
     """
-    ratios, weights = threshold_ratios(layers)
-    return float(weights[ratios <= 1.0].sum() / weights.sum())
+    per_layer = _layer_ratios(layers)
+    zero = sum(np.count_nonzero(ratios <= 1.0) * weights_per_score for ratios, weights_per_score in per_layer)
+    total = sum(ratios.size * weights_per_score for ratios, weights_per_score in per_layer)
+    return float(zero / total)
 
 
 def common_threshold_scale(layers, target):
@@ -85,12 +95,21 @@ def common_threshold_scale(layers, target):
     >>> global_sparsity([layer])
     0.5
     """
-    ratios, weights = threshold_ratios(layers)
-    order = np.argsort(ratios)
-    ratios = ratios[order]
-    # sparsity_if_cut[k]: sparsity when the k smallest ratios are zero.
-    sparsity_if_cut = np.concatenate([[0.0], np.cumsum(weights[order]) / weights.sum()])
-    cut = int(np.argmin(np.abs(sparsity_if_cut - target)))
+    per_layer = _layer_ratios(layers)
+    if len({weights_per_score for _, weights_per_score in per_layer}) == 1:
+        # Every ratio stands for as many weights (unstructured layers): the cut
+        # is round(target * n), and a partial sort (O(n)) finds its neighbours.
+        ratios = np.concatenate([layer_ratios for layer_ratios, _ in per_layer])
+        cut = int(round(target * ratios.size))
+        neighbours = [index for index in (cut - 1, cut) if 0 <= index < ratios.size]
+        ratios = np.partition(ratios, neighbours)
+    else:
+        ratios, weights = threshold_ratios(layers)
+        order = np.argsort(ratios)
+        ratios = ratios[order]
+        # sparsity_if_cut[k]: sparsity when the k smallest ratios are zero.
+        sparsity_if_cut = np.concatenate([[0.0], np.cumsum(weights[order]) / weights.sum()])
+        cut = int(np.argmin(np.abs(sparsity_if_cut - target)))
     if cut == 0:
         return float(ratios[0] / 2.0)
     if cut == ratios.size or not np.isfinite(ratios[cut]):
@@ -140,8 +159,12 @@ class SparsityBudget(keras.callbacks.Callback):
         ramp_epochs: Positive float or None. Epochs over which the level rises
             from 0 to `target`. Defaults to `None`: two thirds of the epochs
             of the `fit` call.
-        update_every: Positive int. Batches between two rescalings (each one
-            reads all STR kernels; raise it for large models). Defaults to `1`.
+        update_every: Positive int. Batches between two rescalings. Each one
+            reads every STR kernel and runs a partial sort over all weights:
+            about 1 ms for the digits CNN of the tests, about 65 ms for
+            MobileNetV3-Small (1.5 M weights) on a 2-core machine, where a
+            training step takes about 110 ms, so raise it for large models
+            (e.g. 10-50). Defaults to `1`.
 
     Raises:
         ValueError: If an argument is out of range, or at `on_train_begin` if

@@ -253,11 +253,12 @@ class STRMixin(SoftThresholdMixin):
         >>> scores.shape, weights_per_score
         ((2,), 3)
         """
-        kernel = np.abs(ops.convert_to_numpy(self._kernel).astype("float64"))
-        thresholds = ops.convert_to_numpy(ops.cast(self.threshold, "float32")).astype("float64")
+        # float32 like the variables: |W| <= g compares exactly what the layer compares.
+        kernel = np.abs(ops.convert_to_numpy(ops.cast(self._kernel, "float32")))
+        thresholds = ops.convert_to_numpy(ops.cast(self.threshold, "float32"))
         if self.mode == "unstructured":
             return kernel, thresholds, 1
-        scores = np.sqrt(np.sum(np.square(kernel), axis=self._reduced_axes()))
+        scores = np.sqrt(np.sum(np.square(kernel, dtype="float64"), axis=self._reduced_axes()))
         return scores, thresholds, kernel.size // scores.size
 
     def zero_filters(self):

@@ -146,8 +146,8 @@ class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):
         >>> layer.pruning_scores()[2]
         7
         """
-        scores = np.abs(ops.convert_to_numpy(self.singular_values).astype("float64"))
-        threshold = ops.convert_to_numpy(ops.cast(self.threshold, "float32")).astype("float64")
+        scores = np.abs(ops.convert_to_numpy(ops.cast(self.singular_values, "float32")))
+        threshold = ops.convert_to_numpy(ops.cast(self.threshold, "float32"))
         return scores, threshold, self.left_factor.shape[0] + self.units
 
     def stripped_layer(self):
