@@ -39,8 +39,9 @@ def test_channel_pruning_reconstructs_the_consumer_output_random_does_not():
         seed=0,
     )
     random_error = _relative_error(random, model, test)
-    # Measured (seed 0): refit ~1e-2 (the 1% noise), random without refit ~0.7.
-    assert refit_error < 0.05
+    # Measured (seed 0): refit 1.7e-07, LASSO selection without refit 0.50, random
+    # selection without refit 0.50 (relative Frobenius error of the consumer output).
+    assert refit_error < 1e-3
     assert random_error > 0.3
     assert refit_error < 0.5 * _relative_error(no_refit, model, test)
     assert_same_weights(model, snapshot)
