@@ -478,7 +478,8 @@ def _record(operation, prefix, nodes, calls):
         output_shapes = [tuple(operation.output.shape)]
     effective = operation.stripped_layer() if hasattr(operation, "stripped_layer") else operation
     kernels = [
-        keras.ops.convert_to_numpy(weight)
+        # `.numpy()`: converting a TensorFlow variable with NumPy 2 raises a DeprecationWarning.
+        weight.numpy()
         for weight in getattr(effective, "weights", [])
         if weight.name.endswith("kernel")
     ]

@@ -350,7 +350,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             [
                 ops.convert_to_numpy(variable.value * masks[id(variable)].value)
                 if id(variable) in masks
-                else ops.convert_to_numpy(variable.value)
+                else variable.numpy()  # NumPy 2 warns when converting the variable itself
                 for variable in self.layer.weights
             ]
         )
