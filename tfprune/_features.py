@@ -42,7 +42,8 @@ def _readers(functional):
     return readers
 
 
-def _node_of(functional, layer_name):
+def call_node(functional, layer_name):
+    """The node (call) of layer `layer_name` in the functional model; raises ValueError if none."""
     for node in _nodes(functional):
         if node.operation.name == layer_name and not node.is_input:
             return node
@@ -52,7 +53,7 @@ def _node_of(functional, layer_name):
 def post_activation_tensor(functional, layer_name, readers=None):
     """The producer's output after the BN/activation layers that are its only reader."""
     readers = _readers(functional) if readers is None else readers
-    tensor = _node_of(functional, layer_name).outputs[0]
+    tensor = call_node(functional, layer_name).outputs[0]
     while len(readers.get(id(tensor), ())) == 1:
         node = readers[id(tensor)][0]
         if not isinstance(node.operation, _POST_ACTIVATION_LAYERS):

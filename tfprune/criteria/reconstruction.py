@@ -52,6 +52,24 @@ _PATCHES = {
 
 
 def flat_kernel(layer):
+    """A consumer's kernel as a `(kernel positions * input channels, units)` float64 array.
+
+    Args:
+        layer: A `Conv2D` or `Dense` layer.
+
+    Returns:
+        NumPy array whose product with the rows of `sampled_inputs` is the
+        layer's output without bias.
+
+    Example:
+
+    >>> import keras
+    >>> from tfprune.criteria.reconstruction import flat_kernel
+    >>> layer = keras.layers.Conv2D(4, 3)
+    >>> layer.build((None, 8, 8, 2))
+    >>> flat_kernel(layer).shape
+    (18, 4)
+    """
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), "float64")
     return kernel.reshape(-1, kernel.shape[-1])
 
@@ -66,6 +84,11 @@ def reconstructable_consumers(model, group):
     Returns:
         List of `(layer_name, order)`: `order[c]` is the consumer's input
         position that carries group channel `c`.
+
+    Example:
+
+    >>> # reconstructable_consumers(model, tfprune.graph.build(model)["expand"])
+    >>> # [('consumer', array([0, 1, 2, 3, 4, 5, 6, 7]))]
     """
     functional = functional_view(model)
     consumers = []
@@ -77,7 +100,7 @@ def reconstructable_consumers(model, group):
             or getattr(layer, "groups", 1) != 1
         ):
             continue
-        inputs = _features._node_of(functional, layer.name).input_tensors[0]
+        inputs = _features.call_node(functional, layer.name).input_tensors[0]
         if len(member.positions) != group.size or inputs.shape[-1] != group.size:
             continue  # the layer also reads other channels (e.g. after a concatenation)
         order = np.empty(group.size, dtype=np.int64)
@@ -104,10 +127,15 @@ def sampled_inputs(model, layer_names, batches, seed, positions_per_example):
     Yields:
         Tuples `(layer, batch_index, rows)` with `rows` of shape
         `(samples, kernel positions * input channels)`, float64.
+
+    Example:
+
+    >>> # for layer, batch_index, rows in sampled_inputs(model, ["conv"], [x], 0, 10):
+    >>> #     outputs = rows @ flat_kernel(layer)   # the conv outputs at 10 positions per image
     """
     functional = functional_view(model)
     layers = [model.get_layer(name) for name in layer_names]
-    tensors = [_features._node_of(functional, name).input_tensors[0] for name in layer_names]
+    tensors = [_features.call_node(functional, name).input_tensors[0] for name in layer_names]
     extractor = _features.feature_model(model, tensors)
     for batch_index, batch in enumerate(batches):
         for layer, inputs in zip(layers, _features.run(extractor, batch)):
@@ -139,6 +167,10 @@ def moments(model, layer_names, batches, seed, positions_per_example, targets=No
 
     Returns:
         Dict `{layer_name: (inputs_gram, cross, target_energy)}`.
+
+    Example:
+
+    >>> # gram, cross, energy = moments(model, ["conv"], [x], 0, 10)["conv"]
     """
     totals = {}
     for layer, batch_index, rows in sampled_inputs(
@@ -175,6 +207,15 @@ def lasso_ranking(gram, correlation):
     Returns:
         `(channels,)` array of scores in `(0, 1]`: the best channel scores 1,
         the worst `1 / channels`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tfprune.criteria.reconstruction import lasso_ranking
+    >>> design = np.random.default_rng(0).normal(size=(50, 3))
+    >>> target = design @ np.array([0.1, 2.0, 0.0])
+    >>> lasso_ranking(design.T @ design, design.T @ target).round(2).tolist()
+    [0.67, 1.0, 0.33]
     """
     from sklearn.linear_model import lars_path_gram
 
@@ -209,6 +250,12 @@ def group_scores(model, group, consumer_moments):
 
     Returns:
         `(group.size,)` array, or None if the group has no reconstructable consumer.
+
+    Example:
+
+    >>> # group = graph["expand"]
+    >>> # names = [name for name, _ in reconstructable_consumers(model, group)]
+    >>> # scores = group_scores(model, group, moments(model, names, [x], 0, 10))
     """
     consumers = reconstructable_consumers(model, group)
     if not consumers:
