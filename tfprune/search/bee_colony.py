@@ -242,12 +242,12 @@ class ABCPruner:
 
     Example:
 
-    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP
+    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])  # doctest: +SKIP
     >>> pruner = tfprune.search.ABCPruner(model, (x, y), budget=0.5,  # doctest: +SKIP
     ...                                   colony_size=6, cycles=4, finetune_steps=20)  # doctest: +SKIP
     >>> result = pruner.search()  # doctest: +SKIP
     >>> result.widths, result.macs_share, result.history["best_fitness"]  # doctest: +SKIP
-    >>> result.model.fit(x, y, epochs=5)       # fine-tune the best candidate  # doctest: +SKIP
+    >>> result.model.fit(x, y, epochs=5)  # doctest: +SKIP
     """
 
     def __init__(

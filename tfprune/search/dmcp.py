@@ -284,8 +284,8 @@ class DMCP:
     >>> dmcp = tfprune.search.DMCP(model, target=0.5)                   # doctest: +SKIP
     >>> dmcp.fit(x, y, epochs=3, batch_size=64)  # doctest: +SKIP
     >>> result = dmcp.prune()  # doctest: +SKIP
-    >>> result.macs_share                                               # about 0.5  # doctest: +SKIP
-    >>> result.model.fit(x, y, epochs=5)                                # fine-tune  # doctest: +SKIP
+    >>> result.macs_share  # doctest: +SKIP
+    >>> result.model.fit(x, y, epochs=5)  # doctest: +SKIP
     """
 
     def __init__(
