@@ -187,3 +187,30 @@ def test_all_data_driven_methods_on_mobilenet_v3_small():
     assert all(group.after == group.before // 2 for group in result.groups)
     assert small.predict(images[:4], verbose=0).shape == (4, 10)
     assert_same_weights(model, snapshot)
+
+
+def _ranks(features):
+    return np.linalg.matrix_rank(np.moveaxis(features, -1, 1)).mean(axis=0)
+
+
+def test_hrank_averages_the_producers_of_a_residual_group_and_skips_dense_groups():
+    model = _resnet_like()
+    # Rank-1 images give the stem maps ranks 2.5..8 while the block maps are full
+    # rank (8): the mean differs from either producer alone.
+    rows = np.random.default_rng(0).uniform(size=(6, 8, 1, 3))
+    images = (rows * np.random.default_rng(1).uniform(size=(6, 1, 8, 3))).astype("float32")
+    graph = tfprune.graph.build(model)
+    scores = tfprune.criteria.hrank(model, graph, data=images, verbose=0)
+    stem_relu = model.get_layer("block_conv1").input  # stem -> BN -> ReLU, read twice
+    block_bn = model.get_layer("block_bn2").output  # block_conv2 -> BN, read by the Add
+    stem_features, block_features = keras.Model(model.inputs, [stem_relu, block_bn]).predict(
+        images, verbose=0
+    )
+    np.testing.assert_allclose(
+        scores["stem"], (_ranks(stem_features) + _ranks(block_features)) / 2, rtol=1e-6
+    )
+    vgg = _vgg_like()
+    vgg_images = np.random.default_rng(0).uniform(size=(4, 12, 12, 3)).astype("float32")
+    vgg_graph = tfprune.graph.build(vgg)
+    assert "fc" not in tfprune.criteria.hrank(vgg, vgg_graph, data=vgg_images, verbose=0)
+    assert "fc" in tfprune.criteria.activation(vgg, vgg_graph, data=vgg_images)
