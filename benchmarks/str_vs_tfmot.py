@@ -1,0 +1,460 @@
+"""STR with SparsityBudget next to TFMOT's gradual magnitude pruning: accuracy, MACs, step time.
+
+Usage: `.venv/bin/python -m benchmarks.str_vs_tfmot [--quick] [--seeds N] [--tfmot-python PATH]`.
+Writes the `## STR vs TFMOT: accuracy` and `## STR vs TFMOT: step time`
+sections of the results file (`benchmarks.common.results_path()`).
+
+Table 1. For each architecture (the small CNN of `benchmarks.tfmot_compare`
+and MobileNetV3-Small at 32x32, both defined once in this module and built
+with Keras 3 and with tf_keras alike) and each seed, a dense model is trained
+in Keras 3; both methods then start from those weights and train the same
+number of epochs with the same optimizer and batch size, reaching each target
+sparsity over every Conv2D, DepthwiseConv2D and Dense kernel:
+
+- tfprune: `tfprune.sparsify` (STR layers) and
+  `tfprune.callbacks.SparsityBudget(target)`, whose ramp is the cubic one of
+  gradual magnitude pruning and whose per-layer budget is learned.
+- TFMOT: `prune_low_magnitude` on the same layers with
+  `PolynomialDecay(0 -> target)` (cubic) over the same share of the steps;
+  every layer reaches the same sparsity (a uniform budget).
+
+The MACs of each method's budget are the kernel multiply-accumulates that
+touch a non-zero weight, next to those of the uniform budget (every layer at
+the target). The TFMOT side runs in its own process under
+`TF_USE_LEGACY_KERAS=1` with the interpreter chosen by
+`benchmarks.tfmot_compare.tfmot_python`.
+
+Table 2. `train_on_batch` step time of the plain model, of its STR version
+(alone and with SparsityBudget's per-batch rescaling) and, in the TFMOT
+process, of the plain tf_keras model and of its pruning wrappers (with the
+step counter that UpdatePruningStep advances): medians over interleaved runs,
+each as a ratio to the plain model of the same process.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import command_line, machine, write_section
+from benchmarks.tfmot_compare import FREQUENCY, ROOT, build_cnn, tfmot_python
+
+ACCURACY_SECTION = "## STR vs TFMOT: accuracy"
+STEP_TIME_SECTION = "## STR vs TFMOT: step time"
+TARGETS = (0.9, 0.95, 0.98)
+LEARNING_RATE = 1e-3
+RAMP_SHARE = 2 / 3  # share of the pruning epochs over which sparsity rises (both methods)
+PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+BN_MOMENTUM = 0.9  # as tfprune.models.mobilenet_v3: 0.999 leaves short runs at chance
+
+
+def build_mobilenet_v3_small(keras_module):
+    """MobileNetV3-Small for 32x32x3 digits, built with Keras 3 or with tf_keras alike.
+
+    The same network as `tfprune.models.mobilenet_v3("small")`: no Rescaling,
+    BatchNormalization momentum 0.9, softmax output.
+
+    Args:
+        keras_module: The `keras` or the `tf_keras` package.
+
+    Returns:
+        A functional model from 32x32x3 images to 10 probabilities.
+    """
+    model = keras_module.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), classes=10, weights=None, include_preprocessing=False
+    )
+    for layer in model.layers:
+        if isinstance(layer, keras_module.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    return model
+
+
+# name -> (title, builder, image size, channels, from_logits, batch size, (dense, pruning) epochs)
+ARCHITECTURES = {
+    "cnn": ("CNN Conv2D(32)-MaxPool-Conv2D(64)-Dense(128)-Dense(10), 8x8x1", build_cnn, 8, 1, True, 32, (10, 10)),
+    "mobilenet_v3_small": ("MobileNetV3-Small, 32x32x3", build_mobilenet_v3_small, 32, 3, False, 64, (6, 8)),
+}
+
+
+def prunable_layers(model):
+    """The Conv2D, DepthwiseConv2D and Dense layers of a model, in layer order."""
+    return [layer for layer in model.layers if type(layer).__name__ in PRUNABLE]
+
+
+def kernel_of(layer):
+    """The kernel of a prunable layer as a NumPy array (tf_keras names the depthwise one apart)."""
+    kernel = getattr(layer, "depthwise_kernel", None)
+    return np.asarray(kernel if kernel is not None else layer.kernel)
+
+
+def layer_sparsities(model):
+    """Share of exact zeros in each prunable layer's kernel, and over all of them."""
+    kernels = [kernel_of(layer) for layer in prunable_layers(model)]
+    zeros = [float(np.sum(kernel == 0)) for kernel in kernels]
+    return [z / kernel.size for z, kernel in zip(zeros, kernels)], sum(zeros) / sum(k.size for k in kernels)
+
+
+def compiled(model, keras_module, from_logits):
+    """Compiles with the optimizer, loss and metric both methods share; returns the model."""
+    model.compile(
+        optimizer=keras_module.optimizers.Adam(LEARNING_RATE),
+        loss=keras_module.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def tfmot_schedule_arguments(target, pruning_epochs, steps_per_epoch):
+    """PolynomialDecay arguments: 0 -> target over the first `RAMP_SHARE` of the pruning steps."""
+    end_step = max(FREQUENCY, int(RAMP_SHARE * pruning_epochs * steps_per_epoch) // FREQUENCY * FREQUENCY)
+    return dict(initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end_step, frequency=FREQUENCY)
+
+
+def interleaved_step_times(steppers, runs, steps):
+    """Times `steps` calls of each stepper per run, alternating their order; seconds per step.
+
+    Args:
+        steppers: Dict name -> callable doing one training step.
+        runs: Int. Timed runs per stepper.
+        steps: Int. Steps per timed run.
+
+    Returns:
+        Dict name -> list of `runs` seconds-per-step values.
+    """
+    for step in steppers.values():  # trace and compile before timing
+        for _ in range(2):
+            step()
+    times = {name: [] for name in steppers}
+    for run in range(runs):
+        for name in list(steppers)[:: 1 if run % 2 == 0 else -1]:
+            start = time.perf_counter()
+            for _ in range(steps):
+                steppers[name]()
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def random_batch(architecture, batch_size):
+    """A fixed random batch of images and labels for the step-time runs."""
+    _, _, size, channels, *_ = ARCHITECTURES[architecture]
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(batch_size, size, size, channels)).astype("float32"), rng.integers(0, 10, batch_size)
+
+
+# ---------------------------------------------------------------------------
+# The TFMOT side (runs under TF_USE_LEGACY_KERAS=1 with tf_keras and TFMOT).
+
+
+def tfmot_pruned(model, schedule_arguments):
+    """Wraps the prunable layers of a tf_keras model in TFMOT's `prune_low_magnitude`."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    schedule = tfmot.sparsity.keras.PolynomialDecay(**schedule_arguments)
+
+    def wrap(layer):
+        if type(layer).__name__ in PRUNABLE:
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer  # shared, so its weights (e.g. BatchNormalization statistics) come along
+
+    return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
+def tfmot_accuracy_worker(job):
+    """Prunes the dense models of `job` with TFMOT at every target; returns one dict per run."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    _, build, _, _, from_logits, batch_size, _ = ARCHITECTURES[job["architecture"]]
+    data = np.load(job["data"])
+    steps_per_epoch = -(-len(data["x_train"]) // batch_size)
+    results = []
+    for seed in job["seeds"]:
+        for target in job["targets"]:
+            tf_keras.backend.clear_session()
+            tf_keras.utils.set_random_seed(seed)
+            model = build(tf_keras)
+            model.set_weights([data[f"seed_{seed}_weight_{index}"] for index in range(len(model.get_weights()))])
+            arguments = tfmot_schedule_arguments(target, job["pruning_epochs"], steps_per_epoch)
+            pruned = compiled(tfmot_pruned(model, arguments), tf_keras, from_logits)
+            pruned.fit(
+                data["x_train"], data["y_train"], batch_size=batch_size, epochs=job["pruning_epochs"],
+                verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+            )  # fmt: skip
+            stripped = compiled(tfmot.sparsity.keras.strip_pruning(pruned), tf_keras, from_logits)
+            per_layer, overall = layer_sparsities(stripped)
+            accuracy = stripped.evaluate(data["x_test"], data["y_test"], verbose=0)[1]
+            results.append(dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer))
+    return results
+
+
+def tfmot_step_time_worker(job):
+    """Step times of a plain tf_keras model and of its TFMOT wrappers; seconds per step."""
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    _, build, _, _, from_logits, batch_size, _ = ARCHITECTURES[job["architecture"]]
+    images, labels = random_batch(job["architecture"], batch_size)
+    tf_keras.utils.set_random_seed(0)
+    plain = compiled(build(tf_keras), tf_keras, from_logits)
+    arguments = tfmot_schedule_arguments(0.9, 10, 1000)  # mid-ramp: masks move every FREQUENCY steps
+    pruned = compiled(tfmot_pruned(build(tf_keras), arguments), tf_keras, from_logits)
+    callback = tfmot.sparsity.keras.UpdatePruningStep()
+    callback.set_model(pruned)
+    callback.on_train_begin()
+
+    def pruned_step():
+        callback.on_train_batch_begin(0)  # what fit does before every batch
+        pruned.train_on_batch(images, labels)
+
+    times = interleaved_step_times(
+        {"tf_keras plain": lambda: plain.train_on_batch(images, labels), "TFMOT prune_low_magnitude": pruned_step},
+        job["runs"],
+        job["steps"],
+    )
+    versions = f"tensorflow {tf.__version__}, tf_keras {tf_keras.__version__}, tensorflow-model-optimization {tfmot.__version__}"
+    return dict(times=times, versions=versions)
+
+
+WORKERS = {"accuracy": tfmot_accuracy_worker, "step_time": tfmot_step_time_worker}
+
+
+def run_tfmot(interpreter, jobs):
+    """Runs TFMOT jobs in one subprocess with `TF_USE_LEGACY_KERAS=1`; returns their JSON results."""
+    with tempfile.TemporaryDirectory() as directory:
+        job_path, output_path = (os.path.join(directory, name) for name in ("jobs.json", "output.json"))
+        pathlib.Path(job_path).write_text(json.dumps(jobs))
+        environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [interpreter, "-m", "benchmarks.str_vs_tfmot", "--tfmot-worker", job_path, output_path]
+        if subprocess.run(command, cwd=ROOT, env=environment).returncode != 0:
+            raise RuntimeError(
+                f"The TFMOT side failed with interpreter {interpreter}; it needs tf_keras and "
+                "tensorflow-model-optimization (`make bench` creates .venv-tfmot with them, or pass "
+                "--tfmot-python)."
+            )
+        return json.loads(pathlib.Path(output_path).read_text())
+
+
+# ---------------------------------------------------------------------------
+# The tfprune side (Keras 3).
+
+
+def run_str(architecture, data, dense_weights, seed, target, pruning_epochs):
+    """Trains the STR version of the dense model to `target`; returns accuracy and sparsities."""
+    import keras
+
+    import tfprune
+
+    _, build, _, _, from_logits, batch_size, _ = ARCHITECTURES[architecture]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = build(keras)
+    model.set_weights(dense_weights)
+    sparse = compiled(tfprune.sparsify(model), keras, from_logits)
+    budget = tfprune.callbacks.SparsityBudget(target, ramp_epochs=RAMP_SHARE * pruning_epochs, update_every=FREQUENCY)
+    sparse.fit(data["x_train"], data["y_train"], batch_size=batch_size, epochs=pruning_epochs, verbose=0, callbacks=[budget])
+    stripped = compiled(tfprune.strip(sparse), keras, from_logits)
+    per_layer, overall = layer_sparsities(stripped)
+    accuracy = stripped.evaluate(data["x_test"], data["y_test"], verbose=0)[1]
+    return dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer)
+
+
+def train_dense(architecture, data, seed, dense_epochs):
+    """Trains the dense Keras 3 model; returns (weights, test accuracy, per-layer MACs)."""
+    import keras
+
+    import tfprune
+
+    _, build, _, _, from_logits, batch_size, _ = ARCHITECTURES[architecture]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = compiled(build(keras), keras, from_logits)
+    model.fit(data["x_train"], data["y_train"], batch_size=batch_size, epochs=dense_epochs, verbose=0)
+    accuracy = model.evaluate(data["x_test"], data["y_test"], verbose=0)[1]
+    analysis = tfprune.analyze(model)
+    macs = [analysis[layer.name].macs for layer in prunable_layers(model)]
+    return model.get_weights(), accuracy, macs
+
+
+def str_step_times(architecture, runs, steps):
+    """Step times of the plain Keras 3 model, its STR version, and STR with SparsityBudget."""
+    import keras
+
+    import tfprune
+
+    _, build, _, _, from_logits, batch_size, _ = ARCHITECTURES[architecture]
+    images, labels = random_batch(architecture, batch_size)
+    keras.utils.set_random_seed(0)
+    plain = compiled(build(keras), keras, from_logits)
+    sparse = compiled(tfprune.sparsify(plain), keras, from_logits)
+    budgeted = compiled(tfprune.sparsify(plain), keras, from_logits)
+    budget = tfprune.callbacks.SparsityBudget(0.9, ramp_epochs=1.0, update_every=FREQUENCY)
+    budget.set_model(budgeted)
+    budget.set_params({"epochs": 1, "steps": 10**6})
+    budget.on_train_begin()
+    batches = iter(range(10**6))
+
+    def budgeted_step():
+        budgeted.train_on_batch(images, labels)
+        budget.on_train_batch_end(next(batches))  # what fit does after every batch
+
+    return interleaved_step_times(
+        {
+            "Keras 3 plain": lambda: plain.train_on_batch(images, labels),
+            "STR layers (`tfprune.sparsify`)": lambda: sparse.train_on_batch(images, labels),
+            f"STR + `SparsityBudget` (update_every={FREQUENCY})": budgeted_step,
+        },
+        runs,
+        steps,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Tables.
+
+
+def accuracy_rows(title, dense_accuracies, macs, results, targets):
+    """Markdown rows of table 1 for one architecture: one row per (target, method)."""
+    total_macs = sum(macs)
+    rows = []
+    for target in targets:
+        uniform = total_macs * (1 - target)
+        for method, runs in results.items():
+            runs = [run for run in runs if run["target"] == target]
+            accuracies = [100 * run["accuracy"] for run in runs]
+            budget_macs = [sum(m * (1 - s) for m, s in zip(macs, run["layers"])) for run in runs]
+            rows.append(
+                f"| {title} | {100 * target:.0f}% | {method} | {np.mean(accuracies):.2f} ± {np.std(accuracies):.2f} | "
+                f"{100 * np.mean([run['sparsity'] for run in runs]):.2f}% | {np.mean(budget_macs) / 1e6:.3f} M | "
+                f"{uniform / 1e6:.3f} M | {np.mean(budget_macs) / uniform:.2f} |"
+            )
+    return [f"| {title} | 0% | dense | {np.mean(dense_accuracies):.2f} ± {np.std(dense_accuracies):.2f} | 0% | "
+            f"{total_macs / 1e6:.3f} M | | |", *rows]  # fmt: skip
+
+
+def behind(results, targets):
+    """Sentences naming every (architecture, target) where STR's mean accuracy is below TFMOT's."""
+    sentences = []
+    for title, by_method in results.items():
+        for target in targets:
+            means = {m: np.mean([r["accuracy"] for r in runs if r["target"] == target]) for m, runs in by_method.items()}
+            gap = 100 * (means["tfprune STR"] - means["TFMOT"])
+            if gap < 0:
+                sentences.append(f"- {title} at {100 * target:.0f}%: tfprune STR is behind TFMOT by {-gap:.2f} points.")
+    return sentences or ["- tfprune STR's mean accuracy is not below TFMOT's in any row of this run."]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CNN only, 1 seed, 90%% only, 1+3 epochs on 128 examples")
+    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per target (default 3)")
+    parser.add_argument("--runs", type=int, default=9, help="timed runs per model for the step time (default 9)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed run (default 10)")
+    parser.add_argument("--tfmot-python", default=None, help="interpreter with tf_keras and TFMOT")
+    parser.add_argument("--tfmot-worker", nargs=2, metavar=("JOB_JSON", "OUTPUT_JSON"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.tfmot_worker:
+        jobs = json.loads(pathlib.Path(args.tfmot_worker[0]).read_text())
+        pathlib.Path(args.tfmot_worker[1]).write_text(json.dumps([WORKERS[job["kind"]](job) for job in jobs]))
+        return 0
+
+    import tfprune
+
+    seeds = range(1 if args.quick else args.seeds)
+    targets = TARGETS[:1] if args.quick else TARGETS
+    runs, steps = (1, 1) if args.quick else (args.runs, args.steps)
+    architectures = ["cnn"] if args.quick else args.architectures
+    interpreter = tfmot_python(args.tfmot_python)
+    accuracy_table, all_results, step_rows, descriptions, jobs, ours = [], {}, [], [], [], {}
+    with tempfile.TemporaryDirectory() as directory:
+        for architecture in architectures:
+            title, _, size, channels, _, batch_size, epochs = ARCHITECTURES[architecture]
+            dense_epochs, pruning_epochs = (1, 3) if args.quick else epochs
+            (x_train, y_train), (x_test, y_test) = tfprune.datasets.digits(image_size=size, channels=channels, as_numpy=True)
+            limit = 128 if args.quick else None
+            data = dict(x_train=x_train[:limit], y_train=y_train[:limit], x_test=x_test[:limit], y_test=y_test[:limit])
+            descriptions.append(
+                f"{title}: batch {batch_size}, {dense_epochs} dense epoch(s), then {pruning_epochs} pruning epoch(s) "
+                f"({len(data['x_train'])} train / {len(data['x_test'])} test images)."
+            )
+            ours[architecture] = {"tfprune STR": [], "dense": [], "macs": None}
+            weights = {}
+            for seed in seeds:
+                dense_weights, dense_accuracy, ours[architecture]["macs"] = train_dense(architecture, data, seed, dense_epochs)
+                ours[architecture]["dense"].append(100 * dense_accuracy)
+                weights.update({f"seed_{seed}_weight_{index}": weight for index, weight in enumerate(dense_weights)})
+                for target in targets:
+                    run = run_str(architecture, data, dense_weights, seed, target, pruning_epochs)
+                    print(title, "STR", run["seed"], run["target"], run["accuracy"], flush=True)
+                    ours[architecture]["tfprune STR"].append(run)
+            data_path = os.path.join(directory, f"{architecture}.npz")
+            np.savez(data_path, **data, **weights)
+            jobs.append(dict(kind="accuracy", architecture=architecture, data=data_path, seeds=list(seeds),
+                             targets=list(targets), pruning_epochs=pruning_epochs))  # fmt: skip
+            ours[architecture]["times"] = str_step_times(architecture, runs, steps)
+        jobs += [dict(kind="step_time", architecture=name, runs=runs, steps=steps) for name in architectures]
+        theirs = run_tfmot(interpreter, jobs)
+    for index, architecture in enumerate(architectures):
+        title = ARCHITECTURES[architecture][0]
+        results = {"tfprune STR": ours[architecture]["tfprune STR"], "TFMOT": theirs[index]}
+        accuracy_table += accuracy_rows(title, ours[architecture]["dense"], ours[architecture]["macs"], results, targets)
+        all_results[title] = results
+        for times in (ours[architecture]["times"], theirs[len(architectures) + index]["times"]):
+            plain = statistics.median(next(iter(times.values())))
+            for name, values in times.items():
+                median = statistics.median(values)
+                step_rows.append(f"| {title} | {name} | {1000 * median:.1f} | {median / plain:.2f} |")
+    versions = theirs[-1]["versions"]
+    try:
+        interpreter = os.path.relpath(interpreter, ROOT)
+    except ValueError:  # another drive on Windows
+        pass
+    command = command_line("benchmarks.str_vs_tfmot", argv)
+    setting = (
+        f"Command: `{command}` ({machine()}; TFMOT side run by `{interpreter}` with "
+        f"`TF_USE_LEGACY_KERAS=1`: {versions})."
+    )
+    accuracy_text = [
+        ACCURACY_SECTION, "", setting, "",
+        "Digits (scikit-learn, offline). Both methods start from the same dense Keras 3 weights and train "
+        f"the same epochs with Adam {LEARNING_RATE}; sparsity rises over the first {RAMP_SHARE:.0%} of the pruning "
+        f"epochs along the same cubic ramp (TFMOT `PolynomialDecay`, masks updated every {FREQUENCY} steps; "
+        f"STR `SparsityBudget`, thresholds rescaled every {FREQUENCY} steps). Every Conv2D, DepthwiseConv2D and Dense kernel is "
+        "pruned. Accuracy: test split after stripping, mean ± std over "
+        f"{len(seeds)} seed(s). 'Budget MACs': kernel MACs per image that touch a non-zero weight with the "
+        "method's per-layer sparsities; 'uniform MACs': every layer at the target; the last column is their ratio "
+        "(below 1: the method's budget is cheaper than uniform).",
+        *[f"- {description}" for description in descriptions], "",
+        "| Model | Target | Method | Test accuracy (%) | Achieved sparsity | Budget MACs | Uniform MACs | Budget / uniform |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        *accuracy_table, "",
+        "Where tfprune is behind TFMOT (mean accuracy):", "", *behind(all_results, targets), "",
+    ]  # fmt: skip
+    step_text = [
+        STEP_TIME_SECTION, "", setting, "",
+        f"`train_on_batch` on one fixed random batch (the table 1 batch sizes), median over {runs} interleaved runs "
+        f"of {steps} steps; each ratio is to the plain model measured in the same process (Keras 3 for tfprune, "
+        "tf_keras for TFMOT, whose row includes the `UpdatePruningStep` update that fit does before every batch). "
+        f"The STR + SparsityBudget row adds the callback's rescaling every {FREQUENCY} batches, as in table 1.",
+        "",
+        "| Model | Variant | Median step (ms) | Ratio to plain |",
+        "| --- | --- | ---: | ---: |",
+        *step_rows, "",
+    ]  # fmt: skip
+    write_section(ACCURACY_SECTION, "\n".join(accuracy_text))
+    write_section(STEP_TIME_SECTION, "\n".join(step_text))
+    print("\n".join(accuracy_text + step_text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
