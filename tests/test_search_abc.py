@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 import tfprune
 from tfprune.search import ABCPruner, CostModel, bee_colony
+from tfprune.search.cost import squeeze_excite_widths
 
 
 def _quadratic(target):
@@ -113,6 +114,13 @@ def test_cost_model_is_exact_for_surgery_on_mobilenet_v3():
     pruned = tfprune.analyze(tfprune.surgery.set_widths(model, widths))
     assert CostModel(model, graph, names).of_widths(widths) == pruned.macs
     assert CostModel(model, graph, names, cost="params").of_widths(widths) == pruned.params
+    # targets="expansion": squeeze-excite bottlenecks follow with surgery's keep_ratio rule
+    expansion = {name: graph[name].size // 3 for name in tfprune.pruning.expansion_layers(model)}
+    with_bottlenecks = squeeze_excite_widths(graph, expansion)
+    assert with_bottlenecks["expanded_conv_3_squeeze_excite_conv"] == 8  # se_bottleneck_width(32)
+    pruned = tfprune.surgery.set_widths(model, expansion, se_policy="keep_ratio")
+    costs = CostModel(model, graph, list(with_bottlenecks))
+    assert costs.of_widths(with_bottlenecks) == tfprune.analyze(pruned).macs
 
 
 def _pruner(model, **kwargs):
