@@ -164,3 +164,21 @@ def test_dmcp_reaches_the_macs_target_on_digits_mobilenet_v3():
     dmcp.fit(x, y, batch_size=64, epochs=3, verbose=0)
     result = dmcp.prune()
     assert result.macs_after == pytest.approx(0.5 * result.macs_before, rel=0.05)
+
+
+def test_dmcp_expansion_targets_tie_squeeze_excite_bottlenecks_to_their_expansion():
+    model = tfprune.models.mobilenet_v3("small", input_shape=(32, 32, 3), classes=10, seed=0)
+    dmcp = DMCP(model, target=0.6, targets="expansion")
+    assert len(dmcp.groups) == 10  # one per expansion conv
+    # all transitions ~1: every channel kept, the expected cost is the whole model
+    dmcp.gates.transition_logits.assign(np.full(dmcp.gates.transition_logits.shape, 30.0 / dmcp.gates.logit_scale))
+    assert dmcp.expected_cost_share() == pytest.approx(1.0, rel=1e-6)
+    # expanded_conv_3_expand (96 channels) at an expected width of 32 -> bottleneck 8 (MobileNetV3 rule)
+    index = [group.name for group in dmcp.groups].index("expanded_conv_3_expand")
+    start = sum(size - 1 for size in dmcp.gates.group_sizes[:index])
+    logits = np.asarray(dmcp.gates.transition_logits).copy()
+    logits[start : start + 95] = np.concatenate([np.full(31, 30.0), np.full(64, -30.0)]) / dmcp.gates.logit_scale
+    dmcp.gates.transition_logits.assign(logits)
+    widths = dmcp.widths()
+    assert widths["expanded_conv_3_expand"] == 32
+    assert widths["expanded_conv_3_squeeze_excite_conv"] == 8
