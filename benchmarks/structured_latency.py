@@ -1,0 +1,141 @@
+"""LiteRT latency of structurally pruned models next to their MACs ratio, and the time of `tfprune.prune`.
+
+Usage: `.venv/bin/python -m benchmarks.structured_latency [--quick] [--runs N]`.
+Writes the `## Structured pruning: LiteRT speed-up` and
+`## tfprune.prune time` sections of the results file.
+
+MobileNetV3-Large 224x224 (`tfprune.models.mobilenet_v3`, 1000 classes) is
+pruned with `criterion="sparsity_gamma"`, `targets="expansion"` at rates 0.3
+and 0.5, and ResNet50 (`keras.applications`, `weights=None`) with
+`sparsity_gamma` over all groups at 0.3. Latency depends only on the widths,
+not on the values, so instead of a BN-sparsity training run (impossible at
+224x224 on this machine) every BatchNormalization γ is drawn from |N(0, 1)|
+with a fixed seed, which gives the criterion distinct scores as a trained
+model would. Each model is exported in float32 with `tfprune.export.to_tflite`
+and timed with `tfprune.export.benchmark` (XNNPACK, 1 and 2 threads). The
+speed-up is dense latency / pruned latency; the MACs ratio (dense MACs /
+pruned MACs, `tfprune.analyze`) is the ideal speed-up; efficiency is their
+quotient.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+import tfprune
+from benchmarks.common import command_line, machine, write_section
+
+LATENCY_SECTION = "## Structured pruning: LiteRT speed-up"
+PRUNE_TIME_SECTION = "## tfprune.prune time"
+THREADS = (1, 2)
+
+
+def with_random_gammas(model, seed):
+    """Sets every BatchNormalization γ of `model` (in place) to |N(0, 1)| draws; returns it."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.gamma is not None:
+            layer.gamma.assign(np.abs(rng.standard_normal(layer.gamma.shape)).astype("float32"))
+    return model
+
+
+def cases(quick):
+    """(title, builder, prune arguments, rates) of each model; the builders return fresh models."""
+    if quick:
+        return [("MobileNetV3-Small 64x64 (quick)", lambda: tfprune.models.mobilenet_v3("small", (64, 64, 3), seed=0),
+                 dict(criterion="sparsity_gamma", targets="expansion"), (0.5,))]  # fmt: skip
+    return [
+        ("MobileNetV3-Large 224x224", lambda: tfprune.models.mobilenet_v3("large", (224, 224, 3), classes=1000, seed=0),
+         dict(criterion="sparsity_gamma", targets="expansion"), (0.3, 0.5)),
+        ("ResNet50 224x224", lambda: keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3)),
+         dict(criterion="sparsity_gamma", targets="all"), (0.3,)),
+    ]  # fmt: skip
+
+
+def latencies(model, directory, name, runs):
+    """Median LiteRT milliseconds per thread count of `model` exported in float32."""
+    path = os.path.join(directory, f"{name}.tflite")
+    tfprune.export.to_tflite(model, path, verify=False)
+    report = tfprune.export.benchmark(path, threads=THREADS, runs=runs, warmup=5)
+    return {row["threads"]: row["median_ms"] for row in report.latency}, report.delegate
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MobileNetV3-Small 64x64 at rate 0.5, 3 runs")
+    parser.add_argument("--runs", type=int, default=50, help="timed LiteRT invocations per thread count")
+    parser.add_argument("--prune-repeats", type=int, default=3, help="timed prune calls per rate")
+    args = parser.parse_args(argv)
+    runs, repeats = (3, 1) if args.quick else (args.runs, args.prune_repeats)
+    latency_rows, prune_rows = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        for title, build, prune_arguments, rates in cases(args.quick):
+            dense = with_random_gammas(build(), seed=0)
+            dense_macs = tfprune.analyze(dense).macs
+            dense_ms, delegate = latencies(dense, directory, "dense", runs)
+            latency_rows.append(
+                f"| {title} | dense | {dense.count_params():,} | {dense_macs / 1e6:.1f} M | "
+                + " | ".join(f"{dense_ms[t]:.2f}" for t in THREADS)
+                + " | | " + " | ".join("" for _ in THREADS) + " |"
+            )
+            for rate in rates:
+                seconds = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    pruned, result = tfprune.prune(dense, rate=rate, **prune_arguments)
+                    seconds.append(time.perf_counter() - start)
+                prune_rows.append(
+                    f"| {title} | {prune_arguments['criterion']} | {prune_arguments['targets']} | {rate} | "
+                    f"{len(dense.layers)} | {statistics.median(seconds):.2f} | {', '.join(f'{s:.2f}' for s in seconds)} |"
+                )
+                pruned_ms, _ = latencies(pruned, directory, f"pruned_{rate}", runs)
+                ideal = result.macs_before / result.macs_after
+                speedups = {t: dense_ms[t] / pruned_ms[t] for t in THREADS}
+                latency_rows.append(
+                    f"| {title} | {rate} | {result.params_after:,} | {result.macs_after / 1e6:.1f} M | "
+                    + " | ".join(f"{pruned_ms[t]:.2f}" for t in THREADS)
+                    + f" | {ideal:.2f} | "
+                    + " | ".join(f"{speedups[t]:.2f} ({speedups[t] / ideal:.0%})" for t in THREADS)
+                    + " |"
+                )
+                print(latency_rows[-1], flush=True)
+                keras.backend.clear_session()
+    setting = f"Command: `{command_line('benchmarks.structured_latency', argv)}` ({machine()}; shared with other jobs)."
+    thread_headers = " | ".join(f"{t} thread{'s' * (t > 1)} ms" for t in THREADS)
+    speedup_headers = " | ".join(f"speed-up {t}t (efficiency)" for t in THREADS)
+    latency_text = [
+        LATENCY_SECTION, "", setting, "",
+        f"LiteRT float32, delegate {delegate}, median of {runs} single-image invocations after 5 warm-up runs. "
+        "Pruned with `tfprune.prune(model, criterion, rate, targets)`; BN γ drawn from |N(0, 1)| (seed 0) in place "
+        "of a BN-sparsity training run, since only the widths matter for latency. 'MACs ratio' = dense MACs / "
+        "pruned MACs (the ideal speed-up); speed-up = dense ms / pruned ms; efficiency = speed-up / MACs ratio "
+        "(below 100%: the runtime gains less than the MACs removed).",
+        "",
+        f"| Model | Rate | Params | MACs | {thread_headers} | MACs ratio | {speedup_headers} |",
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in THREADS) + " | ---: | "
+        + " | ".join("---:" for _ in THREADS) + " |",
+        *latency_rows, "",
+    ]  # fmt: skip
+    prune_text = [
+        PRUNE_TIME_SECTION, "", setting, "",
+        f"Wall time of one `tfprune.prune` call (scoring, width choice, surgery and `analyze` of both models), "
+        f"median of {repeats}; the channel-surgery scaling with depth is in the 'Channel surgery time' section.",
+        "",
+        "| Model | Criterion | Targets | Rate | Layers | Median s | All runs s |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+        *prune_rows, "",
+    ]  # fmt: skip
+    write_section(LATENCY_SECTION, "\n".join(latency_text))
+    write_section(PRUNE_TIME_SECTION, "\n".join(prune_text))
+    print("\n".join(latency_text + prune_text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
