@@ -60,19 +60,24 @@ def machine():
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores{load}"
 
 
-def write_section(section, text):
+def write_section(section, text, first=False):
     """Replaces the `section` ("## Title") of RESULTS.md with `text`, leaving the others alone.
 
     Args:
         section: String. The section's heading line, e.g. `"## Export (LiteRT)"`.
         text: String. The whole new section, starting with that heading.
+        first: Bool. Where a new section goes: right after the file's title
+            if True, else at the end. An existing section stays where it is.
 
     The file is `results_path()`: `$TFPRUNE_BENCH_RESULTS` if set.
     """
     results = results_path()
     existing = results.read_text() if results.exists() else "# Benchmark results\n\n"
     start = existing.find(section + "\n")
-    if start < 0:
+    if start < 0 and first:
+        title_end = existing.find("\n") + 1 if existing.startswith("# ") else 0
+        updated = existing[:title_end] + "\n" + text.rstrip("\n") + "\n\n" + existing[title_end:].lstrip("\n")
+    elif start < 0:
         updated = existing.rstrip("\n") + "\n\n" + text
     else:
         end = existing.find("\n## ", start + len(section))
