@@ -39,6 +39,26 @@ def test_bee_colony_finds_the_constrained_optimum_and_respects_the_budget():
     assert len(result.history) == 26 and list(result.history) == sorted(result.history)
 
 
+def test_bee_colony_fill_puts_every_vector_on_the_budget_boundary():
+    fitness = _quadratic(np.array([5, 5, 1, 3]))
+    costs = np.array([1, 2, 1, 3])
+    feasible = lambda vector: float(costs @ np.array(vector)) <= 12  # noqa: E731
+    calls = []
+
+    def recorded(vector):
+        calls.append(vector)
+        return fitness(vector)
+
+    result = bee_colony(recorded, (6,) * 4, colony_size=6, cycles=10, feasible=feasible, fill=True, seed=0)
+    for vector in calls:
+        assert feasible(vector)
+        for entry in range(4):  # no entry can be raised without breaking the budget
+            raised = list(vector)
+            raised[entry] += 1
+            assert raised[entry] > 5 or not feasible(raised)
+    assert result.best == _brute_force(fitness, (6,) * 4, feasible)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bee_colony_reaches_a_concave_knapsack_optimum_within_two_percent(seed):
     values, costs = np.array([3, 5, 4, 7, 2, 6.0]), np.array([2, 4, 3, 5, 1, 4.0])

@@ -18,7 +18,10 @@ over integer vectors, `bee_colony(fitness, choices, ...)`:
 A budget is a feasibility test on vectors; infeasible vectors are repaired by
 lowering random entries until they pass (the test must be monotone: lowering
 an entry of a feasible vector keeps it feasible, as MACs and parameter counts
-are). Fitness values are cached per vector, so a vector is evaluated once.
+are) and, with `fill=True` (ABCPruner), raised again one random entry at a
+time while they stay feasible, so candidates use the budget rather than
+landing anywhere below it. Fitness values are cached per vector, so a vector
+is evaluated once.
 
 `ABCPruner` wraps it for a model: the options are the candidate widths of each
 channel group, fitness is the validation metric of the candidate after
@@ -84,6 +87,7 @@ def bee_colony(
     limit=5,
     changes=1,
     feasible=None,
+    fill=False,
     seed=None,
     verbose=0,
 ):
@@ -103,6 +107,11 @@ def bee_colony(
         feasible: Optional callable `tuple of ints -> bool`, monotone (lowering
             an entry keeps a feasible vector feasible). Every vector passed to
             `fitness` satisfies it.
+        fill: Bool. With `feasible`, after repairing a vector also raise
+            random entries by one while it stays feasible, so every vector
+            tried lies on the budget's boundary (where the optimum is when
+            fitness grows with every entry, as accuracy with widths).
+            Defaults to `False`.
         seed: Optional int. The same seed gives the same search.
         verbose: Int. 1 shows a progress bar over the cycles. Defaults to `0`.
 
@@ -147,9 +156,22 @@ def bee_colony(
                 best["vector"], best["fitness"] = key, cache[key]
         return cache[key]
 
+    def allowed(vector):
+        return feasible is None or feasible(tuple(int(value) for value in vector))
+
+    def raised(vector, entry):
+        vector = vector.copy()
+        vector[entry] += 1
+        return vector
+
     def repair(vector):
-        while feasible is not None and not feasible(tuple(int(value) for value in vector)):
+        while not allowed(vector):
             vector[rng.choice(np.flatnonzero(vector > 0))] -= 1
+        while fill and feasible is not None:
+            room = [entry for entry in np.flatnonzero(vector < choices - 1) if allowed(raised(vector, entry))]
+            if not room:
+                break
+            vector[rng.choice(room)] += 1
         return vector
 
     def neighbour(index):
@@ -412,6 +434,7 @@ class ABCPruner:
             limit=self.limit,
             changes=min(2, len(self.options)),  # ABCPruner moves two widths per neighbour
             feasible=None if self.budget is None else self.feasible,
+            fill=True,  # use the budget: more channels rarely hurt accuracy
             seed=self.seed,
             verbose=self.verbose,
         )
