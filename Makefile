@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tfprune-installed
-BENCH_STAMP := $(VENV)/.tfprune-bench-installed
+# TFMOT only prunes legacy tf_keras models, so it gets its own virtualenv: tf_keras
+# stays out of the test environment and TF_USE_LEGACY_KERAS=1 only ever applies
+# to the benchmarks' TFMOT subprocesses.
+TFMOT_VENV := .venv-tfmot
+BENCH_STAMP := $(TFMOT_VENV)/.tfprune-bench-installed
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-all lint bench clean
@@ -16,7 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	test -x $(TFMOT_VENV)/bin/python || $(PYTHON) -m venv $(TFMOT_VENV)
+	$(TFMOT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TFMOT_VENV)/bin/python -m pip install --quiet -e ".[bench]"
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
@@ -31,8 +37,10 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --durations=25
 
+# Regenerates benchmarks/RESULTS.md: every script writes its own section with its
+# command; benchmarks.environment writes the machine and versions at the top.
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python $(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
