@@ -99,8 +99,11 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-tflite", action="store_true")
-    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes: 2 runs x 2 steps, no TFLite")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.runs, arguments.steps, arguments.skip_tflite = 2, 2, True
 
     times, cpu_times, jit_compile = step_times(arguments.runs, arguments.steps, arguments.batch_size)
     plain = statistics.median(times["plain"])
@@ -149,7 +152,7 @@ def main():
         ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if arguments.write:
+    if not arguments.no_write:
         write_section(SECTION, text)
 
 

@@ -30,7 +30,7 @@ SCRIPTS = _run_all_module().scripts()
 # Scripts that run TensorFlow Model Optimization in a tf_keras interpreter.
 NEEDS_TFMOT = {"tfmot_compare", "str_vs_tfmot"}
 # Scripts without a --quick flag yet (reported to the lead; strict, so adding it fails here as a reminder).
-WITHOUT_QUICK = {"str_step_time"}
+WITHOUT_QUICK = set()
 # Quick modes that took over a minute each on the shared 2-core box (2026-11-22 smoke run), or that
 # need the TFMOT virtualenv: `slow`, so they run in `make test-all` and the CI smoke test fits in its
 # 2-minute budget. Their owners were asked (through the lead) for smaller quick modes.
