@@ -39,8 +39,10 @@ test-all: lint
 
 # Regenerates benchmarks/RESULTS.md: every script writes its own section with its
 # command; benchmarks.environment writes the machine and versions at the top.
+# The heavy (`slow`) tests run here too, not in CI.
 bench: $(BENCH_STAMP)
+	$(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) -q --durations=25
 	TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python $(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TFMOT_VENV) build *.egg-info .pytest_cache .ruff_cache
