@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 import tfprune
 from tfprune.search import ABCPruner, CostModel, bee_colony
-from tfprune.search.cost import squeeze_excite_widths
+from tfprune.surgery import squeeze_excite_widths
 
 
 def _quadratic(target):

@@ -48,9 +48,10 @@ import keras
 import numpy as np
 
 from tfprune._utils import clone_graph
-from tfprune.search.cost import check_reachable, check_share, squeeze_excite_widths
+from tfprune.search.cost import check_reachable, check_share
 from tfprune.search.gates import ChannelMasks, chain_ranks, gated_model, reading_sites
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
+from tfprune.surgery import squeeze_excite_widths
 
 _DEFAULT_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

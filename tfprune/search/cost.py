@@ -22,7 +22,6 @@ import keras
 import numpy as np
 
 from tfprune.analysis import analyze
-from tfprune.surgery import se_bottleneck_width
 
 _COSTS = ("macs", "params")
 
@@ -211,31 +210,6 @@ def _weight_costs(model, cost):
         entries = sum(float(np.prod(kernel.shape)) for kernel in kernels)
         for kernel in kernels:
             yield kernel.path, record.macs * float(np.prod(kernel.shape)) / entries
-
-
-def squeeze_excite_widths(graph, widths):
-    """Adds the bottleneck widths `set_widths(..., se_policy="keep_ratio")` would choose.
-
-    Args:
-        graph: A `tfprune.graph.ChannelGraph`.
-        widths: Dict `{group_name: width}`.
-
-    Returns:
-        A new dict: `widths` plus, for every squeeze-excite bottleneck whose
-        gated group shrinks and that has no width of its own,
-        `se_bottleneck_width(new width)` (at most its size).
-
-    Example:
-
-    >>> squeeze_excite_widths(graph, {"expanded_conv_3_expand": 48})  # doctest: +SKIP
-    {'expanded_conv_3_expand': 48, 'expanded_conv_3_squeeze_excite_conv': 16}
-    """
-    widths = dict(widths)
-    for group in graph.groups:
-        gated = group.squeeze_excite_of
-        if gated in widths and group.name not in widths and widths[gated] < graph[gated].size:
-            widths[group.name] = min(group.size, se_bottleneck_width(widths[gated]))
-    return widths
 
 
 def check_share(argument, value):

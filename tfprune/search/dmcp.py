@@ -39,9 +39,10 @@ import keras
 import numpy as np
 
 from tfprune._utils import clone_graph
-from tfprune.search.cost import CostModel, check_reachable, check_share, squeeze_excite_widths
+from tfprune.search.cost import CostModel, check_reachable, check_share
 from tfprune.search.gates import SiteGates, chain_ranks, gated_model, reading_sites
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
+from tfprune.surgery import squeeze_excite_widths
 
 
 def keep_probabilities(transition_logits):

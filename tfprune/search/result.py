@@ -7,7 +7,8 @@ from tfprune import surgery
 from tfprune._utils import require_graph_model
 from tfprune.analysis import analyze
 from tfprune.pruning import _targeted_groups  # the same `targets` rule as tfprune.prune
-from tfprune.search.cost import CostModel, squeeze_excite_widths
+from tfprune.search.cost import CostModel
+from tfprune.surgery import squeeze_excite_widths
 
 
 @dataclasses.dataclass(frozen=True)
