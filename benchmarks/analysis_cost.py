@@ -5,7 +5,6 @@ Usage: `.venv/bin/python -m benchmarks.analysis_cost [--quick]`. Writes the
 """
 
 import argparse
-import pathlib
 import platform
 import sys
 import time
@@ -14,8 +13,8 @@ import keras
 import numpy as np
 
 import tfprune
+from benchmarks.common import write_section
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Analysis"
 
 # (builder, published MACs, source); all at 224x224x3 with 1000 classes.
@@ -67,21 +66,8 @@ def main(argv=None):
             "",
         ]
     )
-    write_section(text)
+    write_section(SECTION, text)
     return 0
-
-
-def write_section(text):
-    """Replaces this script's section of RESULTS.md, leaving the others alone."""
-    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = existing.find(SECTION + "\n")
-    if start < 0:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + len(SECTION))
-        rest = "" if end < 0 else existing[end + 1 :]
-        updated = existing[:start] + text + ("\n" + rest if rest else "")
-    RESULTS.write_text(updated)
 
 
 if __name__ == "__main__":
