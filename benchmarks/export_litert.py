@@ -102,7 +102,7 @@ def main(argv=None):
         (f"{SPARSITY:.0%} zeros", sparse_model, None, True),
         (f"{SPARSITY:.0%} zeros", sparse_model, "int8", True),
     ]
-    rows = []
+    rows, latencies = [], {}
     with tempfile.TemporaryDirectory() as directory:
         for index, (name, variant, quantize, sparse) in enumerate(variants):
             path = os.path.join(directory, f"model_{index}.tflite")
@@ -116,6 +116,7 @@ def main(argv=None):
             )
             bench = export.benchmark(path, threads=(1, 2), runs=runs, warmup=10)
             rows.append(row(name, report, bench))
+            latencies[name, quantize or "none"] = {entry["threads"]: entry["median_ms"] for entry in bench.latency}
             print(rows[-1], flush=True)
 
     command = ".venv/bin/python -m benchmarks.export_litert" + (" --quick" if args.quick else "")
@@ -142,11 +143,44 @@ def main(argv=None):
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
             *rows,
             "",
+            *slower_than_dense(latencies),
         ]
     )
     write_section(SECTION, text)
     print(text)
     return 0
+
+
+def slower_than_dense(latencies):
+    """Sentences naming every sparse-encoded export that is slower than the dense file of the same quantization.
+
+    Args:
+        latencies: Dict (model name, quantize) -> {threads: median ms}; the dense model is named "dense".
+
+    Returns:
+        List of Markdown lines (a heading line, the sentences, a blank line), or `[]` when
+        no sparse file is slower.
+
+    Example:
+
+    >>> slower_than_dense({("dense", "none"): {1: 1.0}, ("sparse", "none"): {1: 1.5}})[1]
+    '- sparse (quantize none), 1 thread(s): 1.500 ms vs 1.000 ms dense (1.50x).'
+    """
+    sentences = []
+    for (name, quantize), medians in latencies.items():
+        dense = latencies.get(("dense", quantize))
+        if name == "dense" or dense is None:
+            continue
+        for threads, median in medians.items():
+            if median > dense[threads]:
+                sentences.append(
+                    f"- {name} (quantize {quantize}), {threads} thread(s): {median:.3f} ms vs "
+                    f"{dense[threads]:.3f} ms dense ({median / dense[threads]:.2f}x)."
+                )
+    if not sentences:
+        return []
+    return ["Where the zeros are behind the dense model in latency (XNNPACK runs dense kernels; the encoding saves size):",
+            *sentences, ""]  # fmt: skip
 
 
 def row(name, report, bench):

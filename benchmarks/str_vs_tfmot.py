@@ -1,6 +1,7 @@
 """STR with SparsityBudget next to TFMOT's gradual magnitude pruning: accuracy, MACs, step time.
 
-Usage: `.venv/bin/python -m benchmarks.str_vs_tfmot [--quick] [--seeds N] [--tfmot-python PATH]`.
+Usage: `.venv/bin/python -m benchmarks.str_vs_tfmot [--quick] [--architectures NAME ...] [--seeds N]
+[--tfmot-python PATH]`.
 Writes the `## STR vs TFMOT: accuracy` and `## STR vs TFMOT: step time`
 sections of the results file (`benchmarks.common.results_path()`).
 
@@ -182,6 +183,7 @@ def tfmot_accuracy_worker(job):
             tf_keras.utils.set_random_seed(seed)
             model = build(tf_keras)
             model.set_weights([data[f"seed_{seed}_weight_{index}"] for index in range(len(model.get_weights()))])
+            dense_accuracy = compiled(model, tf_keras, from_logits).evaluate(data["x_test"], data["y_test"], verbose=0)[1]
             arguments = tfmot_schedule_arguments(target, job["pruning_epochs"], steps_per_epoch)
             pruned = compiled(tfmot_pruned(model, arguments), tf_keras, from_logits)
             pruned.fit(
@@ -191,8 +193,41 @@ def tfmot_accuracy_worker(job):
             stripped = compiled(tfmot.sparsity.keras.strip_pruning(pruned), tf_keras, from_logits)
             per_layer, overall = layer_sparsities(stripped)
             accuracy = stripped.evaluate(data["x_test"], data["y_test"], verbose=0)[1]
-            results.append(dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer))
+            results.append(dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer,
+                                dense_accuracy=dense_accuracy))  # fmt: skip
     return results
+
+
+def check_same_dense_model(title, keras_accuracies, tfmot_runs):
+    """Raises unless the tf_keras twin, given the Keras 3 dense weights, scores what the Keras 3 model scored.
+
+    Both methods must start from the same network: a weight copied into the
+    wrong variable of the twin would show as a different dense accuracy.
+
+    Args:
+        title: String. The architecture's title, for the message.
+        keras_accuracies: List of the Keras 3 dense test accuracies (percent), one per seed.
+        tfmot_runs: The TFMOT worker's result dicts (fractions in "dense_accuracy", seeds in "seed").
+
+    Raises:
+        RuntimeError: If a seed's accuracies differ by more than one test image in 200.
+
+    Example:
+
+    >>> check_same_dense_model("CNN", [95.0], [dict(seed=0, dense_accuracy=0.95)])
+    >>> check_same_dense_model("CNN", [95.0], [dict(seed=0, dense_accuracy=0.90)])
+    Traceback (most recent call last):
+    ...
+    RuntimeError: CNN, seed 0: the tf_keras twin with the Keras 3 dense weights scores 90.00%, not 95.00%; ...
+    """
+    for run in tfmot_runs:
+        ours, theirs = keras_accuracies[run["seed"]], 100 * run["dense_accuracy"]
+        if abs(ours - theirs) > 0.5:
+            raise RuntimeError(
+                f"{title}, seed {run['seed']}: the tf_keras twin with the Keras 3 dense weights scores "
+                f"{theirs:.2f}%, not {ours:.2f}%; the two builds of the architecture do not hold the same "
+                "weights in the same order, so the comparison would not start from the same model."
+            )
 
 
 def tfmot_step_time_worker(job):
@@ -358,10 +393,48 @@ def behind(results, targets, macs):
     return sentences or ["- Nowhere in this run: tfprune STR is neither less accurate nor costlier in MACs than TFMOT."]
 
 
+def step_time_behind(title, medians):
+    """Sentences for an architecture whose STR step-time ratio exceeds TFMOT's (each to its own plain model).
+
+    Args:
+        title: String. The architecture's title.
+        medians: Dict variant name -> median seconds per step, with the keys of
+            `str_step_times` ("Keras 3 plain" first, then the STR variants) and
+            of the TFMOT worker ("tf_keras plain", "TFMOT prune_low_magnitude").
+
+    Returns:
+        List of Markdown bullet strings (empty when no STR variant's ratio exceeds TFMOT's).
+
+    Example:
+
+    >>> step_time_behind("CNN", {"Keras 3 plain": 1.0, "STR layers": 1.3, "tf_keras plain": 5.0,
+    ...                          "TFMOT prune_low_magnitude": 5.1})[0][:53]
+    '- CNN: STR layers 1.30x a plain Keras 3 step vs TFMOT'
+    """
+    plain = medians["Keras 3 plain"]
+    theirs = medians["TFMOT prune_low_magnitude"]
+    theirs_ratio = theirs / medians["tf_keras plain"]
+    ours = {name: value for name, value in medians.items() if name.startswith("STR")}
+    slower = {name: value / plain for name, value in ours.items() if value / plain > theirs_ratio}
+    if not slower:
+        return []
+    absolute = "faster" if max(ours.values()) < theirs else "not faster"
+    return [
+        f"- {title}: " + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in slower.items())
+        + f" a plain Keras 3 step vs TFMOT {theirs_ratio:.2f}x a plain tf_keras step (STR trains its thresholds, "
+        f"TFMOT multiplies by a fixed mask). In absolute time every STR step is {absolute} than TFMOT's "
+        f"({1000 * max(ours.values()):.1f} ms at most vs {1000 * theirs:.1f} ms; the tf_keras plain step is "
+        f"{medians['tf_keras plain'] / plain:.1f}x the Keras 3 one)."
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CNN only, 1 seed, 90%% only, 1+3 epochs on 128 examples")
-    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
+    parser.add_argument("--quick", action="store_true", help="1 seed, 90%% only, 1+3 epochs on 128 examples (CNN unless --architectures)")
+    parser.add_argument(
+        "--architectures", nargs="+", choices=list(ARCHITECTURES), default=None,
+        help="default: all (with --quick: cnn)",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="seeds per target (default 3)")
     parser.add_argument("--runs", type=int, default=9, help="timed runs per model for the step time (default 9)")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed run (default 10)")
@@ -378,7 +451,7 @@ def main(argv=None):
     seeds = range(1 if args.quick else args.seeds)
     targets = TARGETS[:1] if args.quick else TARGETS
     runs, steps = (1, 1) if args.quick else (args.runs, args.steps)
-    architectures = ["cnn"] if args.quick else args.architectures
+    architectures = args.architectures or (["cnn"] if args.quick else list(ARCHITECTURES))
     interpreter = tfmot_python(args.tfmot_python)
     accuracy_table, all_results, all_macs, step_rows, descriptions, jobs, ours = [], {}, {}, [], [], [], {}
     with tempfile.TemporaryDirectory() as directory:
@@ -409,17 +482,21 @@ def main(argv=None):
             ours[architecture]["times"] = str_step_times(architecture, runs, steps)
         jobs += [dict(kind="step_time", architecture=name, runs=runs, steps=steps) for name in architectures]
         theirs = run_tfmot(interpreter, jobs)
+    step_behind = []
     for index, architecture in enumerate(architectures):
         title = ARCHITECTURES[architecture][0]
+        check_same_dense_model(title, ours[architecture]["dense"], theirs[index])
         results = {"tfprune STR": ours[architecture]["tfprune STR"], "TFMOT": theirs[index]}
         accuracy_table += accuracy_rows(title, ours[architecture]["dense"], ours[architecture]["macs"], results, targets)
         all_results[title] = results
         all_macs[title] = ours[architecture]["macs"]
+        medians = {}
         for times in (ours[architecture]["times"], theirs[len(architectures) + index]["times"]):
             plain = statistics.median(next(iter(times.values())))
             for name, values in times.items():
-                median = statistics.median(values)
-                step_rows.append(f"| {title} | {name} | {1000 * median:.1f} | {median / plain:.2f} |")
+                medians[name] = statistics.median(values)
+                step_rows.append(f"| {title} | {name} | {1000 * medians[name]:.1f} | {medians[name] / plain:.2f} |")
+        step_behind += step_time_behind(title, medians)
     versions = theirs[-1]["versions"]
     try:
         interpreter = os.path.relpath(interpreter, ROOT)
@@ -457,6 +534,8 @@ def main(argv=None):
         "| Model | Variant | Median step (ms) | Ratio to plain |",
         "| --- | --- | ---: | ---: |",
         *step_rows, "",
+        "Where tfprune is behind TFMOT (overhead over the plain model of the same process):", "",
+        *(step_behind or ["- Nowhere in this run: STR's step-time ratio is at most TFMOT's."]), "",
     ]  # fmt: skip
     write_section(ACCURACY_SECTION, "\n".join(accuracy_text))
     write_section(STEP_TIME_SECTION, "\n".join(step_text))

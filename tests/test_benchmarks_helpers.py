@@ -1,0 +1,63 @@
+"""The benchmark scripts' sentences on where tfprune is behind: computed from the numbers they are given.
+
+These helpers write the "where tfprune is behind" lines of benchmarks/RESULTS.md,
+so a wrong comparison would print a false claim there.
+"""
+
+import doctest
+
+import pytest
+
+from benchmarks import common, export_litert, str_vs_tfmot, structured_latency, tfmot_compare
+
+
+@pytest.mark.parametrize("module", [common, export_litert, str_vs_tfmot, structured_latency, tfmot_compare], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert failures == 0
+    assert attempted > 0
+
+
+def test_tfmot_compare_behind_names_accuracy_and_time_only_when_behind():
+    slower = tfmot_compare.behind(-0.5, {"tfprune": [3.0, 5.0, 4.0], "TFMOT": [2.0, 1.0, 6.0]})
+    assert slower[2] == "- Accuracy: 0.50 points below TFMOT on the mean over the seeds."
+    assert slower[3] == "- Pruning time: median 4.0 s vs 2.0 s for TFMOT (2.00x)."
+    ahead = tfmot_compare.behind(0.0, {"tfprune": [1.0, 9.0, 2.0], "TFMOT": [2.0, 2.0, 2.0]})
+    assert ahead[2].startswith("- Nowhere in this run")
+    assert len(ahead) == 4
+
+
+def test_str_vs_tfmot_step_time_behind_compares_ratios_not_absolute_times():
+    medians = {
+        "Keras 3 plain": 0.004,
+        "STR layers": 0.005,  # 1.25x
+        "STR + budget": 0.0044,  # 1.10x, not behind TFMOT's 1.20x
+        "tf_keras plain": 0.020,
+        "TFMOT prune_low_magnitude": 0.024,  # 1.20x
+    }
+    [sentence] = str_vs_tfmot.step_time_behind("CNN", medians)
+    assert "STR layers 1.25x" in sentence and "STR + budget" not in sentence
+    assert "TFMOT 1.20x" in sentence
+    assert "every STR step is faster than TFMOT's (5.0 ms at most vs 24.0 ms" in sentence
+    assert "5.0x the Keras 3 one" in sentence
+    medians["STR layers"] = 0.0048  # exactly 1.20x: not behind
+    assert str_vs_tfmot.step_time_behind("CNN", medians) == []
+
+
+def test_structured_latency_behind_the_ideal_reports_range_and_count():
+    sentence = structured_latency.behind_the_ideal([("x 1t", 0.92), ("x 2t", 1.05), ("y 1t", 0.75)])
+    assert "75% (y 1t) to 105% (x 2t)" in sentence
+    assert "2 of 3 cases below 100%" in sentence
+
+
+def test_export_litert_slower_than_dense_matches_quantization_and_threads():
+    latencies = {
+        ("dense", "none"): {1: 1.0, 2: 0.8},
+        ("dense", "int8"): {1: 0.5, 2: 0.4},
+        ("zeros", "none"): {1: 1.2, 2: 0.7},  # slower with 1 thread only
+        ("zeros", "int8"): {1: 0.45, 2: 0.4},  # never slower (equal is not slower)
+    }
+    lines = export_litert.slower_than_dense(latencies)
+    assert lines[1:] == ["- zeros (quantize none), 1 thread(s): 1.200 ms vs 1.000 ms dense (1.20x).", ""]
+    del latencies["zeros", "none"]
+    assert export_litert.slower_than_dense(latencies) == []
