@@ -10,7 +10,8 @@ and MobileNetV3-Small at 32x32, both defined once in this module and built
 with Keras 3 and with tf_keras alike) and each seed, a dense model is trained
 in Keras 3; both methods then start from those weights and train the same
 number of epochs with the same optimizer and batch size, reaching each target
-sparsity over every Conv2D, DepthwiseConv2D and Dense kernel:
+sparsity over every Conv2D and Dense kernel (TFMOT 0.8 prunes no
+DepthwiseConv2D weights, so those stay dense on both sides):
 
 - tfprune: `tfprune.sparsify` (STR layers) and
   `tfprune.callbacks.SparsityBudget(target)`, whose ramp is the cubic one of
@@ -52,7 +53,10 @@ STEP_TIME_SECTION = "## STR vs TFMOT: step time"
 TARGETS = (0.9, 0.95, 0.98)
 LEARNING_RATE = 1e-3
 RAMP_SHARE = 2 / 3  # share of the pruning epochs over which sparsity rises (both methods)
-PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+# TFMOT 0.8 wraps DepthwiseConv2D but prunes none of its weights (its registry lists
+# `DepthwiseConv2D: []`), so both methods prune the Conv2D and Dense kernels and
+# leave the depthwise ones dense: the comparison is over the same weights.
+PRUNABLE = ("Conv2D", "Dense")
 BN_MOMENTUM = 0.9  # as tfprune.models.mobilenet_v3: 0.999 leaves short runs at chance
 
 
@@ -85,7 +89,7 @@ ARCHITECTURES = {
 
 
 def prunable_layers(model):
-    """The Conv2D, DepthwiseConv2D and Dense layers of a model, in layer order."""
+    """The layers both methods prune (Conv2D and Dense, see `PRUNABLE`), in layer order."""
     return [layer for layer in model.layers if type(layer).__name__ in PRUNABLE]
 
 
@@ -282,6 +286,13 @@ def run_tfmot(interpreter, jobs):
 # The tfprune side (Keras 3).
 
 
+def str_model(model):
+    """`tfprune.sparsify` of a Keras 3 model with STR layers in place of the `PRUNABLE` ones only."""
+    import tfprune
+
+    return tfprune.sparsify(model, skip=[layer.name for layer in model.layers if type(layer).__name__ == "DepthwiseConv2D"])
+
+
 def run_str(architecture, data, dense_weights, seed, target, pruning_epochs):
     """Trains the STR version of the dense model to `target`; returns accuracy and sparsities."""
     import keras
@@ -293,7 +304,7 @@ def run_str(architecture, data, dense_weights, seed, target, pruning_epochs):
     keras.utils.set_random_seed(seed)
     model = build(keras)
     model.set_weights(dense_weights)
-    sparse = compiled(tfprune.sparsify(model), keras, from_logits)
+    sparse = compiled(str_model(model), keras, from_logits)
     budget = tfprune.callbacks.SparsityBudget(target, ramp_epochs=RAMP_SHARE * pruning_epochs, update_every=FREQUENCY)
     sparse.fit(data["x_train"], data["y_train"], batch_size=batch_size, epochs=pruning_epochs, verbose=0, callbacks=[budget])
     stripped = compiled(tfprune.strip(sparse), keras, from_logits)
@@ -329,8 +340,8 @@ def str_step_times(architecture, runs, steps):
     images, labels = random_batch(architecture, batch_size)
     keras.utils.set_random_seed(0)
     plain = compiled(build(keras), keras, from_logits)
-    sparse = compiled(tfprune.sparsify(plain), keras, from_logits)
-    budgeted = compiled(tfprune.sparsify(plain), keras, from_logits)
+    sparse = compiled(str_model(plain), keras, from_logits)
+    budgeted = compiled(str_model(plain), keras, from_logits)
     budget = tfprune.callbacks.SparsityBudget(0.9, ramp_epochs=1.0, update_every=FREQUENCY)
     budget.set_model(budgeted)
     budget.set_params({"epochs": 1, "steps": 10**6})
@@ -368,10 +379,12 @@ def accuracy_rows(title, dense_accuracies, macs, results, targets):
             budget_macs = [sum(m * (1 - s) for m, s in zip(macs, run["layers"])) for run in runs]
             rows.append(
                 f"| {title} | {100 * target:.0f}% | {method} | {np.mean(accuracies):.2f} ± {np.std(accuracies):.2f} | "
-                f"{100 * np.mean([run['sparsity'] for run in runs]):.2f}% | {np.mean(budget_macs) / 1e6:.3f} M | "
+                f"{100 * np.mean([run['sparsity'] for run in runs]):.2f}% | "
+                f"{np.mean([sum(s == 1.0 for s in run['layers']) for run in runs]):.1f} of {len(macs)} | "
+                f"{np.mean(budget_macs) / 1e6:.3f} M | "
                 f"{uniform / 1e6:.3f} M | {np.mean(budget_macs) / uniform:.2f} |"
             )
-    return [f"| {title} | 0% | dense | {np.mean(dense_accuracies):.2f} ± {np.std(dense_accuracies):.2f} | 0% | "
+    return [f"| {title} | 0% | dense | {np.mean(dense_accuracies):.2f} ± {np.std(dense_accuracies):.2f} | 0% | | "
             f"{total_macs / 1e6:.3f} M | | |", *rows]  # fmt: skip
 
 
@@ -473,7 +486,8 @@ def main(argv=None):
                 weights.update({f"seed_{seed}_weight_{index}": weight for index, weight in enumerate(dense_weights)})
                 for target in targets:
                     run = run_str(architecture, data, dense_weights, seed, target, pruning_epochs)
-                    print(title, "STR", run["seed"], run["target"], run["accuracy"], flush=True)
+                    print(title, "STR", run["seed"], run["target"], run["accuracy"],
+                          "per-layer sparsity", np.round(run["layers"], 3).tolist(), flush=True)  # fmt: skip
                     ours[architecture]["tfprune STR"].append(run)
             data_path = os.path.join(directory, f"{architecture}.npz")
             np.savez(data_path, **data, **weights)
@@ -512,14 +526,17 @@ def main(argv=None):
         "Digits (scikit-learn, offline). Both methods start from the same dense Keras 3 weights and train "
         f"the same epochs with Adam {LEARNING_RATE}; sparsity rises over the first {RAMP_SHARE:.0%} of the pruning "
         f"epochs along the same cubic ramp (TFMOT `PolynomialDecay`, masks updated every {FREQUENCY} steps; "
-        f"STR `SparsityBudget`, thresholds rescaled every {FREQUENCY} steps). Every Conv2D, DepthwiseConv2D and Dense kernel is "
-        "pruned. Accuracy: test split after stripping, mean ± std over "
+        f"STR `SparsityBudget`, thresholds rescaled every {FREQUENCY} steps). Every Conv2D and Dense kernel is "
+        "pruned, on both sides; DepthwiseConv2D kernels stay dense on both, because TFMOT 0.8 prunes none of their "
+        "weights (its registry lists `DepthwiseConv2D: []`; tfprune's `STRDepthwiseConv2D` can). Sparsity and MACs "
+        "count the pruned layers. 'Emptied layers': layers left with no non-zero weight (mean over seeds). Accuracy: test split after stripping, mean ± std over "
         f"{len(seeds)} seed(s). 'Budget MACs': kernel MACs per image that touch a non-zero weight with the "
         "method's per-layer sparsities; 'uniform MACs': every layer at the target; the last column is their ratio "
         "(below 1: the method's budget is cheaper than uniform).",
         *[f"- {description}" for description in descriptions], "",
-        "| Model | Target | Method | Test accuracy (%) | Achieved sparsity | Budget MACs | Uniform MACs | Budget / uniform |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| Model | Target | Method | Test accuracy (%) | Achieved sparsity | Emptied layers | Budget MACs | Uniform MACs "
+        "| Budget / uniform |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         *accuracy_table, "",
         "Where tfprune is behind TFMOT (mean accuracy, or MACs of the budget):", "",
         *behind(all_results, targets, all_macs), "",

@@ -31,33 +31,38 @@ SCRIPTS = _run_all_module().scripts()
 NEEDS_TFMOT = {"tfmot_compare", "str_vs_tfmot"}
 # Scripts without a --quick flag yet (reported to the lead; strict, so adding it fails here as a reminder).
 WITHOUT_QUICK = set()
-# Quick modes that took over a minute each on the shared 2-core box (2026-11-22 smoke run), or that
-# need the TFMOT virtualenv: `slow`, so they run in `make test-all` and the CI smoke test fits in its
-# 2-minute budget. Their owners were asked (through the lead) for smaller quick modes.
-SLOW_QUICK = {"tfmot_compare", "str_vs_tfmot", "export_litert", "structured_digits", "datadriven_digits", "search_digits"}
 # Sections the quick mode must write (the other scripts either write theirs or, by design, none in quick mode).
 EXPECTED_SECTIONS = {
     "environment": ["## Machine, versions and commands"],
+    "tfmot_compare": ["## Magnitude pruning vs TFMOT"],
+    "export_litert": ["## Export (LiteRT)"],
     "str_vs_tfmot": ["## STR vs TFMOT: accuracy", "## STR vs TFMOT: step time"],
     "structured_latency": ["## Structured pruning: LiteRT speed-up", "## tfprune.prune time"],
     "sparse_deploy": ["## Sparse deployment (STR 90%)"],
 }
 
 
-def _tfmot_interpreter():
-    """The interpreter with tf_keras and TFMOT that `make bench` uses, or None."""
-    candidates = [os.environ.get("TFPRUNE_TFMOT_PYTHON"), str(ROOT / ".venv-tfmot" / "bin" / "python"), sys.executable]
+def _has_tfmot(interpreter):
     check = "import importlib.util as u, sys; sys.exit(not (u.find_spec('tf_keras') and u.find_spec('tensorflow_model_optimization')))"
-    for candidate in filter(None, candidates):
-        if os.path.exists(candidate) and subprocess.run([candidate, "-c", check]).returncode == 0:
-            return candidate
-    return None
+    return os.path.exists(interpreter) and subprocess.run([interpreter, "-c", check]).returncode == 0
+
+
+def _tfmot_interpreter():
+    """The interpreter with tf_keras and TFMOT: `$TFPRUNE_TFMOT_PYTHON` (must work), else one found, else None.
+
+    `make test` (and so CI) builds .venv-tfmot and sets the variable, so there the
+    TFMOT scripts always run; a bare `pytest` without that environment skips them.
+    """
+    configured = os.environ.get("TFPRUNE_TFMOT_PYTHON")
+    if configured:
+        assert _has_tfmot(configured), f"TFPRUNE_TFMOT_PYTHON={configured} has no tf_keras and TFMOT (`make .venv-tfmot/.tfprune-bench-installed`)"
+        return configured
+    return next((c for c in (str(ROOT / ".venv-tfmot" / "bin" / "python"), sys.executable) if _has_tfmot(c)), None)
 
 
 def _params():
     for name in SCRIPTS:
         marks = [pytest.mark.xfail(strict=True, reason=f"benchmarks/{name}.py has no --quick flag")] if name in WITHOUT_QUICK else []
-        marks += [pytest.mark.slow] if name in SLOW_QUICK else []
         yield pytest.param(name, marks=marks, id=name)
 
 
