@@ -18,9 +18,7 @@ of a 90%-sparse stripped model converted to TFLite with and without
 
 import argparse
 import os
-import shlex
 import statistics
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -30,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfprune  # noqa: E402
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 
 SECTION = "## STR: step time and sparse TFLite size (issue 3)"
 
@@ -114,7 +112,7 @@ def main():
     lines = [
         SECTION,
         "",
-        f"Command: `.venv/bin/python -m benchmarks.str_step_time {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        f"Command: `{command_line('benchmarks.str_step_time')}`",
         f"(nproc={os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.1f}; "
         "the machine is shared, so absolute times are noisy, the interleaved ratio less so).",
         "",
