@@ -99,9 +99,9 @@ def kernel_of(layer):
     return np.asarray(kernel if kernel is not None else layer.kernel)
 
 
-def layer_sparsities(model):
-    """Share of exact zeros in each prunable layer's kernel, and over all of them."""
-    kernels = [kernel_of(layer) for layer in prunable_layers(model)]
+def layer_sparsities(model, kinds=PRUNABLE):
+    """Share of exact zeros in the kernel of each layer of `kinds` (class names), and over all of them."""
+    kernels = [kernel_of(layer) for layer in model.layers if type(layer).__name__ in kinds]
     zeros = [float(np.sum(kernel == 0)) for kernel in kernels]
     return [z / kernel.size for z, kernel in zip(zeros, kernels)], sum(zeros) / sum(k.size for k in kernels)
 
@@ -286,15 +286,27 @@ def run_tfmot(interpreter, jobs):
 # The tfprune side (Keras 3).
 
 
-def str_model(model):
-    """`tfprune.sparsify` of a Keras 3 model with STR layers in place of the `PRUNABLE` ones only."""
+def str_model(model, depthwise=False):
+    """`tfprune.sparsify` of a Keras 3 model: STR in place of the `PRUNABLE` layers, and the depthwise ones if asked."""
     import tfprune
 
+    if depthwise:
+        return tfprune.sparsify(model)
     return tfprune.sparsify(model, skip=[layer.name for layer in model.layers if type(layer).__name__ == "DepthwiseConv2D"])
 
 
-def run_str(architecture, data, dense_weights, seed, target, pruning_epochs):
-    """Trains the STR version of the dense model to `target`; returns accuracy and sparsities."""
+def has_depthwise(model):
+    """Whether a model has a DepthwiseConv2D layer."""
+    return any(type(layer).__name__ == "DepthwiseConv2D" for layer in model.layers)
+
+
+def run_str(architecture, data, dense_weights, seed, target, pruning_epochs, depthwise=False):
+    """Trains the STR version of the dense model to `target`; returns accuracy and sparsities.
+
+    With `depthwise`, the DepthwiseConv2D kernels are STR layers too and the
+    result also holds their sparsities ("depthwise") and the sparsity over all
+    three kinds of kernel ("sparsity_all").
+    """
     import keras
 
     import tfprune
@@ -304,13 +316,17 @@ def run_str(architecture, data, dense_weights, seed, target, pruning_epochs):
     keras.utils.set_random_seed(seed)
     model = build(keras)
     model.set_weights(dense_weights)
-    sparse = compiled(str_model(model), keras, from_logits)
+    sparse = compiled(str_model(model, depthwise), keras, from_logits)
     budget = tfprune.callbacks.SparsityBudget(target, ramp_epochs=RAMP_SHARE * pruning_epochs, update_every=FREQUENCY)
     sparse.fit(data["x_train"], data["y_train"], batch_size=batch_size, epochs=pruning_epochs, verbose=0, callbacks=[budget])
     stripped = compiled(tfprune.strip(sparse), keras, from_logits)
     per_layer, overall = layer_sparsities(stripped)
     accuracy = stripped.evaluate(data["x_test"], data["y_test"], verbose=0)[1]
-    return dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer)
+    run = dict(seed=seed, target=target, accuracy=accuracy, sparsity=overall, layers=per_layer)
+    if depthwise:
+        run["depthwise"] = layer_sparsities(stripped, ("DepthwiseConv2D",))[0]
+        run["sparsity_all"] = layer_sparsities(stripped, PRUNABLE + ("DepthwiseConv2D",))[1]
+    return run
 
 
 def train_dense(architecture, data, seed, dense_epochs):
@@ -406,6 +422,59 @@ def behind(results, targets, macs):
     return sentences or ["- Nowhere in this run: tfprune STR is neither less accurate nor costlier in MACs than TFMOT."]
 
 
+def depthwise_table(runs_by_title, targets):
+    """Markdown lines for STR with the DepthwiseConv2D kernels pruned too (what TFMOT 0.8 cannot do).
+
+    Args:
+        runs_by_title: Dict architecture title -> list of `run_str(..., depthwise=True)`
+            results (empty for architectures without depthwise layers).
+        targets: The target sparsities.
+
+    Returns:
+        List of strings: an explanation, a table with one row per (architecture,
+        target) and one sentence per row where a depthwise layer was emptied;
+        `[]` when no architecture has such runs.
+
+    Example:
+
+    >>> runs = [dict(target=0.9, accuracy=0.5, sparsity_all=0.9, depthwise=[1.0, 0.5])]
+    >>> depthwise_table({"Net": runs}, [0.9])[-2]
+    '- Net at 90%: SparsityBudget emptied 1.0 of 2 DepthwiseConv2D layers (test accuracy 50.00%).'
+    """
+    rows, sentences = [], []
+    for title, runs in runs_by_title.items():
+        for target in targets:
+            at_target = [run for run in runs if run["target"] == target]
+            if not at_target:
+                continue
+            accuracy = np.mean([100 * run["accuracy"] for run in at_target])
+            emptied = np.mean([sum(s == 1.0 for s in run["depthwise"]) for run in at_target])
+            count = len(at_target[0]["depthwise"])
+            rows.append(
+                f"| {title} | {100 * target:.0f}% | {accuracy:.2f} ± {np.std([100 * r['accuracy'] for r in at_target]):.2f} | "
+                f"{100 * np.mean([run['sparsity_all'] for run in at_target]):.2f}% | "
+                f"{100 * np.mean([np.mean(run['depthwise']) for run in at_target]):.1f}% | {emptied:.1f} of {count} |"
+            )
+            if emptied > 0:
+                sentences.append(f"- {title} at {100 * target:.0f}%: SparsityBudget emptied {emptied:.1f} of {count} "
+                                 f"DepthwiseConv2D layers (test accuracy {accuracy:.2f}%).")  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "STR with the DepthwiseConv2D kernels pruned too (`tfprune.sparsify(model)` with no `skip`; TFMOT 0.8 cannot "
+        "prune them), same dense weights, epochs and SparsityBudget; the target now counts every Conv2D, "
+        "DepthwiseConv2D and Dense kernel. 'Emptied': depthwise layers left with no non-zero weight (mean over seeds).",
+        "",
+        "| Model | Target | Test accuracy (%) | Achieved sparsity (all kernels) | Mean depthwise sparsity | Emptied depthwise layers |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows, "",
+        *(["Where pruning the depthwise kernels goes wrong (an emptied depthwise layer cuts the network; keep them "
+           "dense with `tfprune.sparsify(model, skip=[...their names])`, as the table above does):", "", *sentences]
+          if sentences else ["No depthwise layer was emptied in this run."]),
+        "",
+    ]  # fmt: skip
+
+
 def step_time_behind(title, medians):
     """Sentences for an architecture whose STR step-time ratio exceeds TFMOT's (each to its own plain model).
 
@@ -459,6 +528,8 @@ def main(argv=None):
         pathlib.Path(args.tfmot_worker[1]).write_text(json.dumps([WORKERS[job["kind"]](job) for job in jobs]))
         return 0
 
+    import keras
+
     import tfprune
 
     seeds = range(1 if args.quick else args.seeds)
@@ -478,7 +549,8 @@ def main(argv=None):
                 f"{title}: batch {batch_size}, {dense_epochs} dense epoch(s), then {pruning_epochs} pruning epoch(s) "
                 f"({len(data['x_train'])} train / {len(data['x_test'])} test images)."
             )
-            ours[architecture] = {"tfprune STR": [], "dense": [], "macs": None}
+            ours[architecture] = {"tfprune STR": [], "dense": [], "macs": None, "depthwise too": []}
+            depthwise = has_depthwise(ARCHITECTURES[architecture][1](keras))
             weights = {}
             for seed in seeds:
                 dense_weights, dense_accuracy, ours[architecture]["macs"] = train_dense(architecture, data, seed, dense_epochs)
@@ -489,6 +561,11 @@ def main(argv=None):
                     print(title, "STR", run["seed"], run["target"], run["accuracy"],
                           "per-layer sparsity", np.round(run["layers"], 3).tolist(), flush=True)  # fmt: skip
                     ours[architecture]["tfprune STR"].append(run)
+                    if depthwise:
+                        run = run_str(architecture, data, dense_weights, seed, target, pruning_epochs, depthwise=True)
+                        print(title, "STR with depthwise", run["seed"], run["target"], run["accuracy"],
+                              "depthwise sparsity", np.round(run["depthwise"], 3).tolist(), flush=True)  # fmt: skip
+                        ours[architecture]["depthwise too"].append(run)
             data_path = os.path.join(directory, f"{architecture}.npz")
             np.savez(data_path, **data, **weights)
             jobs.append(dict(kind="accuracy", architecture=architecture, data=data_path, seeds=list(seeds),
@@ -540,6 +617,7 @@ def main(argv=None):
         *accuracy_table, "",
         "Where tfprune is behind TFMOT (mean accuracy, or MACs of the budget):", "",
         *behind(all_results, targets, all_macs), "",
+        *depthwise_table({ARCHITECTURES[a][0]: ours[a]["depthwise too"] for a in architectures}, targets),
     ]  # fmt: skip
     step_text = [
         STEP_TIME_SECTION, "", setting, "",

@@ -66,3 +66,21 @@ def test_export_litert_slower_than_dense_matches_quantization_and_threads():
     assert lines[1:] == ["- zeros (quantize none), 1 thread(s): 1.200 ms vs 1.000 ms dense (1.20x).", ""]
     del latencies["zeros", "none"]
     assert export_litert.slower_than_dense(latencies) == []
+
+
+def test_str_vs_tfmot_depthwise_table_counts_emptied_layers_per_target():
+    runs = [
+        dict(target=0.9, accuracy=0.90, sparsity_all=0.9, depthwise=[0.5, 0.7, 0.9]),
+        dict(target=0.9, accuracy=0.80, sparsity_all=0.9, depthwise=[0.5, 0.7, 0.8]),
+        dict(target=0.98, accuracy=0.10, sparsity_all=0.98, depthwise=[1.0, 1.0, 0.9]),
+        dict(target=0.98, accuracy=0.20, sparsity_all=0.98, depthwise=[1.0, 0.99, 0.9]),
+    ]
+    lines = str_vs_tfmot.depthwise_table({"Net": runs, "CNN": []}, [0.9, 0.98])
+    rows = [line for line in lines if line.startswith("| Net")]
+    assert rows == [
+        "| Net | 90% | 85.00 ± 5.00 | 90.00% | 68.3% | 0.0 of 3 |",
+        "| Net | 98% | 15.00 ± 5.00 | 98.00% | 96.5% | 1.5 of 3 |",
+    ]
+    assert "- Net at 98%: SparsityBudget emptied 1.5 of 3 DepthwiseConv2D layers (test accuracy 15.00%)." in lines
+    assert not any("at 90%" in line for line in lines)
+    assert str_vs_tfmot.depthwise_table({"CNN": []}, [0.9]) == []
