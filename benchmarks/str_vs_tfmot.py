@@ -24,7 +24,10 @@ The MACs of each method's budget are the kernel multiply-accumulates that
 touch a non-zero weight, next to those of the uniform budget (every layer at
 the target). The TFMOT side runs in its own process under
 `TF_USE_LEGACY_KERAS=1` with the interpreter chosen by
-`benchmarks.tfmot_compare.tfmot_python`.
+`benchmarks.tfmot_compare.tfmot_python`. For architectures with depthwise
+layers, a further STR run per seed and target prunes the DepthwiseConv2D
+kernels too (what TFMOT cannot do) and its table names the depthwise layers
+that SparsityBudget empties.
 
 Table 2. `train_on_batch` step time of the plain model, of its STR version
 (alone and with SparsityBudget's per-batch rescaling) and, in the TFMOT
