@@ -91,9 +91,14 @@ ARCHITECTURES = {
 }
 
 
+def layers_of(model, kinds):
+    """The layers of a model whose class name is in `kinds`, in layer order."""
+    return [layer for layer in model.layers if type(layer).__name__ in kinds]
+
+
 def prunable_layers(model):
     """The layers both methods prune (Conv2D and Dense, see `PRUNABLE`), in layer order."""
-    return [layer for layer in model.layers if type(layer).__name__ in PRUNABLE]
+    return layers_of(model, PRUNABLE)
 
 
 def kernel_of(layer):
@@ -104,7 +109,7 @@ def kernel_of(layer):
 
 def layer_sparsities(model, kinds=PRUNABLE):
     """Share of exact zeros in the kernel of each layer of `kinds` (class names), and over all of them."""
-    kernels = [kernel_of(layer) for layer in model.layers if type(layer).__name__ in kinds]
+    kernels = [kernel_of(layer) for layer in layers_of(model, kinds)]
     zeros = [float(np.sum(kernel == 0)) for kernel in kernels]
     return [z / kernel.size for z, kernel in zip(zeros, kernels)], sum(zeros) / sum(k.size for k in kernels)
 
@@ -295,12 +300,12 @@ def str_model(model, depthwise=False):
 
     if depthwise:
         return tfprune.sparsify(model)
-    return tfprune.sparsify(model, skip=[layer.name for layer in model.layers if type(layer).__name__ == "DepthwiseConv2D"])
+    return tfprune.sparsify(model, skip=[layer.name for layer in layers_of(model, ("DepthwiseConv2D",))])
 
 
 def has_depthwise(model):
     """Whether a model has a DepthwiseConv2D layer."""
-    return any(type(layer).__name__ == "DepthwiseConv2D" for layer in model.layers)
+    return bool(layers_of(model, ("DepthwiseConv2D",)))
 
 
 def run_str(architecture, data, dense_weights, seed, target, pruning_epochs, depthwise=False):
