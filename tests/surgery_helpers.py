@@ -3,18 +3,31 @@
 import numpy as np
 
 
-def kill_channels(model, group, channels):
+def random_weights(model, seed=0):
+    """Non-trivial weights, BN statistics included, so that slicing errors show."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        value = rng.normal(0.0, 0.5, weight.shape)
+        if "moving_variance" in weight.path:
+            value = rng.uniform(0.5, 1.5, weight.shape)
+        weight.assign(value.astype("float32"))
+    return model
+
+
+def kill_channels(model, group, channels, roles=("output", "param")):
     """Zeroes, in place, every producer and per-channel weight of `channels`.
 
     Producer filters and biases become 0, so the channels are 0 right after
     each producer; BatchNormalization beta and moving mean become 0 (moving
     variance 1) and depthwise kernels/biases 0, so they stay 0 through every
-    zero-preserving layer. Consumers then read exact zeros from them.
+    zero-preserving layer. Consumers then read exact zeros from them. With
+    `"input"` in `roles` the consumers' rows of the channels are zeroed too,
+    so that nothing reads them whatever the layers in between make of a zero.
     """
     wanted = set(int(channel) for channel in channels)
     weights = {weight.path: weight for weight in model.weights}
     for member in group.members:
-        if member.role == "input":
+        if member.role not in roles:
             continue
         positions = [p for p, c in zip(member.positions, member.channels) if c in wanted]
         for path, axis in member.weights:

@@ -375,3 +375,39 @@ def test_unknown_group_name_lists_known_ones():
         graph["nope"]
     assert len(graph) == 3 and "conv1" in graph
     assert repr(graph) == "<ChannelGraph: 3 groups, 1 prunable>"
+
+
+def _suggested_registrations(message):
+    """The `tfprune.graph.register_handler(...)` calls a refusal suggests, as code."""
+    import re
+
+    return re.findall(r"`(tfprune\.graph\.register_handler\(.*?\))`", message)
+
+
+@pytest.mark.parametrize("choice", [0, 1])
+def test_refusal_suggests_a_registration_that_works_for_a_layer(choice):
+    with pytest.raises(tfprune.graph.UnknownOperationError) as refusal:
+        tfprune.graph.build(scale_model())
+    assert refusal.value.operation.name == "scale"
+    suggestions = _suggested_registrations(str(refusal.value))
+    assert len(suggestions) == 2
+    try:
+        eval(suggestions[choice], {"tfprune": tfprune, "Scale": Scale})
+        graph = tfprune.graph.build(scale_model())
+    finally:
+        handlers._HANDLERS.pop(Scale)
+    assert graph["dense"].prunable == (choice == 1)  # Freeze leaves it alone, Preserve passes channels
+
+
+def test_refusal_suggests_a_registration_that_works_for_an_operation():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(keras.ops.sin(layers.Dense(5, name="dense")(inputs))))
+    with pytest.raises(tfprune.graph.UnknownOperationError) as refusal:
+        tfprune.graph.build(model)
+    preserve = _suggested_registrations(str(refusal.value))[1]
+    assert preserve == "tfprune.graph.register_handler('Sin', tfprune.graph.Preserve())"
+    try:
+        eval(preserve, {"tfprune": tfprune})
+        assert tfprune.graph.build(model)["dense"].prunable
+    finally:
+        handlers._HANDLERS.pop("Sin")

@@ -34,11 +34,16 @@ graph["expanded_conv_1_expand"]     # a group by name
 Roles: `"output"` (a producer's output channels: conv/dense kernel last axis
 and bias), `"input"` (a consumer's input-channel axis) and `"param"`
 (per-channel parameters of a channel-preserving layer: BatchNormalization,
-LayerNormalization over channels, depthwise kernels and biases).
+PReLU, depthwise kernels and biases).
 
 A group is not prunable when its channels reach a model input or output, or
 pass through an operation tfprune cannot resize (a grouped convolution, a
-Softmax over channels, a reshape that splits channels ...). Unknown layers
+reshape that splits channels ...) or that couples the channels, so that
+removing one, even a dead one, would change the others: a softmax,
+normalisation or reduction over the channel axis, whether a layer
+(`Softmax`, `LayerNormalization`, ...), an activation (`Activation("softmax")`,
+`Dense(..., activation="softmax")`) or a `keras.ops` call (`ops.sum(x,
+axis=-1)`); an activation function tfprune does not know is frozen too. Unknown layers
 and operations are refused by name; teach tfprune about them with
 `register_handler(layer_class_or_op_name, handler)`: `Preserve()` for a
 channel-preserving layer, `Freeze(reason)` for one that must not be resized,
@@ -68,10 +73,50 @@ __all__ = [
     "Member",
     "Preserve",
     "Tracer",
+    "UnknownOperationError",
     "build",
     "flatten",
     "register_handler",
 ]
+
+
+class UnknownOperationError(ValueError):
+    """A model holds a layer or operation that tfprune has no channel handler for.
+
+    Raised by `build(model)` (and so by `tfprune.prune`, the surgery and the
+    searches) when `unknown="raise"`. The message says how to register a
+    handler; `operation` is the offending layer or operation.
+
+    Args:
+        operation: The layer or operation without a handler.
+
+    Example:
+
+    >>> class Scale(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return x * 2.0
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, Scale(name="scale")(keras.layers.Dense(3)(inputs)))
+    >>> try:
+    ...     tfprune.graph.build(model)
+    ... except tfprune.graph.UnknownOperationError as error:
+    ...     print(error.operation.name)
+    scale
+    """
+
+    def __init__(self, operation):
+        self.operation = operation
+        kind = type(operation)
+        # Layers are registered by class, other operations by class name.
+        key = kind.__name__ if isinstance(operation, keras.layers.Layer) else repr(kind.__name__)
+        super().__init__(
+            f"tfprune has no channel handler for operation '{operation.name}' of type "
+            f"{kind.__module__}.{kind.__name__}; register one before pruning, e.g. "
+            f"`tfprune.graph.register_handler({key}, tfprune.graph.Freeze('{kind.__name__} is not "
+            "pruned'))` to leave the channels around it alone, or "
+            f"`tfprune.graph.register_handler({key}, tfprune.graph.Preserve())` if its output "
+            "channel c is its input channel c."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +264,9 @@ def build(model, unknown="raise"):
 
     Raises:
         TypeError: If `model` is not a Keras model or is subclassed.
-        ValueError: If the model is not built, contains a nested model, or
-            (with `unknown="raise"`) an operation without a handler.
+        ValueError: If the model is not built or contains a nested model.
+        UnknownOperationError: A `ValueError`, with `unknown="raise"`, for an
+            operation without a handler.
 
     Example:
 
@@ -342,11 +388,7 @@ def _trace_node(node, tracer, unknown):
         handler = handler_for(operation)
     if handler is None:
         if unknown == "raise":
-            raise ValueError(
-                f"tfprune has no channel handler for operation '{operation.name}' of type "
-                f"{type(operation).__module__}.{type(operation).__name__}; register one with "
-                "`tfprune.graph.register_handler(...)` or build the graph with unknown='freeze'."
-            )
+            raise UnknownOperationError(operation)
         handler = handlers.Freeze(f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
     outputs = handler.trace(node, tracer)
     for tensor, channels in zip(node.outputs, outputs):

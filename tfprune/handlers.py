@@ -128,6 +128,8 @@ class Tracer:
         Raises:
             ValueError: If the arrays differ in length.
         """
+        if not channel_arrays:
+            return
         first = channel_arrays[0]
         for other in channel_arrays[1:]:
             if len(other) != len(first):
@@ -282,7 +284,7 @@ class Freeze(Handler):
             tracer.pin(tracer.channels(tensor), self.reason)
         outputs = []
         for tensor in node.outputs:
-            channels = tracer.new_channels(tensor.shape[-1], node.operation.name)
+            channels = tracer.new_channels(_width(tensor), node.operation.name)
             tracer.pin(channels, self.reason)
             outputs.append(channels)
         return outputs
@@ -304,13 +306,70 @@ class Preserve(Handler):
         return [tracer.channels(node.input_tensors[0])]
 
 
+# Activations (keras.activations names) that map channel `c` to channel `c`
+# alone. The ones in _CHANNEL_MIXING_ACTIVATIONS normalise over (softmax,
+# log_softmax, sparsemax) or split (glu) the channel axis: removing a channel,
+# even a dead one, changes the values of the others.
+_ELEMENTWISE_ACTIVATIONS = (
+    "celu elu exponential gelu hard_shrink hard_sigmoid hard_silu hard_swish hard_tanh "
+    "leaky_relu linear log_sigmoid mish relu relu6 selu sigmoid silu soft_shrink softplus "
+    "softsign sparse_plus sparse_sigmoid squareplus swish tanh tanh_shrink threshold"
+).split()
+_CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax", "sparsemax", "glu")
+
+
+def _activation_names(names):
+    functions = {}
+    for name in names:
+        try:
+            functions[keras.activations.get(name)] = name
+        except ValueError:  # a name this Keras version does not have
+            continue
+    return functions
+
+
+_ELEMENTWISE_FUNCTIONS = _activation_names(_ELEMENTWISE_ACTIVATIONS)
+_MIXING_FUNCTIONS = _activation_names(_CHANNEL_MIXING_ACTIVATIONS)
+
+
+def channel_mixing_activation(layer):
+    """Why `layer`'s `activation` couples its output channels, or None.
+
+    Args:
+        layer: A Keras layer; layers without an `activation` attribute pass.
+
+    Returns:
+        None when the activation acts on each channel alone (relu, swish, ...
+        or no activation), else a reason for `Freeze`: the activation mixes
+        channels (softmax, log_softmax, sparsemax, glu), or it is a function
+        tfprune does not know (it might).
+
+    Example:
+
+    >>> tfprune.handlers.channel_mixing_activation(keras.layers.Dense(4, activation="relu")) is None
+    True
+    >>> tfprune.handlers.channel_mixing_activation(keras.layers.Dense(4, activation="softmax", name="probs"))
+    "'probs' applies activation 'softmax' over the channel axis"
+    """
+    activation = getattr(layer, "activation", None)
+    if activation is None or activation in _ELEMENTWISE_FUNCTIONS:
+        return None
+    if activation in _MIXING_FUNCTIONS:
+        return f"'{layer.name}' applies activation '{_MIXING_FUNCTIONS[activation]}' over the channel axis"
+    name = getattr(activation, "__name__", type(activation).__name__)
+    return (
+        f"'{layer.name}' applies activation '{name}', which tfprune does not know to act on "
+        "each channel alone"
+    )
+
+
 class _PerChannel(Handler):
     """Channel-preserving layers whose weights hold one value per channel.
 
     Every weight whose last axis has the channel count is sliced on it
-    (BatchNormalization gamma/beta/moving stats, LayerNormalization gamma and
-    beta, PReLU alpha). Layers normalising over more than the channel axis
-    are frozen, since removing a channel would change the other outputs.
+    (BatchNormalization gamma/beta/moving stats, PReLU alpha). A
+    BatchNormalization whose `axis` is not the channel axis is frozen: its
+    statistics would then be shared across channels.
     """
 
     def trace(self, node, tracer):
@@ -327,6 +386,15 @@ class _PerChannel(Handler):
             if len(weight.shape) and weight.shape[-1] == len(channels) and len(channels) > 1:
                 tracer.use(layer, weight, -1, channels, "param")
         return [channels]
+
+
+def _pin_if_mixing(layer, channels, tracer):
+    """Pins a layer's output channels when its `activation` couples them."""
+    reason = channel_mixing_activation(layer)
+    if reason is not None:
+        tracer.pin(channels, reason)
+    return channels
+
 
 
 class _Producer(Handler):
@@ -349,7 +417,7 @@ class _Producer(Handler):
         tracer.use(layer, layer.kernel, self.input_axis, inputs, "input")
         tracer.use(layer, layer.kernel, self.output_axis, outputs, "output")
         tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "output")
-        return [outputs]
+        return [_pin_if_mixing(layer, outputs, tracer)]
 
     def resize(self, config, output_width):
         config[self.width_key] = output_width
@@ -365,7 +433,7 @@ class _Depthwise(Handler):
         outputs = np.repeat(inputs, layer.depth_multiplier)
         tracer.use(layer, layer.kernel, -2, inputs, "param")
         tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "param")
-        return [outputs]
+        return [_pin_if_mixing(layer, outputs, tracer)]
 
 
 class _Separable(Handler):
@@ -379,16 +447,24 @@ class _Separable(Handler):
         tracer.use(layer, layer.pointwise_kernel, -2, np.repeat(inputs, layer.depth_multiplier), "input")
         tracer.use(layer, layer.pointwise_kernel, -1, outputs, "output")
         tracer.use(layer, getattr(layer, "bias", None), 0, outputs, "output")
-        return [outputs]
+        return [_pin_if_mixing(layer, outputs, tracer)]
 
     def resize(self, config, output_width):
         config["filters"] = output_width
         return config
 
 
+def _width(tensor):
+    """Size of a tensor's channel (last) axis; a scalar counts as one channel."""
+    return tensor.shape[-1] if len(tensor.shape) else 1
+
+
 def _is_constant_per_channel(value):
     """True for a non-tensor argument that broadcasts over several channels."""
-    shape = np.shape(value)
+    try:
+        shape = np.shape(value)
+    except ValueError:  # a ragged list: not an array constant
+        return False
     return len(shape) > 0 and shape[-1] > 1
 
 
@@ -406,14 +482,22 @@ class _Elementwise(Handler):
 
     def trace(self, node, tracer):
         tensors = node.input_tensors
-        for value in node.arguments.args:
-            if not hasattr(value, "_keras_history") and not isinstance(value, (list, tuple)):
-                if _is_constant_per_channel(value):
-                    channels = tracer.channels(tensors[0])
-                    tracer.pin(channels, f"'{node.operation.name}' uses a constant with one value per channel")
-        widest = max(tensors, key=lambda tensor: tensor.shape[-1] or 0)
+        # Constants come as call arguments (`x * w`) or, for some operations
+        # (`keras.ops.clip(x, low, high)`), as attributes of the operation.
+        attributes = [
+            value
+            for value in vars(node.operation).values()
+            if isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype"))
+        ] if not isinstance(node.operation, keras.layers.Layer) else []
+        for value in [*node.arguments.args, *node.arguments.kwargs.values(), *attributes]:
+            if any(hasattr(item, "_keras_history") for item in keras.tree.flatten(value)):
+                continue
+            if _is_constant_per_channel(value):
+                channels = tracer.channels(tensors[0])
+                tracer.pin(channels, f"'{node.operation.name}' uses a constant with one value per channel")
+        widest = max(tensors, key=lambda tensor: _width(tensor) or 0)
         channels = tracer.channels(widest)
-        coupled = [tracer.channels(tensor) for tensor in tensors if tensor.shape[-1] != 1 or len(channels) == 1]
+        coupled = [tracer.channels(tensor) for tensor in tensors if _width(tensor) != 1 or len(channels) == 1]
         tracer.couple(*coupled)
         if self.gating and len(tensors) > 1:
             tracer._gates.update(channels.tolist())
@@ -468,13 +552,38 @@ class _Rescaling(Handler):
         return [channels]
 
 
-class _Softmax(Handler):
+class _OverAxis(Handler):
+    """Softmax, normalisations and reductions: they compute over `axis`.
+
+    Over the channel axis (or every axis, `axis=None`) they couple all
+    channels: removing one, even a dead one, changes the values of the
+    others (a softmax's denominator, a norm, a mean), so the channels are
+    frozen. Over other axes every channel is computed on its own and passes
+    through (`keras.ops.mean(x, axis=[1, 2])` is a global average pooling);
+    weights, if any, are laid out along those other axes and are not sliced.
+    """
+
+    def __init__(self, verb):
+        self.verb = verb
+
     def trace(self, node, tracer):
-        layer = node.operation
-        rank = len(node.input_tensors[0].shape)
-        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        if rank - 1 in [axis % rank for axis in axes]:
-            return Freeze(f"'{layer.name}' normalises over the channel axis").trace(node, tracer)
+        operation = node.operation
+        source, output = node.input_tensors[0], node.outputs[0]
+        rank = len(source.shape)
+        axis = getattr(operation, "axis", -1)
+        axes = range(rank) if axis is None else axis if isinstance(axis, (list, tuple)) else [axis]
+        if rank - 1 in [value % rank for value in axes] or _width(output) != _width(source):
+            return Freeze(f"'{operation.name}' {self.verb} over the channel axis").trace(node, tracer)
+        return [tracer.channels(source)]
+
+
+class _Activation(Handler):
+    """The `Activation` layer: passes channels unless its function mixes them."""
+
+    def trace(self, node, tracer):
+        reason = channel_mixing_activation(node.operation)
+        if reason is not None:
+            return Freeze(reason).trace(node, tracer)
         return [tracer.channels(node.input_tensors[0])]
 
 
@@ -495,8 +604,12 @@ _LAYER_HANDLERS = {
     _layers.SeparableConv1D: _Separable(),
     _layers.SeparableConv2D: _Separable(),
     _layers.BatchNormalization: _PerChannel(),
-    _layers.LayerNormalization: _PerChannel(),
     _layers.PReLU: _PerChannel(),
+    _layers.Activation: _Activation(),
+    _layers.Softmax: _OverAxis("normalises"),
+    _layers.LayerNormalization: _OverAxis("normalises"),
+    _layers.RMSNormalization: _OverAxis("normalises"),
+    _layers.UnitNormalization: _OverAxis("normalises"),
     _layers.Add: _ELEMENTWISE,
     _layers.Subtract: _ELEMENTWISE,
     _layers.Multiply: _GATING,
@@ -507,12 +620,11 @@ _LAYER_HANDLERS = {
     _layers.Flatten: _Reshape(),
     _layers.Reshape: _Reshape(),
     _layers.Rescaling: _Rescaling(),
-    _layers.Softmax: _Softmax(),
     _layers.Normalization: Freeze("Normalization keeps per-channel statistics tfprune does not slice"),
     _layers.GroupNormalization: Freeze("GroupNormalization ties channels into groups"),
 }
 for _name in (
-    "Activation ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
+    "ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
     "GaussianNoise GaussianDropout AlphaDropout ActivityRegularization Identity "
     "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D "
     "UpSampling1D UpSampling2D UpSampling3D "
@@ -522,14 +634,25 @@ for _name in (
 ).split():
     _LAYER_HANDLERS[getattr(_layers, _name)] = _PRESERVE
 # Non-layer operations (what `x + 3.0`, `keras.ops.relu6(x)` record) by class name.
+# One-tensor operations go through `_Elementwise` too, so that a per-channel
+# constant argument (`keras.ops.clip(x, low, high)` with one bound per
+# channel) pins the channels instead of being left at its old length.
 for _name in (
-    "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Gelu Elu Selu LeakyRelu Softplus Tanh "
-    "Exp Abs Absolute Negative Square Sqrt Cast Clip"
+    "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Gelu Elu Selu Celu LeakyRelu Softplus Softsign "
+    "Tanh TanhShrink HardTanh SoftShrink HardShrink LogSigmoid Squareplus SparsePlus SparseSigmoid "
+    "Threshold Exp Expm1 Log Log1p Abs Absolute Negative Square Sqrt Rsqrt Reciprocal Cast Clip "
+    "Add Subtract Divide TrueDivide Maximum Minimum Power"
 ).split():
-    _LAYER_HANDLERS[_name] = _PRESERVE
-for _name in "Add Subtract Divide TrueDivide Maximum Minimum Power".split():
     _LAYER_HANDLERS[_name] = _ELEMENTWISE
 _LAYER_HANDLERS["Multiply"] = _GATING
+for _name, _verb in (
+    ("Softmax LogSoftmax Sparsemax Normalize LayerNorm RMSNorm", "normalises"),
+    ("Sum Mean Max Min Amax Amin Prod Any All Var Std Norm Logsumexp Argmax Argmin", "reduces"),
+    ("Cumsum Cumprod Sort", "orders or accumulates"),
+    ("Glu", "splits"),
+):
+    for _op_name in _name.split():
+        _LAYER_HANDLERS[_op_name] = _OverAxis(_verb)
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
 _HANDLERS.update(_LAYER_HANDLERS)
-del _name, _layers
+del _name, _op_name, _verb, _layers

@@ -1,0 +1,403 @@
+"""The channel-coupling audit: which operations let a channel go on its own.
+
+Every registered handler and every Keras activation is checked in a model
+`input -> Dense "first" -> producer -> operation -> Dense "consumer"`:
+
+- an operation that computes each channel alone keeps the producer's group
+  prunable, and removing provably dead channels (zero producer filters and
+  zero consumer rows) leaves the outputs unchanged to float tolerance;
+- an operation that couples channels (a softmax, normalisation or reduction
+  over the channel axis, as a layer, an `activation=` or a `keras.ops` call)
+  freezes the group: surgery refuses it, `prune` keeps every channel of it
+  and the outputs do not change; with the freeze switched off, removing
+  channels that no layer reads would change the kept values, which is why
+  the freeze is there.
+
+`test_every_registered_handler_is_audited` fails when a handler is added
+without a case here.
+"""
+
+import keras
+import numpy as np
+import pytest
+from surgery_helpers import kill_channels, random_weights
+
+import tfprune
+from tfprune import handlers
+
+layers = keras.layers
+ops = keras.ops
+TOLERANCE = 1e-5
+DEAD = (1, 4)  # channels of the producer's group (6 channels) killed by the tests
+FIRST_DEAD = (0, 3)  # channels of the "first" group (5 channels), always independent
+
+
+def build(operation, spatial=2, producer=None):
+    inputs = keras.Input((4,) * spatial + (3,), name="image")
+    x = layers.Dense(5, name="first")(inputs)
+    x = (producer or layers.Dense(6, name="producer"))(x)
+    if isinstance(operation, keras.layers.Layer):  # the tables hold one instance per case: copy it
+        operation = operation.__class__.from_config(operation.get_config())
+    x = operation(x)
+    return random_weights(keras.Model(inputs, layers.Dense(4, name="consumer")(x)))
+
+
+def kill(model, group, channels, roles=("output", "param", "input")):
+    """Kills `channels` at their producers and at every layer that reads them."""
+    kill_channels(model, group, channels, roles)
+
+
+def sample(model):
+    return np.random.default_rng(1).normal(size=(3, *model.input_shape[1:])).astype("float32")
+
+
+def assert_independent(model):
+    """The producer's group is prunable and its dead channels go without a trace."""
+    graph = tfprune.graph.build(model)
+    group = graph["producer"]
+    assert group.prunable, group.reason
+    kill(model, group, DEAD)
+    kill(model, graph["first"], FIRST_DEAD)
+    small = tfprune.surgery.remove_channels(model, {"producer": list(DEAD), "first": list(FIRST_DEAD)})
+    x = sample(model)
+    np.testing.assert_allclose(small(x), model(x), atol=TOLERANCE, rtol=TOLERANCE)
+    assert small.count_params() < model.count_params()
+
+
+def assert_coupled(model, reason):
+    """The producer's group is frozen: surgery refuses it, prune keeps it, outputs stay."""
+    graph = tfprune.graph.build(model)
+    group = graph["producer"]
+    assert not group.prunable
+    assert reason in group.reason
+    with pytest.raises(ValueError, match="Group 'producer' is not prunable"):
+        tfprune.surgery.remove_channels(model, {"producer": list(DEAD)})
+    kill(model, graph["first"], FIRST_DEAD)
+    small, result = tfprune.prune(model, "l1", threshold=0.0)
+    assert result.widths_after == {"first": 3}  # the frozen group was not even a candidate
+    x = sample(model)
+    np.testing.assert_allclose(small(x), model(x), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def assert_removal_would_change_outputs(model):
+    """With the freeze off, removing channels no layer reads still moves the outputs."""
+    group = tfprune.graph.build(model)["producer"]
+    assert group.prunable  # the caller switched the freeze off
+    kill(model, group, DEAD, roles=("input",))  # nobody reads them; the producer still writes them
+    small = tfprune.surgery.remove_channels(model, {"producer": list(DEAD)})
+    x = sample(model)
+    assert np.max(np.abs(np.asarray(small(x)) - np.asarray(model(x)))) > 1e-3
+
+
+# Activations: every name Keras knows, as an `Activation` layer and as `activation=`.
+
+ELEMENTWISE_ACTIVATIONS = [  # `threshold` needs arguments a string activation cannot give
+    name
+    for name in handlers._ELEMENTWISE_ACTIVATIONS
+    if name != "threshold" and keras.activations.get(name) in handlers._ELEMENTWISE_FUNCTIONS
+]
+# Keras cannot build a model with activation="glu" (the layer's symbolic output
+# keeps the channel count that glu halves); `keras.ops.glu` is audited below.
+MIXING_ACTIVATIONS = [name for name in handlers._CHANNEL_MIXING_ACTIVATIONS if name != "glu"]
+SHAPE_PRESERVING_MIXING = ("softmax", "log_softmax")
+
+
+def test_the_activation_tables_cover_every_keras_activation():
+    from keras.src.activations import ALL_OBJECTS_DICT  # no public list of activation names exists
+
+    known = set(handlers._ELEMENTWISE_ACTIVATIONS) | set(handlers._CHANNEL_MIXING_ACTIVATIONS)
+    assert set(ALL_OBJECTS_DICT) <= known
+    assert not set(handlers._ELEMENTWISE_ACTIVATIONS) & set(handlers._CHANNEL_MIXING_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE_ACTIVATIONS)
+def test_elementwise_activation_layer_keeps_channels_independent(name):
+    assert_independent(build(layers.Activation(name, name="act")))
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE_ACTIVATIONS)
+def test_elementwise_activation_argument_keeps_channels_independent(name):
+    assert_independent(build(lambda x: x, producer=layers.Dense(6, activation=name, name="producer")))
+
+
+@pytest.mark.parametrize("name", MIXING_ACTIVATIONS)
+def test_channel_mixing_activation_layer_freezes_the_group(name):
+    assert_coupled(build(layers.Activation(name, name="act")), f"'act' applies activation '{name}'")
+
+
+@pytest.mark.parametrize("name", MIXING_ACTIVATIONS)
+def test_channel_mixing_activation_argument_freezes_the_group(name):
+    model = build(lambda x: x, producer=layers.Dense(6, activation=name, name="producer"))
+    assert_coupled(model, f"'producer' applies activation '{name}' over the channel axis")
+
+
+@pytest.mark.parametrize("name", SHAPE_PRESERVING_MIXING)
+def test_without_the_freeze_a_mixing_activation_would_change_kept_values(name, monkeypatch):
+    layer_model = build(layers.Activation(name, name="act"))
+    argument_model = build(lambda x: x, producer=layers.Dense(6, activation=name, name="producer"))
+    monkeypatch.setattr(handlers, "channel_mixing_activation", lambda layer: None)
+    assert_removal_would_change_outputs(layer_model)
+    assert_removal_would_change_outputs(argument_model)
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+def doubled(x):
+    return x * 2.0
+
+
+def test_unknown_activation_function_freezes_the_group():
+    model = build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer"))
+    assert_coupled(model, "applies activation 'doubled', which tfprune does not know to act on each channel alone")
+
+
+# Every producer class, with an elementwise and with a channel-mixing activation.
+
+PRODUCERS = {
+    layers.Conv1D: (1, lambda **kw: layers.Conv1D(6, 1, name="producer", **kw)),
+    layers.Conv2D: (2, lambda **kw: layers.Conv2D(6, 3, padding="same", name="producer", **kw)),
+    layers.Conv3D: (3, lambda **kw: layers.Conv3D(6, 1, name="producer", **kw)),
+    layers.Conv1DTranspose: (1, lambda **kw: layers.Conv1DTranspose(6, 2, name="producer", **kw)),
+    layers.Conv2DTranspose: (2, lambda **kw: layers.Conv2DTranspose(6, 2, name="producer", **kw)),
+    layers.Conv3DTranspose: (3, lambda **kw: layers.Conv3DTranspose(6, 1, name="producer", **kw)),
+    layers.Dense: (1, lambda **kw: layers.Dense(6, name="producer", **kw)),
+    layers.SeparableConv1D: (1, lambda **kw: layers.SeparableConv1D(6, 3, padding="same", name="producer", **kw)),
+    layers.SeparableConv2D: (2, lambda **kw: layers.SeparableConv2D(6, 3, padding="same", name="producer", **kw)),
+}
+# Depthwise convs do not make channels: they sit between the producer and the consumer.
+DEPTHWISE = {
+    layers.DepthwiseConv1D: (1, lambda **kw: layers.DepthwiseConv1D(3, padding="same", name="depthwise", **kw)),
+    layers.DepthwiseConv2D: (2, lambda **kw: layers.DepthwiseConv2D(3, padding="same", name="depthwise", **kw)),
+}
+
+
+@pytest.mark.parametrize("layer_class", list(PRODUCERS), ids=lambda cls: cls.__name__)
+def test_every_producer_with_elementwise_activation_is_independent(layer_class):
+    spatial, make = PRODUCERS[layer_class]
+    assert_independent(build(lambda x: x, spatial, producer=make(activation="relu")))
+
+
+@pytest.mark.parametrize("layer_class", list(PRODUCERS), ids=lambda cls: cls.__name__)
+def test_every_producer_with_softmax_activation_is_frozen(layer_class):
+    spatial, make = PRODUCERS[layer_class]
+    model = build(lambda x: x, spatial, producer=make(activation="softmax"))
+    assert_coupled(model, "'producer' applies activation 'softmax'")
+
+
+@pytest.mark.parametrize("layer_class", list(DEPTHWISE), ids=lambda cls: cls.__name__)
+def test_depthwise_with_elementwise_or_mixing_activation(layer_class):
+    spatial, make = DEPTHWISE[layer_class]
+    assert_independent(build(make(activation="relu6"), spatial))
+    assert_coupled(build(make(activation="softmax"), spatial), "'depthwise' applies activation 'softmax'")
+    assert_coupled(build(make(activation="log_softmax"), spatial), "'depthwise' applies activation 'log_softmax'")
+
+
+# Layers and operations between the producer and the consumer: (handler key,
+# spatial rank, operation). Keys are layer classes or operation class names.
+
+INDEPENDENT = [
+    (layers.ReLU, 2, layers.ReLU()),
+    (layers.LeakyReLU, 2, layers.LeakyReLU(0.2)),
+    (layers.ELU, 2, layers.ELU()),
+    (layers.PReLU, 2, layers.PReLU()),
+    (layers.BatchNormalization, 2, layers.BatchNormalization()),
+    (layers.Dropout, 2, layers.Dropout(0.5)),
+    (layers.SpatialDropout1D, 1, layers.SpatialDropout1D(0.5)),
+    (layers.SpatialDropout2D, 2, layers.SpatialDropout2D(0.5)),
+    (layers.SpatialDropout3D, 3, layers.SpatialDropout3D(0.5)),
+    (layers.GaussianNoise, 2, layers.GaussianNoise(0.5)),
+    (layers.GaussianDropout, 2, layers.GaussianDropout(0.5)),
+    (layers.AlphaDropout, 2, layers.AlphaDropout(0.5)),
+    (layers.ActivityRegularization, 2, layers.ActivityRegularization(l1=0.1)),
+    (layers.Identity, 2, layers.Identity()),
+    (layers.ZeroPadding1D, 1, layers.ZeroPadding1D(1)),
+    (layers.ZeroPadding2D, 2, layers.ZeroPadding2D(1)),
+    (layers.ZeroPadding3D, 3, layers.ZeroPadding3D(1)),
+    (layers.Cropping1D, 1, layers.Cropping1D(1)),
+    (layers.Cropping2D, 2, layers.Cropping2D(1)),
+    (layers.Cropping3D, 3, layers.Cropping3D(1)),
+    (layers.UpSampling1D, 1, layers.UpSampling1D(2)),
+    (layers.UpSampling2D, 2, layers.UpSampling2D(2)),
+    (layers.UpSampling3D, 3, layers.UpSampling3D(2)),
+    (layers.MaxPooling1D, 1, layers.MaxPooling1D(2)),
+    (layers.MaxPooling2D, 2, layers.MaxPooling2D(2)),
+    (layers.MaxPooling3D, 3, layers.MaxPooling3D(2)),
+    (layers.AveragePooling1D, 1, layers.AveragePooling1D(2)),
+    (layers.AveragePooling2D, 2, layers.AveragePooling2D(2)),
+    (layers.AveragePooling3D, 3, layers.AveragePooling3D(2)),
+    (layers.GlobalAveragePooling1D, 1, layers.GlobalAveragePooling1D()),
+    (layers.GlobalAveragePooling2D, 2, layers.GlobalAveragePooling2D()),
+    (layers.GlobalAveragePooling3D, 3, layers.GlobalAveragePooling3D()),
+    (layers.GlobalMaxPooling1D, 1, layers.GlobalMaxPooling1D()),
+    (layers.GlobalMaxPooling2D, 2, layers.GlobalMaxPooling2D()),
+    (layers.GlobalMaxPooling3D, 3, layers.GlobalMaxPooling3D()),
+    (layers.Flatten, 2, layers.Flatten()),
+    (layers.Reshape, 2, layers.Reshape((16, 6))),
+    (layers.Rescaling, 2, layers.Rescaling(0.5, offset=0.1)),
+    (layers.Softmax, 2, layers.Softmax(axis=[1, 2])),
+    (layers.LayerNormalization, 2, layers.LayerNormalization(axis=[1, 2])),
+    (layers.UnitNormalization, 2, layers.UnitNormalization(axis=1)),
+    (layers.Add, 2, lambda x: layers.Add()([x, layers.ReLU()(x)])),
+    (layers.Subtract, 2, lambda x: layers.Subtract()([x, layers.ReLU()(x)])),
+    (layers.Multiply, 2, lambda x: layers.Multiply()([x, layers.ReLU()(x)])),
+    (layers.Maximum, 2, lambda x: layers.Maximum()([x, layers.ReLU()(x)])),
+    (layers.Minimum, 2, lambda x: layers.Minimum()([x, layers.ReLU()(x)])),
+    (layers.Average, 2, lambda x: layers.Average()([x, layers.ReLU()(x)])),
+    (layers.Concatenate, 2, lambda x: layers.Concatenate()([x, layers.ReLU()(x)])),
+    ("Concatenate", 2, lambda x: ops.concatenate([x, ops.relu(x)], axis=1)),
+    ("Relu", 2, ops.relu),
+    ("Relu6", 2, ops.relu6),
+    ("Sigmoid", 2, ops.sigmoid),
+    ("HardSigmoid", 2, ops.hard_sigmoid),
+    ("HardSilu", 2, ops.hard_silu),
+    ("Silu", 2, ops.silu),
+    ("Gelu", 2, ops.gelu),
+    ("Elu", 2, ops.elu),
+    ("Selu", 2, ops.selu),
+    ("Celu", 2, ops.celu),
+    ("LeakyRelu", 2, ops.leaky_relu),
+    ("Softplus", 2, ops.softplus),
+    ("Softsign", 2, ops.softsign),
+    ("Tanh", 2, ops.tanh),
+    ("TanhShrink", 2, ops.tanh_shrink),
+    ("HardTanh", 2, ops.hard_tanh),
+    ("SoftShrink", 2, ops.soft_shrink),
+    ("HardShrink", 2, ops.hard_shrink),
+    ("LogSigmoid", 2, ops.log_sigmoid),
+    ("Squareplus", 2, ops.squareplus),
+    ("SparsePlus", 2, ops.sparse_plus),
+    ("SparseSigmoid", 2, ops.sparse_sigmoid),
+    ("Threshold", 2, lambda x: ops.threshold(x, 0.1, 0.0)),
+    ("Exp", 2, ops.exp),
+    ("Expm1", 2, ops.expm1),
+    ("Log", 2, lambda x: ops.log(ops.square(x) + 1.0)),
+    ("Log1p", 2, lambda x: ops.log1p(ops.abs(x))),
+    ("Abs", 2, ops.abs),
+    ("Absolute", 2, ops.absolute),
+    ("Negative", 2, ops.negative),
+    ("Square", 2, ops.square),
+    ("Sqrt", 2, lambda x: ops.sqrt(ops.abs(x))),
+    ("Rsqrt", 2, lambda x: ops.rsqrt(ops.abs(x) + 1.0)),
+    ("Reciprocal", 2, lambda x: ops.reciprocal(ops.abs(x) + 1.0)),
+    ("Cast", 2, lambda x: ops.cast(x, "float32")),
+    ("Clip", 2, lambda x: ops.clip(x, -0.5, 0.5)),
+    ("Add", 2, lambda x: x + 3.0),
+    ("Subtract", 2, lambda x: x - ops.relu(x)),
+    ("Multiply", 2, lambda x: x * ops.sigmoid(x)),
+    ("Divide", 2, lambda x: ops.divide(x, 2.0)),
+    ("TrueDivide", 2, lambda x: ops.true_divide(x, 2.0)),
+    ("Maximum", 2, lambda x: ops.maximum(x, 0.1)),
+    ("Minimum", 2, lambda x: ops.minimum(x, 0.1)),
+    ("Power", 2, lambda x: ops.power(x, 2.0)),
+    ("Softmax", 2, lambda x: ops.softmax(x, axis=1)),
+    ("LogSoftmax", 2, lambda x: ops.log_softmax(x, axis=1)),
+    ("Sparsemax", 2, lambda x: ops.sparsemax(x, axis=1)),
+    ("Normalize", 2, lambda x: ops.normalize(x, axis=1)),
+    ("Sum", 2, lambda x: ops.sum(x, axis=[1, 2])),
+    ("Mean", 2, lambda x: ops.mean(x, axis=[1, 2])),
+    ("Max", 2, lambda x: ops.max(x, axis=1)),
+    ("Min", 2, lambda x: ops.min(x, axis=1, keepdims=True)),
+    ("Amax", 2, lambda x: ops.amax(x, axis=1)),
+    ("Amin", 2, lambda x: ops.amin(x, axis=1)),
+    ("Prod", 2, lambda x: ops.prod(x, axis=1)),
+    ("Var", 2, lambda x: ops.var(x, axis=1)),
+    ("Std", 2, lambda x: ops.std(x, axis=1)),
+    ("Norm", 2, lambda x: ops.norm(x, axis=1)),
+    ("Logsumexp", 2, lambda x: ops.logsumexp(x, axis=1)),
+    ("Cumsum", 2, lambda x: ops.cumsum(x, axis=1)),
+    ("Cumprod", 2, lambda x: ops.cumprod(x, axis=1)),
+    ("Sort", 2, lambda x: ops.sort(x, axis=1)),
+    ("Any", 2, lambda x: ops.cast(ops.any(x, axis=1), "float32")),
+    ("All", 2, lambda x: ops.cast(ops.all(x, axis=1), "float32")),
+    ("Argmax", 2, lambda x: ops.cast(ops.argmax(x, axis=1), "float32")),
+    ("Argmin", 2, lambda x: ops.cast(ops.argmin(x, axis=1), "float32")),
+]
+
+# (handler key, operation, words of the freeze reason, whether it keeps the channel count)
+COUPLED = [
+    (layers.Softmax, layers.Softmax(name="op"), "normalises over the channel axis", True),
+    (layers.LayerNormalization, layers.LayerNormalization(name="op"), "normalises over the channel axis", True),
+    (layers.RMSNormalization, layers.RMSNormalization(name="op"), "normalises over the channel axis", True),
+    (layers.UnitNormalization, layers.UnitNormalization(name="op"), "normalises over the channel axis", True),
+    (layers.BatchNormalization, layers.BatchNormalization(axis=1, name="op"), "works over axes 1", False),
+    (layers.Normalization, layers.Normalization(mean=0.0, variance=1.0, name="op"), "per-channel statistics", False),
+    (layers.GroupNormalization, layers.GroupNormalization(groups=2, name="op"), "ties channels into groups", False),
+    ("Softmax", lambda x: ops.softmax(x), "normalises over the channel axis", True),
+    ("LogSoftmax", lambda x: ops.log_softmax(x), "normalises over the channel axis", True),
+    ("Sparsemax", lambda x: ops.sparsemax(x), "normalises over the channel axis", False),
+    ("Normalize", lambda x: ops.normalize(x), "normalises over the channel axis", True),
+    ("LayerNorm", lambda x: ops.layer_normalization(x), "normalises over the channel axis", True),
+    ("RMSNorm", lambda x: ops.rms_normalization(x), "normalises over the channel axis", True),
+    ("Glu", lambda x: ops.glu(x), "splits over the channel axis", False),
+    ("Sum", lambda x: x / (ops.sum(ops.abs(x), axis=-1, keepdims=True) + 1.0), "reduces over the channel axis", True),
+    ("Mean", lambda x: x - ops.mean(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Max", lambda x: x - ops.max(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Min", lambda x: x - ops.min(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Amax", lambda x: x - ops.amax(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Amin", lambda x: x - ops.amin(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Prod", lambda x: x * ops.prod(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Var", lambda x: x / ops.var(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Std", lambda x: x / ops.std(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Norm", lambda x: x / ops.norm(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Logsumexp", lambda x: x - ops.logsumexp(x, axis=-1, keepdims=True), "reduces over the channel axis", True),
+    ("Sum", lambda x: x * ops.sum(x), "reduces over the channel axis", False),  # axis=None: every axis
+    ("Any", lambda x: x * ops.cast(ops.any(x, axis=-1, keepdims=True), "float32"), "reduces", False),
+    ("All", lambda x: x * ops.cast(ops.all(x, axis=-1, keepdims=True), "float32"), "reduces", False),
+    ("Argmax", lambda x: x * ops.cast(ops.argmax(x, axis=-1, keepdims=True), "float32"), "reduces", False),
+    ("Argmin", lambda x: x * ops.cast(ops.argmin(x, axis=-1, keepdims=True), "float32"), "reduces", False),
+    ("Cumsum", lambda x: ops.cumsum(x, axis=-1), "orders or accumulates over the channel axis", True),
+    ("Cumprod", lambda x: ops.cumprod(x, axis=-1), "orders or accumulates over the channel axis", True),
+    ("Sort", lambda x: ops.sort(x, axis=-1), "orders or accumulates over the channel axis", True),
+    ("Multiply", lambda x: x * np.arange(1.0, 7.0, dtype="float32"), "uses a constant with one value per channel", False),
+    (layers.Rescaling, layers.Rescaling(np.arange(1.0, 7.0)), "rescales with one value per channel", False),
+    (layers.Reshape, layers.Reshape((4, 4, 2, 3)), "reshapes channels into several axes", False),
+]
+
+
+def _key_name(key):
+    return key if isinstance(key, str) else key.__name__
+
+
+@pytest.mark.parametrize(
+    "spatial, operation",
+    [case[1:] for case in INDEPENDENT],
+    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(INDEPENDENT)],
+)
+def test_per_channel_operation_lets_dead_channels_go(spatial, operation):
+    assert_independent(build(operation, spatial))
+
+
+@pytest.mark.parametrize(
+    "operation, reason",
+    [case[1:3] for case in COUPLED],
+    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(COUPLED)],
+)
+def test_channel_coupling_operation_freezes_the_group(operation, reason):
+    assert_coupled(build(operation), reason)
+
+
+@pytest.mark.parametrize(
+    "key, operation",
+    [case[:2] for case in COUPLED if case[3]],
+    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(COUPLED) if case[3]],
+)
+def test_without_the_freeze_a_coupling_operation_would_change_kept_values(key, operation, monkeypatch):
+    # What the handler would be if the operation acted per channel: weights (a
+    # LayerNormalization's gamma) sliced with the channels, or a plain pass-through.
+    handler = handlers._PerChannel() if isinstance(key, type) else tfprune.graph.Preserve()
+    monkeypatch.setitem(handlers._HANDLERS, key, handler)
+    assert_removal_would_change_outputs(build(operation))
+
+
+def test_every_registered_handler_is_audited():
+    audited = {case[0] for case in INDEPENDENT} | {case[0] for case in COUPLED}
+    audited |= set(PRODUCERS) | set(DEPTHWISE) | {layers.Activation}
+    assert set(handlers._HANDLERS) - audited == set()
+
+
+def test_per_channel_bounds_held_by_the_operation_freeze_the_group():
+    # `keras.ops.clip` keeps its bounds as attributes, not call arguments (and
+    # Keras cannot clone such a model, so only the graph is checked).
+    model = build(lambda x: ops.clip(x, -np.ones(6, "float32"), np.ones(6, "float32")))
+    group = tfprune.graph.build(model)["producer"]
+    assert not group.prunable
+    assert "uses a constant with one value per channel" in group.reason
