@@ -86,18 +86,41 @@ def test_real_command_bad_input_is_one_line_exit_2(tmp_path):
         (["export", "{model}", "-o", "{dir}/o.keras"], "must end in .tflite"),
         (["bench", "{dir}/missing.tflite"], "does not exist"),
         (["frobnicate"], "invalid choice"),
+        (["strip", "{model}", "-o", "{dir}/folder.keras", "--force"], "Output '{dir}/folder.keras' is a directory"),
+        (["prune", "{model}", "--criterion", "l1", "--rate", "0.5", "-o", "{dir}/folder.keras", "--force"],
+         "is a directory; pass a file name ending in .keras"),
+        (["export", "{model}", "-o", "{dir}/folder.tflite", "--force"], "is a directory"),
+        (["strip", "{model}", "-o", "{dir}/" + "a" * 300 + ".keras"], "is 306 characters long; this file system allows 255"),
+        (["export", "{model}", "-o", "{dir}/" + "a" * 300 + ".tflite", "--force"], "characters long"),
+        (["strip", "{model}", "-o", "/sys/o.keras"], "Cannot write to output directory '/sys'"),
+        (["report", "{dir}/folder.keras"], "Input '{dir}/folder.keras' is a directory; pass a .keras file"),
+        (["bench", "{dir}/folder.tflite"], "is a directory; pass a .tflite file"),
+        (["bench", "{dir}/missing.tflite", "--runs", "abc"], "argument --runs: must be a positive integer; received 'abc'"),
+        (["bench", "{dir}/missing.tflite", "--threads", "0"], "argument --threads: must be a positive integer"),
+        (["prune", "{model}", "--criterion", "l1", "--rate", "0.5", "--round-to", "x", "-o", "{dir}/o.keras"],
+         "argument --round-to: must be a positive integer; received 'x'"),
+        (["prune", "{model}", "--criterion", "bn_gamma", "--rate", "0.5", "-o", "{dir}/o.keras", "--scope", "group",
+          "--targets", "expansion"], "leave none of the 1 prunable groups"),
+        (["demo", "--out", "{model}"], "is a file; pass a directory"),
     ],
 )
 def test_bad_input_exit_code_2_and_one_line(tmp_path, model_file, capsys, arguments, message):
+    if "/sys/" in " ".join(arguments) and not os.path.isdir("/sys"):
+        pytest.skip("needs a directory nobody may write to (/sys on Linux)")
     (tmp_path / "corrupt.keras").write_bytes(b"this is not a zip archive")
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "folder.keras").mkdir()
+    (tmp_path / "folder.tflite").mkdir()
+    files = sorted(tmp_path.iterdir())
     original = model_file.read_bytes()
     arguments = [a.format(dir=tmp_path, model=model_file) for a in arguments]
     assert cli.main(arguments) == 2
     lines = _error_line(capsys)
     assert len(lines) == 1, lines
     assert lines[0].startswith("tfprune: error: ")
-    assert message in lines[0]
+    assert message.format(dir=tmp_path) in lines[0]
+    assert "Traceback" not in lines[0] and "_positive_int" not in lines[0]
+    assert sorted(tmp_path.iterdir()) == files  # nothing written, not even a temporary file
     assert model_file.read_bytes() == original  # the input file is never modified
 
 
@@ -164,3 +187,81 @@ def test_no_subcommand_prints_help_and_exits_2(capsys):
 def test_traceback_flag_reraises(tmp_path):
     with pytest.raises(cli.UsageError):
         cli.main(["--traceback", "report", str(tmp_path / "missing.keras")])
+
+
+
+def test_export_checks_the_output_before_converting(tmp_path, model_file, capsys, monkeypatch):
+    from tfprune import export
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the conversion ran before the output was checked")
+
+    monkeypatch.setattr(export, "to_tflite", must_not_run)
+    (tmp_path / "folder.tflite").mkdir()
+    for output in (tmp_path / ("b" * 300 + ".tflite"), tmp_path / "folder.tflite"):
+        assert cli.main(["export", str(model_file), "-o", str(output), "--force"]) == 2
+        assert len(_error_line(capsys)) == 1
+
+
+def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path, model_file, capsys, monkeypatch):
+    def refuse(self, filepath, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", filepath)
+
+    monkeypatch.setattr(keras.Model, "save", refuse)
+    output = tmp_path / "plain.keras"
+    assert cli.main(["strip", str(model_file), "-o", str(output)]) == 2
+    assert _error_line(capsys) == [f"tfprune: error: Cannot write output '{output}': Permission denied."]
+    assert not output.exists() and not [path for path in tmp_path.iterdir() if ".tfprune-" in path.name]
+
+
+def test_any_os_error_is_one_sentence_and_exit_2(tmp_path, model_file, capsys, monkeypatch):
+    def broken_disk(path):
+        raise OSError(5, "Input/output error", path)
+
+    monkeypatch.setattr(cli, "_load_model", broken_disk)
+    assert cli.main(["report", str(model_file)]) == 2
+    assert _error_line(capsys) == [f"tfprune: error: Cannot use '{model_file}': Input/output error."]
+
+
+def test_warnings_are_one_tidy_line_without_source_paths(tmp_path, model_file, capsys):
+    # round_to=8 keeps the 8 channels of the only prunable group: prune warns that it removed none.
+    output = tmp_path / "same.keras"
+    arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.3", "--round-to", "8", "-o", str(output)]
+    assert cli.main(arguments) == 0
+    lines = _error_line(capsys)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("tfprune: warning: tfprune.prune removed no channel from model")
+    assert ".py" not in lines[0] and "UserWarning" not in lines[0]
+
+
+def test_strip_says_when_there_is_nothing_to_strip(tmp_path, model_file, capsys):
+    assert cli.main(["strip", str(model_file), "-o", str(tmp_path / "plain.keras")]) == 0
+    assert "has no STR layer or pruning mask to strip" in capsys.readouterr().out
+    sparse_path = tmp_path / "str.keras"
+    assert cli.main(["sparsify", str(model_file), "-o", str(sparse_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["strip", str(sparse_path), "-o", str(tmp_path / "plain2.keras")]) == 0
+    assert "STRConv2D" in capsys.readouterr().out
+
+
+def test_prune_of_a_model_with_an_unknown_operation_suggests_a_flag_it_accepts(tmp_path, capsys):
+    inputs = keras.Input((4,))
+    x = keras.ops.sin(keras.layers.Dense(6, name="hidden")(inputs))
+    x = keras.layers.Dense(5, name="second")(keras.layers.ReLU()(keras.layers.Dense(5, name="mid")(x)))
+    path = tmp_path / "sine.keras"
+    keras.Model(inputs, keras.layers.Dense(2, name="head")(x)).save(path)
+    output = tmp_path / "small.keras"
+    arguments = ["prune", str(path), "--criterion", "l1", "--rate", "0.5", "-o", str(output)]
+    assert cli.main(arguments) == 2
+    (line,) = _error_line(capsys)
+    assert "operation 'sin' of type Sin; pass --unknown freeze" in line
+    assert cli.main([*arguments, "--unknown", "freeze"]) == 0
+    assert keras.saving.load_model(output).get_layer("hidden").units == 6  # frozen by the unknown op
+
+
+def test_litert_info_lines_stay_off_the_terminal(tmp_path, model_file, capfd):
+    tflite_path = tmp_path / "model.tflite"
+    assert cli.main(["export", str(model_file), "-o", str(tflite_path)]) == 0
+    assert cli.main(["bench", str(tflite_path), "--threads", "1", "--runs", "2"]) == 0
+    captured = capfd.readouterr()
+    assert not [line for line in captured.err.splitlines() if line.startswith("INFO:")], captured.err

@@ -253,6 +253,17 @@ def test_mobilenet_v3_large_expansion_pruning_matches_the_paper_band():
         ({"rate": 0.5, "round_to": 0}, ValueError, r"`round_to` must be an int >= 1.*round_to=0"),
         ({"rate": 0.5, "ignore": "conv1"}, TypeError, r"`ignore` must be a tuple.*ignore='conv1'"),
         ({"rate": 0.5, "criterion": "nope"}, ValueError, r"Unknown criterion 'nope'"),
+        ({"rate": float("nan")}, ValueError, r"`rate` must be a number in \[0, 1\).*rate=nan"),
+        ({"rate": np.bool_(True)}, ValueError, r"`rate` must be a number"),
+        ({"threshold": float("nan")}, ValueError, r"`threshold` must be a number.*threshold=nan"),
+        ({"threshold": "0"}, ValueError, r"`threshold` must be a number.*threshold='0'"),
+        ({"rate": 0.5, "min_channels": 1.0}, ValueError, r"`min_channels` must be an int.*min_channels=1.0"),
+        ({"rate": 0.5, "ignore": ("conv_1",)}, ValueError,
+         r"`ignore` names layers or groups that model '\w+' does not have.*unknown: \['conv_1'\]"),
+        ({"rate": 0.5, "targets": lambda group: False}, ValueError,
+         r"`targets` and `ignore` leave none of the 3 prunable groups.*nothing would be removed"),
+        ({"rate": 0.5, "ignore": ("conv1", "conv2", "conv3")}, ValueError,
+         r"leave none of the 3 prunable groups .*ignore=\('conv1', 'conv2', 'conv3'\)"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, message):
@@ -304,7 +315,7 @@ def test_sensitivity_with_compiled_metric_and_plot(tmp_path):
 def test_sensitivity_needs_a_compiled_model_or_evaluate():
     with pytest.raises(ValueError, match=r"needs a compiled model.*not compiled"):
         tfprune.pruning.sensitivity(_small_model(), (_inputs(), np.zeros(4)), verbose=0)
-    with pytest.raises(ValueError, match=r"Every rate must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"Every rate must be a number in \[0, 1\).*rates=\(1.5,\)"):
         tfprune.pruning.sensitivity(_small_model(), None, rates=(1.5,), evaluate=len, verbose=0)
 
 
@@ -328,3 +339,105 @@ def test_examples_run_end_to_end(tmp_path, script, extra):
     assert "params" in completed.stdout and "MACs" in completed.stdout
     for name in ("pruned.keras", "pruned.tflite", "widths.png", "gamma.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
+    model = _small_model()
+    _, python = prune(model, "l1", rate=0.5, scope="group", min_channels=2, round_to=1, max_group_rate=0.75)
+    _, numpy = prune(
+        model, "l1", rate=np.float32(0.5), scope="group", min_channels=np.int64(2), round_to=np.int32(1),
+        max_group_rate=np.float64(0.75),
+    )
+    assert numpy.widths_after == python.widths_after
+    assert type(numpy.rate) is float and numpy.rate == 0.5
+    _, by_threshold = prune(model, "l1", threshold=np.float32(0.0))
+    assert type(by_threshold.to_dict()["groups"][0]["after"]) is int
+    result = tfprune.pruning.sensitivity(
+        model, None, rates=(np.float32(0.5),), evaluate=lambda candidate: candidate.count_params(), verbose=0
+    )
+    assert result.rates == (0.5,)
+
+
+def test_channels_first_model_is_refused_naming_why():
+    inputs = keras.Input((3, 8, 8))
+    x = keras.layers.Conv2D(8, 3, data_format="channels_first", name="conv1")(inputs)
+    x = keras.layers.Conv2D(4, 1, data_format="channels_first", name="conv2")(x)
+    model = keras.Model(inputs, keras.layers.Flatten()(x))
+    with pytest.raises(ValueError, match=r"no channel group that may be pruned.*'conv1' uses data_format='channels_first'"):
+        prune(model, "l1", rate=0.5)
+
+
+def test_criterion_that_scores_no_targeted_group_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv1")(inputs)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="head")(x))
+    for criterion in ("bn_gamma", "sparsity_gamma"):
+        with pytest.raises(ValueError, match=rf"Criterion '{criterion}' scores none of the 1 groups targeted.*'conv1'"):
+            prune(model, criterion, rate=0.5)
+    with pytest.raises(ValueError, match=r"Criterion 'bn_gamma' scores none"):
+        tfprune.pruning.sensitivity(model, None, criterion="bn_gamma", evaluate=len, verbose=0)
+    small, _ = prune(model, "l1", rate=0.5)  # what the message suggests works
+    assert small.get_layer("conv1").filters == 4
+
+
+def _nan_criterion(model, graph, data=None, seed=None):
+    scores = {name: values.copy() for name, values in HAND_SCORES.items()}
+    scores["conv2"][3] = np.nan
+    return scores
+
+
+def test_nan_scores_from_a_criterion_are_refused():
+    for scope in ("global", "group"):
+        with pytest.raises(ValueError, match=r"Criterion '_nan_criterion' returned NaN scores for group 'conv2' \(channels \[3\]\)"):
+            prune(_small_model(), _nan_criterion, rate=0.5, scope=scope)
+    with pytest.raises(ValueError, match=r"returned NaN scores for group 'conv2'"):
+        prune(_small_model(), _nan_criterion, threshold=0.3)
+
+
+def test_nan_weights_give_nan_l1_scores_and_are_refused():
+    model = _small_model()
+    kernel = model.get_layer("conv1").kernel.numpy()
+    kernel[0, 0, 0, 5] = np.nan
+    model.get_layer("conv1").kernel.assign(kernel)
+    with pytest.raises(ValueError, match=r"Criterion 'l1' returned NaN scores for group 'conv1' \(channels \[5\]\)"):
+        prune(model, "l1", rate=0.5)
+
+
+def test_wrong_number_of_scores_is_refused():
+    def short(model, graph, data=None, seed=None):
+        return {"conv1": np.ones(3)}
+
+    with pytest.raises(ValueError, match=r"Criterion 'short' must return 8 scores for group 'conv1'. Received: shape \(3,\)"):
+        prune(_small_model(), short, rate=0.5)
+
+
+def test_a_prune_that_removes_nothing_warns():
+    model = _small_model()
+    with pytest.warns(UserWarning, match=r"removed no channel from model '\w+': no score of its 18 targeted channels is <= threshold=-1.0"):
+        small, result = prune(model, "l1", threshold=-1.0)
+    assert small.count_params() == model.count_params() and result.params_after == result.params_before
+    with pytest.warns(UserWarning, match=r"removed no channel.*rate=0.01 of its 18 targeted channels removes none"):
+        prune(model, "l1", rate=0.01, scope="group")
+
+
+class _Doubler(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def test_unknown_layer_is_refused_then_frozen_on_request():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, name="hidden")(inputs)
+    x = _Doubler(name="doubler")(keras.layers.ReLU()(x))
+    x = keras.layers.Dense(5, name="second")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.ReLU()(x)))
+    with pytest.raises(tfprune.graph.UnknownOperationError, match=r"operation 'doubler'.*register_handler\(_Doubler"):
+        prune(model, "l1", rate=0.5)
+    small, result = prune(model, "l1", rate=0.5, unknown="freeze")
+    assert result.widths_after == {"second": 2} or result.widths_after == {"second": 3}
+    assert small.get_layer("hidden").units == 8
+    result = tfprune.pruning.sensitivity(
+        model, None, rates=(0.5,), evaluate=lambda candidate: candidate.count_params(), unknown="freeze", verbose=0
+    )
+    assert list(result.values) == ["second"]

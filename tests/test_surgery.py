@@ -5,23 +5,12 @@ import doctest
 import keras
 import numpy as np
 import pytest
-from surgery_helpers import assert_same_weights, kill_channels, weights_snapshot
+from surgery_helpers import assert_same_weights, kill_channels, random_weights, weights_snapshot
 
 import tfprune
 
 layers = keras.layers
 TOLERANCE = 1e-5
-
-
-def random_weights(model, seed=0):
-    """Non-trivial weights, BN statistics included, so that slicing errors show."""
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        value = rng.normal(0.0, 0.5, weight.shape)
-        if "moving_variance" in weight.path:
-            value = rng.uniform(0.5, 1.5, weight.shape)
-        weight.assign(value.astype("float32"))
-    return model
 
 
 def inputs_for(model, seed=1):
@@ -216,18 +205,26 @@ def test_sequence_model_with_conv1d_and_dense_on_timesteps_equivalence():
     assert small.get_layer("per_step").units == 2
 
 
-def test_layer_normalization_over_channels_is_sliced():
-    # LayerNorm statistics change when channels go, so only the structure is checked.
+def test_layer_normalization_over_channels_freezes_the_group():
+    # Its mean and variance run over the channels: removing one, even a dead
+    # one, changes every other output (see tests/test_channel_coupling.py).
     inputs = keras.Input((5,))
     x = layers.Dense(6, name="dense")(inputs)
     x = layers.LayerNormalization(name="norm")(x)
     model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
-    small = tfprune.surgery.remove_channels(model, {"dense": [1, 4]})
-    gamma, beta = model.get_layer("norm").get_weights()
-    new_gamma, new_beta = small.get_layer("norm").get_weights()
-    np.testing.assert_array_equal(new_gamma, gamma[[0, 2, 3, 5]])
-    np.testing.assert_array_equal(new_beta, beta[[0, 2, 3, 5]])
-    assert small(inputs_for(model)).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"Group 'dense' is not prunable: 'norm' normalises over the channel axis"):
+        tfprune.surgery.remove_channels(model, {"dense": [1, 4]})
+
+
+def test_layer_normalization_over_time_steps_passes_channels_equivalence():
+    inputs = keras.Input((4, 3))
+    x = layers.Dense(6, name="dense")(inputs)
+    x = layers.LayerNormalization(axis=1, name="norm")(x)
+    model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    # beta is per time step, shared by the channels: zero it so that dead channels stay 0.
+    model.get_layer("norm").beta.assign(np.zeros(4, "float32"))
+    small = assert_equivalent(model, {"dense": [1, 4]})
+    np.testing.assert_array_equal(small.get_layer("norm").gamma.numpy(), model.get_layer("norm").gamma.numpy())
 
 
 def test_sequential_model_equivalence():
@@ -372,6 +369,11 @@ def test_remove_channels_errors(removals, error, message):
          r"`se_policy` must be None or 'keep_ratio'. Received: se_policy='ratio'"),
         ({"widths": [4]}, TypeError, r"`widths` must be a dict keyed by group name"),
         ({"widths": {"conv1": 2}, "scores": {"conv_1": np.ones(8)}}, ValueError, r"Unknown channel group 'conv_1'"),
+        ({"widths": {"conv1": 2}, "scores": {"conv1": [1.0, np.nan, 2.0, 3.0, 4.0, 5.0, np.nan, 6.0]}}, ValueError,
+         r"Scores of group 'conv1' must be numbers, but channels \[1, 6\] are NaN"),
+        ({"widths": {}, "scores": {"conv1": np.full(8, np.nan)}}, ValueError, r"channels \[0, 1, 2, 3, 4\] are NaN"),
+        ({"widths": {"conv1": np.int64(2)}, "scores": {"conv1": np.arange(8)}, "unknown": "skip"}, ValueError,
+         r"`unknown` must be 'raise' or 'freeze'"),
     ],
 )
 def test_set_widths_errors(kwargs, error, message):

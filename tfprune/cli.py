@@ -2,10 +2,14 @@
 
 Every subcommand has `--help`. Commands that print figures accept `--json`.
 Bad input (a missing or corrupt file, a bad rate, an unknown criterion, an
-existing output without `--force`) prints one sentence on stderr and exits with
-code 2, without a traceback (`--traceback` shows it, for bug reports). Outputs
-are written atomically: a failed run never leaves a half-written file and never
-replaces an existing one unless `--force` is given. Input files are only read.
+existing output without `--force`, an output that is a directory, a name too
+long or a place that cannot be written, any other `OSError`) prints one sentence
+on stderr and exits with code 2, without a traceback (`--traceback` shows it,
+for bug reports). The output location is checked before any work is done.
+Outputs are written atomically: a failed run never leaves a half-written file
+and never replaces an existing one unless `--force` is given. Input files are
+only read. Python warnings are printed as one `tfprune: warning: ...` line
+each; the LiteRT interpreter's own `INFO:` lines are kept off the terminal.
 
 Example:
 
@@ -19,9 +23,12 @@ tfprune bench small.tflite --threads 1 2
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
+import warnings
 import zipfile
 
 
@@ -55,17 +62,35 @@ def main(argv=None):
     parser = build_parser()
     show_traceback = "--traceback" in (sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        return args.handler(args) or 0
-    except (UsageError, ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            return args.handler(args) or 0
+    except (UsageError, ValueError, TypeError, OSError) as error:
         if show_traceback:
             raise
-        message = " ".join(str(error).split())
-        print(f"tfprune: error: {message}", file=sys.stderr)
+        message = _os_error_message(error) if isinstance(error, OSError) else str(error)
+        print(f"tfprune: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    # One line per warning, without the source path and line Python adds.
+    text = " ".join(str(message).split())
+    print(f"tfprune: warning: {text}", file=sys.stderr if file is None else file)
+
+
+def _os_error_message(error):
+    """One sentence for an `OSError` that escaped a command (file names kept, no errno)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return f"{reason}."
+    if error.filename2 is not None:
+        return f"Cannot move '{error.filename}' to '{error.filename2}': {reason}."
+    return f"Cannot use '{error.filename}': {reason}."
 
 
 def build_parser():
@@ -114,8 +139,15 @@ def build_parser():
     prune.add_argument("--rate", required=True, type=_rate, help="share of channels to remove, in (0, 1)")
     prune.add_argument("--scope", default="global", choices=("global", "group"))
     prune.add_argument("--targets", default="all", choices=("all", "expansion"))
-    prune.add_argument("--min-channels", type=int, default=1, help="channels every group keeps")
-    prune.add_argument("--round-to", type=int, default=1, help="round kept widths to a multiple")
+    prune.add_argument("--min-channels", type=_positive_int, default=1, help="channels every group keeps")
+    prune.add_argument("--round-to", type=_positive_int, default=1, help="round kept widths to a multiple")
+    prune.add_argument(
+        "--unknown",
+        default="raise",
+        choices=("raise", "freeze"),
+        help="a layer tfprune has no channel handler for: refuse the model, or leave its channels "
+        "unpruned (default: %(default)s)",
+    )
     _add_output_flags(prune, ".keras")
     _add_json_flag(prune)
     prune.set_defaults(handler=_run_prune)
@@ -164,7 +196,7 @@ def build_parser():
         description="Measure LiteRT interpreter latency (XNNPACK): warm-up, then median/min/max.",
     )
     bench.add_argument("model", help="input .tflite file")
-    bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    bench.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=_positive_int, default=50)
     _add_json_flag(bench)
     bench.set_defaults(handler=_run_bench)
@@ -191,27 +223,87 @@ def _rate(text):
 
 
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text!r}")
     return value
 
 
 def _check_input(path, suffix):
+    if os.path.isdir(path):
+        raise UsageError(f"Input '{path}' is a directory; pass a {suffix} file.")
     if not os.path.isfile(path):
         raise UsageError(f"Input file '{path}' does not exist.")
     if not path.endswith(suffix):
         raise UsageError(f"Input file '{path}' is not a {suffix} file; pass a {suffix} file.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"Input file '{path}' cannot be read (permission denied).")
 
 
 def _check_output(path, suffix, force):
+    """Refuses an output the command could not write, before any work is done."""
     if not path.endswith(suffix):
         raise UsageError(f"Output '{path}' must end in {suffix}.")
+    if os.path.isdir(path):
+        raise UsageError(f"Output '{path}' is a directory; pass a file name ending in {suffix}.")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"Output directory '{directory}' does not exist; create it first.")
     if os.path.exists(path) and not force:
         raise UsageError(f"Output '{path}' already exists; pass --force to overwrite it.")
+    name_limit = _name_limit(directory)
+    if len(os.fsencode(os.path.basename(path))) > name_limit:
+        raise UsageError(
+            f"Output file name '{os.path.basename(path)[:40]}...' is "
+            f"{len(os.path.basename(path))} characters long; this file system allows {name_limit}."
+        )
+    # Try for real: permission bits do not tell about read-only file systems or root.
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UsageError(f"Cannot write to output directory '{directory}': {error.strerror}.") from None
+
+
+def _name_limit(directory):
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not every platform reports it
+        return 255
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Reports a failed write under the output's name, not the private temporary file's."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(f"Cannot write output '{path}': {error.strerror or error}.") from None
+
+
+@contextlib.contextmanager
+def _without_litert_info():
+    """Keeps the LiteRT interpreter's `INFO:` lines (written by C++ to fd 2) off the terminal.
+
+    Everything else written to stderr meanwhile is passed on once the block ends.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip() and not line.startswith("INFO: "):
+                    print(line, file=sys.stderr)
 
 
 def _load_model(path):
@@ -232,7 +324,7 @@ def _load_model(path):
 def _save_model(model, path, force):
     from tfprune._utils import atomic_path
 
-    with atomic_path(path, overwrite=force) as temporary:
+    with _writing(path), atomic_path(path, overwrite=force) as temporary:
         model.save(temporary)
 
 
@@ -252,9 +344,12 @@ def _json_default(value):
 
 
 def _run_demo(args):
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out '{args.out}' is a file; pass a directory for the demo's outputs.")
     from tfprune import demo
 
-    result = demo.run(out_dir=args.out, quick=args.quick, seed=args.seed, verbose=not args.json)
+    with _writing(args.out), _without_litert_info():
+        result = demo.run(out_dir=args.out, quick=args.quick, seed=args.seed, verbose=not args.json)
     _emit(result, args.json)
 
 
@@ -271,15 +366,23 @@ def _run_prune(args):
     _check_output(args.output, ".keras", args.force)
     tfprune.criteria.get(args.criterion)  # an unknown name fails before the model is loaded
     model = _load_model(args.model)
-    pruned, result = tfprune.prune(
-        model,
-        criterion=args.criterion,
-        rate=args.rate,
-        scope=args.scope,
-        targets=args.targets,
-        min_channels=args.min_channels,
-        round_to=args.round_to,
-    )
+    try:
+        pruned, result = tfprune.prune(
+            model,
+            criterion=args.criterion,
+            rate=args.rate,
+            scope=args.scope,
+            targets=args.targets,
+            min_channels=args.min_channels,
+            round_to=args.round_to,
+            unknown=args.unknown,
+        )
+    except tfprune.graph.UnknownOperationError as error:
+        operation = error.operation
+        raise UsageError(
+            f"tfprune has no channel handler for operation '{operation.name}' of type "
+            f"{type(operation).__name__}; pass --unknown freeze to leave the channels around it unpruned."
+        ) from None
     _save_model(pruned, args.output, args.force)
     _emit(result, args.json)
 
@@ -300,8 +403,16 @@ def _run_strip(args):
 
     _check_output(args.output, ".keras", args.force)
     model = _load_model(args.model)
-    _save_model(tfprune.strip(model), args.output, args.force)
-    print(f"wrote {args.output}")
+    plain = tfprune.strip(model)
+    kinds = sorted({type(layer).__name__ for layer in model.layers if hasattr(layer, "stripped_layer")})
+    _save_model(plain, args.output, args.force)
+    if kinds:
+        print(f"wrote {args.output} ({', '.join(kinds)} layers replaced by plain Keras layers)")
+    else:
+        print(
+            f"wrote {args.output}: '{args.model}' has no STR layer or pruning mask to strip, "
+            "so the output is a plain copy"
+        )
 
 
 def _run_export(args):
@@ -312,14 +423,15 @@ def _run_export(args):
     representative_data = None
     if args.quantize == "int8":
         representative_data = _calibration_data(model, args.calibration)
-    report = export.to_tflite(
-        model,
-        args.output,
-        quantize=args.quantize,
-        representative_data=representative_data,
-        sparse=args.sparse,
-        overwrite=args.force,
-    )
+    with _writing(args.output), _without_litert_info():
+        report = export.to_tflite(
+            model,
+            args.output,
+            quantize=args.quantize,
+            representative_data=representative_data,
+            sparse=args.sparse,
+            overwrite=args.force,
+        )
     _emit(report, args.json)
 
 
@@ -343,7 +455,9 @@ def _run_bench(args):
     _check_input(args.model, ".tflite")
     from tfprune import export
 
-    _emit(export.benchmark(args.model, threads=tuple(args.threads), runs=args.runs), args.json)
+    with _without_litert_info():
+        report = export.benchmark(args.model, threads=tuple(args.threads), runs=args.runs)
+    _emit(report, args.json)
 
 
 if __name__ == "__main__":

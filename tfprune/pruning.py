@@ -21,6 +21,7 @@ whole layer at rate 0.7), then widths are rounded to a multiple of `round_to`.
 
 import dataclasses
 import math
+import numbers
 import warnings
 
 import keras
@@ -210,14 +211,29 @@ def _targeted_groups(model, graph, targets, ignore):
     ]
 
 
+def _is_real(value):
+    # numbers.Real covers Python and NumPy floats and ints (np.float32(0.5)), not bools.
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore):
+    """Validates `prune`'s arguments; returns `rate` and `threshold` as Python floats (or None)."""
     if (rate is None) == (threshold is None):
         raise ValueError(
             "Give exactly one of `rate` (share of channels to remove) and `threshold` (remove "
             f"channels scoring <= threshold). Received: rate={rate!r}, threshold={threshold!r}"
         )
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1):
+    if rate is not None and (not _is_real(rate) or not 0 <= rate < 1):
         raise ValueError(f"`rate` must be a number in [0, 1), e.g. 0.5. Received: rate={rate!r}")
+    if threshold is not None and (not _is_real(threshold) or math.isnan(threshold)):
+        raise ValueError(
+            f"`threshold` must be a number (channels scoring <= it are removed), e.g. 0.0. "
+            f"Received: threshold={threshold!r}"
+        )
     if scope not in _SCOPES:
         raise ValueError(f"`scope` must be one of {_SCOPES}. Received: scope={scope!r}")
     if targets not in ("all", "expansion") and not callable(targets):
@@ -225,23 +241,80 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
             "`targets` must be 'all', 'expansion' or a callable `group -> bool`. "
             f"Received: targets={targets!r}"
         )
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+    if not _is_integer(min_channels) or min_channels < 1:
         raise ValueError(f"`min_channels` must be an int >= 1. Received: min_channels={min_channels!r}")
-    if max_group_rate is not None and (
-        isinstance(max_group_rate, bool)
-        or not isinstance(max_group_rate, (int, float))
-        or not 0 < max_group_rate <= 1
-    ):
+    if max_group_rate is not None and (not _is_real(max_group_rate) or not 0 < max_group_rate <= 1):
         raise ValueError(
             f"`max_group_rate` must be None or in (0, 1]. Received: max_group_rate={max_group_rate!r}"
         )
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+    if not _is_integer(round_to) or round_to < 1:
         raise ValueError(f"`round_to` must be an int >= 1. Received: round_to={round_to!r}")
     if isinstance(ignore, str) or not all(isinstance(name, str) for name in ignore):
         raise TypeError(
             "`ignore` must be a tuple of group or layer names, e.g. ('conv',). "
             f"Received: ignore={ignore!r}"
         )
+    return (None if rate is None else float(rate)), (None if threshold is None else float(threshold))
+
+
+def _check_ignore(model, graph, ignore):
+    """Refuses `ignore` names that are neither a layer nor a channel group of the model."""
+    known = {layer.name for layer in model.layers} | {group.name for group in graph.groups}
+    unknown = sorted(set(ignore) - known)
+    if unknown:
+        raise ValueError(
+            f"`ignore` names layers or groups that model '{model.name}' does not have, so they "
+            f"would be pruned; check the names in model.summary(). Received: ignore={tuple(ignore)!r} "
+            f"(unknown: {unknown})"
+        )
+
+
+def _require_targets(model, graph, targeted, targets, ignore):
+    """Refuses a call that cannot remove any channel because no group may shrink."""
+    if targeted:
+        return
+    prunable = [group for group in graph.groups if group.prunable]
+    if prunable:
+        raise ValueError(
+            f"`targets` and `ignore` leave none of the {len(prunable)} prunable groups of model "
+            f"'{model.name}' (e.g. {prunable[0].name!r}) to prune; nothing would be removed. "
+            f"Received: targets={targets!r}, ignore={tuple(ignore)!r}"
+        )
+    reasons = [group.reason for group in graph.groups if "model input" not in group.reason]
+    reasons = list(dict.fromkeys(reasons))[:2] or [group.reason for group in graph.groups][:1]
+    raise ValueError(
+        f"Model '{model.name}' has no channel group that may be pruned, so nothing would be "
+        f"removed: {' '.join(reasons)}"
+    )
+
+
+def _checked_scores(all_scores, targeted, criterion_name, model):
+    """The criterion's scores of the targeted groups, as float arrays; refuses bad ones."""
+    scores = {}
+    for group in targeted:
+        if group.name not in all_scores:
+            continue
+        values = np.asarray(all_scores[group.name], dtype="float64")
+        if values.shape != (group.size,):
+            raise ValueError(
+                f"Criterion '{criterion_name}' must return {group.size} scores for group "
+                f"'{group.name}'. Received: shape {values.shape}"
+            )
+        if np.isnan(values).any():
+            raise ValueError(
+                f"Criterion '{criterion_name}' returned NaN scores for group '{group.name}' "
+                f"(channels {np.flatnonzero(np.isnan(values)).tolist()[:5]}); NaN cannot be ranked, "
+                "so check the weights or data it scores (a diverged training run leaves NaN weights)."
+            )
+        scores[group.name] = values
+    if not scores:
+        raise ValueError(
+            f"Criterion '{criterion_name}' scores none of the {len(targeted)} groups targeted in "
+            f"model '{model.name}' (e.g. {targeted[0].name!r}), so nothing would be removed; "
+            "'bn_gamma' and 'sparsity_gamma' score only producers followed directly by a "
+            "BatchNormalization, 'l1' scores every conv and dense producer."
+        )
+    return scores
 
 
 def _round_half_up(value):
@@ -284,6 +357,10 @@ def _guarded_width(name, size, remove, min_channels, max_group_rate, round_to):
     return width, guarded
 
 
+def _criterion_name(criterion):
+    return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
+
+
 def _fresh_weights(model):
     # Every layer re-created from its config is built by the clone call with its
     # initializers: same architecture, new weights (the Rethinking baseline).
@@ -304,6 +381,7 @@ def prune(
     data=None,
     seed=None,
     threshold=None,
+    unknown="raise",
 ):
     """Removes the least important channels of a model; returns a smaller model.
 
@@ -337,6 +415,12 @@ def prune(
         seed: Optional int passed to the criterion (`"random"`).
         threshold: Optional float. Instead of `rate`: remove every channel
             whose score is `<= threshold`.
+        unknown: String. What to do with a layer or operation tfprune has no
+            channel handler for: `"raise"` (default) refuses the model,
+            `"freeze"` leaves every channel around it unpruned (see
+            `tfprune.graph.build`).
+
+    Numbers may be Python or NumPy scalars (`rate=np.float32(0.5)`).
 
     Returns:
         Tuple `(pruned_model, PruneResult)`.
@@ -344,7 +428,16 @@ def prune(
     Raises:
         TypeError: If `model` is not a graph model or `ignore` is not a tuple of names.
         ValueError: If an argument is out of range, both or neither of
-            `rate`/`threshold` are given, or the criterion is unknown.
+            `rate`/`threshold` are given, the criterion is unknown, `ignore`
+            names a layer the model does not have, no group may be pruned
+            (every group frozen, e.g. a `channels_first` model, or excluded by
+            `targets`/`ignore`), the criterion scores none of the targeted
+            groups, or it returns NaN scores.
+
+    Warns:
+        UserWarning: When the rate or threshold removes no channel (the
+            returned model is then an unchanged copy), or a group would lose
+            every channel and is kept at its guard.
 
     Example:
 
@@ -355,16 +448,17 @@ def prune(
     True
     """
     require_graph_model(model, "tfprune.prune")
-    _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore)
+    rate, threshold = _check_arguments(
+        rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore
+    )
     score_function = criteria_module.get(criterion)
-    graph = graph_module.build(model)
+    criterion_name = _criterion_name(criterion)
+    graph = graph_module.build(model, unknown=unknown)
+    _check_ignore(model, graph, ignore)
     targeted = _targeted_groups(model, graph, targets, ignore)
+    _require_targets(model, graph, targeted, targets, ignore)
     all_scores = score_function(model, graph, data=data, seed=seed)
-    scores = {
-        group.name: np.asarray(all_scores[group.name], dtype="float64")
-        for group in targeted
-        if group.name in all_scores
-    }
+    scores = _checked_scores(all_scores, targeted, criterion_name, model)
     removals, used_threshold = _removal_counts(scores, rate, threshold, scope)
 
     widths, records = {}, []
@@ -378,13 +472,26 @@ def prune(
         if width < group.size:
             widths[group.name] = width
 
+    if not widths:
+        channels = sum(len(values) for values in scores.values())
+        why = (
+            f"no score of its {channels} targeted channels is <= threshold={threshold!r}"
+            if threshold is not None and not any(removals.values())
+            else f"rate={rate!r} of its {channels} targeted channels removes none after the "
+            "min_channels, max_group_rate and round_to guards"
+        )
+        warnings.warn(
+            f"tfprune.prune removed no channel from model '{model.name}': {why}; the returned "
+            "model is an unchanged copy.",
+            stacklevel=2,
+        )
     se_policy = "keep_ratio" if targets == "expansion" else None
-    pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy)
+    pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
     if reinitialize:
         pruned = _fresh_weights(pruned)
     before, after = analyze(model), analyze(pruned)
     result = PruneResult(
-        criterion=criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
+        criterion=criterion_name,
         rate=rate,
         scope=scope,
         threshold=used_threshold,
@@ -486,6 +593,7 @@ def sensitivity(
     evaluate=None,
     seed=None,
     verbose=1,
+    unknown="raise",
 ):
     """Prunes each targeted group alone at each rate and evaluates (Li et al. 2017).
 
@@ -505,13 +613,15 @@ def sensitivity(
             `model.evaluate` (then the model need not be compiled).
         seed: Optional int for the `"random"` criterion.
         verbose: Int. 1 shows a progress bar. Defaults to `1`.
+        unknown: String. `"raise"` (default) or `"freeze"`, as for `prune`.
 
     Returns:
         A `SensitivityResult` (with `.plot()`).
 
     Raises:
         ValueError: If the model is not compiled and no `evaluate` is given,
-            or a rate is out of range.
+            a rate is out of range, no group may be pruned or the criterion
+            scores none of the targeted groups (see `prune`).
 
     Example:
 
@@ -519,10 +629,9 @@ def sensitivity(
     >>> # result.values["expanded_conv_1_expand"]
     """
     require_graph_model(model, "tfprune.sensitivity")
+    if not all(_is_real(rate) and 0 <= rate < 1 for rate in rates):
+        raise ValueError(f"Every rate must be a number in [0, 1). Received: rates={rates!r}")
     rates = tuple(float(rate) for rate in rates)
-    for rate in rates:
-        if not 0 <= rate < 1:
-            raise ValueError(f"Every rate must be in [0, 1). Received: rates={rates!r}")
     if evaluate is None:
         evaluate_named = _compiled_evaluator(model, data, metric)
     else:
@@ -530,22 +639,31 @@ def sensitivity(
         def evaluate_named(candidate):
             return metric or "metric", float(evaluate(candidate))
 
-    metric_name, baseline = evaluate_named(model)
-    graph = graph_module.build(model)
+    graph = graph_module.build(model, unknown=unknown)
     groups = _targeted_groups(model, graph, targets, ignore=())
+    _require_targets(model, graph, groups, targets, ignore=())
+    scored = _checked_scores(
+        criteria_module.get(criterion)(model, graph, seed=seed), groups, _criterion_name(criterion), model
+    )
+    groups = [group for group in groups if group.name in scored]
+    metric_name, baseline = evaluate_named(model)
     progress = keras.utils.Progbar(len(groups) * len(rates), verbose=verbose, unit_name="scan")
     values = {}
     for group in groups:
         scores = []
         for rate in rates:
-            pruned, _ = prune(
-                model,
-                criterion,
-                rate=rate,
-                scope="group",
-                targets=lambda candidate, name=group.name: candidate.name == name,
-                seed=seed,
-            )
+            with warnings.catch_warnings():
+                # A small group at a small rate loses nothing: its value is then the baseline.
+                warnings.filterwarnings("ignore", message="tfprune.prune removed no channel")
+                pruned, _ = prune(
+                    model,
+                    criterion,
+                    rate=rate,
+                    scope="group",
+                    targets=lambda candidate, name=group.name: candidate.name == name,
+                    seed=seed,
+                    unknown=unknown,
+                )
             scores.append(evaluate_named(pruned)[1])
             progress.add(1)
         values[group.name] = tuple(scores)

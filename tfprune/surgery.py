@@ -20,13 +20,15 @@ from tfprune import graph as graph_module
 __all__ = ["remove_channels", "se_bottleneck_width", "set_widths", "squeeze_excite_widths"]
 
 
-def remove_channels(model, removals):
+def remove_channels(model, removals, unknown="raise"):
     """Returns a new model without the given channels.
 
     Args:
         model: A built Sequential or functional `keras.Model`. Not modified.
         removals: Dict mapping a group name (`tfprune.graph.build(model)`) to
             the channel indices of that group to remove.
+        unknown: String. `"raise"` (default) or `"freeze"`: how the channel
+            graph treats operations without a handler (`tfprune.graph.build`).
 
     Returns:
         A new `keras.Model` of the same kind, with the same layer names.
@@ -53,11 +55,11 @@ def remove_channels(model, removals):
             "`removals` must be a dict {group_name: channel indices}; received an object of "
             f"type {type(removals).__name__}."
         )
-    graph = graph_module.build(model)
+    graph = graph_module.build(model, unknown=unknown)
     return _rewrite(model, graph, _checked_removals(graph, removals))
 
 
-def set_widths(model, widths, scores=None, se_policy=None):
+def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
     """Returns a new model whose groups keep only their highest-scored channels.
 
     Args:
@@ -71,6 +73,8 @@ def set_widths(model, widths, scores=None, se_policy=None):
             has no width of its own in `widths`) keeps
             `se_bottleneck_width(new_width)` channels, dropping its
             lowest-scored ones (METHODS.md §11).
+        unknown: String. `"raise"` (default) or `"freeze"`, as for
+            `remove_channels`.
 
     Returns:
         A new `keras.Model` of the same kind, with the same layer names.
@@ -78,8 +82,8 @@ def set_widths(model, widths, scores=None, se_policy=None):
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If a group is unknown or not prunable, a width is out of
-            `[1, size]`, a score array has the wrong shape, or `se_policy` is
-            unknown.
+            `[1, size]`, a score array has the wrong shape or holds NaN, or
+            `se_policy` is unknown.
 
     Example:
 
@@ -101,9 +105,15 @@ def set_widths(model, widths, scores=None, se_policy=None):
         raise ValueError(
             f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
         )
-    graph = graph_module.build(model)
-    for name in scores:
+    graph = graph_module.build(model, unknown=unknown)
+    for name, values in scores.items():
         _checked_group(graph, name)
+        nan = np.flatnonzero(np.isnan(np.asarray(values, dtype=np.float64).reshape(-1)))
+        if nan.size:
+            raise ValueError(
+                f"Scores of group '{name}' must be numbers, but channels {nan.tolist()[:5]} are "
+                "NaN, which cannot be ranked; give every channel a finite score."
+            )
     widths = dict(widths)
     for name, width in widths.items():
         group = _checked_group(graph, name)
@@ -127,6 +137,7 @@ def set_widths(model, widths, scores=None, se_policy=None):
                 f"Scores of group '{name}' must have shape ({group.size},). "
                 f"Received: shape {group_scores.shape}"
             )
+
         # Stable sort: among equal scores the lower channel index is kept.
         ranking = np.argsort(-group_scores, kind="stable")
         removals[name] = np.sort(ranking[width:])
