@@ -401,3 +401,10 @@ def test_per_channel_bounds_held_by_the_operation_freeze_the_group():
     group = tfprune.graph.build(model)["producer"]
     assert not group.prunable
     assert "uses a constant with one value per channel" in group.reason
+
+
+def test_handlers_docstring_examples_run():
+    import doctest
+
+    results = doctest.testmod(handlers, extraglobs={"tfprune": tfprune, "keras": keras})
+    assert results.attempted >= 2 and results.failed == 0

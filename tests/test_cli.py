@@ -80,7 +80,7 @@ def test_real_command_bad_input_is_one_line_exit_2(tmp_path):
         (["report", "{dir}/notes.txt"], "is not a .keras file"),
         (["prune", "{model}", "--criterion", "l1", "--rate", "1.5", "-o", "{dir}/o.keras"], "rate must be in"),
         (["prune", "{model}", "--criterion", "l1", "--rate", "half", "-o", "{dir}/o.keras"], "rate must be a number"),
-        (["prune", "{model}", "--criterion", "magic", "--rate", "0.5", "-o", "{dir}/o.keras"], "Unknown criterion 'magic'"),
+        (["prune", "{model}", "--criterion", "magic", "--rate", "0.5", "-o", "{dir}/o.keras"], "Unknown criterion 'magic'; use one of "),
         (["strip", "{model}", "-o", "{model}"], "already exists; pass --force"),
         (["strip", "{model}", "-o", "{dir}/no/such/dir/o.keras"], "does not exist; create it first"),
         (["export", "{model}", "-o", "{dir}/o.keras"], "must end in .tflite"),

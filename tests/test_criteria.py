@@ -148,3 +148,24 @@ def test_criteria_do_not_modify_the_model():
         _scores(name, model)
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize(
+    "make, spatial",
+    [
+        (lambda: keras.layers.Conv1DTranspose(6, 2, name="up"), 1),
+        (lambda: keras.layers.Conv2DTranspose(6, 2, name="up"), 2),
+        (lambda: keras.layers.Conv3DTranspose(6, 1, name="up"), 3),
+    ],
+)
+def test_transposed_conv_filters_are_scored_on_their_output_axis(make, spatial):
+    # A transposed conv's kernel is (..., filters, inputs): its output channels sit on axis -2.
+    inputs = keras.Input((4,) * spatial + (3,))
+    x = keras.layers.ReLU()(make()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    kernel = model.get_layer("up").kernel.numpy()
+    per_filter = np.moveaxis(kernel, -2, 0).reshape(6, -1)
+    scores = tfprune.criteria.l1(model, tfprune.graph.build(model))["up"]
+    np.testing.assert_allclose(scores, np.abs(per_filter).sum(axis=1), rtol=1e-6)
+    _, result = tfprune.prune(model, "l2", rate=0.5)
+    assert result.widths_after == {"up": 3}

@@ -364,7 +364,11 @@ def _run_prune(args):
     import tfprune
 
     _check_output(args.output, ".keras", args.force)
-    tfprune.criteria.get(args.criterion)  # an unknown name fails before the model is loaded
+    if args.criterion not in tfprune.criteria.available():  # fails before the model is loaded
+        # (`criteria.get` would advise registering one in Python, which a command line cannot do)
+        raise UsageError(
+            f"Unknown criterion {args.criterion!r}; use one of {', '.join(tfprune.criteria.available())}."
+        )
     model = _load_model(args.model)
     try:
         pruned, result = tfprune.prune(

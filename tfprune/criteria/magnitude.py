@@ -27,9 +27,19 @@ def _depthwise_kernel(layer):
 # Which kernel of a producer holds its output channels on the last axis; layer
 # classes not listed use `layer.kernel` (Conv, Dense and tfprune's STR layers,
 # whose `kernel` is the effective sparse kernel).
+def _transpose_kernel(layer):
+    # (..., filters, in): a transposed conv keeps its output channels on axis -2
+    return np.swapaxes(to_numpy(layer.kernel), -1, -2)
+
+
 _OUTPUT_KERNELS = {
+    keras.layers.DepthwiseConv1D: _depthwise_kernel,
     keras.layers.DepthwiseConv2D: _depthwise_kernel,
+    keras.layers.SeparableConv1D: lambda layer: to_numpy(layer.pointwise_kernel),
     keras.layers.SeparableConv2D: lambda layer: to_numpy(layer.pointwise_kernel),
+    keras.layers.Conv1DTranspose: _transpose_kernel,
+    keras.layers.Conv2DTranspose: _transpose_kernel,
+    keras.layers.Conv3DTranspose: _transpose_kernel,
 }
 
 
