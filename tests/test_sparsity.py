@@ -136,6 +136,26 @@ def test_sparsity_report_counts_zeros_and_macs():
     assert "depthwise_conv2d" in text and "STRConv1D" in text and f"{report.global_sparsity:.1%}" in text
 
 
+def test_sparsity_report_flags_empty_and_nearly_empty_layers():
+    model = tfprune.sparsify(functional_model(), skip=("stem",))
+    set_global_sparsity(model, 0.3)
+    layers = {layer.name: layer for layer in str_layers(model)}
+    layers["conv2d"].threshold_parameter.assign(10.0)  # g ~ 1: every weight below it
+    for name in ("logits", "depthwise_conv2d"):  # keep exactly the largest weight
+        magnitudes = np.sort(np.abs(keras.ops.convert_to_numpy(layers[name]._kernel)).ravel())
+        threshold = (magnitudes[-2] + magnitudes[-1]) / 2
+        layers[name].threshold_parameter.assign(np.log(threshold / (1 - threshold)))
+    report = tfprune.sparsity_report(model)
+    statuses = {record["name"]: record["status"] for record in report.layers}
+    assert report.emptied_layers == ["conv2d"]
+    # 1 of 144 depthwise weights non-zero is below NEARLY_EMPTY (1%); 1 of 20 logits weights is not.
+    assert report.nearly_empty_layers == ["depthwise_conv2d"]
+    assert statuses == {"depthwise_conv2d": "nearly empty", "conv2d": "empty", "conv1d": "", "logits": ""}
+    text = str(report)
+    assert "EMPTY (no non-zero weight; they cut the network): conv2d" in text
+    assert "Nearly empty (< 1% non-zero): depthwise_conv2d" in text
+
+
 def test_sparsity_report_counts_whole_filters_in_channel_mode():
     inputs = keras.Input((6,))
     layer = STRDense(4, mode="channel", granularity="filter", name="dense")

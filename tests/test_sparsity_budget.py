@@ -14,6 +14,7 @@ import tfprune
 from tfprune.callbacks.sparsity_budget import (
     common_threshold_scale,
     global_sparsity,
+    layer_threshold_scales,
     threshold_ratios,
 )
 from tfprune.layers import STRConv2D, STRDense, STRLowRankDense
@@ -84,6 +85,66 @@ def test_common_scale_reaches_the_nearest_achievable_sparsity(target):
     np.testing.assert_allclose(factors, scale, rtol=1e-4)
 
 
+def layers_one_would_empty():
+    """Three unstructured STR layers with equal thresholds; the first holds the smallest weights."""
+    rng = np.random.default_rng(21)
+    layers = []
+    for units, scale in ((8, 0.001), (16, 0.05), (32, 0.05)):
+        layer = STRDense(units, s_init=-4.0)
+        layer.build((None, units))
+        layer._kernel.assign((scale * rng.uniform(0.5, 1.0, (units, units)) * rng.choice([-1, 1], (units, units))).astype("float32"))
+        layers.append(layer)
+    return layers
+
+
+def nonzero_counts(layers):
+    return [int(np.count_nonzero(keras.ops.convert_to_numpy(layer.sparse_kernel))) for layer in layers]
+
+
+def test_without_a_floor_the_common_factor_empties_the_small_weight_layer():
+    layers = layers_one_would_empty()
+    for layer, scale in zip(layers, layer_threshold_scales(layers, 0.6, 0.0)):
+        layer.scale_thresholds(scale)
+    assert nonzero_counts(layers)[0] == 0
+
+
+@pytest.mark.parametrize("floor", [0.05, 0.25])
+def test_floor_is_honoured_exactly_and_the_global_target_still_met(floor):
+    layers = layers_one_would_empty()
+    total = sum(layer._kernel.shape[0] * layer._kernel.shape[1] for layer in layers)
+    for layer, scale in zip(layers, layer_threshold_scales(layers, 0.6, floor)):
+        layer.scale_thresholds(scale)
+    counts = nonzero_counts(layers)
+    # The floored layer keeps exactly ceil(floor * 64) weights (64 - floor((1 - floor) * 64) zeros).
+    assert counts[0] == 64 - int(np.floor((1 - floor) * 64))
+    assert all(count >= floor * layer._kernel.shape[0] ** 2 for count, layer in zip(counts, layers))
+    assert abs(sum(counts) - round(0.4 * total)) <= 1  # the other layers made up the difference
+
+
+def test_floor_that_does_not_bind_leaves_the_common_factor():
+    layers = layers_one_would_empty()[1:]  # same weight scale: the common factor zeroes both alike
+    assert layer_threshold_scales(layers, 0.5, 0.05) == [common_threshold_scale(layers, 0.5)] * 2
+
+
+def narrow_layer_density_after_fit(budget):
+    keras.utils.set_random_seed(22)
+    inputs = keras.Input((16,))
+    x = STRDense(32, activation="relu", name="wide")(inputs)
+    outputs = STRDense(4, name="narrow", kernel_initializer=keras.initializers.RandomUniform(-1e-3, 1e-3))(x)
+    model = keras.Model(inputs, outputs)  # "narrow" starts with the smallest weights: first to go
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    data = np.random.default_rng(22).normal(size=(64, 16)).astype("float32")
+    model.fit(data, data[:, :4], epochs=3, batch_size=16, verbose=0, callbacks=[budget])
+    report = tfprune.sparsity_report(model)
+    assert report.global_sparsity == pytest.approx(0.9, abs=1 / report.parameters)
+    return {record["name"]: 1 - record["sparsity"] for record in report.layers}["narrow"]
+
+
+def test_default_floor_keeps_a_quarter_of_the_target_density_in_a_layer_training_would_empty():
+    assert narrow_layer_density_after_fit(tfprune.callbacks.SparsityBudget(0.9)) >= 0.025
+    assert narrow_layer_density_after_fit(tfprune.callbacks.SparsityBudget(0.9, min_layer_density=0.0)) == 0.0
+
+
 def test_scheduled_sparsity_is_the_cubic_ramp():
     budget = tfprune.callbacks.SparsityBudget(0.8, ramp_epochs=4)
     for time in (0.0, 1.0, 2.5, 4.0, 7.0):
@@ -98,6 +159,9 @@ def test_scheduled_sparsity_is_the_cubic_ramp():
         ({"target": 0}, r"Received: target=0"),
         ({"target": 0.9, "ramp_epochs": 0}, r"positive `ramp_epochs`.*Received: ramp_epochs=0"),
         ({"target": 0.9, "update_every": 0.5}, r"positive int `update_every`\. Received: update_every=0\.5"),
+        ({"target": 0.9, "min_layer_density": 0.1}, r"`min_layer_density` in \[0, 1 - target\) = \[0, 0\.1\).*Received: min_layer_density=0\.1"),
+        ({"target": 0.9, "min_layer_density": -0.01}, r"Received: min_layer_density=-0\.01"),
+        ({"target": 0.9, "min_layer_density": "auto"}, r"Received: min_layer_density='auto'"),
     ],
 )
 def test_invalid_arguments_are_named(arguments, message):

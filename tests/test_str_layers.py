@@ -18,13 +18,23 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def numpy_sparse_kernel(kernel, threshold, mode, filter_axes=1):
-    """METHODS.md §1, written independently of the layer code."""
+def numpy_sparse_kernel(kernel, threshold, mode, filter_axes=1, compensate=False):
+    """METHODS.md §1, written independently of the layer code.
+
+    With `compensate`, the result is scaled to the L2 norm of the weights (or
+    filters) that survive the threshold, measured before the shrinkage.
+    """
     if mode == "unstructured":
-        return np.sign(kernel) * np.maximum(np.abs(kernel) - threshold, 0.0)
-    reduced = tuple(range(kernel.ndim - filter_axes))
-    norm = np.sqrt(np.sum(kernel**2, axis=reduced))
-    return kernel * np.maximum(1.0 - threshold / norm, 0.0)
+        sparse = np.sign(kernel) * np.maximum(np.abs(kernel) - threshold, 0.0)
+        survivors = np.where(np.abs(kernel) > threshold, kernel, 0.0)
+    else:
+        reduced = tuple(range(kernel.ndim - filter_axes))
+        norm = np.sqrt(np.sum(kernel**2, axis=reduced))
+        sparse = kernel * np.maximum(1.0 - threshold / norm, 0.0)
+        survivors = kernel * (norm > threshold)
+    if compensate:
+        sparse = sparse * np.sqrt(np.sum(survivors**2) / np.sum(sparse**2))
+    return sparse
 
 
 # (layer factory, input shape, plain Keras class, number of trailing filter axes)
@@ -64,18 +74,19 @@ def plain_output(case, layer, kernel, inputs):
     return keras.ops.convert_to_numpy(plain(inputs))
 
 
-STR_KEYS = ("s_init", "threshold_fn", "granularity", "mode", "threshold_regularizer")
+STR_KEYS = ("s_init", "threshold_fn", "granularity", "mode", "threshold_regularizer", "compensate_shrinkage")
 
 
+@pytest.mark.parametrize("compensate", [True, False])
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
-def test_forward_equals_formula(case):
+def test_forward_equals_formula(case, compensate):
     for mode in ("unstructured", "channel"):
         for granularity in ("layer", "filter"):
-            check_forward(case, mode, granularity)
+            check_forward(case, mode, granularity, compensate)
 
 
-def check_forward(case, mode, granularity):
-    layer, inputs = built_layer(case, mode=mode, granularity=granularity)
+def check_forward(case, mode, granularity, compensate):
+    layer, inputs = built_layer(case, mode=mode, granularity=granularity, compensate_shrinkage=compensate)
     kernel = keras.ops.convert_to_numpy(layer._kernel)
     filter_axes = LAYER_CASES[case][3]
     filter_shape = kernel.shape[-filter_axes:]
@@ -85,14 +96,15 @@ def check_forward(case, mode, granularity):
         # between the two smallest filter norms.
         thresholds = np.median(np.abs(kernel)) if mode == "unstructured" else np.sort(norms, None)[:2].mean()
     else:
-        scale = np.linspace(0.2, 1.2, norms.size).reshape(filter_shape)
+        # No factor at 1.0: a norm exactly at its threshold sits on the kink.
+        scale = np.linspace(0.23, 1.23, norms.size).reshape(filter_shape)
         thresholds = scale * (norms if mode == "channel" else np.max(np.abs(kernel)) / 2)
         thresholds = np.minimum(thresholds, 0.99)
     set_thresholds(layer, thresholds)
     threshold = sigmoid(keras.ops.convert_to_numpy(layer.threshold_parameter).astype("float64"))
-    expected_kernel = numpy_sparse_kernel(kernel, threshold, mode, filter_axes)
+    expected_kernel = numpy_sparse_kernel(kernel, threshold, mode, filter_axes, compensate)
 
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.sparse_kernel), expected_kernel, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.sparse_kernel), expected_kernel, atol=1e-5)
     zeros = np.mean(expected_kernel == 0)
     assert 0.0 < zeros < 1.0
     np.testing.assert_allclose(
@@ -104,7 +116,7 @@ def check_forward(case, mode, granularity):
 
 
 def test_dense_forward_matches_numpy_matmul_with_exp_threshold():
-    layer = STRDense(4, threshold_fn="exp", s_init=float(np.log(0.4)))
+    layer = STRDense(4, threshold_fn="exp", s_init=float(np.log(0.4)), compensate_shrinkage=False)
     inputs = np.random.default_rng(1).normal(size=(3, 5)).astype("float32")
     outputs = keras.ops.convert_to_numpy(layer(inputs))
     kernel = keras.ops.convert_to_numpy(layer._kernel)
@@ -114,10 +126,15 @@ def test_dense_forward_matches_numpy_matmul_with_exp_threshold():
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("compensate", [False, True])
 @pytest.mark.parametrize("granularity", ["layer", "filter"])
-def test_gradients_equal_closed_forms(granularity):
-    """dL/dW = dL/dŴ 1[|W| > g], dL/ds = -g'(s) Σ sign(W) 1[|W| > g] dL/dŴ (METHODS.md §1)."""
-    layer = STRDense(5, s_init=-1.2, granularity=granularity, use_bias=False)
+def test_gradients_equal_closed_forms(granularity, compensate):
+    """dL/dW = dL/dŴ 1[|W| > g], dL/ds = -g'(s) Σ sign(W) 1[|W| > g] dL/dŴ (METHODS.md §1).
+
+    With `compensate_shrinkage` both are multiplied by the gain, a constant
+    for backprop: sqrt(Σ W² 1[|W| > g] / Σ Ŵ²) over the layer.
+    """
+    layer = STRDense(5, s_init=-1.2, granularity=granularity, use_bias=False, compensate_shrinkage=compensate)
     inputs = np.random.default_rng(2).normal(size=(7, 6)).astype("float32")
     upstream = np.random.default_rng(3).normal(size=(7, 5)).astype("float32")
     layer.build(inputs.shape)
@@ -137,13 +154,21 @@ def test_gradients_equal_closed_forms(granularity):
     derivative = threshold * (1.0 - threshold)  # g'(s) of the sigmoid
     per_filter = np.sum(np.sign(kernel) * mask * effective_gradient, axis=0)
     expected_s_gradient = -derivative * (per_filter.sum() if granularity == "layer" else per_filter)
+    if compensate:
+        sparse = np.sign(kernel) * np.maximum(np.abs(kernel) - threshold, 0.0)
+        gain = np.sqrt(np.sum((kernel * mask) ** 2) / np.sum(sparse**2))
+        assert gain > 1.5  # the thresholds shrink the survivors a lot: the check is not vacuous
+        expected_kernel_gradient = gain * expected_kernel_gradient
+        expected_s_gradient = gain * expected_s_gradient
 
     np.testing.assert_allclose(kernel_gradient.numpy(), expected_kernel_gradient, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s_gradient.numpy(), expected_s_gradient, rtol=1e-4, atol=1e-6)
 
 
 def test_channel_mode_gradients_match_finite_differences():
-    layer = STRConv2D(3, 2, mode="channel", dtype="float64")
+    # The paper's layer: with compensate_shrinkage the gain is held constant in
+    # backprop, so its gradients are not those of the forward function.
+    layer = STRConv2D(3, 2, mode="channel", dtype="float64", compensate_shrinkage=False)
     inputs = np.random.default_rng(4).normal(size=(2, 4, 4, 2))
     layer.build(inputs.shape)
     norms = np.sqrt(np.sum(keras.ops.convert_to_numpy(layer._kernel) ** 2, axis=(0, 1, 2)))
@@ -232,6 +257,45 @@ def test_keras_file_round_trip_keeps_threshold_and_outputs(mode, tmp_path):
                 keras.ops.convert_to_numpy(layer.threshold_parameter),
             )
     np.testing.assert_allclose(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_compensate_shrinkage_round_trips_through_keras_file(compensate, tmp_path):
+    model = all_layer_types_model(s_init=-1.5, compensate_shrinkage=compensate)
+    inputs = np.random.default_rng(13).normal(size=(2, 9, 9, 4)).astype("float32")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [getattr(layer, "compensate_shrinkage", None) for layer in loaded.layers] == [
+        getattr(layer, "compensate_shrinkage", None) for layer in model.layers
+    ]
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
+
+
+def test_config_saved_before_compensate_shrinkage_existed_loads_as_the_papers_layer():
+    layer, inputs = built_layer("dense", s_init=-1.5, compensate_shrinkage=False)
+    legacy_config = {key: value for key, value in layer.get_config().items() if key != "compensate_shrinkage"}
+    legacy = STRDense.from_config(legacy_config)
+    legacy.build(inputs.shape)
+    legacy.set_weights(layer.get_weights())
+    assert legacy.compensate_shrinkage is False
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(legacy(inputs)), keras.ops.convert_to_numpy(layer(inputs)))
+    assert STRDense(3).compensate_shrinkage is True  # new layers compensate by default
+
+
+def test_compensation_keeps_the_survivors_norm_and_the_papers_zeros():
+    paper, _ = built_layer("conv2d", compensate_shrinkage=False)
+    kernel = keras.ops.convert_to_numpy(paper._kernel)
+    set_thresholds(paper, np.quantile(np.abs(kernel), 0.8))  # 80% zeros
+    compensated, _ = built_layer("conv2d")
+    compensated.set_weights(paper.get_weights())
+    threshold = float(keras.ops.convert_to_numpy(paper.threshold))
+    paper_kernel = keras.ops.convert_to_numpy(paper.sparse_kernel)
+    compensated_kernel = keras.ops.convert_to_numpy(compensated.sparse_kernel)
+    np.testing.assert_array_equal(compensated_kernel == 0, paper_kernel == 0)
+    survivors = kernel[np.abs(kernel) > threshold]
+    assert np.linalg.norm(paper_kernel) < 0.5 * np.linalg.norm(survivors)  # the shrinkage being undone
+    np.testing.assert_allclose(np.linalg.norm(compensated_kernel), np.linalg.norm(survivors), rtol=1e-5)
 
 
 def test_get_config_round_trip():
@@ -356,6 +420,7 @@ def test_invalid_arguments_are_named():
         ({"granularity": "weight"}, r"granularity in \('layer', 'filter'\)\. Received: granularity='weight'"),
         ({"mode": "block"}, r"mode in \('unstructured', 'channel'\)\. Received: mode='block'"),
         ({"lora_rank": 2}, r"STRDense cannot be combined with LoRA.*Received: lora_rank=2"),
+        ({"compensate_shrinkage": "yes"}, r"`compensate_shrinkage` to be True or False\. Received: compensate_shrinkage='yes'"),
     ]
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message):

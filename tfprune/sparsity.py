@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from tfprune._utils import clone_graph, require_graph_model
+from tfprune.layers.str_base import _STR_CONFIG_KEYS
 
 
 def strip(model):
@@ -58,7 +59,8 @@ def strip(model):
     return clone_graph(model, replace)
 
 
-_STR_ARGUMENTS = ("s_init", "threshold_fn", "granularity", "mode", "threshold_regularizer")
+# The STR arguments `sparsify` passes on: the keyword-only arguments of STRMixin.
+_STR_ARGUMENTS = _STR_CONFIG_KEYS
 
 
 def _str_layer_classes():
@@ -90,8 +92,8 @@ def sparsify(model, skip=(), **str_kwargs):
         skip: Iterable of layer names to keep dense (e.g. the first conv and
             the classifier). Defaults to `()`.
         **str_kwargs: STR arguments passed to every new layer: `s_init`,
-            `threshold_fn`, `granularity`, `mode`, `threshold_regularizer`
-            (see `tfprune.layers.STRMixin`).
+            `threshold_fn`, `granularity`, `mode`, `threshold_regularizer`,
+            `compensate_shrinkage` (see `tfprune.layers.STRMixin`).
 
     Returns:
         A new `keras.Model` of the same kind with STR layers.
@@ -150,7 +152,10 @@ def sparsify(model, skip=(), **str_kwargs):
     def replace(layer):
         if layer.name not in convertible_names:
             return None
-        new_layer = str_classes[type(layer)].from_config({**layer.get_config(), **str_kwargs})
+        # A plain layer's config has no `compensate_shrinkage`; from_config would
+        # read that as a legacy STR file, so the default is spelled out here.
+        config = {**layer.get_config(), "compensate_shrinkage": True, **str_kwargs}
+        new_layer = str_classes[type(layer)].from_config(config)
         new_layer.build_from_config(layer.get_build_config())
         new_layer._kernel.assign(layer.kernel)
         if layer.use_bias:
@@ -181,6 +186,10 @@ def str_layers(model):
     return [layer for _, layer in _named_str_layers(model)]
 
 
+# A layer with fewer than this share of its weights non-zero is reported "nearly empty".
+NEARLY_EMPTY = 0.01
+
+
 @dataclasses.dataclass
 class SparsityReport:
     """Per-layer and global sparsity of a model's STR layers, as data.
@@ -191,7 +200,11 @@ class SparsityReport:
     `STRLowRankDense`), `nonzero_parameters`, `sparsity`, `macs` and
     `nonzero_macs` (multiply-accumulates per example of the kernel, dense and
     skipping zeros; for `STRLowRankDense`, `macs` are those of the stripped
-    Dense and `nonzero_macs` those of the factorised kernel at the learned rank).
+    Dense and `nonzero_macs` those of the factorised kernel at the learned rank)
+    and `status`: `"empty"` (no non-zero weight: the layer cuts the network
+    unless a residual path bypasses it), `"nearly empty"` (fewer than
+    `NEARLY_EMPTY` of its weights non-zero) or `""`. `print(report)` lists
+    such layers under the table.
 
     Attributes:
         layers: List of dicts, one per STR layer.
@@ -222,6 +235,16 @@ class SparsityReport:
         """Float. Share of STR kernel weights that are exactly zero."""
         return 1.0 - self.nonzero_parameters / max(self.parameters, 1)
 
+    @property
+    def emptied_layers(self):
+        """List of the names of STR layers with no non-zero weight."""
+        return [record["name"] for record in self.layers if record["status"] == "empty"]
+
+    @property
+    def nearly_empty_layers(self):
+        """List of the names of STR layers with fewer than `NEARLY_EMPTY` of their weights non-zero."""
+        return [record["name"] for record in self.layers if record["status"] == "nearly empty"]
+
     def __str__(self):
         header = f"{'layer':<28}{'type':<20}{'threshold':>11}{'params':>10}{'nonzero':>10}{'sparsity':>10}{'MACs':>12}{'nonzero MACs':>14}"
         lines = [header, "-" * len(header)]
@@ -236,6 +259,10 @@ class SparsityReport:
             f"{'total':<59}{self.parameters:>10}{self.nonzero_parameters:>10}"
             f"{self.global_sparsity:>10.1%}{self.macs:>12}{self.nonzero_macs:>14}"
         )
+        if self.emptied_layers:
+            lines.append(f"EMPTY (no non-zero weight; they cut the network): {', '.join(self.emptied_layers)}")
+        if self.nearly_empty_layers:
+            lines.append(f"Nearly empty (< {NEARLY_EMPTY:.0%} non-zero): {', '.join(self.nearly_empty_layers)}")
         return "\n".join(lines)
 
 
@@ -246,6 +273,12 @@ def _named_str_layers(model, prefix=""):
             yield f"{prefix}{layer.name}", layer
         elif getattr(layer, "layers", None):
             yield from _named_str_layers(layer, f"{prefix}{layer.name}/")
+
+
+def _status(nonzero, parameters):
+    if nonzero == 0:
+        return "empty"
+    return "nearly empty" if nonzero < NEARLY_EMPTY * parameters else ""
 
 
 def sparsity_report(model):
@@ -307,6 +340,7 @@ def sparsity_report(model):
                 "sparsity": 1.0 - nonzero / parameters,
                 "macs": macs,
                 "nonzero_macs": macs * nonzero // max(record.kernel_params, 1),
+                "status": _status(nonzero, parameters),
             }
         )
     return SparsityReport(

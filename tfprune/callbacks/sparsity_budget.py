@@ -110,12 +110,96 @@ def common_threshold_scale(layers, target):
         # sparsity_if_cut[k]: sparsity when the k smallest ratios are zero.
         sparsity_if_cut = np.concatenate([[0.0], np.cumsum(weights[order]) / weights.sum()])
         cut = int(np.argmin(np.abs(sparsity_if_cut - target)))
-    if cut == 0:
-        return float(ratios[0] / 2.0)
-    if cut == ratios.size or not np.isfinite(ratios[cut]):
-        return float(ratios[cut - 1] * 2.0)
-    # Geometric midpoint: ratios[cut - 1] <= c < ratios[cut] with margin on both sides.
-    return float(np.sqrt(ratios[cut - 1] * ratios[cut]))
+    # ratios[cut - 1] <= c < ratios[cut] (the partition put both in place).
+    return _between(ratios, cut)
+
+
+def layer_threshold_scales(layers, target, min_layer_density=0.0):
+    """Returns one threshold factor per layer: the global sparsity is `target`, no layer below its floor.
+
+    Without a floor this is `common_threshold_scale` for every layer. With a
+    floor, a layer whose share of zeros at the common factor would exceed
+    `1 - min_layer_density` gets its own, smaller factor that leaves exactly
+    that share non-zero (and at least one score), and the common factor of the
+    other layers rises until the global sparsity is `target` again
+    (water-filling; ties between equal ratios aside).
+
+    Args:
+        layers: List of STR layers (with `pruning_scores()`).
+        target: Float in `[0, 1)`. The wanted global sparsity.
+        min_layer_density: Float in `[0, 1 - target)`. The share of each
+            layer's weights (filters in `"channel"` mode) that stays non-zero.
+            `0.0` sets no floor: a layer may be emptied. Defaults to `0.0`.
+
+    Returns:
+        List of positive floats, one per layer, for `layer.scale_thresholds`.
+
+    Example:
+
+    >>> import numpy as np, tfprune
+    >>> from tfprune.callbacks.sparsity_budget import layer_threshold_scales
+    >>> small = tfprune.layers.STRDense(4, s_init=-3.0)
+    >>> small.build((None, 4))
+    >>> tiny = np.linspace(0.001, 0.016, 16).reshape(4, 4).astype("float32")
+    >>> _ = small._kernel.assign(tiny)  # a common factor would zero this layer first
+    >>> large = tfprune.layers.STRDense(16, s_init=-3.0)
+    >>> large.build((None, 16))
+    >>> for layer, scale in zip([small, large], layer_threshold_scales([small, large], 0.5, 0.25)):
+    ...     layer.scale_thresholds(scale)
+    >>> [int(np.sum(np.asarray(layer.sparse_kernel) != 0)) for layer in (small, large)]
+    [4, 132]
+    """
+    common = common_threshold_scale(layers, target)
+    if min_layer_density <= 0.0:
+        return [common] * len(layers)
+    per_layer = _layer_ratios(layers)
+    sorted_ratios = [np.sort(ratios) for ratios, _ in per_layer]
+    # The most scores a layer may lose: all but its floor, and never all.
+    caps = [min(int(np.floor((1.0 - min_layer_density) * ratios.size)), ratios.size - 1) for ratios in sorted_ratios]
+    if all(np.searchsorted(ratios, common, "right") <= cap for ratios, cap in zip(sorted_ratios, caps)):
+        return [common] * len(layers)  # no floor binds: one common factor, as without a floor
+    weights = [weights_per_score for _, weights_per_score in per_layer]
+    goal = target * sum(ratios.size * weight for ratios, weight in zip(sorted_ratios, weights))
+    candidates = np.unique(np.concatenate(sorted_ratios))
+
+    def zeros_at(index):  # zero weights when the common factor is just above candidates[index - 1]
+        if index == 0:
+            return 0.0
+        return float(
+            sum(
+                min(np.searchsorted(ratios, candidates[index - 1], "right"), cap) * weight
+                for ratios, cap, weight in zip(sorted_ratios, caps, weights)
+            )
+        )
+
+    low, high = 0, candidates.size
+    while low < high:  # the first index whose zeros reach the goal
+        middle = (low + high) // 2
+        if zeros_at(middle) < goal:
+            low = middle + 1
+        else:
+            high = middle
+    if low > 0 and abs(zeros_at(low - 1) - goal) <= abs(zeros_at(low) - goal):
+        low -= 1
+    common = _between(candidates, low)
+    return [
+        _between(ratios, cap) if np.searchsorted(ratios, common, "right") > cap else common
+        for ratios, cap in zip(sorted_ratios, caps)
+    ]
+
+
+def _between(sorted_ratios, count):
+    """A factor that zeroes exactly the `count` smallest of `sorted_ratios`.
+
+    The geometric midpoint of the ratios either side of the cut, so both are
+    clear of it; only `sorted_ratios[count - 1]`, `[count]` (and `[0]`) need
+    to be in sorted position.
+    """
+    if count == 0:
+        return float(sorted_ratios[0] / 2.0)
+    if count >= sorted_ratios.size or not np.isfinite(sorted_ratios[count]):
+        return float(sorted_ratios[count - 1] * 2.0)
+    return float(np.sqrt(sorted_ratios[count - 1] * sorted_ratios[count]))
 
 
 class SparsityBudget(keras.callbacks.Callback):
@@ -143,6 +227,11 @@ class SparsityBudget(keras.callbacks.Callback):
       sparsity grows and the last epochs fine-tune at the final level.
     - At the end of training a last rescaling lands the global sparsity on
       `target` to within one weight (or one filter in `"channel"` mode).
+    - No layer is emptied: a layer whose share of zeros would pass
+      `1 - min_layer_density` keeps that floor instead (its own threshold
+      factor), and the other layers make up the difference
+      (`layer_threshold_scales`). An emptied layer cuts the network: a plain
+      CNN pruned to 98% lost a whole layer and sat at chance without it.
 
     Because the measurement is exact (counted from the weights, not
     estimated), the common factor needs no feedback gains to tune; it is a
@@ -165,6 +254,15 @@ class SparsityBudget(keras.callbacks.Callback):
             MobileNetV3-Small (1.5 M weights) on a 2-core machine, where a
             training step takes about 110 ms, so raise it for large models
             (e.g. 10-50). Defaults to `1`.
+        min_layer_density: Float in `[0, 1 - target)` or None. The share of
+            each STR layer's weights (filters in `"channel"` mode) that stays
+            non-zero whatever the learned thresholds say; every layer also
+            keeps at least one. `None` is a quarter of the target density,
+            `(1 - target) / 4` (2.5% at a 90% target, 0.5% at 98%): low enough
+            to leave STR's learned budget alone where it is sane, and it only
+            binds on layers the budget would otherwise (nearly) empty.
+            `0.0` sets no floor, the paper's behaviour (layers may be emptied).
+            Defaults to `None`.
 
     Raises:
         ValueError: If an argument is out of range, or at `on_train_begin` if
@@ -183,7 +281,7 @@ class SparsityBudget(keras.callbacks.Callback):
     0.75
     """
 
-    def __init__(self, target, ramp_epochs=None, update_every=1):
+    def __init__(self, target, ramp_epochs=None, update_every=1, min_layer_density=None):
         super().__init__()
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
             raise ValueError(
@@ -203,7 +301,20 @@ class SparsityBudget(keras.callbacks.Callback):
             raise ValueError(
                 f"SparsityBudget needs a positive int `update_every`. Received: update_every={update_every!r}"
             )
+        if min_layer_density is None:
+            min_layer_density = (1.0 - float(target)) / 4.0
+        elif (
+            isinstance(min_layer_density, bool)
+            or not isinstance(min_layer_density, (int, float))
+            or not 0.0 <= min_layer_density < 1.0 - target
+        ):
+            raise ValueError(
+                f"SparsityBudget needs `min_layer_density` in [0, 1 - target) = [0, {1.0 - target:g}) (or "
+                f"None for (1 - target) / 4); a higher floor makes target={target!r} unreachable. "
+                f"Received: min_layer_density={min_layer_density!r}"
+            )
         self.target = float(target)
+        self.min_layer_density = float(min_layer_density)
         self.ramp_epochs = ramp_epochs
         self.update_every = update_every
         self._layers = []
@@ -253,9 +364,10 @@ class SparsityBudget(keras.callbacks.Callback):
         self._rescale(self.scheduled_sparsity(self._epoch + fraction))
 
     def _rescale(self, level):
-        self._last_scale = common_threshold_scale(self._layers, level)
-        for layer in self._layers:
-            layer.scale_thresholds(self._last_scale)
+        scales = layer_threshold_scales(self._layers, level, self.min_layer_density)
+        self._last_scale = max(scales)  # the common factor (floored layers get less)
+        for layer, scale in zip(self._layers, scales):
+            layer.scale_thresholds(scale)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
