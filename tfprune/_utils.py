@@ -1,10 +1,26 @@
 """Small helpers shared by every tfprune module (not public API)."""
 
 import contextlib
+import numbers
 import os
 import tempfile
 
 import keras
+import numpy as np
+
+
+def is_number(value):
+    """True for a real number, Python or NumPy (`0.5`, `np.float32(0.5)`, `3`), not a bool.
+
+    Every numeric argument check uses it, so that NumPy scalars are accepted
+    wherever Python numbers are.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer(value):
+    """True for an integer, Python or NumPy (`3`, `np.int64(3)`), not a bool (nor `3.0`)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def require_graph_model(model, caller):

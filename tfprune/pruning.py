@@ -21,7 +21,6 @@ whole layer at rate 0.7), then widths are rounded to a multiple of `round_to`.
 
 import dataclasses
 import math
-import numbers
 import warnings
 
 import keras
@@ -30,7 +29,7 @@ import numpy as np
 from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
 from tfprune import surgery
-from tfprune._utils import clone_graph, require_graph_model
+from tfprune._utils import clone_graph, is_integer, is_number, require_graph_model
 from tfprune.analysis import analyze
 
 _SCOPES = ("global", "group")
@@ -211,15 +210,6 @@ def _targeted_groups(model, graph, targets, ignore):
     ]
 
 
-def _is_real(value):
-    # numbers.Real covers Python and NumPy floats and ints (np.float32(0.5)), not bools.
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_integer(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore):
     """Validates `prune`'s arguments; returns `rate` and `threshold` as Python floats (or None)."""
     if (rate is None) == (threshold is None):
@@ -227,9 +217,9 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
             "Give exactly one of `rate` (share of channels to remove) and `threshold` (remove "
             f"channels scoring <= threshold). Received: rate={rate!r}, threshold={threshold!r}"
         )
-    if rate is not None and (not _is_real(rate) or not 0 <= rate < 1):
+    if rate is not None and (not is_number(rate) or not 0 <= rate < 1):
         raise ValueError(f"`rate` must be a number in [0, 1), e.g. 0.5. Received: rate={rate!r}")
-    if threshold is not None and (not _is_real(threshold) or math.isnan(threshold)):
+    if threshold is not None and (not is_number(threshold) or math.isnan(threshold)):
         raise ValueError(
             f"`threshold` must be a number (channels scoring <= it are removed), e.g. 0.0. "
             f"Received: threshold={threshold!r}"
@@ -241,13 +231,13 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
             "`targets` must be 'all', 'expansion' or a callable `group -> bool`. "
             f"Received: targets={targets!r}"
         )
-    if not _is_integer(min_channels) or min_channels < 1:
+    if not is_integer(min_channels) or min_channels < 1:
         raise ValueError(f"`min_channels` must be an int >= 1. Received: min_channels={min_channels!r}")
-    if max_group_rate is not None and (not _is_real(max_group_rate) or not 0 < max_group_rate <= 1):
+    if max_group_rate is not None and (not is_number(max_group_rate) or not 0 < max_group_rate <= 1):
         raise ValueError(
             f"`max_group_rate` must be None or in (0, 1]. Received: max_group_rate={max_group_rate!r}"
         )
-    if not _is_integer(round_to) or round_to < 1:
+    if not is_integer(round_to) or round_to < 1:
         raise ValueError(f"`round_to` must be an int >= 1. Received: round_to={round_to!r}")
     if isinstance(ignore, str) or not all(isinstance(name, str) for name in ignore):
         raise TypeError(
@@ -629,7 +619,7 @@ def sensitivity(
     >>> # result.values["expanded_conv_1_expand"]
     """
     require_graph_model(model, "tfprune.sensitivity")
-    if not all(_is_real(rate) and 0 <= rate < 1 for rate in rates):
+    if not all(is_number(rate) and 0 <= rate < 1 for rate in rates):
         raise ValueError(f"Every rate must be a number in [0, 1). Received: rates={rates!r}")
     rates = tuple(float(rate) for rate in rates)
     if evaluate is None:

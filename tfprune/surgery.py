@@ -117,7 +117,7 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
     widths = dict(widths)
     for name, width in widths.items():
         group = _checked_group(graph, name)
-        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= group.size:
+        if not _utils.is_integer(width) or not 1 <= width <= group.size:
             raise ValueError(
                 f"Width of group '{name}' must be an int in [1, {group.size}]. Received: {width!r}"
             )
