@@ -350,7 +350,8 @@ def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
     )
     assert numpy.widths_after == python.widths_after
     assert type(numpy.rate) is float and numpy.rate == 0.5
-    _, by_threshold = prune(model, "l1", threshold=np.float32(0.0))
+    with pytest.warns(UserWarning, match="removed no channel"):
+        _, by_threshold = prune(model, "l1", threshold=np.float32(0.0))
     assert type(by_threshold.to_dict()["groups"][0]["after"]) is int
     result = tfprune.pruning.sensitivity(
         model, None, rates=(np.float32(0.5),), evaluate=lambda candidate: candidate.count_params(), verbose=0
