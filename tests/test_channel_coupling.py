@@ -145,9 +145,20 @@ def doubled(x):
     return x * 2.0
 
 
-def test_unknown_activation_function_freezes_the_group():
+def test_unknown_activation_function_freezes_the_group_until_registered(monkeypatch):
     model = build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer"))
     assert_coupled(model, "applies activation 'doubled', which tfprune does not know to act on each channel alone")
+    reason = tfprune.graph.build(model)["producer"].reason
+    assert "(if it does: `tfprune.graph.register_activation(doubled)`)" in reason
+    monkeypatch.setattr(handlers, "_ELEMENTWISE_FUNCTIONS", dict(handlers._ELEMENTWISE_FUNCTIONS))
+    monkeypatch.setattr(handlers, "_MIXING_FUNCTIONS", dict(handlers._MIXING_FUNCTIONS))
+    tfprune.graph.register_activation(doubled)
+    assert_independent(build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer")))
+    tfprune.graph.register_activation(doubled, mixes_channels=True)
+    model = build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer"))
+    assert_coupled(model, "'producer' applies activation 'doubled' over the channel axis")
+    with pytest.raises(TypeError, match=r"expects the activation function itself.*function='doubled'"):
+        tfprune.graph.register_activation("doubled")
 
 
 # Every producer class, with an elementwise and with a channel-mixing activation.

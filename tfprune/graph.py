@@ -43,7 +43,8 @@ removing one, even a dead one, would change the others: a softmax,
 normalisation or reduction over the channel axis, whether a layer
 (`Softmax`, `LayerNormalization`, ...), an activation (`Activation("softmax")`,
 `Dense(..., activation="softmax")`) or a `keras.ops` call (`ops.sum(x,
-axis=-1)`); an activation function tfprune does not know is frozen too. Unknown layers
+axis=-1)`); an activation function tfprune does not know is frozen too (declare
+an elementwise one with `register_activation(function)`). Unknown layers
 and operations are refused by name; teach tfprune about them with
 `register_handler(layer_class_or_op_name, handler)`: `Preserve()` for a
 channel-preserving layer, `Freeze(reason)` for one that must not be resized,
@@ -63,7 +64,15 @@ import keras
 import numpy as np
 
 from tfprune import _utils, handlers
-from tfprune.handlers import Freeze, Handler, Preserve, Tracer, handler_for, register_handler
+from tfprune.handlers import (
+    Freeze,
+    Handler,
+    Preserve,
+    Tracer,
+    handler_for,
+    register_activation,
+    register_handler,
+)
 
 __all__ = [
     "ChannelGraph",
@@ -76,6 +85,7 @@ __all__ = [
     "UnknownOperationError",
     "build",
     "flatten",
+    "register_activation",
     "register_handler",
 ]
 

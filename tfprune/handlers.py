@@ -359,8 +359,45 @@ def channel_mixing_activation(layer):
     name = getattr(activation, "__name__", type(activation).__name__)
     return (
         f"'{layer.name}' applies activation '{name}', which tfprune does not know to act on "
-        "each channel alone"
+        f"each channel alone (if it does: `tfprune.graph.register_activation({name})`)"
     )
+
+
+def register_activation(function, mixes_channels=False):
+    """Tells tfprune whether a custom activation function acts on each channel alone.
+
+    A layer whose `activation` tfprune does not know freezes its output
+    channels, since the function might couple them (as softmax does).
+    Register an elementwise function (`f(x)[..., c]` depends on `x[..., c]`
+    only) to let those channels be pruned.
+
+    Args:
+        function: The activation callable, as stored in `layer.activation`
+            (for a model loaded from a file: the registered custom object).
+        mixes_channels: Bool. True for a function that couples channels
+            (normalises or reduces over the last axis). Defaults to `False`.
+
+    Raises:
+        TypeError: If `function` is not callable.
+
+    Example:
+
+    >>> @keras.saving.register_keras_serializable(package="example")
+    ... def scaled_tanh(x):
+    ...     return 1.7 * keras.ops.tanh(x)
+    >>> tfprune.graph.register_activation(scaled_tanh)
+    >>> tfprune.handlers.channel_mixing_activation(keras.layers.Dense(4, activation=scaled_tanh)) is None
+    True
+    """
+    if not callable(function):
+        raise TypeError(
+            "`register_activation` expects the activation function itself, e.g. "
+            f"`register_activation(my_activation)`. Received: function={function!r}"
+        )
+    name = getattr(function, "__name__", type(function).__name__)
+    _MIXING_FUNCTIONS.pop(function, None)
+    _ELEMENTWISE_FUNCTIONS.pop(function, None)
+    (_MIXING_FUNCTIONS if mixes_channels else _ELEMENTWISE_FUNCTIONS)[function] = name
 
 
 class _PerChannel(Handler):
