@@ -265,3 +265,13 @@ def test_litert_info_lines_stay_off_the_terminal(tmp_path, model_file, capfd):
     assert cli.main(["bench", str(tflite_path), "--threads", "1", "--runs", "2"]) == 0
     captured = capfd.readouterr()
     assert not [line for line in captured.err.splitlines() if line.startswith("INFO:")], captured.err
+
+
+def test_sparsify_with_nothing_to_replace_says_so_and_writes_nothing(tmp_path, model_file, capsys):
+    output = tmp_path / "str.keras"
+    assert cli.main(["sparsify", str(model_file), "-o", str(output), "--skip", "conv", "logits"]) == 2
+    (line,) = _error_line(capsys)  # tfprune.sparsify refuses; the command reports it in one line
+    assert line.startswith("tfprune: error: ") and "Dense" in line
+    assert not output.exists()
+    assert cli.main(["sparsify", str(model_file), "-o", str(output)]) == 0
+    assert "(2 layers replaced by STR layers)" in capsys.readouterr().out

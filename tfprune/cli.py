@@ -398,8 +398,10 @@ def _run_sparsify(args):
     model = _load_model(args.model)
     options = {} if args.s_init is None else {"s_init": args.s_init}
     sparse_model = tfprune.sparsify(model, skip=tuple(args.skip), **options)
+    before = {layer.name: type(layer) for layer in model.layers}
+    replaced = [layer.name for layer in sparse_model.layers if type(layer) is not before.get(layer.name)]
     _save_model(sparse_model, args.output, args.force)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} ({len(replaced)} layers replaced by STR layers)")
 
 
 def _run_strip(args):
