@@ -274,13 +274,30 @@ def tfmot_step_time_worker(job):
 WORKERS = {"accuracy": tfmot_accuracy_worker, "step_time": tfmot_step_time_worker}
 
 
-def run_tfmot(interpreter, jobs):
-    """Runs TFMOT jobs in one subprocess with `TF_USE_LEGACY_KERAS=1`; returns their JSON results."""
+def add_tfmot_arguments(parser):
+    """Adds `--tfmot-python` and the hidden `--tfmot-worker` (what `run_tfmot` calls) to a script's parser."""
+    parser.add_argument("--tfmot-python", default=None, help="interpreter with tf_keras and TFMOT")
+    parser.add_argument("--tfmot-worker", nargs=2, metavar=("JOB_JSON", "OUTPUT_JSON"), help=argparse.SUPPRESS)
+
+
+def serve_tfmot_jobs(paths, workers):
+    """The `--tfmot-worker JOBS OUTPUT` side of `run_tfmot`: runs each job with `workers[job["kind"]]`; returns 0."""
+    jobs = json.loads(pathlib.Path(paths[0]).read_text())
+    pathlib.Path(paths[1]).write_text(json.dumps([workers[job["kind"]](job) for job in jobs]))
+    return 0
+
+
+def run_tfmot(interpreter, jobs, module="benchmarks.str_vs_tfmot"):
+    """Runs TFMOT jobs in one subprocess with `TF_USE_LEGACY_KERAS=1`; returns their JSON results.
+
+    The subprocess is `module --tfmot-worker JOBS OUTPUT`: the module's own
+    worker functions run each job.
+    """
     with tempfile.TemporaryDirectory() as directory:
         job_path, output_path = (os.path.join(directory, name) for name in ("jobs.json", "output.json"))
         pathlib.Path(job_path).write_text(json.dumps(jobs))
         environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        command = [interpreter, "-m", "benchmarks.str_vs_tfmot", "--tfmot-worker", job_path, output_path]
+        command = [interpreter, "-m", module, "--tfmot-worker", job_path, output_path]
         if subprocess.run(command, cwd=ROOT, env=environment).returncode != 0:
             raise RuntimeError(
                 f"The TFMOT side failed with interpreter {interpreter}; it needs tf_keras and "
@@ -528,13 +545,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="seeds per target (default 3)")
     parser.add_argument("--runs", type=int, default=9, help="timed runs per model for the step time (default 9)")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed run (default 10)")
-    parser.add_argument("--tfmot-python", default=None, help="interpreter with tf_keras and TFMOT")
-    parser.add_argument("--tfmot-worker", nargs=2, metavar=("JOB_JSON", "OUTPUT_JSON"), help=argparse.SUPPRESS)
+    add_tfmot_arguments(parser)
     args = parser.parse_args(argv)
     if args.tfmot_worker:
-        jobs = json.loads(pathlib.Path(args.tfmot_worker[0]).read_text())
-        pathlib.Path(args.tfmot_worker[1]).write_text(json.dumps([WORKERS[job["kind"]](job) for job in jobs]))
-        return 0
+        return serve_tfmot_jobs(args.tfmot_worker, WORKERS)
 
     import keras
 

@@ -84,3 +84,35 @@ def test_str_vs_tfmot_depthwise_table_counts_emptied_layers_per_target():
     assert "- Net at 98%: SparsityBudget emptied 1.5 of 3 DepthwiseConv2D layers (test accuracy 15.00%)." in lines
     assert not any("at 90%" in line for line in lines)
     assert str_vs_tfmot.depthwise_table({"CNN": []}, [0.9]) == []
+
+
+def grid_result(method, seed, accuracy, target=0.95, architecture="plain_cnn", optimizer="adam", emptied=0):
+    layers = [["conv", 1.0]] * emptied + [["dense", 0.5]]
+    return dict(architecture=architecture, optimizer=optimizer, target=target, seed=seed, method=method,
+                start="scratch", epochs=1, limit=None, accuracy=accuracy, sparsity=target, layers=layers, seconds=1.0)  # fmt: skip
+
+
+def test_str_grid_names_cells_behind_and_at_chance_and_averages_per_target():
+    from benchmarks import str_grid
+
+    results = [
+        grid_result("str", 0, 80.0), grid_result("str", 1, 82.0),  # STR 81 vs GMP 90: 9 points behind
+        grid_result("gmp", 0, 89.0), grid_result("gmp", 1, 91.0),
+        grid_result("str", 0, 10.0, target=0.98, emptied=1), grid_result("gmp", 0, 30.0, target=0.98),
+    ]  # fmt: skip
+    text = "\n".join(str_grid.tables(results, quick=False))
+    assert "| 81.0 ± 1.0 | 90.0 ± 1.0 | -9.0 | 2 | 0.0 |" in text
+    assert "STR 9.0 points below GMP." in text
+    assert "98%: STR at 10.0% (chance)." in text
+    assert "| 98% | 10.0 | 30.0 | -20.0 | 1 |" in text  # the per-target mean over cells
+
+
+def test_str_grid_adds_a_third_seed_only_where_the_methods_are_within_two_points():
+    from benchmarks import str_grid
+
+    close = [grid_result("str", 0, 90.0), grid_result("gmp", 0, 91.5)]
+    apart = [grid_result("str", 0, 90.0, target=0.98), grid_result("gmp", 0, 80.0, target=0.98)]
+    cells = str_grid.third_seed_cells(close + apart)
+    assert sorted((cell["method"], cell["seed"], cell["target"]) for cell in cells) == [("gmp", 2, 0.95), ("str", 2, 0.95)]
+    assert all("accuracy" not in cell for cell in cells)
+    assert str_grid.third_seed_cells(close + apart + [dict(close[0], seed=2)]) == []  # already has seed 2

@@ -28,7 +28,7 @@ def _run_all_module():
 
 SCRIPTS = _run_all_module().scripts()
 # Scripts that run TensorFlow Model Optimization in a tf_keras interpreter.
-NEEDS_TFMOT = {"tfmot_compare", "str_vs_tfmot"}
+NEEDS_TFMOT = {"tfmot_compare", "str_vs_tfmot", "str_grid"}
 # Scripts without a --quick flag yet (reported to the lead; strict, so adding it fails here as a reminder).
 WITHOUT_QUICK = set()
 # Sections the quick mode must write (the other scripts either write theirs or, by design, none in quick mode).
@@ -39,6 +39,7 @@ EXPECTED_SECTIONS = {
     "str_vs_tfmot": ["## STR vs TFMOT: accuracy", "## STR vs TFMOT: step time"],
     "structured_latency": ["## Structured pruning: LiteRT speed-up", "## tfprune.prune time"],
     "sparse_deploy": ["## Sparse deployment (STR 90%)"],
+    "str_grid": ["## STR vs magnitude pruning: grid"],
 }
 
 
