@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfprune
 from tfprune.callbacks import BNSparsity
-from tfprune.callbacks.bn_sparsity import batch_norm_layers
+from tfprune.callbacks.bn_sparsity import batch_norm_layers, effective_step, group_soft_threshold
 
 
 def _toy_model():
@@ -56,10 +57,14 @@ def _manual_training(model, optimizer, l1, batches):
     return gamma.numpy()
 
 
+def _subgradient(l1):
+    return BNSparsity(l1, mode="subgradient", penalty="gamma")
+
+
 def test_subgradient_one_sgd_step_adds_lr_times_l1_sign_gamma():
     initial = _toy_model().get_layer("bn").gamma.numpy()
     plain = _fit(_toy_model(), keras.optimizers.SGD(0.1), [])
-    penalised = _fit(_toy_model(), keras.optimizers.SGD(0.1), [BNSparsity(0.05)])
+    penalised = _fit(_toy_model(), keras.optimizers.SGD(0.1), [_subgradient(0.05)])
     np.testing.assert_allclose(penalised - plain, -0.1 * 0.05 * np.sign(initial), atol=1e-6)
 
 
@@ -73,7 +78,7 @@ def test_subgradient_goes_through_the_optimizer_like_a_hand_computation(make_opt
     batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4)]
     expected = _manual_training(_toy_model(), make_optimizer(), 0.02, batches)
     model = _toy_model()
-    got = _fit(model, make_optimizer(), [BNSparsity(0.02)], batch_size=4)
+    got = _fit(model, make_optimizer(), [_subgradient(0.02)], batch_size=4)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # the penalty is removed once fit returns
     assert model.losses == []
@@ -84,7 +89,7 @@ def test_subgradient_keeps_an_existing_gamma_regularizer_and_restores_it():
     model = _toy_model()
     existing = keras.regularizers.L2(0.1)
     model.get_layer("bn").gamma.regularizer = existing
-    _fit(model, keras.optimizers.SGD(0.1), [BNSparsity(0.05)])
+    _fit(model, keras.optimizers.SGD(0.1), [_subgradient(0.05)])
     assert model.get_layer("bn").gamma.regularizer is existing
 
 
@@ -94,7 +99,7 @@ def _soft_threshold(values, threshold):
 
 def test_proximal_step_soft_thresholds_by_lr_times_l1_with_exact_zeros():
     plain = _fit(_toy_model(), keras.optimizers.SGD(0.1), [])
-    proximal = _fit(_toy_model(), keras.optimizers.SGD(0.1), [BNSparsity(1.0, mode="proximal")])
+    proximal = _fit(_toy_model(), keras.optimizers.SGD(0.1), [BNSparsity(1.0, penalty="gamma")])
     np.testing.assert_allclose(proximal, _soft_threshold(plain, 0.1), atol=1e-6)
     assert np.sum(proximal == 0.0) >= 1  # |γ|=0.05 and -0.3 start below/near 0.1
     assert np.all(proximal[np.abs(plain) <= 0.1] == 0.0)
@@ -137,10 +142,18 @@ def test_bad_arguments_and_models_without_batch_norm():
         BNSparsity(warmup_epochs=1.5)
     with pytest.raises(TypeError, match=r"`schedule` must be a callable.*schedule=3"):
         BNSparsity(schedule=3)
+    with pytest.raises(ValueError, match=r"`penalty` must be one of.*penalty='beta'"):
+        BNSparsity(penalty="beta")
+    with pytest.raises(ValueError, match=r"pass penalty='gamma'.*penalty='channel'"):
+        BNSparsity(mode="subgradient")
+    with pytest.raises(ValueError, match=r"`targets` must be.*targets='depthwise'"):
+        BNSparsity(targets="depthwise")
+    with pytest.raises(ValueError, match=r"`thresholds` must be.*thresholds=\(0.0,\)"):
+        BNSparsity(thresholds=(0.0,))
     inputs = keras.Input((5,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="no_bn")
     model.compile("sgd", "mse")
-    with pytest.raises(ValueError, match=r"no BatchNormalization.*'no_bn'"):
+    with pytest.raises(ValueError, match=r"no targeted BatchNormalization.*'no_bn'"):
         model.fit(*_data(), verbose=0, callbacks=[BNSparsity()])
 
 
@@ -157,34 +170,42 @@ def test_batch_norm_layers_finds_nested_and_skips_frozen_or_unscaled():
     assert [layer.name for layer in batch_norm_layers(model)] == ["inner_bn", "outer"]
 
 
-def _digits_gamma_share_below(l1):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images[..., None] / 16.0).astype("float32")
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((8, 8, 1))
-    x_ = inputs
-    for filters in (16, 32):
-        x_ = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x_)
-        x_ = keras.layers.BatchNormalization(momentum=0.9)(x_)
-        x_ = keras.layers.ReLU()(x_)
-    x_ = keras.layers.GlobalAveragePooling2D()(x_)
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x_))
-    model.compile(
-        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    callback = BNSparsity(l1, thresholds=(0.2,))
-    history = model.fit(x, digits.target, batch_size=64, epochs=6, verbose=0, callbacks=[callback])
-    return history.history["bn_gamma_below_0.2"][-1], history.history["accuracy"][-1]
+def _redundant_task_run(callback, epochs=20):
+    """64 hidden channels for a 4-class task that a few of them solve."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 8)).astype("float32")
+    y = ((x[:, 0] + x[:, 1]) > 0).astype("int32") + 2 * (x[:, 2] > 0.5).astype("int32")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(64, use_bias=False, name="dense")(inputs)
+    hidden = keras.layers.BatchNormalization(momentum=0.9, name="bn")(hidden)
+    hidden = keras.layers.ReLU()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="head")(hidden))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [] if callback is None else [callback]
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=callbacks)
+    gammas = np.abs(model.get_layer("bn").gamma.numpy())
+    return model, gammas, model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"], x
 
 
-def test_sparse_training_on_digits_grows_the_share_of_small_gammas():
-    share_plain, _ = _digits_gamma_share_below(0.0)
-    share_sparse, accuracy = _digits_gamma_share_below(3e-2)
-    # measured: 0.0 without the penalty, 0.35 with it (48 scales in total)
-    assert share_sparse > share_plain + 0.2, (share_plain, share_sparse)
-    assert accuracy > 0.8
+def test_proximal_channel_mode_under_adam_zeroes_channels_that_the_old_default_leaves_near_one():
+    _, plain_gammas, plain_accuracy, _ = _redundant_task_run(None)
+    _, old_gammas, _, _ = _redundant_task_run(BNSparsity(1e-4, mode="subgradient", penalty="gamma"))
+    model, gammas, accuracy, x = _redundant_task_run(BNSparsity(0.05))
+    # 320 Adam steps of lr 1e-3 move γ by at most 0.32: the subgradient leaves every γ far from 0.
+    assert np.mean(old_gammas < 1e-2) == 0.0 and np.mean(plain_gammas < 1e-2) == 0.0
+    # measured: 50% of the 64 scales exactly 0, accuracy 0.927 (plain 0.955)
+    assert np.mean(gammas == 0.0) >= 0.4, np.mean(gammas == 0.0)
+    assert accuracy > plain_accuracy - 0.05, (accuracy, plain_accuracy)
+    # the zeroed channels output exactly 0 (γ and β are shrunk together): removing them is free
+    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0)
+    assert pruned.count_params() < model.count_params()
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_defaults_are_the_proximal_channel_penalty():
+    config = BNSparsity().get_config()
+    assert (config["l1"], config["mode"], config["penalty"], config["targets"]) == (0.02, "proximal", "channel", "all")
 
 
 def test_mirrored_strategy_two_replicas_applies_the_penalty_once(tmp_path):
@@ -223,8 +244,8 @@ def test_mirrored_strategy_two_replicas_applies_the_penalty_once(tmp_path):
         print(json.dumps({
             "replicas": strategy.num_replicas_in_sync,
             "plain": run([]),
-            "subgradient": run([BNSparsity(0.05)]),
-            "proximal": run([BNSparsity(1.0, mode="proximal")]),
+            "subgradient": run([BNSparsity(0.05, mode="subgradient", penalty="gamma")]),
+            "proximal": run([BNSparsity(1.0, penalty="gamma")]),
         }))
         """
     )
@@ -242,3 +263,139 @@ def test_mirrored_strategy_two_replicas_applies_the_penalty_once(tmp_path):
         np.array(result["subgradient"]) - plain, -0.1 * 0.05 * np.sign(initial), atol=1e-6
     )
     np.testing.assert_allclose(np.array(result["proximal"]), _soft_threshold(plain, 0.1), atol=1e-6)
+
+
+def _channel_prox(gamma, beta, steps_gamma, steps_beta, strength):
+    """NumPy reference of the channel penalty's proximal step (one BN, groups of (γ_c, β_c))."""
+    group_steps = 1.0 / np.sqrt((1.0 / steps_gamma**2 + 1.0 / steps_beta**2) / 2.0)
+    norms = np.sqrt(gamma**2 + beta**2)
+    factors = np.maximum(0.0, 1.0 - strength * group_steps / np.maximum(norms, 1e-30))
+    return gamma * factors, beta * factors
+
+
+def test_group_soft_threshold_matches_the_closed_form_and_keeps_ungrouped_coordinates():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=7).astype("float32")
+    steps = rng.uniform(0.1, 2.0, size=7).astype("float32")
+    group_ids = np.array([0, 0, 1, 2, 2, 2, 3])  # 3 == group_count: not grouped
+    got = np.asarray(group_soft_threshold(values, steps, group_ids, 3, 0.4), "float64")
+    expected = values.astype("float64").copy()
+    for group in range(3):
+        members = group_ids == group
+        step = 1.0 / np.sqrt(np.mean(1.0 / steps[members].astype("float64") ** 2))
+        norm = np.linalg.norm(values[members])
+        expected[members] *= max(0.0, 1.0 - 0.4 * step / norm)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got[6] == values[6]
+    # a group of one coordinate is the soft threshold
+    single = np.asarray(group_soft_threshold(np.array([0.5, -0.2], "float32"), np.ones(2, "float32"),
+                                             np.array([0, 1]), 2, 0.3))
+    np.testing.assert_allclose(single, [0.2, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, reference",
+    [
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda o, i, t: 0.1),
+        (lambda: keras.optimizers.Adam(0.01),
+         lambda o, i, t: 0.01 * np.sqrt(1 - 0.999**t) / (np.sqrt(o._velocities[i].numpy()) + 1e-7)),
+        (lambda: keras.optimizers.AdamW(0.01),
+         lambda o, i, t: 0.01 * np.sqrt(1 - 0.999**t) / (np.sqrt(o._velocities[i].numpy()) + 1e-7)),
+        (lambda: keras.optimizers.RMSprop(0.01), lambda o, i, t: 0.01 / np.sqrt(o._velocities[i].numpy() + 1e-7)),
+        (lambda: keras.optimizers.Adagrad(0.01), lambda o, i, t: 0.01 / np.sqrt(o._accumulators[i].numpy() + 1e-7)),
+        (lambda: keras.optimizers.Adamax(0.01), lambda o, i, t: 0.01 / (o._u[i].numpy() + 1e-7)),
+    ],
+    ids=["sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax"],
+)
+def test_effective_step_is_the_optimizers_per_coordinate_step(make_optimizer, reference):
+    variable = keras.Variable(np.array([1.0, -2.0, 3.0], "float32"))
+    optimizer = make_optimizer()
+    for gradient in ([0.1, -0.5, 2.0], [0.3, 0.1, -1.0]):
+        optimizer.apply([keras.ops.convert_to_tensor(np.array(gradient, "float32"))], [variable])
+    index = optimizer._get_variable_index(variable)
+    expected = np.broadcast_to(reference(optimizer, index, 2), (3,))
+    got = np.broadcast_to(np.asarray(effective_step(optimizer, variable)), (3,))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_channel_penalty_under_sgd_shrinks_gamma_and_beta_of_a_channel_together():
+    model = _toy_model()
+    model.get_layer("bn").beta.assign(np.array([0.1, 0.4, -0.2, 0.0, 0.02, 1.0], "float32"))
+    plain_model = _toy_model()
+    plain_model.get_layer("bn").beta.assign(model.get_layer("bn").beta.numpy())
+    _fit(plain_model, keras.optimizers.SGD(0.1), [])
+    _fit(model, keras.optimizers.SGD(0.1), [BNSparsity(1.0)])
+    plain_bn, bn = plain_model.get_layer("bn"), model.get_layer("bn")
+    gamma, beta = _channel_prox(plain_bn.gamma.numpy(), plain_bn.beta.numpy(), 0.1, 0.1, 1.0)
+    np.testing.assert_allclose(bn.gamma.numpy(), gamma, atol=1e-6)
+    np.testing.assert_allclose(bn.beta.numpy(), beta, atol=1e-6)
+    # channel 4 (γ=0.05, β=0.02) is removed whole: both exactly zero
+    assert bn.gamma.numpy()[4] == 0.0 and bn.beta.numpy()[4] == 0.0
+
+
+def test_default_under_adam_is_the_proximal_step_in_adams_metric():
+    """Would fail with the old step `lr * l1`: Adam's per-coordinate step is lr / sqrt(v̂)."""
+    plain_model = _toy_model()
+    _fit(plain_model, keras.optimizers.Adam(0.01), [])
+    optimizer, plain_bn = plain_model.optimizer, plain_model.get_layer("bn")
+    steps = [
+        0.01 * np.sqrt(1 - 0.999) / (np.sqrt(optimizer._velocities[optimizer._get_variable_index(v)].numpy()) + 1e-7)
+        for v in (plain_bn.gamma, plain_bn.beta)
+    ]
+    assert steps[0].max() > 10 * 0.01  # much more than lr=0.01 for the small-gradient scales
+    gamma, beta = _channel_prox(plain_bn.gamma.numpy(), plain_bn.beta.numpy(), *steps, BNSparsity().l1)
+    model = _toy_model()
+    _fit(model, keras.optimizers.Adam(0.01), [BNSparsity()])
+    np.testing.assert_allclose(model.get_layer("bn").gamma.numpy(), gamma, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.get_layer("bn").beta.numpy(), beta, rtol=1e-5, atol=1e-6)
+    old_gamma, _ = _channel_prox(plain_bn.gamma.numpy(), plain_bn.beta.numpy(), 0.01, 0.01, BNSparsity().l1)
+    assert np.abs(model.get_layer("bn").gamma.numpy() - old_gamma).max() > 1e-3
+
+
+def _inverted_residual_model():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 4))
+    hidden = keras.layers.Conv2D(8, 1, use_bias=False, name="expand")(inputs)
+    hidden = keras.layers.BatchNormalization(name="expand_bn")(hidden)
+    hidden = keras.layers.Activation("hard_swish")(hidden)
+    hidden = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise")(hidden)
+    hidden = keras.layers.BatchNormalization(name="depthwise_bn")(hidden)
+    hidden = keras.layers.Activation("hard_swish")(hidden)
+    hidden = keras.layers.Conv2D(4, 1, use_bias=False, name="project")(hidden)
+    hidden = keras.layers.BatchNormalization(name="project_bn")(hidden)
+    hidden = keras.layers.Add()([inputs, hidden])
+    outputs = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def test_expansion_targets_penalise_both_batch_norms_of_the_expansion_channels_only():
+    model = _inverted_residual_model()
+    project_before = model.get_layer("project_bn").get_weights()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 4)).astype("float32")
+    y = rng.normal(size=(32, 3)).astype("float32")
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    callback = BNSparsity(0.5, targets="expansion")
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    assert sorted({v.path.split("/")[0] for v in callback._variables}) == ["depthwise_bn", "expand_bn"]
+    expand, depthwise = model.get_layer("expand_bn"), model.get_layer("depthwise_bn")
+    dead = expand.gamma.numpy() == 0.0
+    assert dead.any()
+    # a channel is zero in γ and β of both BNs at once, so its output is exactly 0
+    for weights in (expand.beta, depthwise.gamma, depthwise.beta):
+        assert np.all(weights.numpy()[dead] == 0.0)
+    # removing the dead channels changes nothing
+    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0, targets="expansion")
+    assert pruned.count_params() < model.count_params()
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # the projection BN (not targeted) only trained: its γ never hit zero
+    assert np.all(model.get_layer("project_bn").gamma.numpy() != 0.0)
+    assert len(project_before) == 4
+
+
+def test_get_config_round_trip():
+    callback = BNSparsity(0.1, penalty="gamma", targets="expansion", warmup_epochs=2, thresholds=(0.5,))
+    config = callback.get_config()
+    again = BNSparsity(**config)
+    assert again.get_config() == config
+    assert config["mode"] == "proximal" and config["l1"] == 0.1

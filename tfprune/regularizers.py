@@ -28,6 +28,13 @@ class BNGammaL1(keras.regularizers.Regularizer):
     reference adds to γ's gradient each step; passed as a BN layer's
     `gamma_regularizer` it drives unimportant channels' scales towards zero.
 
+    Under SGD with the long schedules of the papers that works. Under Adam
+    the subgradient is normalised with the loss gradient, so every γ moves by
+    at most the learning rate per step whatever `l1` is: after a few hundred
+    steps at 1e-3 no γ is near zero (issue 15). For adaptive optimizers and
+    short trainings use `tfprune.callbacks.BNSparsity()` instead, whose
+    proximal step in the optimizer's metric gives exact zeros.
+
     Args:
         l1: Float. Strength λ (1e-4 for VGG, 1e-5 for ResNet/MobileNet in the
             papers). Defaults to `1e-5`.
