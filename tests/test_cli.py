@@ -70,6 +70,13 @@ def test_real_command_bad_input_is_one_line_exit_2(tmp_path):
     assert result.stderr.splitlines() == [
         f"tfprune: error: Input file '{tmp_path / 'missing.keras'}' does not exist."
     ]
+    # An output that is a directory, even with --force, is refused the same way.
+    (tmp_path / "out.keras").mkdir()
+    result = _run(["strip", str(tmp_path / "missing.keras"), "-o", str(tmp_path / "out.keras"), "--force"])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tfprune: error: Output '{tmp_path / 'out.keras'}' is a directory; pass a file name ending in .keras."
+    ]
 
 
 @pytest.mark.parametrize(
