@@ -68,6 +68,7 @@ VARIANTS = {
     "str, no compensation": {"layer": {"compensate_shrinkage": False}},
     "str, no floor": {"budget": {"min_layer_density": 0.0}},
     "str, neither (tfprune 0.1)": {"layer": {"compensate_shrinkage": False}, "budget": {"min_layer_density": 0.0}},
+    "str, uniform start": {"budget": {"start": "uniform"}},
 }
 PAPER_DECAYS = (5e-5, 5e-4, 5e-3, 5e-2)  # L2 strength on s (Keras L2: penalty strength * s**2)
 PAPER_S_INIT = -5.0
@@ -419,7 +420,7 @@ def _ablation_table(groups):
         return []
     return ["Ablation, seed 0: test accuracy (emptied layers). 'No compensation': STR layers with "
             "`compensate_shrinkage=False` (the paper's soft threshold); 'no floor': `SparsityBudget(min_layer_density=0.0)`; "
-            "'neither' is STR as tfprune 0.1 shipped it.", "",
+            "'neither' is STR as tfprune 0.1 shipped it; 'uniform start': `SparsityBudget(start=\"uniform\")`.", "",
             "| Model | Optimizer | Target | " + " | ".join(VARIANTS) + " | GMP |",
             "| --- | --- | ---: | " + " | ".join("---:" for _ in VARIANTS) + " | ---: |", *rows, ""]  # fmt: skip
 
@@ -508,6 +509,9 @@ def main(argv=None):
                     record(result)
             if not args.quick:
                 run(third_seed_cells(done), args.workers)
+        expected = len(grid_cells(args.quick)) + len(tfmot_cells(args.quick))
+        planned = {cell_key(cell) for cell in grid_cells(args.quick) + tfmot_cells(args.quick)}
+        missing = len(planned - finished)
         minutes = (time.perf_counter() - started) / 60
         trained = sum(r["seconds"] or 0 for r in done) / 60
         text = [
@@ -515,6 +519,9 @@ def main(argv=None):
             f"Command: `{command_line('benchmarks.str_grid', argv)}` ({machine()}; this invocation {minutes:.0f} min; "
             f"the {len(done)} cells took {trained:.0f} min of training in all, in {args.workers} worker process(es) "
             "of one thread each).", "",
+            *([f"**Partial run: {expected - missing} of the {expected} planned cells (third seeds aside) are finished; "
+               "the tables hold only those. Rerun the command to train the rest (finished cells are kept).**", ""]
+              if missing else []),
             "Digits (scikit-learn, offline), batch 64, trained from scratch unless stated. STR is tfprune's "
             "recommended usage, `tfprune.sparsify(model)` + `SparsityBudget(target)` with their defaults "
             "(`compensate_shrinkage=True`, `min_layer_density=(1 - target) / 4`); GMP is "

@@ -145,6 +145,46 @@ def test_default_floor_keeps_a_quarter_of_the_target_density_in_a_layer_training
     assert narrow_layer_density_after_fit(tfprune.callbacks.SparsityBudget(0.9, min_layer_density=0.0)) == 0.0
 
 
+def started_budget(layers, **arguments):
+    """A SparsityBudget whose `on_train_begin` has run on a model holding `layers`."""
+    inputs = keras.Input((layers[0]._kernel.shape[0],))
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    budget = tfprune.callbacks.SparsityBudget(0.5, **arguments)
+    budget.set_model(keras.Model(inputs, x))
+    budget.on_train_begin()
+    return budget
+
+
+def scaled_pair():
+    """Two chained 16x16 STR layers with the same weight pattern, the second at 0.7 times the scale."""
+    rng = np.random.default_rng(23)
+    # Small weights: sigmoid thresholds cannot pass 1, and this one must grow 3x.
+    pattern = (0.1 * rng.uniform(0.5, 1.0, (16, 16)) * rng.choice([-1, 1], (16, 16))).astype("float32")
+    layers = []
+    for scale in (1.0, 0.7):
+        layer = STRDense(16, s_init=-6.0)
+        layer.build((None, 16))
+        layer._kernel.assign(scale * pattern)
+        layers.append(layer)
+    return layers
+
+
+def layer_sparsities(layers):
+    return [float(np.mean(keras.ops.convert_to_numpy(layer.sparse_kernel) == 0)) for layer in layers]
+
+
+def test_uniform_start_zeroes_every_layer_alike_where_equal_thresholds_prune_globally():
+    layers = scaled_pair()
+    started_budget(layers, start="uniform", min_layer_density=0.0)._rescale(0.5)
+    assert layer_sparsities(layers) == [0.5, 0.5]
+    layers = scaled_pair()
+    started_budget(layers, min_layer_density=0.0)._rescale(0.5)
+    sparsities = layer_sparsities(layers)
+    assert sparsities[0] < 0.5 < sparsities[1]  # global magnitude: the smaller layer loses more
+
+
 def test_scheduled_sparsity_is_the_cubic_ramp():
     budget = tfprune.callbacks.SparsityBudget(0.8, ramp_epochs=4)
     for time in (0.0, 1.0, 2.5, 4.0, 7.0):
@@ -162,6 +202,7 @@ def test_scheduled_sparsity_is_the_cubic_ramp():
         ({"target": 0.9, "min_layer_density": 0.1}, r"`min_layer_density` in \[0, 1 - target\) = \[0, 0\.1\).*Received: min_layer_density=0\.1"),
         ({"target": 0.9, "min_layer_density": -0.01}, r"Received: min_layer_density=-0\.01"),
         ({"target": 0.9, "min_layer_density": "auto"}, r"Received: min_layer_density='auto'"),
+        ({"target": 0.9, "start": "global"}, r"start in \('equal', 'uniform'\)\. Received: start='global'"),
     ],
 )
 def test_invalid_arguments_are_named(arguments, message):

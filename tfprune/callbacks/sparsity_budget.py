@@ -5,6 +5,8 @@ import numpy as np
 
 from tfprune.sparsity import str_layers
 
+STARTS = ("equal", "uniform")
+
 
 def threshold_ratios(layers):
     """Returns every STR score divided by its threshold, with the weights it stands for.
@@ -112,6 +114,32 @@ def common_threshold_scale(layers, target):
         cut = int(np.argmin(np.abs(sparsity_if_cut - target)))
     # ratios[cut - 1] <= c < ratios[cut] (the partition put both in place).
     return _between(ratios, cut)
+
+
+def weight_scales(layers):
+    """Returns each STR layer's weight scale: the root mean square of its scores (|W|, filter norms or ranks).
+
+    Args:
+        layers: List of STR layers (with `pruning_scores()`).
+
+    Returns:
+        List of positive floats (a layer of zeros gets the smallest positive float).
+
+    Example:
+
+    >>> import numpy as np, tfprune
+    >>> from tfprune.callbacks.sparsity_budget import weight_scales
+    >>> layer = tfprune.layers.STRDense(2)
+    >>> layer.build((None, 2))
+    >>> _ = layer._kernel.assign([[3.0, -3.0], [3.0, 3.0]])
+    >>> weight_scales([layer])
+    [3.0]
+    """
+    scales = []
+    for layer in layers:
+        scores = layer.pruning_scores()[0]
+        scales.append(max(float(np.sqrt(np.mean(np.square(scores, dtype="float64")))), np.finfo("float64").tiny))
+    return scales
 
 
 def layer_threshold_scales(layers, target, min_layer_density=0.0):
@@ -263,6 +291,19 @@ class SparsityBudget(keras.callbacks.Callback):
             binds on layers the budget would otherwise (nearly) empty.
             `0.0` sets no floor, the paper's behaviour (layers may be emptied).
             Defaults to `None`.
+        start: String. Where the thresholds start. `"equal"`: every threshold
+            at `g(s_init)` (the paper), so the budget starts as global
+            magnitude pruning: the layers with the smallest initial weights
+            (the largest fan-in) lose most, the first convolution and the
+            classifier least. `"uniform"`: thresholds in proportion to each
+            layer's root-mean-square weight, so the first rescalings zero about
+            the same share of every layer, as gradual magnitude pruning does.
+            Measured on a plain CNN without normalization (digits, 16x16):
+            with SGD (momentum, cosine decay from 0.05) at 90%, `"equal"`
+            ended at 84% and at chance for the two seeds tried, `"uniform"` at
+            95-96% for both; with Adam at 98% (one seed), `"equal"` reached 75%
+            and `"uniform"` 30% (its budget stays near uniform). Defaults to
+            `"equal"`.
 
     Raises:
         ValueError: If an argument is out of range, or at `on_train_begin` if
@@ -281,7 +322,7 @@ class SparsityBudget(keras.callbacks.Callback):
     0.75
     """
 
-    def __init__(self, target, ramp_epochs=None, update_every=1, min_layer_density=None):
+    def __init__(self, target, ramp_epochs=None, update_every=1, min_layer_density=None, start="equal"):
         super().__init__()
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
             raise ValueError(
@@ -313,8 +354,11 @@ class SparsityBudget(keras.callbacks.Callback):
                 f"None for (1 - target) / 4); a higher floor makes target={target!r} unreachable. "
                 f"Received: min_layer_density={min_layer_density!r}"
             )
+        if start not in STARTS:
+            raise ValueError(f"SparsityBudget supports start in {STARTS}. Received: start={start!r}")
         self.target = float(target)
         self.min_layer_density = float(min_layer_density)
+        self.start = start
         self.ramp_epochs = ramp_epochs
         self.update_every = update_every
         self._layers = []
@@ -352,6 +396,13 @@ class SparsityBudget(keras.callbacks.Callback):
             )
         epochs = (self.params or {}).get("epochs") or 1
         self._ramp = max(2.0 * epochs / 3.0, 1.0)
+        if self.start == "uniform":
+            # Thresholds in proportion to each layer's weight scale: the first
+            # rescalings zero about the same share of every layer.
+            scales = weight_scales(self._layers)
+            reference = float(np.exp(np.mean(np.log(scales))))
+            for layer, scale in zip(self._layers, scales):
+                layer.scale_thresholds(scale / reference)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
