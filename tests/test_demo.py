@@ -35,6 +35,10 @@ def test_quick_demo_writes_a_table_plots_and_tflite_files(tmp_path):
         assert abs(row["tflite_accuracy"] - row["accuracy"]) < 0.02
         # Better than chance (10 classes) even after the short quick run.
         assert row["accuracy"] > 0.3
+    # BN-γ sparsity training at the defaults: the γ histogram has a mode at exactly 0
+    statistics = table["settings"]["gamma_statistics"]
+    assert statistics["bn_gamma_below_0.01"] >= 0.3, statistics
+    assert statistics["bn_gamma_mean_abs"] > 0.1, statistics  # and a mode away from 0
     for name in ("gamma_histogram.png", "block_widths.png", "str_sparsity.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(table["seconds"])

@@ -431,6 +431,13 @@ class BNSparsity(keras.callbacks.Callback):
         self._group_ids = ops.convert_to_tensor(np.concatenate(ids).astype("int32"))
         self._group_count = count
         self._strength = keras.Variable(0.0, trainable=False, dtype="float32", name="bn_l1")
+        self._update = self._proximal_update
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # One traced call per batch instead of a few hundred eager ops (1.2 s per step
+            # on MobileNetV3-Small on a loaded 2-core machine when eager).
+            self._update = tf.function(self._proximal_update)
         if self.mode == "subgradient":
             self._original_regularizers = [gamma.regularizer for gamma in self._gammas]
             for gamma, original in zip(self._gammas, self._original_regularizers):
@@ -456,6 +463,9 @@ class BNSparsity(keras.callbacks.Callback):
             return
         # With steps_per_execution > 1 this runs once for several optimizer steps.
         executed = batch - self._first_step + 1
+        self._update(ops.convert_to_tensor(strength, "float32"), ops.convert_to_tensor(float(executed), "float32"))
+
+    def _proximal_update(self, strength, executed):
         optimizer = self.model.optimizer
         values = ops.concatenate([ops.cast(ops.reshape(v.value, (-1,)), "float32") for v in self._variables])
         steps = ops.concatenate(
