@@ -8,9 +8,9 @@ trainable threshold parameter `s`; the forward pass uses
 
 so weights (or whole filters) whose magnitude is below the learned threshold
 `g(s)` are exactly zero. With `compensate_shrinkage=True` (the default)
-`W_eff` is then multiplied by one per-layer gain, constant for backprop, that
+`W_eff` is then multiplied in the forward pass by one per-layer gain that
 gives the surviving weights back the L2 norm they had before the soft
-threshold shrank them (see `STRMixin`). `STRMixin` holds all of it; `STRConv2D`, `STRDense` and
+threshold shrank them; gradients stay the paper's (see `STRMixin`). `STRMixin` holds all of it; `STRConv2D`, `STRDense` and
 the others are thin subclasses of the Keras layers, like Keras's own
 `conv2d.py` over `base_conv.py`.
 """
@@ -34,6 +34,16 @@ _NORM_FLOOR = 1e-30
 # Files saved before `compensate_shrinkage` existed hold layers that computed the
 # paper's plain soft threshold; they load with this value so they compute the same.
 _LEGACY_COMPENSATE_SHRINKAGE = False
+
+
+def _forward_only(paper, compensated):
+    """`compensated` in the forward pass, the gradients of `paper` in the backward pass.
+
+    The gain would otherwise multiply every gradient of the layer: up to 5-8x
+    at high sparsity, which made SGD diverge on a plain CNN (Adam, which
+    normalises gradients, did not mind).
+    """
+    return paper + ops.stop_gradient(compensated - paper)
 
 
 class SoftThresholdMixin:
@@ -158,16 +168,17 @@ class STRMixin(SoftThresholdMixin):
             fifth of its magnitude). A normalization layer after the STR layer
             undoes that, as in the paper's ResNets; without one the shrinkage
             compounds through depth and a network trained to high sparsity
-            stops passing signal (tfprune's `benchmarks/str_grid.py` measured
-            a plain CNN at chance at 98% with `False`, above gradual magnitude
-            pruning with `True`). With `True` the sparse kernel is multiplied
-            by `||W * 1[|W| > g(s)]|| / ||W_eff||` (filter norms in
-            `"channel"` mode), the L2 norm of the surviving weights before
-            over after the threshold, held constant in backprop
-            (`ops.stop_gradient`), so the layer keeps its output scale while
-            zeros stay exactly where the paper puts them. `False` is the
-            paper's layer. Defaults to `True`; layers in `.keras` files saved
-            before this argument existed load with `False`.
+            stops passing signal (a plain CNN at 98% sat at chance). With
+            `True` the forward pass multiplies the sparse kernel by
+            `||W * 1[|W| > g(s)]|| / ||W_eff||` (filter norms in `"channel"`
+            mode), the L2 norm of the surviving weights before over after the
+            threshold, so the layer keeps its output scale while the zeros
+            stay exactly where the paper puts them; the backward pass keeps
+            the paper's gradients (the gain, 5-8x at high sparsity, would
+            multiply them, and SGD diverged on a plain CNN when it did).
+            `False` is the paper's layer. Defaults to `True`; layers in
+            `.keras` files saved before this argument existed load with
+            `False`.
         *args, **kwargs: The arguments of the Keras layer.
 
     Raises:
@@ -256,21 +267,22 @@ class STRMixin(SoftThresholdMixin):
             wide_kernel = ops.cast(kernel, norm_dtype)
             kept = ops.where(ops.abs(wide_kernel) > ops.cast(self.threshold, norm_dtype), wide_kernel, 0.0)
             gain = self._gain(ops.sum(ops.square(kept)), ops.sum(ops.square(ops.cast(sparse, norm_dtype))))
-            return sparse * ops.cast(gain, dtype)
+            return _forward_only(sparse, sparse * ops.cast(gain, dtype))
         squared_norm = ops.sum(ops.square(ops.cast(kernel, norm_dtype)), axis=self._reduced_axes())
         norm = ops.sqrt(ops.maximum(squared_norm, _NORM_FLOOR))
         threshold = ops.cast(self.threshold, norm_dtype)
         scale = ops.relu(norm - threshold) / norm
-        if self.compensate_shrinkage:
-            kept = ops.where(norm > threshold, squared_norm, 0.0)
-            scale = scale * self._gain(ops.sum(kept), ops.sum(ops.square(scale) * squared_norm))
-        return kernel * ops.cast(scale, dtype)
+        sparse = kernel * ops.cast(scale, dtype)
+        if not self.compensate_shrinkage:
+            return sparse
+        kept = ops.where(norm > threshold, squared_norm, 0.0)
+        gain = self._gain(ops.sum(kept), ops.sum(ops.square(scale) * squared_norm))
+        return _forward_only(sparse, sparse * ops.cast(gain, dtype))
 
     @staticmethod
     def _gain(kept_squared_norm, sparse_squared_norm):
-        # sqrt(kept / sparse), a constant for backprop; 0 when nothing survives.
-        gain = ops.sqrt(kept_squared_norm / ops.maximum(sparse_squared_norm, _NORM_FLOOR))
-        return ops.stop_gradient(gain)
+        # sqrt(kept / sparse); 0 when nothing survives.
+        return ops.sqrt(kept_squared_norm / ops.maximum(sparse_squared_norm, _NORM_FLOOR))
 
     def _reduced_axes(self):
         return tuple(range(len(self._kernel.shape) - self._filter_axes))
