@@ -236,16 +236,18 @@ class BNSparsity(keras.callbacks.Callback):
       each γ moves by at most the learning rate per step whatever `l1` is:
       from γ = 1, a few hundred steps at 1e-3 cannot reach 0 (issue 15: 0%
       below 1e-2 on MobileNetV3-Large and a VGG-BN; the tests: 0% on a
-      64-channel task where this default zeroes half).
+      64-channel task where the proximal channel penalty at 0.05 zeroes half).
     - A proximal step with the learning rate as step (the old `"proximal"`)
       has the same budget, `lr * l1` per step.
     - The proximal step in Adam's own metric zeroes a channel once its loss
-      gradient stays below `l1`, in tens of steps (ProxGen, Yun et al. 2021).
+      gradient stays below `l1`: the threshold `l1 * lr / sqrt(v̂)` is large
+      exactly for the scales whose gradient is small (ProxGen, Yun et al. 2021).
     - Zeroing γ alone is not enough: a channel with γ = 0 still outputs the
       constant `activation(β)`, and in MobileNetV3 the depthwise BN adds its
       own β: with γ alone soft-thresholded, VGG-BN pruned at rate 0.3 fell
-      from 98.3% to 45% although a fifth of its γ were 0. Shrinking all of a channel's γ and β as one group makes
-      the channel's output exactly zero, so removal is exact.
+      from 98.3% to 45% although a fifth of its γ were 0. Shrinking all of
+      a channel's γ and β as one group makes the channel's output exactly
+      zero, so removal is exact.
 
     `l1` is a penalty strength in loss units: a channel survives while its
     averaged loss gradient exceeds it, so the right value depends on the
