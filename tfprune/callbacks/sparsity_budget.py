@@ -298,11 +298,10 @@ class SparsityBudget(keras.callbacks.Callback):
             classifier least. `"uniform"`: thresholds in proportion to each
             layer's root-mean-square weight, so the first rescalings zero about
             the same share of every layer, as gradual magnitude pruning does.
-            Measured on a plain CNN without normalization (digits, 16x16):
-            with SGD (momentum, cosine decay from 0.05) at 90%, `"equal"`
-            ended at 84% and at chance for the two seeds tried, `"uniform"` at
-            95-96% for both; with Adam at 98% (one seed), `"equal"` reached 75%
-            and `"uniform"` 30% (its budget stays near uniform). Defaults to
+            `"equal"` keeps the small first and last layers densest, which
+            paid at 98% with Adam on a plain CNN (one exploratory seed: 75%
+            against 30% for `"uniform"`, whose budget stayed near uniform);
+            the ablation of `benchmarks/str_grid.py` measures both. Defaults to
             `"equal"`.
 
     Raises:
