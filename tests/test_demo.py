@@ -27,6 +27,7 @@ def test_quick_demo_writes_a_table_plots_and_tflite_files(tmp_path):
     assert rows["pruned"]["params"] < rows["dense"]["params"]
     assert rows["pruned"]["macs"] < rows["dense"]["macs"]
     assert rows["str"]["kernel_sparsity"] > 0.8
+    assert table["settings"]["str_emptied_layers"] == []  # SparsityBudget's floor: no layer cut
     for row in rows.values():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0
         path = out_dir / f"{row['model']}.tflite"

@@ -156,6 +156,10 @@ def run(out_dir="tfprune_demo", quick=False, seed=0, verbose=True):
     budget = tfprune.callbacks.SparsityBudget(settings["str_target"])
     fit(str_model, settings["str_epochs"], [budget])
     str_report = tfprune.sparsity_report(str_model)
+    # SparsityBudget's layer floor keeps every layer alive; say so if one were emptied anyway.
+    settings["str_emptied_layers"] = str_report.emptied_layers
+    if str_report.emptied_layers:
+        say(f"  warning: STR emptied {', '.join(str_report.emptied_layers)}")
     str_plain = tfprune.strip(str_model)
 
     say("[4/4] exporting to TFLite, measuring accuracy and latency in the LiteRT interpreter")
