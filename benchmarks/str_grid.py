@@ -513,11 +513,15 @@ def main(argv=None):
         planned = {cell_key(cell) for cell in grid_cells(args.quick) + tfmot_cells(args.quick)}
         missing = len(planned - finished)
         minutes = (time.perf_counter() - started) / 60
+        # The command that trains the cells (a --table-only rewrite trains none).
+        training_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]
         trained = sum(r["seconds"] or 0 for r in done) / 60
         text = [
             SECTION, "",
-            f"Command: `{command_line('benchmarks.str_grid', argv)}` ({machine()}; this invocation {minutes:.0f} min; "
-            f"the {len(done)} cells took {trained:.0f} min of training in all, in {args.workers} worker process(es) "
+            f"Command: `{command_line('benchmarks.str_grid', training_argv)}` ({machine()}; "
+            + ("section rewritten from the cell file by --table-only; " if args.table_only
+               else f"this invocation {minutes:.0f} min; ")
+            + f"the {len(done)} cells took {trained:.0f} min of training in all, in {args.workers} worker process(es) "
             "of one thread each).", "",
             *([f"**Partial run: {expected - missing} of the {expected} planned cells (third seeds aside) are finished; "
                "the tables hold only those. Rerun the command to train the rest (finished cells are kept).**", ""]
