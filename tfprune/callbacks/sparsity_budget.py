@@ -258,8 +258,10 @@ class SparsityBudget(keras.callbacks.Callback):
     - No layer is emptied: a layer whose share of zeros would pass
       `1 - min_layer_density` keeps that floor instead (its own threshold
       factor), and the other layers make up the difference
-      (`layer_threshold_scales`). An emptied layer cuts the network: a plain
-      CNN pruned to 98% lost a whole layer and sat at chance without it.
+      (`layer_threshold_scales`). An emptied layer cuts the network, and the
+      learned thresholds do empty layers: SGD on a plain CNN drove its second
+      convolution to 99.7% zeros at a 90% target; a residual CNN with
+      BatchNormalization at 98% lost a 1x1 shortcut convolution entirely.
 
     Because the measurement is exact (counted from the weights, not
     estimated), the common factor needs no feedback gains to tune; it is a
