@@ -261,7 +261,7 @@ class SparsityBudget(keras.callbacks.Callback):
       (`layer_threshold_scales`). An emptied layer cuts the network, and the
       learned thresholds do empty layers: SGD on a plain CNN drove its second
       convolution to 99.7% zeros at a 90% target; a residual CNN with
-      BatchNormalization at 98% lost a 1x1 shortcut convolution entirely.
+      BatchNormalization at 98% (SGD) lost one convolution entirely.
 
     Because the measurement is exact (counted from the weights, not
     estimated), the common factor needs no feedback gains to tune; it is a
