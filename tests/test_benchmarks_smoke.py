@@ -40,6 +40,7 @@ EXPECTED_SECTIONS = {
     "structured_latency": ["## Structured pruning: LiteRT speed-up", "## tfprune.prune time"],
     "sparse_deploy": ["## Sparse deployment (STR 90%)"],
     "str_grid": ["## STR vs magnitude pruning: grid"],
+    "bn_sparsity_digits": ["## BN-γ sparsity training (digits): VGG-BN (32/32/64/64)"],
 }
 
 
