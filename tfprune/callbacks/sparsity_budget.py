@@ -97,7 +97,11 @@ def common_threshold_scale(layers, target):
     >>> global_sparsity([layer])
     0.5
     """
-    per_layer = _layer_ratios(layers)
+    return _common_scale(_layer_ratios(layers), target)
+
+
+def _common_scale(per_layer, target):
+    """`common_threshold_scale` from the layers' `(ratios, weights_per_score)` pairs, read once."""
     if len({weights_per_score for _, weights_per_score in per_layer}) == 1:
         # Every ratio stands for as many weights (unstructured layers): the cut
         # is round(target * n), and a partial sort (O(n)) finds its neighbours.
@@ -106,7 +110,8 @@ def common_threshold_scale(layers, target):
         neighbours = [index for index in (cut - 1, cut) if 0 <= index < ratios.size]
         ratios = np.partition(ratios, neighbours)
     else:
-        ratios, weights = threshold_ratios(layers)
+        ratios = np.concatenate([layer_ratios for layer_ratios, _ in per_layer])
+        weights = np.repeat([weight for _, weight in per_layer], [layer_ratios.size for layer_ratios, _ in per_layer])
         order = np.argsort(ratios)
         ratios = ratios[order]
         # sparsity_if_cut[k]: sparsity when the k smallest ratios are zero.
@@ -177,10 +182,10 @@ def layer_threshold_scales(layers, target, min_layer_density=0.0):
     >>> [int(np.sum(np.asarray(layer.sparse_kernel) != 0)) for layer in (small, large)]
     [4, 132]
     """
-    common = common_threshold_scale(layers, target)
+    per_layer = _layer_ratios(layers)  # every kernel read once per call
+    common = _common_scale(per_layer, target)
     if min_layer_density <= 0.0:
         return [common] * len(layers)
-    per_layer = _layer_ratios(layers)
     sorted_ratios = [np.sort(ratios) for ratios, _ in per_layer]
     # The most scores a layer may lose: all but its floor, and never all.
     caps = [min(int(np.floor((1.0 - min_layer_density) * ratios.size)), ratios.size - 1) for ratios in sorted_ratios]
