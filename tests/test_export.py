@@ -9,6 +9,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import tfprune
 from tfprune import export, surgery
+from tfprune.export.convert import _write_saved_model
 
 FLOAT_TOLERANCE = 1e-4
 
@@ -223,7 +224,7 @@ def test_predict_quantizes_integer_inputs_and_dequantizes_outputs(trained_cnn, d
             yield [train_images[index : index + 1]]
 
     saved_model_dir = str(tmp_path / "saved_model")
-    export._write_saved_model(trained_cnn, trained_cnn.inputs[0], saved_model_dir)
+    _write_saved_model(trained_cnn, trained_cnn.inputs[0], saved_model_dir)
 
     def convert(integer_io):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)

@@ -1,0 +1,37 @@
+"""Export to TFLite/LiteRT, check the file against Keras, and time it.
+
+`to_tflite` strips tfprune's training-time layers, converts the plain model
+with TensorFlow's TFLite converter, writes the file atomically, runs it in the
+LiteRT interpreter (`ai_edge_litert`) on sample inputs and reports how far its
+outputs are from the Keras model's. `predict` runs any `.tflite` file on NumPy
+inputs (quantizing and dequantizing integer inputs and outputs), and
+`benchmark` measures its latency and memory.
+
+The package has one module per step: `convert` (Keras model -> `.tflite`
+file), `verify` (running a file in the interpreter and comparing it with
+Keras), `measure` (latency and memory) and `report` (the dataclasses the
+public functions return).
+"""
+
+from tfprune.export.convert import (
+    MAX_CALIBRATION_SAMPLES,
+    MAX_VERIFICATION_SAMPLES,
+    QUANTIZERS,
+    RANDOM_SAMPLES,
+    to_tflite,
+)
+from tfprune.export.measure import benchmark
+from tfprune.export.report import BenchmarkReport, ExportReport
+from tfprune.export.verify import predict
+
+__all__ = [
+    "BenchmarkReport",
+    "ExportReport",
+    "MAX_CALIBRATION_SAMPLES",
+    "MAX_VERIFICATION_SAMPLES",
+    "QUANTIZERS",
+    "RANDOM_SAMPLES",
+    "benchmark",
+    "predict",
+    "to_tflite",
+]
