@@ -255,7 +255,7 @@ def test_digits_cnn_reaches_ninety_percent_sparsity_within_three_points_of_dense
     _, dense_accuracy = train(dense_model, data, epochs, ramp_epochs)
 
     keras.utils.set_random_seed(0)
-    # As DESIGN.md's example: the first conv and the classifier stay dense.
+    # A common choice: the first conv and the classifier stay dense.
     sparse_model = tfprune.sparsify(small_cnn(), skip=("first", "logits"))
     budget = tfprune.callbacks.SparsityBudget(0.9, ramp_epochs=ramp_epochs)
     history, sparse_accuracy = train(sparse_model, data, epochs, ramp_epochs, [budget])

@@ -19,7 +19,7 @@ def sigmoid(x):
 
 
 def numpy_sparse_kernel(kernel, threshold, mode, filter_axes=1, compensate=False):
-    """METHODS.md §1, written independently of the layer code.
+    """docs/METHODS.md §1, written independently of the layer code.
 
     With `compensate`, the result is scaled to the L2 norm of the weights (or
     filters) that survive the threshold, measured before the shrinkage.
@@ -129,7 +129,7 @@ def test_dense_forward_matches_numpy_matmul_with_exp_threshold():
 @pytest.mark.parametrize("compensate", [False, True])
 @pytest.mark.parametrize("granularity", ["layer", "filter"])
 def test_gradients_equal_closed_forms(granularity, compensate):
-    """dL/dW = dL/dŴ 1[|W| > g], dL/ds = -g'(s) Σ sign(W) 1[|W| > g] dL/dŴ (METHODS.md §1).
+    """dL/dW = dL/dŴ 1[|W| > g], dL/ds = -g'(s) Σ sign(W) 1[|W| > g] dL/dŴ (docs/METHODS.md §1).
 
     With `compensate_shrinkage` the forward pass is scaled by the gain
     sqrt(Σ W² 1[|W| > g] / Σ Ŵ²) while the gradients stay exactly these.

@@ -6,7 +6,7 @@ On scikit-learn's bundled digits (offline), at 32x32:
    its defaults on the expansion channels: most of them end exactly at zero,
    so the γ histogram has two modes, at 0 and near 1).
 2. **pruned**: that model pruned at rate 0.5 with the `sparsity_gamma`
-   criterion on the expansion convolutions (METHODS.md §11), fine-tuned.
+   criterion on the expansion convolutions (docs/METHODS.md §11), fine-tuned.
 3. **str**: the dense model converted to STR layers, trained to 90% global
    sparsity with `SparsityBudget`, stripped.
 

@@ -381,7 +381,7 @@ def prune(
     model without the removed channels: the layers' weights are sliced, not
     masked, so the result is smaller and faster. With `targets="expansion"`,
     each squeeze-excite bottleneck keeps MobileNetV3's ratio (0.25 of its new
-    expansion width, rounded to a multiple of 8; METHODS.md §11).
+    expansion width, rounded to a multiple of 8; docs/METHODS.md §11).
 
     Args:
         model: A built Sequential or functional `keras.Model`. Not modified.

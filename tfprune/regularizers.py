@@ -1,8 +1,8 @@
 """Sparsity-inducing regularizers for structured pruning.
 
 `BNGammaL1` is the Network Slimming penalty on BatchNormalization scales
-(METHODS.md §4); `GroupLasso` is the SSL group-lasso penalty on conv/dense
-kernels (METHODS.md §3). `attach` returns a copy of a model with either one
+(docs/METHODS.md §4); `GroupLasso` is the SSL group-lasso penalty on conv/dense
+kernels (docs/METHODS.md §3). `attach` returns a copy of a model with either one
 set on every matching layer, so that `model.fit` trains with the penalty.
 """
 

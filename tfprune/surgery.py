@@ -8,7 +8,7 @@ BatchNormalization gamma/beta/moving statistics, depthwise kernels, the convs
 of squeeze-and-excite blocks), layer names are kept and the input model is
 not touched. `set_widths(model, {group_name: width}, scores=...)` keeps the
 highest-scored channels of each group instead, and can apply the MobileNetV3
-rule of METHODS.md §11 to squeeze-and-excite bottlenecks.
+rule of docs/METHODS.md §11 to squeeze-and-excite bottlenecks.
 """
 
 import keras
@@ -72,7 +72,7 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
             squeeze-and-excite bottleneck whose gated group shrinks (and that
             has no width of its own in `widths`) keeps
             `se_bottleneck_width(new_width)` channels, dropping its
-            lowest-scored ones (METHODS.md §11).
+            lowest-scored ones (docs/METHODS.md §11).
         unknown: String. `"raise"` (default) or `"freeze"`, as for
             `remove_channels`.
 

@@ -1,4 +1,4 @@
-"""Network Slimming sparsity training of BatchNormalization scales (METHODS.md §4, §11)."""
+"""Network Slimming sparsity training of BatchNormalization scales (docs/METHODS.md §4, §11)."""
 
 import os
 

@@ -1,7 +1,7 @@
 """DropNet's criterion (Tan & Motani, ICML 2020): the mean post-activation value per channel.
 
 Channels whose activations are small on the data contribute little and are
-removed first (METHODS.md §8); `tfprune.pruners.DropNet` repeats
+removed first (docs/METHODS.md §8); `tfprune.pruners.DropNet` repeats
 prune-and-retrain with it.
 """
 

@@ -1,7 +1,7 @@
 """HRank (Lin et al., CVPR 2020): the average matrix rank of each channel's feature maps.
 
 A filter whose output feature maps (H x W matrices) have low rank carries
-little information and goes first (METHODS.md §6). The maps are the
+little information and goes first (docs/METHODS.md §6). The maps are the
 post-activation outputs of each group's producers (see `tfprune._features`),
 computed on a few batches of user data, without any retraining.
 """

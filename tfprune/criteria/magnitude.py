@@ -82,7 +82,7 @@ def _per_filter(function):
 
 
 def filter_sparsity(layer):
-    """The filter sparsity value S of Liu & Lei (METHODS.md §11) of each output filter.
+    """The filter sparsity value S of Liu & Lei (docs/METHODS.md §11) of each output filter.
 
     `S(n) = (1 / (C·H·W)) Σ 1[|W[h, w, c, n]| > M]`, with `M` the mean `|W|` of
     the whole layer: the share of a filter's coefficients above the layer mean.
@@ -186,7 +186,7 @@ Example:
 """
 
 sparsity_gamma = from_layer_scores(filter_sparsity, combine="mean", batch_norm=True)
-sparsity_gamma.__doc__ = """`|γ|·S`, the MobileNetV3 criterion of Liu & Lei (METHODS.md §11).
+sparsity_gamma.__doc__ = """`|γ|·S`, the MobileNetV3 criterion of Liu & Lei (docs/METHODS.md §11).
 
 S of each producer times `|γ|` of the BN right after it, averaged over the
 producers that have one; groups without are not scored.

@@ -1,4 +1,4 @@
-"""Reconstruction-based channel selection (He et al., ICCV 2017), METHODS.md §5.
+"""Reconstruction-based channel selection (He et al., ICCV 2017), docs/METHODS.md §5.
 
 The channels of a group are the input channels of its consumers (the conv or
 dense layers that read them). On sampled input patches `X` of a consumer and

@@ -1,6 +1,6 @@
 """Soft Threshold Reparameterization (STR), written once for every layer type.
 
-METHODS.md §1 (Kusupati et al., 2020). A layer keeps its dense kernel `W` and a
+docs/METHODS.md §1 (Kusupati et al., 2020). A layer keeps its dense kernel `W` and a
 trainable threshold parameter `s`; the forward pass uses
 
     unstructured: W_eff = sign(W) * relu(|W| - g(s))

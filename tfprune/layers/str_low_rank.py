@@ -11,7 +11,7 @@ from tfprune.layers.str_base import SoftThresholdMixin
 class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):
     """A Dense layer with kernel `U diag(σ_eff) V` whose rank is learned by STR.
 
-    The structured STR of METHODS.md §1 applied to singular values, as the
+    The structured STR of docs/METHODS.md §1 applied to singular values, as the
     paper does for RNN cells: the kernel is factorised as `U (input_dim, rank)`,
     `σ (rank,)`, `V (rank, units)`, and the forward pass uses
     `σ_eff = sign(σ) * relu(|σ| - g(s))` with one trainable `s` (default

@@ -36,7 +36,7 @@ class ChannelPruning:
     Every targeted group that has a reconstructable consumer (a `Conv2D` or
     `Dense` reading only its channels) loses `rate` of its channels, one group
     at a time; after each cut the consumers are refit so that their outputs
-    match the original model's on the data (METHODS.md §5), on the output
+    match the original model's on the data (docs/METHODS.md §5), on the output
     channels they still have. The result is usually accurate before any
     fine-tuning.
 

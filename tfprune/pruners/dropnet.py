@@ -10,7 +10,7 @@ class DropNet:
     lowest `tfprune.criteria.activation` score (per group or one global
     threshold), optionally gives the pruned network fresh weights (the paper
     shows pruned networks can be re-initialised and retrained), then trains it
-    with `model.fit` (METHODS.md §8). Use `step` to drive the loop yourself, or
+    with `model.fit` (docs/METHODS.md §8). Use `step` to drive the loop yourself, or
     `fit` to run `rounds` of prune-then-fit with your `fit` arguments.
 
     Args:

@@ -1,4 +1,4 @@
-"""Width search: how many channels each group keeps (METHODS.md §7 and §9).
+"""Width search: how many channels each group keeps (docs/METHODS.md §7 and §9).
 
 - `ABCPruner`: artificial bee colony over per-group kept fractions, fitness =
   accuracy after a short fine-tune (`bee_colony` is the optimiser alone).
