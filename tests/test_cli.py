@@ -153,6 +153,29 @@ def test_prune_writes_a_smaller_model_and_reports_json(tmp_path, model_file, cap
     assert result["params_after"] == small.count_params() < result["params_before"]
 
 
+def test_prune_default_scope_keeps_every_block_of_a_two_block_cnn(tmp_path, capsys):
+    # conv1's filters (3x3x3) have far smaller L1 sums than conv2's (3x3x16): a
+    # global l1 ranking at 0.5 takes every conv1 channel, so it is refused, and
+    # the default ranks each group on its own.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    path = tmp_path / "two_blocks.keras"
+    keras.Model(inputs, keras.layers.Dense(3, name="logits")(x)).save(path)
+    output = tmp_path / "small.keras"
+    assert cli.main(["prune", str(path), "--criterion", "l1", "--rate", "0.5", "-o", str(output)]) == 0
+    small = keras.saving.load_model(output)
+    assert (small.get_layer("conv1").filters, small.get_layer("conv2").filters) == (8, 16)
+    capsys.readouterr()
+    arguments = ["prune", str(path), "--criterion", "l1", "--rate", "0.5", "--scope", "global", "-o", str(output), "--force"]
+    assert cli.main(arguments) == 2
+    lines = _error_line(capsys)
+    assert len(lines) == 1 and "would remove every channel of 1 group(s) ('conv1')" in lines[0]
+    assert keras.saving.load_model(output).get_layer("conv1").filters == 8  # the earlier output is kept
+
+
 def test_sparsify_then_strip_round_trip_through_files(tmp_path, model_file):
     sparse_path, plain_path = tmp_path / "str.keras", tmp_path / "plain.keras"
     assert cli.main(["sparsify", str(model_file), "-o", str(sparse_path), "--skip", "logits"]) == 0

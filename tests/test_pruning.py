@@ -59,7 +59,7 @@ def test_global_rate_removes_the_lowest_scored_channels_across_groups():
     # 18 channels, rate 0.5 -> the 9 lowest scores 0.05 .. 0.45:
     # conv1 loses 0.1-0.4 (4), conv2 loses 0.05-0.35 (4), conv3 loses 0.45 (1)
     cut = 0.45
-    small, result = prune(model, _hand_criterion, rate=0.5)
+    small, result = prune(model, _hand_criterion, rate=0.5, scope="global")
     assert result.threshold == pytest.approx(cut)
     assert result.widths_after == {"conv1": 4, "conv2": 2, "conv3": 3}
     kept = {name: np.flatnonzero(values > cut) for name, values in HAND_SCORES.items()}
@@ -72,13 +72,59 @@ def test_global_rate_removes_the_lowest_scored_channels_across_groups():
         np.testing.assert_array_equal(small.get_layer(name).get_weights()[0], expected_kernel)
 
 
-def test_global_l1_is_not_comparable_across_layers_and_the_guard_warns():
+def test_global_l1_that_would_empty_a_group_is_refused():
     # conv3 (1x1 over 6 inputs) has far smaller filter L1 norms than conv1 (3x3x3):
     # a global l1 cut at 0.5 would take every conv3 channel.
+    l1 = {name: _l1_of_filters(_small_model(), name) for name in HAND_SCORES}
+    assert l1["conv3"].max() < np.sort(np.concatenate(list(l1.values())))[9]
+    with pytest.raises(ValueError, match=r"Ranking criterion 'l1' globally at rate=0.5 would remove every channel "
+                                         r"of 1 group\(s\) \('conv3'\).*scope='group'"):  # fmt: skip
+        prune(_small_model(), "l1", rate=0.5, scope="global")
+
+
+def test_default_scope_is_per_group_for_filter_norms_and_global_for_bn_scales():
+    small, result = prune(_small_model(), "l1", rate=0.5)
+    assert result.scope == "group"
+    assert result.widths_after == {"conv1": 4, "conv2": 3, "conv3": 2}
+    _, by_gamma = prune(_small_model(), "bn_gamma", rate=0.5)
+    _, explicit = prune(_small_model(), "bn_gamma", rate=0.5, scope="global")
+    assert by_gamma.scope == "global"
+    assert by_gamma.widths_after == explicit.widths_after
+
+
+def test_a_comparable_criterion_ranked_globally_keeps_the_guard_and_warns():
+    def lowest_in_conv3(model, graph, data=None, seed=None):
+        return {"conv1": np.full(8, 2.0), "conv2": np.full(6, 3.0), "conv3": np.full(4, 1.0)}
+
+    with pytest.raises(ValueError, match=r"would remove every channel of 1 group\(s\) \('conv3'\)"):
+        prune(_small_model(), lowest_in_conv3, rate=0.25, scope="global")
+    assert prune(_small_model(), lowest_in_conv3, rate=0.25)[1].scope == "group"
+    lowest_in_conv3.comparable_across_groups = True
     with pytest.warns(UserWarning, match=r"remove all 4 channels of group 'conv3'"):
-        small, result = prune(_small_model(), "l1", rate=0.5)
+        small, result = prune(_small_model(), lowest_in_conv3, rate=0.25)
+    assert result.scope == "global"
     assert small.get_layer("conv3").filters == 1
     assert {g.name: g.guarded for g in result.groups}["conv3"] is True
+
+
+def test_comparable_across_groups_of_the_built_in_criteria_and_registration():
+    comparable = {name for name in tfprune.criteria.available() if tfprune.criteria.comparable_across_groups(name)}
+    assert {"bn_gamma", "sparsity_gamma", "str_zero_filters"} <= comparable
+    assert not comparable & {"l1", "l2", "random", "sparsity", "hrank", "activation", "reconstruction"}
+    assert tfprune.criteria.comparable_across_groups(tfprune.criteria.bn_gamma)
+    assert not tfprune.criteria.comparable_across_groups(_hand_criterion)
+    try:
+        tfprune.criteria.register("hand_scores", _hand_criterion, comparable_across_groups=True)
+        assert tfprune.criteria.comparable_across_groups("hand_scores")
+        _, result = prune(_small_model(), "hand_scores", rate=0.5)
+        assert result.scope == "global" and result.threshold == pytest.approx(0.45)
+        tfprune.criteria.register("hand_scores", _hand_criterion)
+        assert not tfprune.criteria.comparable_across_groups("hand_scores")
+    finally:
+        tfprune.criteria.base._CRITERIA.pop("hand_scores", None)
+    with pytest.raises(TypeError, match=r"`comparable_across_groups` must be True or False. Received: "
+                                        r"comparable_across_groups='yes'"):  # fmt: skip
+        tfprune.criteria.register("hand_scores", _hand_criterion, comparable_across_groups="yes")
 
 
 def test_group_scope_removes_rate_of_every_group():
@@ -245,7 +291,7 @@ def test_mobilenet_v3_large_expansion_pruning_matches_the_paper_band():
         ({"rate": 1.0}, ValueError, r"`rate` must be a number in \[0, 1\).*rate=1.0"),
         ({}, ValueError, r"exactly one of `rate`.*rate=None, threshold=None"),
         ({"rate": 0.5, "threshold": 0.1}, ValueError, r"exactly one of `rate`"),
-        ({"rate": 0.5, "scope": "layer"}, ValueError, r"`scope` must be one of.*scope='layer'"),
+        ({"rate": 0.5, "scope": "layer"}, ValueError, r"`scope` must be None \(chosen by the criterion\) or one of.*scope='layer'"),
         ({"rate": 0.5, "targets": "depthwise"}, ValueError, r"`targets` must be.*targets='depthwise'"),
         ({"rate": 0.5, "min_channels": 0}, ValueError, r"`min_channels`.*min_channels=0"),
         ({"rate": 0.5, "max_group_rate": 1.5}, ValueError, r"`max_group_rate`.*max_group_rate=1.5"),

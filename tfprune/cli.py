@@ -137,7 +137,13 @@ def build_parser():
     prune.add_argument("model", help="input .keras file")
     prune.add_argument("--criterion", required=True, help="importance criterion, e.g. sparsity_gamma, l1")
     prune.add_argument("--rate", required=True, type=_rate, help="share of channels to remove, in (0, 1)")
-    prune.add_argument("--scope", default="global", choices=("global", "group"))
+    prune.add_argument(
+        "--scope",
+        default=None,
+        choices=("global", "group"),
+        help="one threshold over all groups, or the same rate in every group (default: global for "
+        "bn_gamma, sparsity_gamma and str_zero_filters, group for the others)",
+    )
     prune.add_argument("--targets", default="all", choices=("all", "expansion"))
     prune.add_argument("--min-channels", type=_positive_int, default=1, help="channels every group keeps")
     prune.add_argument("--round-to", type=_positive_int, default=1, help="round kept widths to a multiple")

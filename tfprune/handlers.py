@@ -624,6 +624,47 @@ class _Activation(Handler):
         return [tracer.channels(node.input_tensors[0])]
 
 
+class _LayerScale(Handler):
+    """ConvNeXt's `LayerScale`: `x * gamma`, one `gamma` per channel; `projection_dim` is the width."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        channels = tracer.channels(node.input_tensors[0])
+        if layer.gamma.shape != (len(channels),):
+            return Freeze(f"'{layer.name}' has {layer.gamma.shape} scales for {len(channels)} channels").trace(
+                node, tracer
+            )
+        tracer.use(layer, layer.gamma, 0, channels, "param")
+        return [channels]
+
+    def resize(self, config, output_width):
+        return {**config, "projection_dim": output_width}
+
+
+def _application_handlers(elementwise):
+    """Handlers for the private layers of keras.applications models.
+
+    Keras exports no public name for them, so they are looked up in the
+    modules that define them (and skipped if a Keras version moves them):
+    ConvNeXt's `LayerScale` and InceptionResNetV2's `CustomScaleLayer`
+    (`inputs[0] + inputs[1] * scale`, an elementwise sum of two tensors).
+    """
+    found = {}
+    try:
+        from keras.src.applications.convnext import LayerScale
+
+        found[LayerScale] = _LayerScale()
+    except ImportError:
+        pass
+    try:
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+        found[CustomScaleLayer] = elementwise
+    except ImportError:
+        pass
+    return found
+
+
 _PRESERVE = Preserve()
 _ELEMENTWISE = _Elementwise()
 _GATING = _Elementwise(gating=True)
@@ -691,5 +732,6 @@ for _name, _verb in (
     for _op_name in _name.split():
         _LAYER_HANDLERS[_op_name] = _OverAxis(_verb)
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
+_LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
 _HANDLERS.update(_LAYER_HANDLERS)
 del _name, _op_name, _verb, _layers

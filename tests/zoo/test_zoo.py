@@ -4,9 +4,9 @@ Each model (random weights, small input) gets about 30% of the channels of
 every prunable group removed at random. Those channels are first made dead
 (producer filters, BN shifts and means zeroed), so the pruned model must
 compute the same outputs; it must also have fewer parameters, keep its output
-shape, reload from `.keras` and convert to TFLite. ConvNeXt is refused (a
-nested model, then its LayerScale layer) until flattened and taught with a
-user handler. Only MobileNetV3 and ResNet50 run in CI; the rest are `slow`.
+shape, reload from `.keras` and convert to TFLite. Then every
+keras.applications model is pruned by `tfprune.prune` with default arguments.
+Only MobileNetV3 and ResNet50 run in CI; the rest are `slow`.
 """
 
 import keras
@@ -15,7 +15,6 @@ import pytest
 from surgery_helpers import kill_channels
 
 import tfprune
-from tfprune import handlers
 
 applications = keras.applications
 slow = pytest.mark.slow
@@ -37,6 +36,7 @@ SUPPORTED = [
     pytest.param("Xception", applications.Xception, {}, 71, marks=slow),
     pytest.param("InceptionV3", applications.InceptionV3, {}, 75, marks=slow),
     pytest.param("NASNetMobile", applications.NASNetMobile, {}, 32, marks=slow),
+    pytest.param("InceptionResNetV2", applications.InceptionResNetV2, {}, 75, marks=slow),
 ]
 
 
@@ -88,32 +88,68 @@ def test_zoo_model_is_pruned_rebuilt_saved_and_converted(name, constructor, opti
     check_pruned(model, small, x, tmp_path)
 
 
-class LayerScaleHandler(tfprune.graph.Handler):
-    """What a user registers for ConvNeXt's LayerScale: one `gamma` per channel."""
-
-    def trace(self, node, tracer):
-        channels = tracer.channels(node.input_tensors[0])
-        tracer.use(node.operation, node.operation.gamma, 0, channels, "param")
-        return [channels]
-
-
 @slow
-def test_convnext_needs_flatten_and_a_user_handler_then_prunes(tmp_path):
-    # No public name exists for ConvNeXt's LayerScale layer.
-    from keras.src.applications.convnext import LayerScale
-
+def test_convnext_is_inlined_and_its_layer_scale_sliced(tmp_path):
     model = applications.ConvNeXtTiny(input_shape=(32, 32, 3), weights=None, classes=10)
     with pytest.raises(ValueError, match=r"Model 'convnext_tiny_stem' is nested inside the model"):
-        tfprune.graph.build(model)
+        tfprune.graph.build(model)  # the graph alone refuses; prune inlines
     flat = tfprune.graph.flatten(model)
-    with pytest.raises(ValueError, match=r"no channel handler for operation '\w+_layer_scale' of type .*LayerScale"):
-        tfprune.graph.build(flat)
-    tfprune.graph.register_handler(LayerScale, LayerScaleHandler())
-    try:
-        graph = tfprune.graph.build(flat)
-        small = tfprune.surgery.remove_channels(flat, random_removals(graph, np.random.default_rng(0)))
-    finally:
-        handlers._HANDLERS.pop(LayerScale)
+    graph = tfprune.graph.build(flat)
+    small = tfprune.surgery.remove_channels(flat, random_removals(graph, np.random.default_rng(0)))
+    scales = [layer for layer in small.layers if type(layer).__name__ == "LayerScale"]
+    assert scales and any(layer.projection_dim < layer_before.projection_dim
+                          for layer, layer_before in zip(scales, (flat.get_layer(s.name) for s in scales)))
+    assert all(layer.gamma.shape == (layer.projection_dim,) for layer in scales)
     x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
     # LayerNormalization statistics change when channels go: no equivalence here.
     check_pruned(flat, small, x, tmp_path, equivalent=False)
+
+
+# Every keras.applications constructor: (name, options, smallest input size that builds).
+# Only the first two run in CI; the others are `slow` (make test-all).
+ALL_APPLICATIONS = [
+    ("MobileNetV3Small", {}, 32, False),
+    ("ResNet50", {}, 32, False),
+] + [
+    (name, options, size, True)
+    for name, options, size in [
+        ("MobileNetV3Large", {}, 32), ("MobileNet", {}, 32), ("MobileNetV2", {}, 32),
+        ("ResNet101", {}, 32), ("ResNet152", {}, 32), ("ResNet50V2", {}, 32), ("ResNet101V2", {}, 32),
+        ("ResNet152V2", {}, 32), ("VGG16", {}, 32), ("VGG19", {}, 32), ("Xception", {}, 71),
+        ("InceptionV3", {}, 75), ("InceptionResNetV2", {}, 75), ("DenseNet121", {}, 32),
+        ("DenseNet169", {}, 32), ("DenseNet201", {}, 32), ("NASNetMobile", {}, 32), ("NASNetLarge", {}, 32),
+        ("EfficientNetB0", {}, 32), ("EfficientNetB1", {}, 32), ("EfficientNetB2", {}, 32),
+        ("EfficientNetB3", {}, 32), ("EfficientNetB4", {}, 32), ("EfficientNetB5", {}, 32),
+        ("EfficientNetB6", {}, 32), ("EfficientNetB7", {}, 32), ("EfficientNetV2B0", {}, 32),
+        ("EfficientNetV2B1", {}, 32), ("EfficientNetV2B2", {}, 32), ("EfficientNetV2B3", {}, 32),
+        ("EfficientNetV2S", {}, 32), ("EfficientNetV2M", {}, 32), ("EfficientNetV2L", {}, 32),
+        ("ConvNeXtTiny", {}, 32), ("ConvNeXtSmall", {}, 32), ("ConvNeXtBase", {}, 32),
+        ("ConvNeXtLarge", {}, 32), ("ConvNeXtXLarge", {}, 32),
+    ]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, options, size",
+    [pytest.param(name, options, size, marks=[slow] if is_slow else [], id=name)
+     for name, options, size, is_slow in ALL_APPLICATIONS],
+)  # fmt: skip
+def test_default_prune_keeps_every_group_and_the_model_alive(name, options, size, tmp_path):
+    """`prune(model, "l1", rate=0.3)` with default arguments: no group at its guard, outputs still vary."""
+    # Logits: a random network's softmax saturates to the same one-hot answer for every input.
+    model = getattr(applications, name)(
+        input_shape=(size, size, 3), weights=None, classes=10, classifier_activation=None, **options
+    )
+    small, result = tfprune.prune(model, "l1", rate=0.3)
+    assert result.scope == "group"
+    assert result.groups and not [group.name for group in result.groups if group.guarded]
+    assert all(group.after >= round(0.7 * group.before) - 1 for group in result.groups)
+    x = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype("float32")
+    before = np.asarray(model(x)).std(axis=0).max()
+    after = np.asarray(small(x)).std(axis=0).max()
+    assert after > 0.1 * before > 0, (before, after)  # a destroyed network answers every input alike
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(reloaded(x), small(x), atol=1e-6, rtol=0)
+    report = tfprune.export.to_tflite(small, tmp_path / "small.tflite", sample_inputs=x)
+    assert report.max_abs_error < 1e-4 * max(1.0, float(np.abs(small(x)).max()))

@@ -7,7 +7,13 @@ one. A criterion maps `(model, graph, data=None, seed=None)` to
 """
 
 from tfprune.criteria.activation import activation
-from tfprune.criteria.base import available, from_layer_scores, get, register
+from tfprune.criteria.base import (
+    available,
+    comparable_across_groups,
+    from_layer_scores,
+    get,
+    register,
+)
 from tfprune.criteria.hrank import hrank
 from tfprune.criteria.magnitude import (
     bn_gamma,
@@ -25,6 +31,7 @@ __all__ = [
     "activation",
     "available",
     "bn_gamma",
+    "comparable_across_groups",
     "filter_sparsity",
     "from_layer_scores",
     "get",

@@ -29,14 +29,21 @@ import numpy as np
 from tfprune._utils import functional_view
 
 _CRITERIA = {}
+# Names of the criteria whose scores may be ranked across groups (one global threshold).
+_COMPARABLE = set()
 
 
-def register(name, criterion):
+def register(name, criterion, comparable_across_groups=False):
     """Registers a criterion under a name usable as `prune(criterion=name)`.
 
     Args:
         name: String. The name.
         criterion: Callable `(model, graph, data=None, seed=None) -> {group_name: scores}`.
+        comparable_across_groups: Bool. Whether one global threshold over the
+            scores of all groups is meaningful (scores on one scale whatever
+            the layer's size, such as BN scales). `tfprune.prune` then ranks
+            globally by default; otherwise it removes the same share of every
+            group. Defaults to `False`.
 
     Returns:
         `criterion`, unchanged.
@@ -60,8 +67,46 @@ def register(name, criterion):
             f"Criterion '{name}' must be a callable (model, graph, data=None, seed=None) -> "
             f"{{group_name: scores}}. Received: {criterion!r}"
         )
+    if not isinstance(comparable_across_groups, bool):
+        raise TypeError(
+            f"`comparable_across_groups` must be True or False. "
+            f"Received: comparable_across_groups={comparable_across_groups!r}"
+        )
     _CRITERIA[name] = criterion
+    _COMPARABLE.discard(name)
+    if comparable_across_groups:
+        _COMPARABLE.add(name)
     return criterion
+
+
+def comparable_across_groups(criterion):
+    """Whether a criterion's scores may be ranked across groups with one threshold.
+
+    Args:
+        criterion: String naming a registered criterion, or a criterion
+            callable (a registered one, or any callable with a true
+            `comparable_across_groups` attribute).
+
+    Returns:
+        Bool. True for the criteria registered with
+        `comparable_across_groups=True` (`"bn_gamma"`, `"sparsity_gamma"`,
+        `"str_zero_filters"`); False for the others, whose scores grow with a
+        layer's size or have no common scale (`"l1"`, `"l2"`, `"random"`,
+        the data-driven criteria, unregistered callables).
+
+    Example:
+
+    >>> import tfprune
+    >>> tfprune.criteria.comparable_across_groups("bn_gamma")
+    True
+    >>> tfprune.criteria.comparable_across_groups("l1")
+    False
+    """
+    if isinstance(criterion, str):
+        return criterion in _COMPARABLE
+    if any(_CRITERIA[name] is criterion for name in _COMPARABLE):
+        return True
+    return getattr(criterion, "comparable_across_groups", False) is True
 
 
 def get(name):

@@ -220,4 +220,8 @@ for _name, _criterion in {
     "str_zero_filters": str_zero_filters,
 }.items():
     _criterion.__name__ = _name
-    register(_name, _criterion)
+    # BN scales (and |γ|·S, S in [0, 1]) are on one scale in every layer, and
+    # str_zero_filters a share in [0, 1]: Network Slimming and Liu & Lei rank them
+    # globally. Filter norms grow with fan-in; "sparsity" alone and random
+    # scores say nothing about which layer can spare channels.
+    register(_name, _criterion, comparable_across_groups=_name in ("bn_gamma", "sparsity_gamma", "str_zero_filters"))
