@@ -115,10 +115,26 @@ def test_floor_is_honoured_exactly_and_the_global_target_still_met(floor):
     for layer, scale in zip(layers, layer_threshold_scales(layers, 0.6, floor)):
         layer.scale_thresholds(scale)
     counts = nonzero_counts(layers)
-    # The floored layer keeps exactly ceil(floor * 64) weights (64 - floor((1 - floor) * 64) zeros).
-    assert counts[0] == 64 - int(np.floor((1 - floor) * 64))
+    # The floored layer (8x8 kernel, 8 output channels) keeps exactly its floor: the share
+    # (64 - floor((1 - floor) * 64) weights), and at least one weight per output channel.
+    assert counts[0] == max(64 - int(np.floor((1 - floor) * 64)), 8) == {0.05: 8, 0.25: 16}[floor]
     assert all(count >= floor * layer._kernel.shape[0] ** 2 for count, layer in zip(counts, layers))
     assert abs(sum(counts) - round(0.4 * total)) <= 1  # the other layers made up the difference
+
+
+def test_floor_keeps_one_weight_per_output_channel_of_a_depthwise_layer():
+    rng = np.random.default_rng(23)
+    depthwise = tfprune.layers.STRDepthwiseConv2D(3, s_init=-4.0)
+    depthwise.build((None, 8, 8, 16))  # 144 weights, 16 output channels
+    depthwise._kernel.assign((1e-3 * rng.uniform(0.5, 1.0, (3, 3, 16, 1))).astype("float32"))
+    dense = STRDense(64, s_init=-4.0)
+    dense.build((None, 64))
+    dense._kernel.assign((0.05 * rng.uniform(0.5, 1.0, (64, 64))).astype("float32"))
+    layers = [depthwise, dense]
+    for layer, scale in zip(layers, layer_threshold_scales(layers, 0.9, 0.01)):
+        layer.scale_thresholds(scale)
+    # The share alone (1% of 144) would leave 2 weights for 16 channels.
+    assert nonzero_counts(layers)[0] == 16
 
 
 def test_floor_that_does_not_bind_leaves_the_common_factor():
