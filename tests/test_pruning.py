@@ -473,12 +473,16 @@ class _Doubler(keras.layers.Layer):
         return x * 2.0
 
 
-def test_unknown_layer_is_refused_then_frozen_on_request():
+def _model_with_an_unknown_layer():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(8, name="hidden")(inputs)
     x = _Doubler(name="doubler")(keras.layers.ReLU()(x))
     x = keras.layers.Dense(5, name="second")(x)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.ReLU()(x)))
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.ReLU()(x)))
+
+
+def test_unknown_layer_is_refused_then_frozen_on_request():
+    model = _model_with_an_unknown_layer()
     with pytest.raises(tfprune.graph.UnknownOperationError, match=r"operation 'doubler'.*register_handler\(_Doubler"):
         prune(model, "l1", rate=0.5)
     small, result = prune(model, "l1", rate=0.5, unknown="freeze")
@@ -488,3 +492,17 @@ def test_unknown_layer_is_refused_then_frozen_on_request():
         model, None, rates=(0.5,), evaluate=lambda candidate: candidate.count_params(), unknown="freeze", verbose=0
     )
     assert list(result.values) == ["second"]
+
+
+def test_search_classes_accept_the_unknown_option_they_advise():
+    model = _model_with_an_unknown_layer()
+    model.compile("adam", "mse", metrics=["mae"])
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 2)).astype("float32"))
+    for search_class, arguments in ((tfprune.search.DMCP, {"target": 0.9}), (tfprune.search.ABCPruner, {"data": data})):
+        with pytest.raises(tfprune.graph.UnknownOperationError, match=r"operation 'doubler'"):
+            search_class(model, **arguments)
+        search = search_class(model, unknown="freeze", **arguments)
+        assert [group.name for group in search.groups] == ["second"]
+    result = tfprune.search.DMCP(model, target=0.9, unknown="freeze").prune()
+    assert result.model.get_layer("hidden").units == 8 and result.model.get_layer("second").units <= 5

@@ -256,6 +256,10 @@ class ABCPruner:
             to the first one that is not the loss.
         seed: Int. Seeds the colony and the fine-tune order. Defaults to `0`.
         verbose: Int. 1 shows a progress bar over the cycles. Defaults to `1`.
+        unknown: String. A layer or operation tfprune has no channel
+            handler for: `"raise"` refuses the model, `"freeze"` leaves every
+            channel around it unpruned (see `tfprune.graph.build`). Defaults
+            to `"raise"`.
 
     Raises:
         TypeError: If `model` is not a graph model or `data` is not `(x, y)`.
@@ -290,8 +294,12 @@ class ABCPruner:
         metric=None,
         seed=0,
         verbose=1,
+        unknown="raise",
     ):
-        self.graph, self.groups, follows, self.costs = prepare(model, "tfprune.search.ABCPruner", targets, cost)
+        self.graph, self.groups, follows, self.costs = prepare(
+            model, "tfprune.search.ABCPruner", targets, cost, unknown
+        )
+        self.unknown = unknown
         if not model.compiled:
             raise ValueError(
                 f"ABCPruner fine-tunes and evaluates every candidate with the model's compile "
@@ -412,7 +420,9 @@ class ABCPruner:
 
         >>> widths, small = pruner.build([0] * len(pruner.groups))      # doctest: +SKIP
         """
-        return build_pruned(self.model, self.graph, self._widths(vector), self.follows, self._scores)
+        return build_pruned(
+            self.model, self.graph, self._widths(vector), self.follows, self._scores, self.unknown
+        )
 
     def search(self):
         """Runs the colony; returns the best widths and the pruned model.

@@ -268,6 +268,10 @@ class DMCP:
             group's last channel. Defaults to `0.9`.
         channel_order: String. `"l1"` (chains start at the largest-L1
             filters) or `"index"`. Defaults to `"l1"`.
+        unknown: String. A layer or operation tfprune has no channel
+            handler for: `"raise"` refuses the model, `"freeze"` leaves every
+            channel around it unpruned (see `tfprune.graph.build`). Defaults
+            to `"raise"`.
 
     Attributes:
         model: The gated training model (shares its layers with a plain copy
@@ -299,8 +303,12 @@ class DMCP:
         logit_scale=100.0,
         initial_keep=0.9,
         channel_order="l1",
+        unknown="raise",
     ):
-        self.graph, self.groups, self.follows, self.costs = prepare(model, "tfprune.search.DMCP", targets, cost)
+        self.graph, self.groups, self.follows, self.costs = prepare(
+            model, "tfprune.search.DMCP", targets, cost, unknown
+        )
+        self.unknown = unknown
         self.target = check_share("target", target)
         check_reachable(self.costs, self.target, self._with_followers({group.name: 1 for group in self.groups}), "target")
         for name, value in (("strength", strength), ("logit_scale", logit_scale)):
@@ -396,7 +404,7 @@ class DMCP:
         """
         # Scores for set_widths: earlier in the chain = higher.
         scores = {name: -ranks.astype(np.float64) for name, ranks in self._ranks.items()}
-        widths, pruned = build_pruned(self._plain, self.graph, self.widths(), self.follows, scores)
+        widths, pruned = build_pruned(self._plain, self.graph, self.widths(), self.follows, scores, self.unknown)
         history = {f"expected_{self.costs.cost}_share": self.history}
         return make_result("dmcp", self.original, pruned, widths, history)
 

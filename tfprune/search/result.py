@@ -87,14 +87,14 @@ class SearchResult:
         return _save(figure, path)
 
 
-def prepare(model, caller, targets, cost):
+def prepare(model, caller, targets, cost, unknown="raise"):
     """Checks the model; returns (graph, searched groups, CostModel).
 
     The cost model covers the searched groups and, for `targets="expansion"`,
     the squeeze-excite bottlenecks whose width follows them (`follows`).
     """
     require_graph_model(model, caller)
-    graph = graph_module.build(model)
+    graph = graph_module.build(model, unknown=unknown)
     searched = _targeted_groups(model, graph, targets, ignore=())
     if not searched:
         raise ValueError(
@@ -112,13 +112,13 @@ def prepare(model, caller, targets, cost):
     return graph, searched, follows, CostModel(model, graph, names + list(follows), cost=cost)
 
 
-def build_pruned(model, graph, widths, follows, scores=None):
+def build_pruned(model, graph, widths, follows, scores=None, unknown="raise"):
     """Channel surgery for searched widths; returns (full widths dict, pruned model)."""
     if follows:
         widths = squeeze_excite_widths(graph, widths)
     changed = {name: width for name, width in widths.items() if width < graph[name].size}
     scores = {name: values for name, values in (scores or {}).items() if name in changed}
-    return widths, surgery.set_widths(model, changed, scores=scores)
+    return widths, surgery.set_widths(model, changed, scores=scores, unknown=unknown)
 
 
 def make_result(method, model, pruned, widths, history, fitness=None):
