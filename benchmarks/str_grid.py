@@ -326,6 +326,10 @@ def third_seed_cells(results):
     return cells
 
 
+# Points below the dense model from which a cell is listed as far from it.
+FAR_FROM_DENSE = 10.0
+
+
 def _grouped(results):
     groups = {}
     for result in results:
@@ -355,7 +359,7 @@ def tables(results, quick):
         "| Model | Optimizer | Dense | Target | STR (tfprune) | GMP (tfprune) | STR − GMP | Seeds | STR emptied layers |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    behind, collapsed, by_target = [], [], {}
+    behind, collapsed, far, by_target = [], [], [], {}
     for architecture in ARCHITECTURES:
         for optimizer_name in OPTIMIZERS:
             for target in TARGETS:
@@ -376,13 +380,19 @@ def tables(results, quick):
                     behind.append(f"- {name}: STR {-difference:.1f} points below GMP.")
                 if _mean(ours) <= CHANCE:
                     collapsed.append(f"- {name}: STR at {_mean(ours):.1f}% (chance).")
+                reference = dense.get((architecture, optimizer_name))
+                if reference and _mean(reference) - _mean(ours) > FAR_FROM_DENSE:
+                    far.append(f"- {name}: STR {_mean(ours):.1f}% against {_mean(reference):.1f}% dense "
+                               f"(GMP {_mean(theirs):.1f}%).")  # fmt: skip
     lines += ["", "Mean over the grid's cells at each target:", "",
               "| Target | STR | GMP | STR − GMP | Cells |", "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for target, pairs in sorted(by_target.items()):
         ours, theirs = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
         lines.append(f"| {100 * target:.0f}% | {ours:.1f} | {theirs:.1f} | {ours - theirs:+.1f} | {len(pairs)} |")
     lines += ["", "Where STR is behind (cells with STR's mean more than 1 point below GMP's, or at chance):", "",
-              *(behind + collapsed or ["- Nowhere in this run."]), ""]  # fmt: skip
+              *(behind + collapsed or ["- Nowhere in this run."]), "",
+              f"Where STR is still far from the dense model (more than {FAR_FROM_DENSE:.0f} points below it):", "",
+              *(far or ["- Nowhere in this run."]), ""]  # fmt: skip
     lines += _start_table(groups) + _ablation_table(groups) + _paper_table(results) + _layer_lines(groups)
     return lines
 

@@ -105,6 +105,11 @@ def test_str_grid_names_cells_behind_and_at_chance_and_averages_per_target():
     assert "STR 9.0 points below GMP." in text
     assert "98%: STR at 10.0% (chance)." in text
     assert "| 98% | 10.0 | 30.0 | -20.0 | 1 |" in text  # the per-target mean over cells
+    assert "more than 10 points below it):\n\n- Nowhere in this run." in text  # no dense cell here
+    dense = [dict(grid_result("dense", 0, 95.0), target=None)]
+    text = "\n".join(str_grid.tables(results + dense, quick=False))
+    assert "- plain CNN 32-64-128, GAP, no normalization, 16x16, adam, 95%: STR 81.0% against 95.0% dense (GMP 90.0%)." in text
+    assert "adam, 98%: STR 10.0% against 95.0% dense (GMP 30.0%)." in text
 
 
 def test_str_grid_adds_a_third_seed_only_where_the_methods_are_within_two_points():
