@@ -82,6 +82,8 @@ def main(argv=None):
     }
     seed, share = 0, 0.5
     (x, y), test, *_ = tfprune.datasets.digits(image_size=32, as_numpy=True)
+    if quick:  # a smoke run: a few hundred images keep it under a couple of minutes
+        x, y, test = x[:320], y[:320], (test[0][:128], test[1][:128])
     split = int(0.8 * len(x))
     train, validation = (x[:split], y[:split]), (x[split:], y[split:])
 

@@ -50,6 +50,8 @@ def _train(model, train, epochs, learning_rate, callbacks=()):
 def run(args):
     """Runs the whole comparison; returns a list of row dicts and the dense accuracy."""
     train, test = tfprune.datasets.digits(image_size=32, batch_size=64, seed=args.seed)
+    if args.quick:  # a smoke run: 4 training and 2 test batches keep it under a minute or two
+        train, test = train.take(4), test.take(2)
     model = tfprune.models.mobilenet_v3(args.variant, input_shape=(32, 32, 3), seed=args.seed)
     sparsity = tfprune.callbacks.BNSparsity(args.l1, targets="expansion", thresholds=(1e-2, 1e-1))
     seconds = _train(model, train, args.epochs, args.learning_rate, [sparsity])

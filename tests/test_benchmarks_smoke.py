@@ -62,9 +62,17 @@ def _tfmot_interpreter():
     return next((c for c in (str(ROOT / ".venv-tfmot" / "bin" / "python"), sys.executable) if _has_tfmot(c)), None)
 
 
+# Quick modes of 2-4 minutes each on 2 cores, whose library code the unit tests cover
+# (test_search_*, test_criteria_data, test_pruners, test_bn_sparsity): `slow`, run by
+# `make test-all`, so that the CI suite stays under 15 minutes.
+SLOW_QUICK_MODES = {"search_digits", "structured_digits", "datadriven_digits"}
+
+
 def _params():
     for name in SCRIPTS:
         marks = [pytest.mark.xfail(strict=True, reason=f"benchmarks/{name}.py has no --quick flag")] if name in WITHOUT_QUICK else []
+        if name in SLOW_QUICK_MODES:
+            marks.append(pytest.mark.slow)
         yield pytest.param(name, marks=marks, id=name)
 
 

@@ -25,6 +25,10 @@ from surgery_helpers import kill_channels, random_weights
 import tfprune
 from tfprune import handlers
 
+# keras.applications has no public name for these layers.
+from keras.src.applications.convnext import LayerScale  # noqa: E402  isort: skip
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # noqa: E402  isort: skip
+
 layers = keras.layers
 ops = keras.ops
 TOLERANCE = 1e-5
@@ -254,6 +258,9 @@ INDEPENDENT = [
     (layers.Minimum, 2, lambda x: layers.Minimum()([x, layers.ReLU()(x)])),
     (layers.Average, 2, lambda x: layers.Average()([x, layers.ReLU()(x)])),
     (layers.Concatenate, 2, lambda x: layers.Concatenate()([x, layers.ReLU()(x)])),
+    # keras.applications' private layers (ConvNeXt, InceptionResNetV2): x * gamma, x + r * scale
+    (LayerScale, 2, lambda x: LayerScale(0.5, 6)(x)),
+    (CustomScaleLayer, 2, lambda x: CustomScaleLayer(0.5)([x, layers.ReLU()(x)])),
     ("Concatenate", 2, lambda x: ops.concatenate([x, ops.relu(x)], axis=1)),
     ("Relu", 2, ops.relu),
     ("Relu6", 2, ops.relu6),
