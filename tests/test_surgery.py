@@ -388,3 +388,21 @@ def test_subclassed_model_is_refused():
 
     with pytest.raises(TypeError, match="`tfprune.surgery.remove_channels` cannot transform subclassed model"):
         tfprune.surgery.remove_channels(Net(), {})
+
+
+def test_a_group_that_would_keep_no_channel_of_a_concatenated_producer_is_refused_by_name():
+    # a (2 channels) and b (4) are concatenated and added to c (6): one group of 6 channels,
+    # whose first two belong to `a` alone.
+    inputs = keras.Input((4, 4, 3))
+    a = keras.layers.Conv2D(2, 1, name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, name="b")(inputs)
+    c = keras.layers.Conv2D(6, 1, name="c")(inputs)
+    x = keras.layers.Add(name="add")([keras.layers.Concatenate(name="join")([a, b]), c])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    graph = tfprune.graph.build(model)
+    (group,) = [group for group in graph.groups if group.prunable]
+    scores = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # a's channels score lowest
+    with pytest.raises(ValueError, match=r"would leave layer 'a' \(group '\w+'\) with no output channel"):
+        tfprune.surgery.set_widths(model, {group.name: 4}, scores={group.name: scores})
+    small = tfprune.surgery.set_widths(model, {group.name: 5}, scores={group.name: scores})
+    assert small.get_layer("a").filters == 1 and small.get_layer("b").filters == 4

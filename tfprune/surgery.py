@@ -285,6 +285,15 @@ def _rewrite(model, graph, removals):
         if node is None or node.is_input or not isinstance(layer, keras.layers.Layer):
             return None
         output_width = new_width(node.outputs[0])
+        if output_width == 0 and node.outputs[0].shape[-1]:
+            group = next((group.name for group in graph.groups if any(
+                member.layer_name == layer.name for member in group.members)), "?")  # fmt: skip
+            raise ValueError(
+                f"Removing these channels would leave layer '{layer.name}' (group '{group}') with no "
+                "output channel: its channels are only part of the group (joined by a Concatenate), "
+                "and none of them is kept. Keep more channels of that group, or leave it out "
+                "(`ignore=` in tfprune.prune)."
+            )
         resized = output_width != node.outputs[0].shape[-1]
         if layer.name not in slices and not resized:
             return None
