@@ -390,7 +390,7 @@ def test_subclassed_model_is_refused():
         tfprune.surgery.remove_channels(Net(), {})
 
 
-def test_a_group_that_would_keep_no_channel_of_a_concatenated_producer_is_refused_by_name():
+def _concatenated_producers_model():
     # a (2 channels) and b (4) are concatenated and added to c (6): one group of 6 channels,
     # whose first two belong to `a` alone.
     inputs = keras.Input((4, 4, 3))
@@ -399,10 +399,29 @@ def test_a_group_that_would_keep_no_channel_of_a_concatenated_producer_is_refuse
     c = keras.layers.Conv2D(6, 1, name="c")(inputs)
     x = keras.layers.Add(name="add")([keras.layers.Concatenate(name="join")([a, b]), c])
     model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
-    graph = tfprune.graph.build(model)
-    (group,) = [group for group in graph.groups if group.prunable]
-    scores = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # a's channels score lowest
-    with pytest.raises(ValueError, match=r"would leave layer 'a' \(group '\w+'\) with no output channel"):
-        tfprune.surgery.set_widths(model, {group.name: 4}, scores={group.name: scores})
+    (group,) = [group for group in tfprune.graph.build(model).groups if group.prunable]
+    return model, group
+
+
+def test_set_widths_keeps_one_channel_of_every_concatenated_producer():
+    model, group = _concatenated_producers_model()
+    scores = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0])  # a's channels score lowest
+    # Top-4 by score alone would be channels 2-5, all of b: `a` keeps its best (1) instead
+    # of b's worst (2).
+    small = tfprune.surgery.set_widths(model, {group.name: 4}, scores={group.name: scores})
+    assert small.get_layer("a").filters == 1 and small.get_layer("b").filters == 3
+    np.testing.assert_array_equal(small.get_layer("a").get_weights()[0], model.get_layer("a").get_weights()[0][..., 1:])
+    np.testing.assert_array_equal(small.get_layer("b").get_weights()[0], model.get_layer("b").get_weights()[0][..., 1:])
+    np.testing.assert_array_equal(small.get_layer("c").get_weights()[0], model.get_layer("c").get_weights()[0][..., [1, 3, 4, 5]])
+    # A width the ranking already satisfies is unchanged by the rule.
     small = tfprune.surgery.set_widths(model, {group.name: 5}, scores={group.name: scores})
     assert small.get_layer("a").filters == 1 and small.get_layer("b").filters == 4
+    np.testing.assert_array_equal(small.get_layer("c").get_weights()[0], model.get_layer("c").get_weights()[0][..., 1:])
+    with pytest.raises(ValueError, match=r"Width 1 of group '\w+' is too small: the group joins the outputs of 2 layers"):
+        tfprune.surgery.set_widths(model, {group.name: 1}, scores={group.name: scores})
+
+
+def test_removing_every_channel_of_a_concatenated_producer_is_refused_by_name():
+    model, group = _concatenated_producers_model()
+    with pytest.raises(ValueError, match=r"would leave layer 'a' \(group '\w+'\) with no output channel"):
+        tfprune.surgery.remove_channels(model, {group.name: [0, 1]})

@@ -138,9 +138,8 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
                 f"Received: shape {group_scores.shape}"
             )
 
-        # Stable sort: among equal scores the lower channel index is kept.
-        ranking = np.argsort(-group_scores, kind="stable")
-        removals[name] = np.sort(ranking[width:])
+        keep = _kept_channels(group, group_scores, width)
+        removals[name] = np.flatnonzero(~np.isin(np.arange(group.size), keep))
     return _rewrite(model, graph, _checked_removals(graph, removals))
 
 
@@ -241,6 +240,34 @@ def _checked_removals(graph, removals):
             )
         checked[name] = np.sort(indices)
     return checked
+
+
+def _kept_channels(group, scores, width):
+    """The `width` channels of `group` to keep: its highest-scored ones, and
+    at least one of every producer that makes only part of the group.
+
+    A group can join the outputs of several producers (a Concatenate whose
+    result is added to another tensor); a producer left with no channel
+    would be a layer with 0 filters. Each such producer keeps its best
+    channel, and the rest of the width goes by score. Stable sort: among
+    equal scores the lower channel index is kept.
+    """
+    ranking = np.argsort(-scores, kind="stable")
+    forced = []
+    for member in group.members:
+        channels = np.unique(np.asarray(member.channels, dtype=np.int64))
+        if member.role != "output" or channels.size == group.size:
+            continue
+        if not np.isin(channels, forced).any():
+            forced.append(channels[np.argmax(scores[channels])])
+    if len(forced) > width:
+        raise ValueError(
+            f"Width {width} of group '{group.name}' is too small: the group joins the outputs "
+            f"of {len(forced)} layers ({', '.join(group.producers)}) and each must keep at least "
+            f"one channel; use a width of at least {len(forced)}."
+        )
+    rest = [channel for channel in ranking if channel not in set(forced)]
+    return np.sort(np.asarray(forced + rest[: width - len(forced)], dtype=np.int64))
 
 
 def _producer_l1(model, group):

@@ -132,17 +132,9 @@ ALL_APPLICATIONS = [
 ]  # fmt: skip
 
 
-# InceptionResNetV2 adds each block's output to a Concatenate of branch convs: a per-group
-# ranking can keep no channel of one branch, which the surgery refuses by name (it cannot
-# build a conv with 0 filters). Strict: fixing it makes this fail as a reminder.
-KNOWN_LIMITS = {
-    "InceptionResNetV2": [pytest.mark.xfail(strict=True, raises=ValueError, reason="a concatenated branch would be emptied")],
-}
-
-
 @pytest.mark.parametrize(
     "name, options, size",
-    [pytest.param(name, options, size, marks=([slow] if is_slow else []) + KNOWN_LIMITS.get(name, []), id=name)
+    [pytest.param(name, options, size, marks=[slow] if is_slow else [], id=name)
      for name, options, size, is_slow in ALL_APPLICATIONS],
 )  # fmt: skip
 def test_default_prune_keeps_every_group_and_the_model_alive(name, options, size, tmp_path):
