@@ -138,7 +138,8 @@ def _prune_rows(model, start, train, test, settings, args, fine_tune_rates):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the guard's warning is counted below instead
                 pruned, result = tfprune.prune(
-                    model, criterion, rate=rate, scope=scope, targets=settings["targets"], seed=args.seed
+                    model, criterion, rate=rate, scope=scope, targets=settings["targets"], seed=args.seed,
+                    round_to=1,  # exact rates: criteria are compared at the same widths
                 )
             before = _accuracy(_compile(pruned, args.learning_rate), test)
             after = None
@@ -189,7 +190,7 @@ def run_model(model_name, train, test, args):
     for rate in RATES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruned, _ = tfprune.prune(plain, "bn_gamma", rate=rate, targets=targets)
+            pruned, _ = tfprune.prune(plain, "bn_gamma", rate=rate, targets=targets, round_to=1)
         out["plain_rows"].append(_accuracy(_compile(pruned, args.learning_rate), test))
 
     starts = {}
@@ -219,7 +220,8 @@ def run_model(model_name, train, test, args):
         keras.utils.set_random_seed(args.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fresh, _ = tfprune.prune(scratch, "sparsity_gamma", rate=rate, targets=targets, reinitialize=True)
+            fresh, _ = tfprune.prune(scratch, "sparsity_gamma", rate=rate, targets=targets, reinitialize=True,
+                                     round_to=1)
         _compile(fresh, args.learning_rate).fit(train, epochs=epochs + settings["fine_tune_epochs"], verbose=0)
         out["rethinking"].append((rate, _accuracy(fresh, test)))
     out["seconds"] = time.perf_counter() - started

@@ -58,7 +58,7 @@ def rate_for_half_macs(model, criterion, scope, share, steps):
     low, high, best = 0.0, 0.95, None
     for _ in range(steps):
         rate = (low + high) / 2
-        pruned, result = tfprune.prune(model, criterion, rate=rate, scope=scope)
+        pruned, result = tfprune.prune(model, criterion, rate=rate, scope=scope, round_to=1)
         if result.macs_after / result.macs_before <= share:
             high, best = rate, (pruned, result)
         else:

@@ -63,7 +63,8 @@ def run(args):
     for criterion, scope in CRITERIA.items():
         keras.utils.set_random_seed(args.seed)
         pruned, result = tfprune.prune(
-            model, criterion, rate=args.rate, scope=scope, targets="expansion", seed=args.seed
+            model, criterion, rate=args.rate, scope=scope, targets="expansion", seed=args.seed,
+            round_to=1,  # exact rates: criteria are compared at the same widths
         )
         before_fine_tune = _accuracy(_compile(pruned, args.learning_rate), test)
         seconds = _train(pruned, train, args.fine_tune_epochs, args.learning_rate)
@@ -80,7 +81,7 @@ def run(args):
 
     keras.utils.set_random_seed(args.seed)
     scratch, result = tfprune.prune(
-        model, "sparsity_gamma", rate=args.rate, targets="expansion", reinitialize=True
+        model, "sparsity_gamma", rate=args.rate, targets="expansion", reinitialize=True, round_to=1
     )
     seconds = _train(scratch, train, args.epochs + args.fine_tune_epochs, args.learning_rate)
     rows.append(
@@ -108,7 +109,7 @@ def _format(rows, sparse_accuracy, statistics, args, command):
         "(proximal channel penalty); "
         f"test accuracy **{100 * sparse_accuracy:.2f}%**; share of targeted |γ| < 0.01: "
         f"{100 * statistics['bn_gamma_below_0.01']:.1f}%, < 0.1: {100 * statistics['bn_gamma_below_0.1']:.1f}%. "
-        f"Then `tfprune.prune(model, criterion, rate={args.rate}, scope=..., targets='expansion')` "
+        f"Then `tfprune.prune(model, criterion, rate={args.rate}, scope=..., targets='expansion', round_to=1)` "
         "(scope in brackets; a group never loses all channels) and "
         f"{args.fine_tune_epochs} fine-tuning epochs (Adam {args.learning_rate}). The scratch row trains "
         f"the sparsity_gamma architecture from fresh weights for {args.epochs + args.fine_tune_epochs} epochs.",

@@ -145,7 +145,8 @@ def test_strip_writes_equivalent_model_and_respects_force(tmp_path, model_file, 
 
 def test_prune_writes_a_smaller_model_and_reports_json(tmp_path, model_file, capsys):
     output = tmp_path / "small.keras"
-    arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.5", "-o", str(output), "--json"]
+    arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.5", "--round-to", "1", "-o", str(output),
+                 "--json"]  # fmt: skip
     assert cli.main(arguments) == 0
     result = json.loads(capsys.readouterr().out)
     small = keras.saving.load_model(output)

@@ -455,3 +455,49 @@ def test_mobilenet_v3_round_trip(tmp_path):
     report = export.to_tflite(model, tmp_path / "mobilenet.tflite")
     assert report.max_abs_error < FLOAT_TOLERANCE
     assert report.ops["DEPTHWISE_CONV_2D"] > 0 and report.ops["HARD_SWISH"] > 0
+
+
+def test_compare_latency_interleaves_the_files_and_returns_a_median_each(trained_cnn, tmp_path, monkeypatch):
+    from tfprune.export import measure
+
+    paths = {}
+    for name in ("dense", "pruned"):
+        paths[name] = tmp_path / f"{name}.tflite"
+        export.to_tflite(trained_cnn, paths[name], verify=False)
+    medians = export.compare_latency(paths, threads=1, runs=5, warmup=1)
+    assert list(medians) == ["dense", "pruned"] and all(value > 0 for value in medians.values())
+
+    # Which file is invoked when: one per round, in the given order, after the warm-up rounds.
+    calls = []
+    ready = measure._ready_interpreter
+
+    def recording(path, threads):
+        interpreter, delegate = ready(path, threads)
+        invoke = interpreter.invoke
+
+        def logged_invoke():
+            calls.append(os.path.basename(path))
+            invoke()
+
+        interpreter.invoke = logged_invoke
+        return interpreter, delegate
+
+    monkeypatch.setattr(measure, "_ready_interpreter", recording)
+    export.compare_latency(paths, runs=3, warmup=1)
+    assert calls == ["dense.tflite", "pruned.tflite"] * 4
+
+
+@pytest.mark.parametrize(
+    ("paths", "kwargs", "error", "message"),
+    [
+        ({}, {}, TypeError, "non-empty dict"),
+        (["a.tflite"], {}, TypeError, "Received: an object of type list"),
+        ({"a": "a.tflite"}, {"threads": 0}, ValueError, "Received: threads=0"),
+        ({"a": "a.tflite"}, {"runs": 0}, ValueError, "Received: runs=0"),
+        ({"a": "a.tflite"}, {"warmup": -1}, ValueError, "Received: warmup=-1"),
+        ({"a": "missing.tflite"}, {}, FileNotFoundError, "missing.tflite' does not exist"),
+    ],
+)
+def test_compare_latency_rejects_bad_arguments(paths, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        export.compare_latency(paths, **kwargs)

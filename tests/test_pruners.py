@@ -37,6 +37,7 @@ def test_channel_pruning_reconstructs_the_consumer_output_random_does_not():
         scope="group",
         targets=lambda group: group.name == "expand",
         seed=0,
+        round_to=1,
     )
     random_error = _relative_error(random, model, test)
     # Measured (seed 0): refit 1.7e-07, LASSO selection without refit 0.50, random

@@ -1,9 +1,15 @@
+import functools
+
 import keras
 import numpy as np
 import pytest
 
 import tfprune
-from tfprune.pruning import expansion_layers, prune
+from tfprune.pruning import expansion_layers
+
+# These tests count channels on models of 4 to 16 channels per group: exact rates
+# (round_to=1). The default round_to=8 has its own tests below.
+prune = functools.partial(tfprune.pruning.prune, round_to=1)
 
 
 def _small_model(seed=0):
@@ -174,12 +180,25 @@ def test_max_group_rate_caps_every_group():
 
 def test_round_to_gives_multiples():
     _, result = prune(_small_model(), "l1", rate=0.3, scope="group", round_to=4)
-    # removes round(0.3 * size) = 2, 2, 1 -> widths 6, 4, 3 -> nearest multiples of 4
-    # (halves up, at least 4): 8, 4, 4
+    # removes round(0.3 * size) = 2, 2, 1 -> widths 6, 4, 3 -> rounded up to multiples of 4: 8, 4, 4
     assert result.widths_after == {"conv1": 8, "conv2": 4, "conv3": 4}
     _, result = prune(_small_model(), "l1", rate=0.6, scope="group", round_to=2)
     # removes 5, 4, 2 -> widths 3, 2, 2 -> 4, 2, 2
     assert result.widths_after == {"conv1": 4, "conv2": 2, "conv3": 2}
+
+
+def test_default_round_to_rounds_widths_up_to_multiples_of_8():
+    inputs = keras.Input((6, 6, 3))
+    x = inputs
+    for name, filters in (("wide", 64), ("mid", 20), ("narrow", 8)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=name)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    _, result = tfprune.prune(model, "l1", rate=0.3)
+    # 64 - 19 = 45 -> 48; 20 - 6 = 14 -> 16; 8 - 2 = 6 -> 8 (a group of 8 stays whole)
+    assert result.widths_after == {"wide": 48, "mid": 16, "narrow": 8}
+    assert all(group.after >= group.before - round(0.3 * group.before) for group in result.groups)
+    _, exact = tfprune.prune(model, "l1", rate=0.3, round_to=1)
+    assert exact.widths_after == {"wide": 45, "mid": 14, "narrow": 6}
 
 
 def test_ignore_by_group_or_layer_name():

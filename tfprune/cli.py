@@ -146,7 +146,10 @@ def build_parser():
     )
     prune.add_argument("--targets", default="all", choices=("all", "expansion"))
     prune.add_argument("--min-channels", type=_positive_int, default=1, help="channels every group keeps")
-    prune.add_argument("--round-to", type=_positive_int, default=1, help="round kept widths to a multiple")
+    prune.add_argument(
+        "--round-to", type=_positive_int, default=8,
+        help="round kept widths up to a multiple (default: %(default)s, measured fastest on LiteRT)",
+    )
     prune.add_argument(
         "--unknown",
         default="raise",

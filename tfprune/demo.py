@@ -181,7 +181,7 @@ def run(out_dir="tfprune_demo", quick=False, seed=0, verbose=True):
         name: export.to_tflite(model, paths[name], sparse=sparse, sample_inputs=test_x[:32])
         for name, model, sparse in models
     }
-    latencies = _interleaved_latency(paths, settings["runs"])
+    latencies = export.compare_latency(paths, threads=1, runs=settings["runs"])
     for name, model, _ in models:
         path, report = paths[name], reports[name]
         analysis = tfprune.analyze(model)
@@ -212,23 +212,6 @@ def run(out_dir="tfprune_demo", quick=False, seed=0, verbose=True):
     result.seconds = time.time() - started
     _write_json(result.to_dict(), json_path)
     return result
-
-
-def _interleaved_latency(paths, runs, warmup=5):
-    """Median milliseconds per invocation of each file, 1 thread, invocations interleaved."""
-    from tfprune.export.measure import _ready_interpreter
-
-    interpreters = {name: _ready_interpreter(path, 1)[0] for name, path in paths.items()}
-    for _ in range(warmup):
-        for interpreter in interpreters.values():
-            interpreter.invoke()
-    milliseconds = {name: [] for name in interpreters}
-    for _ in range(runs):
-        for name, interpreter in interpreters.items():
-            start = time.perf_counter()
-            interpreter.invoke()
-            milliseconds[name].append(1000 * (time.perf_counter() - start))
-    return {name: float(np.median(values)) for name, values in milliseconds.items()}
 
 
 def _predict(model, inputs, batch_size=256):

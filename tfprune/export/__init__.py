@@ -5,7 +5,8 @@ with TensorFlow's TFLite converter, writes the file atomically, runs it in the
 LiteRT interpreter (`ai_edge_litert`) on sample inputs and reports how far its
 outputs are from the Keras model's. `predict` runs any `.tflite` file on NumPy
 inputs (quantizing and dequantizing integer inputs and outputs), and
-`benchmark` measures its latency and memory.
+`benchmark` measures its latency and memory; `compare_latency` times
+several files with their invocations interleaved.
 
 The package has one module per step: `convert` (Keras model -> `.tflite`
 file), `verify` (running a file in the interpreter and comparing it with
@@ -20,7 +21,7 @@ from tfprune.export.convert import (
     RANDOM_SAMPLES,
     to_tflite,
 )
-from tfprune.export.measure import benchmark
+from tfprune.export.measure import benchmark, compare_latency
 from tfprune.export.report import BenchmarkReport, ExportReport
 from tfprune.export.verify import predict
 
@@ -32,6 +33,7 @@ __all__ = [
     "QUANTIZERS",
     "RANDOM_SAMPLES",
     "benchmark",
+    "compare_latency",
     "predict",
     "to_tflite",
 ]

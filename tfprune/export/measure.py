@@ -86,6 +86,64 @@ def benchmark(path, threads=(1, 2), runs=50, warmup=5):
     )
 
 
+def compare_latency(paths, threads=1, runs=50, warmup=5):
+    """Median LiteRT latency of several `.tflite` files, invocations interleaved.
+
+    On a shared machine the load changes from second to second, so files timed
+    one after the other are timed under different conditions. Here each round
+    invokes every file once, in the order given, and each file's median is
+    over the same rounds: the ratios between the files are what to quote.
+    Each file gets its own interpreter with LiteRT's default CPU delegate
+    (XNNPACK, the built-in kernels if XNNPACK refuses it) and one fixed random
+    input, as in `benchmark`.
+
+    Args:
+        paths: Dict mapping a name of your choice to a `.tflite` path.
+        threads: Positive int. Threads of every interpreter. Defaults to 1.
+        runs: Positive int. Rounds timed. Defaults to 50.
+        warmup: Non-negative int. Untimed rounds first. Defaults to 5.
+
+    Returns:
+        Dict mapping each name to its median milliseconds per invocation.
+
+    Raises:
+        TypeError: If `paths` is not a non-empty dict.
+        FileNotFoundError: If a file does not exist.
+        ValueError: If a file is not a TFLite model, or `threads`, `runs` or
+            `warmup` are out of range.
+
+    Example:
+
+    >>> tfprune.export.compare_latency({"dense": "dense.tflite", "pruned": "pruned.tflite"})  # doctest: +SKIP
+    {'dense': 0.85, 'pruned': 0.46}
+    """
+    if not isinstance(paths, dict) or not paths:
+        raise TypeError(
+            "`paths` must be a non-empty dict {name: .tflite path}, e.g. "
+            "{'dense': 'dense.tflite', 'pruned': 'pruned.tflite'}. "
+            f"Received: an object of type {type(paths).__name__}"
+        )
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"`threads` must be a positive int such as 1. Received: threads={threads!r}")
+    if not _is_int(runs) or runs < 1:
+        raise ValueError(f"`runs` must be a positive int such as 50. Received: runs={runs!r}")
+    if not _is_int(warmup) or warmup < 0:
+        raise ValueError(
+            f"`warmup` must be a non-negative int such as 5. Received: warmup={warmup!r}"
+        )
+    interpreters = {name: _ready_interpreter(path, threads)[0] for name, path in paths.items()}
+    for _ in range(warmup):
+        for interpreter in interpreters.values():
+            interpreter.invoke()
+    milliseconds = {name: [] for name in interpreters}
+    for _ in range(runs):
+        for name, interpreter in interpreters.items():
+            start = time.perf_counter()
+            interpreter.invoke()
+            milliseconds[name].append(1000 * (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in milliseconds.items()}
+
+
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

@@ -78,6 +78,7 @@ class DropNet:
             scope=self.scope,
             targets=self.targets,
             min_channels=self.min_channels,
+            round_to=1,  # DropNet removes exactly its fraction of the lowest-activity channels
             reinitialize=self.reinitialize,
             data=data,
         )
