@@ -8,8 +8,6 @@ TFLite/LiteRT. The public API is re-exported here.
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 
 def _import_tensorflow_quietly():
     # TensorFlow's C++ runtime logs start-up notes (oneDNN, CUDA probing) to
@@ -30,7 +28,11 @@ def _import_tensorflow_quietly():
         os.close(devnull)
 
 
+# The library runs on the user's Keras backend (KERAS_BACKEND or
+# ~/.keras/keras.json). The `tfprune` command is a TensorFlow program: it
+# chooses TensorFlow for itself unless the variable says otherwise.
 if os.path.basename(sys.argv[0]) == "tfprune":
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _import_tensorflow_quietly()
 
 from tfprune import (

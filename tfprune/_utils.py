@@ -1,12 +1,33 @@
 """Small helpers shared by every tfprune module (not public API)."""
 
 import contextlib
+import importlib
 import numbers
 import os
 import tempfile
 
 import keras
 import numpy as np
+
+
+class LazyModule:
+    """A module imported on first attribute access.
+
+    tfprune runs on any Keras backend; TensorFlow, tensorflow-datasets and
+    LiteRT are imported only by the functions that use them (`tf.data`,
+    TFLite conversion, the interpreter), so `import tfprune` under JAX or
+    PyTorch loads none of them.
+
+    Example:
+
+    >>> tf = LazyModule("tensorflow")  # nothing imported yet
+    """
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        return getattr(importlib.import_module(self._name), attribute)
 
 
 def is_number(value):

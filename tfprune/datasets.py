@@ -15,7 +15,10 @@ import dataclasses
 import os
 
 import numpy as np
-import tensorflow as tf
+
+from tfprune._utils import LazyModule
+
+tf = LazyModule("tensorflow")  # tf.data is TensorFlow's; imported when a dataset is built
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,9 +157,12 @@ def sparsify(model, skip=(), **str_kwargs):
         config = {**layer.get_config(), "compensate_shrinkage": True, **str_kwargs}
         new_layer = str_classes[type(layer)].from_config(config)
         new_layer.build_from_config(layer.get_build_config())
-        new_layer._kernel.assign(layer.kernel)
+        # Copied through NumPy: a variable assigned another variable shares its buffer
+        # on JAX, and training the copy (which donates its buffers) would delete the
+        # original's weights.
+        new_layer._kernel.assign(np.array(layer.kernel.numpy()))
         if layer.use_bias:
-            new_layer.bias.assign(layer.bias)
+            new_layer.bias.assign(np.array(layer.bias.numpy()))
         return new_layer
 
     return clone_graph(model, replace)

@@ -145,7 +145,8 @@ class _ScheduledL1:
         self.original = original
 
     def __call__(self, x):
-        penalty = ops.cast(self.strength, x.dtype) * ops.sum(ops.abs(x))
+        # sign(x) * x: |x| with subgradient sign(x), 0 at 0 on every backend (not JAX's abs).
+        penalty = ops.cast(self.strength, x.dtype) * ops.sum(ops.sign(x) * x)
         if self.original is not None:
             penalty = penalty + self.original(x)
         return penalty
@@ -458,7 +459,13 @@ class BNSparsity(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "bn_sparsity"))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._strength.assign(self.strength(epoch))
+        strength = self.strength(epoch)
+        changed = strength != float(ops.convert_to_numpy(self._strength))
+        self._strength.assign(strength)
+        if changed and self.mode == "subgradient" and keras.backend.backend() == "jax":
+            # JAX compiles the penalty's strength into the train step as a constant
+            # (it is not one of the model's variables): compile it again.
+            self.model.make_train_function(force=True)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._first_step = batch

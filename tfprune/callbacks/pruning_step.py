@@ -60,6 +60,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self._last_step = -1
 
     def _counter(self):
+        self.model  # noqa: B018 - on JAX, reading `model` puts the training state back in the variables
         return int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step.value))
 
     def on_train_begin(self, logs=None):
@@ -74,12 +75,19 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._last_step = self._epoch_first_step + batch
+        self.model  # noqa: B018 - syncs the JAX training state before the masks change
         for wrapper in self._wrappers:
             wrapper.update_pruning_step(self._last_step)
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1 one call covered steps up to `batch`.
         step = self._epoch_first_step + batch
+        if keras.backend.backend() == "jax":
+            # The JAX optimizer step cannot read the masks (they are not part of its
+            # state), so pruned weights are zeroed here, after every step.
+            self.model  # noqa: B018 - syncs the JAX training state
+            for wrapper in self._wrappers:
+                wrapper.apply_masks()
         if step != self._last_step:
             for wrapper in self._wrappers:
                 wrapper.pruning_step.assign(step + 1)

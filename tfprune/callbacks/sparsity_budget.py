@@ -440,12 +440,14 @@ class SparsityBudget(keras.callbacks.Callback):
         self._rescale(self.scheduled_sparsity(self._epoch + fraction))
 
     def _rescale(self, level):
+        self.model  # noqa: B018 - on JAX, reading `model` puts the training state back in the variables
         scales = layer_threshold_scales(self._layers, level, self.min_layer_density)
         self._last_scale = max(scales)  # the common factor (floored layers get less)
         for layer, scale in zip(self._layers, scales):
             layer.scale_thresholds(scale)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.model  # noqa: B018 - syncs the JAX training state (see _rescale)
         if logs is not None:
             logs["sparsity"] = global_sparsity(self._layers)
             logs["threshold_scale"] = self._last_scale

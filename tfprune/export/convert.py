@@ -10,18 +10,22 @@ the sparsity encoding.
 """
 
 import gzip
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfprune._utils import atomic_path, require_graph_model
+from tfprune._utils import LazyModule, atomic_path, require_graph_model
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
+
+tf = LazyModule("tensorflow")  # imported by the first conversion, not by `import tfprune`
 
 # TensorFlow's guide recommends a few hundred calibration samples; more only
 # slows the conversion down.
@@ -181,12 +185,10 @@ def to_tflite(
         sample_inputs = _random_inputs(input_tensor)
 
     plain = _in_float32(strip(model))
-    with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(plain, input_tensor, saved_model_dir)
-        content = _convert(saved_model_dir, quantize, calibration, sparse, model.name)
-        dense_size = None
-        if sparse:
-            dense_size = len(_convert(saved_model_dir, quantize, calibration, False, model.name))
+    if keras.backend.backend() == "tensorflow":
+        content, dense_size = convert_model(plain, quantize, calibration, sparse, model.name)
+    else:
+        content, dense_size = _convert_in_tensorflow_process(plain, quantize, calibration, sparse, model.name)
 
     report = ExportReport(
         path=path,
@@ -309,6 +311,54 @@ def _in_float32(model):
     for source, target in zip(model.layers, copy.layers):
         target.set_weights(source.get_weights())
     return copy
+
+
+def convert_model(plain, quantize, calibration, sparse, model_name):
+    """TensorFlow backend: returns the `.tflite` bytes of `plain` and, with
+    `sparse`, the size of the same file without the sparsity encoding."""
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        _write_saved_model(plain, plain.inputs[0], saved_model_dir)
+        content = _convert(saved_model_dir, quantize, calibration, sparse, model_name)
+        dense_size = None
+        if sparse:
+            dense_size = len(_convert(saved_model_dir, quantize, calibration, False, model_name))
+    return content, dense_size
+
+
+def _convert_in_tensorflow_process(plain, quantize, calibration, sparse, model_name):
+    """Other backends: the TFLite converter reads TensorFlow graphs, so the model
+    goes through a `.keras` file to a TensorFlow-backend process
+    (`tfprune.export._worker`) and comes back as the same bytes a TensorFlow
+    user would get."""
+    with tempfile.TemporaryDirectory() as directory:
+        plain.save(os.path.join(directory, "model.keras"))
+        if calibration is not None:
+            np.save(os.path.join(directory, "calibration.npy"), calibration)
+        with open(os.path.join(directory, "arguments.json"), "w") as file:
+            json.dump({"quantize": quantize, "sparse": bool(sparse), "model_name": model_name}, file)
+        environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+        result = subprocess.run(
+            [sys.executable, "-m", "tfprune.export._worker", directory],
+            env=environment, capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit code {result.returncode}"
+            if result.returncode == 2:  # the converter's own one-sentence refusal
+                raise ValueError(last)
+            raise RuntimeError(
+                f"Converting model '{model_name}' from the {keras.backend.backend()} backend runs the "
+                "TFLite converter in a TensorFlow-backend process, which failed: "
+                f"{last} If the model has layers of your own, register them with "
+                "@keras.saving.register_keras_serializable in an importable module, or export with "
+                "KERAS_BACKEND=tensorflow."
+            )
+        with open(os.path.join(directory, "model.tflite"), "rb") as file:
+            content = file.read()
+        dense_size = None
+        if sparse:
+            dense_size = os.path.getsize(os.path.join(directory, "dense.tflite"))
+    return content, dense_size
 
 
 def _write_saved_model(model, input_tensor, directory):

@@ -5,7 +5,10 @@ import re
 
 import keras
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tfprune._utils import LazyModule
+
+litert = LazyModule("ai_edge_litert.interpreter")  # imported when a file is first run
 
 
 def predict(model_file, inputs, num_threads=None, use_xnnpack=True):
@@ -71,7 +74,7 @@ def predict(model_file, inputs, num_threads=None, use_xnnpack=True):
 
 def _interpreter(model_file, num_threads=None, use_xnnpack=True):
     resolver = (
-        OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        litert.OpResolverType.AUTO if use_xnnpack else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
     if isinstance(model_file, bytes):
         source = {"model_content": model_file}
@@ -85,7 +88,7 @@ def _interpreter(model_file, num_threads=None, use_xnnpack=True):
             f"Received: an object of type {type(model_file).__name__}"
         )
     try:
-        return Interpreter(
+        return litert.Interpreter(
             **source, num_threads=num_threads, experimental_op_resolver_type=resolver
         )
     except ValueError as error:

@@ -363,7 +363,7 @@ class STRMixin(SoftThresholdMixin):
         kernel_variable = plain._kernel if hasattr(plain, "_kernel") else plain.kernel
         kernel_variable.assign(self.sparse_kernel)
         if self.use_bias:
-            plain.bias.assign(self.bias)
+            plain.bias.assign(np.array(self.bias.numpy()))  # a copy: on JAX, variables share buffers
         return plain
 
     def _plain_class(self):

@@ -175,7 +175,7 @@ class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):
         plain.build((None, self.left_factor.shape[0]))
         plain.kernel.assign(self.sparse_kernel)
         if self.use_bias:
-            plain.bias.assign(self.bias)
+            plain.bias.assign(np.array(self.bias.numpy()))  # a copy: on JAX, variables share buffers
         return plain
 
     def get_config(self):

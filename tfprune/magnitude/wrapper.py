@@ -268,8 +268,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer="zeros", trainable=False
         )
-        for weight, mask in zip(weights, self.masks):
-            weight.constraint = _MaskConstraint(mask, weight.constraint)
+        if keras.backend.backend() != "jax":
+            # JAX's compiled optimizer step sees only the trainable and optimizer
+            # variables, not the masks: there `apply_masks` runs after each step
+            # (UpdatePruningStep, update_pruning_step) instead.
+            for weight, mask in zip(weights, self.masks):
+                weight.constraint = _MaskConstraint(mask, weight.constraint)
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
@@ -321,9 +325,33 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 mask.assign(
                     mask_for(weight.value, sparsity, self.block_size, self.block_pooling, self.m_by_n)
                 )
-                weight.assign(ops.multiply(weight.value, mask.value))
+        if should_prune or keras.backend.backend() == "jax":
+            self.apply_masks()
         self.pruning_step.assign(step + 1)
         return step
+
+    def apply_masks(self):
+        """Sets every pruned weight to exactly zero (`weight = weight * mask`).
+
+        On TensorFlow and PyTorch a constraint does this after every optimizer
+        step. JAX's compiled step cannot read the masks, so there
+        `UpdatePruningStep` calls this after every batch and
+        `update_pruning_step` before it; the forward pass always uses
+        `weight * mask`, so outputs are the same on every backend.
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> wrapper = tfprune.magnitude.PruneLowMagnitude(
+        ...     keras.layers.Dense(2), schedule=tfprune.ConstantSparsity(0.5))
+        >>> wrapper.build((None, 2))
+        >>> _ = wrapper.masks[0].assign([[1.0, 0.0], [0.0, 1.0]])
+        >>> wrapper.apply_masks()
+        >>> int(keras.ops.sum(keras.ops.cast(wrapper.layer.kernel == 0, "int32")))
+        2
+        """
+        for weight, mask in zip(prunable_weights(self.layer), self.masks):
+            weight.assign(ops.multiply(weight.value, ops.cast(mask.value, weight.dtype)))
 
     def stripped_layer(self):
         """Returns the plain wrapped layer with the masked weights baked in (strip protocol).
