@@ -80,7 +80,20 @@ def test_activation_is_the_mean_post_relu_value_and_dead_channel_is_lowest():
     assert np.argmin(scores["maps"]) == 2 and scores["maps"][2] == 0.0
 
 
-def test_data_as_dataset_tuple_or_array_gives_the_same_scores():
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images, labels, batch_size):
+        super().__init__()
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    def __len__(self):
+        return len(self.images) // self.batch_size
+
+    def __getitem__(self, index):
+        window = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.images[window], self.labels[window]
+
+
+def test_data_as_dataset_tuple_array_pydataset_or_generator_gives_the_same_scores():
     images = _positive_images(24)
     labels = np.zeros(24, "int32")
     model = _maps_model()
@@ -89,7 +102,9 @@ def test_data_as_dataset_tuple_or_array_gives_the_same_scores():
     from_dataset = _scores(
         "activation", model, tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
     )
-    for other in (from_tuple, from_dataset):
+    from_pydataset = _scores("activation", model, _Batches(images, labels, 8))
+    from_generator = _scores("activation", model, ((images[i : i + 8], labels[i : i + 8]) for i in range(0, 24, 8)))
+    for other in (from_tuple, from_dataset, from_pydataset, from_generator):
         for name in from_array:
             np.testing.assert_allclose(other[name], from_array[name], rtol=1e-6)
 
@@ -100,6 +115,10 @@ def test_num_batches_limits_the_data():
     model = _maps_model()
     first = _scores("activation", model, images, num_batches=1, batch_size=10)
     np.testing.assert_allclose(first["maps"][1], images[:10].mean(), rtol=1e-6)
+    labels = np.zeros(20, "int32")
+    for data in (_Batches(images, labels, 10), iter([images[:10], images[10:]])):
+        first = _scores("activation", model, data, num_batches=1)
+        np.testing.assert_allclose(first["maps"][1], images[:10].mean(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["hrank", "activation", "reconstruction"])
@@ -115,6 +134,8 @@ def test_bad_data_fails_with_one_clear_sentence(name):
         _scores(name, model, np.zeros((4, 5, 5, 1), "float32"))
     with pytest.raises(ValueError, match=r"has a batch of shape \(8, 8, 1\).*batch"):
         _scores(name, model, tf.data.Dataset.from_tensor_slices(np.zeros((4, 8, 8, 1))))
+    with pytest.raises(ValueError, match="`data` is empty"):
+        _scores(name, model, iter([]))
     with pytest.raises(TypeError, match="Received: data of type str"):
         _scores(name, model, "images/")
 

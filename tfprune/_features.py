@@ -10,6 +10,9 @@ reads) and builds one feature-extraction model,
 and never changes its weights.
 """
 
+import itertools
+import sys
+
 import keras
 import numpy as np
 
@@ -118,13 +121,25 @@ def _first_input(element):
     return element
 
 
+def _is_tf_dataset(data):
+    return "tensorflow" in sys.modules and isinstance(data, sys.modules["tensorflow"].data.Dataset)
+
+
+def _as_batch(element):
+    return np.asarray(keras.ops.convert_to_numpy(_first_input(element)))
+
+
 def input_batches(model, data, num_batches, batch_size, caller):
     """Turns user data into at most `num_batches` NumPy input batches.
 
     Args:
         model: The model the inputs are for (single input).
-        data: A `tf.data.Dataset` of batches (`x` or `(x, y, ...)`), an
-            array of inputs, or an `(x, y)` tuple of arrays.
+        data: What `model.fit` accepts: an array of inputs or an `(x, y)`
+            tuple of arrays (split into `batch_size` batches), or batches
+            of `x` or `(x, y, ...)` from a `tf.data.Dataset`, a
+            `keras.utils.PyDataset` or a Python generator/iterator (read
+            until it ends, like `fit` without `steps_per_epoch`, unless
+            `num_batches` is given).
         num_batches: Int or None (all). How many batches to use.
         batch_size: Int. Batch size used to split arrays.
         caller: String naming the criterion or pruner, for the error messages.
@@ -137,8 +152,6 @@ def input_batches(model, data, num_batches, batch_size, caller):
             model's input shape, or the model has several inputs.
         TypeError: If `data` is not a dataset or an array.
     """
-    import tensorflow as tf  # tf.data is TensorFlow's; only datasets need it
-
     functional = functional_view(model)
     if len(functional.inputs) != 1:
         raise ValueError(
@@ -147,8 +160,8 @@ def input_batches(model, data, num_batches, batch_size, caller):
         )
     if data is None:
         raise ValueError(
-            f"{caller} needs data: pass `data=` a tf.data.Dataset of batches or an array of "
-            "inputs (e.g. `data=x_train`). Received: data=None"
+            f"{caller} needs data: pass `data=` an array of inputs (e.g. `data=x_train`) or batches "
+            "(a tf.data.Dataset, keras.utils.PyDataset or generator). Received: data=None"
         )
     for argument, value in (("num_batches", num_batches), ("batch_size", batch_size)):
         if value is not None and (
@@ -157,9 +170,14 @@ def input_batches(model, data, num_batches, batch_size, caller):
             raise ValueError(
                 f"{caller}: `{argument}` must be an int >= 1. Received: {argument}={value!r}"
             )
-    if isinstance(data, tf.data.Dataset):
+    if _is_tf_dataset(data):  # a tf.data.Dataset exists only if TensorFlow is imported
         dataset = data if num_batches is None else data.take(num_batches)
         batches = [np.asarray(_first_input(element)) for element in dataset.as_numpy_iterator()]
+    elif isinstance(data, keras.utils.PyDataset):
+        count = len(data) if num_batches is None else min(num_batches, len(data))
+        batches = [_as_batch(data[index]) for index in range(count)]
+    elif hasattr(data, "__next__"):  # generators and other iterators
+        batches = [_as_batch(element) for element in itertools.islice(data, num_batches)]
     elif isinstance(data, (np.ndarray, tuple, list)) or hasattr(data, "__array__"):
         inputs = np.asarray(_first_input(data))
         stop = len(inputs) if num_batches is None else num_batches * batch_size
@@ -169,8 +187,8 @@ def input_batches(model, data, num_batches, batch_size, caller):
         ]
     else:
         raise TypeError(
-            f"{caller}: `data` must be a tf.data.Dataset or an array of inputs. "
-            f"Received: data of type {type(data).__name__}"
+            f"{caller}: `data` must be an array of inputs, a tf.data.Dataset, a "
+            f"keras.utils.PyDataset or a generator of batches. Received: data of type {type(data).__name__}"
         )
     if not batches or sum(len(batch) for batch in batches) == 0:
         raise ValueError(f"{caller}: `data` is empty; pass at least one batch of inputs.")

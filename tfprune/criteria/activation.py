@@ -29,8 +29,9 @@ def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=
     Args:
         model: A built Sequential or functional single-input `keras.Model`. Not modified.
         graph: `tfprune.graph.build(model)`.
-        data: A `tf.data.Dataset` of batches (`x` or `(x, y)`), an array of
-            inputs or an `(x, y)` tuple of arrays.
+        data: What `model.fit` accepts: an array of inputs, an `(x, y)`
+            tuple of arrays, or batches (`x` or `(x, y)`) from a
+            `tf.data.Dataset`, `keras.utils.PyDataset` or generator.
         seed: Unused (the criterion is deterministic).
         num_batches: Int or None. Batches used; None (default) uses all the data.
         batch_size: Int. Batch size when `data` is an array. Defaults to `128`.

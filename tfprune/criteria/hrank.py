@@ -35,8 +35,9 @@ def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, ver
     Args:
         model: A built Sequential or functional single-input `keras.Model`. Not modified.
         graph: `tfprune.graph.build(model)`.
-        data: A `tf.data.Dataset` of batches (`x` or `(x, y)`), an array of
-            inputs or an `(x, y)` tuple of arrays.
+        data: What `model.fit` accepts: an array of inputs, an `(x, y)`
+            tuple of arrays, or batches (`x` or `(x, y)`) from a
+            `tf.data.Dataset`, `keras.utils.PyDataset` or generator.
         seed: Unused (the criterion is deterministic).
         num_batches: Int. Batches used; the reference uses 5 batches of 128.
             Defaults to `5`.

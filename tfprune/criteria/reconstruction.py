@@ -292,8 +292,9 @@ def reconstruction(
     Args:
         model: A built Sequential or functional single-input `keras.Model`. Not modified.
         graph: `tfprune.graph.build(model)`.
-        data: A `tf.data.Dataset` of batches (`x` or `(x, y)`), an array of
-            inputs or an `(x, y)` tuple of arrays.
+        data: What `model.fit` accepts: an array of inputs, an `(x, y)`
+            tuple of arrays, or batches (`x` or `(x, y)`) from a
+            `tf.data.Dataset`, `keras.utils.PyDataset` or generator.
         seed: Optional int for the sampled positions. Defaults to 0.
         num_batches: Int. Batches used. Defaults to `5`.
         batch_size: Int. Batch size when `data` is an array. Defaults to `128`.

@@ -105,8 +105,9 @@ class ChannelPruning:
 
         Args:
             model: A built Sequential or functional single-input `keras.Model`. Not modified.
-            data: A `tf.data.Dataset` of batches (`x` or `(x, y)`), an array of
-                inputs or an `(x, y)` tuple of arrays.
+            data: What `model.fit` accepts: an array of inputs, an `(x, y)`
+                tuple of arrays, or batches (`x` or `(x, y)`) from a
+                `tf.data.Dataset`, `keras.utils.PyDataset` or generator.
 
         Returns:
             Tuple `(pruned_model, PruneResult)`; groups without a

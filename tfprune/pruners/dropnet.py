@@ -58,8 +58,9 @@ class DropNet:
 
         Args:
             model: A built Sequential or functional single-input `keras.Model`. Not modified.
-            data: Data to score the activations on: a `tf.data.Dataset` of
-                batches, an array of inputs or an `(x, y)` tuple of arrays.
+            data: Data to score the activations on: an array of inputs, an
+                `(x, y)` tuple of arrays, or batches from a `tf.data.Dataset`,
+                `keras.utils.PyDataset` or generator.
 
         Returns:
             Tuple `(pruned_model, PruneResult)`; the result is also appended to `self.results`.
