@@ -40,7 +40,7 @@ TFMOT_ENV := TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python
 JAX_TESTS := tests/test_backends.py tests/test_str_layers.py tests/test_regularizers.py
 JAX_TESTS_ALL := $(JAX_TESTS) tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
 	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py
-JAX_ENV := KERAS_BACKEND=jax PYTHONWARNINGS="ignore:Explicitly requested dtype"
+JAX_ENV := KERAS_BACKEND=jax
 
 test: lint $(BENCH_STAMP)
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15

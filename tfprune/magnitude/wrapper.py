@@ -161,6 +161,15 @@ def check_pattern(block_size, block_pooling, m_by_n):
     return tuple(block_size), block_pooling, m_by_n
 
 
+def _step_dtype():
+    # JAX computes in 32 bits unless x64 is enabled, and warns when asked for int64.
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "int64" if jax.config.jax_enable_x64 else "int32"
+    return "int64"
+
+
 class _MaskConstraint:
     """Re-applies the mask after every optimizer step, then any constraint of the layer.
 
@@ -266,7 +275,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for weight in weights
         ]
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), dtype="int64", initializer="zeros", trainable=False
+            name="pruning_step", shape=(), dtype=_step_dtype(), initializer="zeros", trainable=False
         )
         if keras.backend.backend() != "jax":
             # JAX's compiled optimizer step sees only the trainable and optimizer
