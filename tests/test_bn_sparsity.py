@@ -198,7 +198,7 @@ def test_proximal_channel_mode_under_adam_zeroes_channels_that_the_old_default_l
     assert np.mean(gammas == 0.0) >= 0.4, np.mean(gammas == 0.0)
     assert accuracy > plain_accuracy - 0.05, (accuracy, plain_accuracy)
     # the zeroed channels output exactly 0 (γ and β are shrunk together): removing them is free
-    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0)
+    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0, round_to=1)
     assert pruned.count_params() < model.count_params()
     np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
@@ -385,7 +385,7 @@ def test_expansion_targets_penalise_both_batch_norms_of_the_expansion_channels_o
     for weights in (expand.beta, depthwise.gamma, depthwise.beta):
         assert np.all(weights.numpy()[dead] == 0.0)
     # removing the dead channels changes nothing
-    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0, targets="expansion")
+    pruned, _ = tfprune.prune(model, "bn_gamma", threshold=0.0, targets="expansion", round_to=1)
     assert pruned.count_params() < model.count_params()
     np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     # the projection BN (not targeted) only trained: its γ never hit zero
