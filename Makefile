@@ -37,8 +37,8 @@ TFMOT_ENV := TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python
 
 # The suite runs on TensorFlow; then what must hold on every backend runs again on JAX:
 # tests/test_backends.py and the backend-neutral unit tests below (more of them in test-all).
-JAX_TESTS := tests/test_backends.py tests/test_str_layers.py tests/test_regularizers.py
-JAX_TESTS_ALL := $(JAX_TESTS) tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
+JAX_TESTS := tests/test_backends.py tests/test_regularizers.py
+JAX_TESTS_ALL := $(JAX_TESTS) tests/test_str_layers.py tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
 	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py
 JAX_ENV := KERAS_BACKEND=jax
 

@@ -63,9 +63,12 @@ def _tfmot_interpreter():
 
 
 # Quick modes of 2-4 minutes each on 2 cores, whose library code the unit tests cover
-# (test_search_*, test_criteria_data, test_pruners, test_bn_sparsity, test_export): `slow`,
+# (test_search_*, test_criteria_data, test_pruners, test_bn_sparsity, test_export,
+# test_str_layers, test_sparsity_budget): `slow`,
 # run by `make test-all`, so that the CI suite stays under 15 minutes.
-SLOW_QUICK_MODES = {"search_digits", "structured_digits", "datadriven_digits", "export_litert"}
+SLOW_QUICK_MODES = {
+    "search_digits", "structured_digits", "datadriven_digits", "export_litert", "str_grid", "str_step_time",
+}
 
 
 def _params():
