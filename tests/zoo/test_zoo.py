@@ -148,9 +148,13 @@ def test_default_prune_keeps_every_group_and_the_model_alive(name, options, size
     assert result.groups and not [group.name for group in result.groups if group.guarded]
     assert all(group.after >= round(0.7 * group.before) - 1 for group in result.groups)
     x = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype("float32")
-    before = np.asarray(model(x)).std(axis=0).max()
-    after = np.asarray(small(x)).std(axis=0).max()
-    assert after > 0.1 * before > 0, (before, after)  # a destroyed network answers every input alike
+    # Variation across inputs relative to the outputs' size: a destroyed network answers
+    # every input alike (0). Relative, because a BN-free random network with fewer channels
+    # has smaller outputs everywhere (VGG19: std 1.0e-3 -> 9.2e-5, relative 0.11 -> 0.19).
+    before, after = (
+        outputs.std(axis=0).max() / np.abs(outputs).mean() for outputs in (np.asarray(model(x)), np.asarray(small(x)))
+    )
+    assert after > 0.1 * before > 0, (before, after)
     small.save(tmp_path / "small.keras")
     reloaded = keras.models.load_model(tmp_path / "small.keras")
     np.testing.assert_allclose(reloaded(x), small(x), atol=1e-6, rtol=0)
