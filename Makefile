@@ -35,20 +35,24 @@ lint: $(STAMP)
 # in .venv-tfmot, named by TFPRUNE_TFMOT_PYTHON (the smoke test fails if it does not work).
 TFMOT_ENV := TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python
 
-# The suite runs on TensorFlow; then what must hold on every backend runs again on JAX:
-# tests/test_backends.py and the backend-neutral unit tests below (more of them in test-all).
-JAX_TESTS := tests/test_backends.py tests/test_regularizers.py
-JAX_TESTS_ALL := $(JAX_TESTS) tests/test_str_layers.py tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
+# The suite runs on TensorFlow; then what must hold on every backend runs again on JAX
+# and on PyTorch: tests/test_backends.py and the backend-neutral unit tests below
+# (more of them on JAX in test-all).
+BACKEND_TESTS := tests/test_backends.py tests/test_regularizers.py
+JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
 	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py
 JAX_ENV := KERAS_BACKEND=jax
+TORCH_ENV := KERAS_BACKEND=torch
 
 test: lint $(BENCH_STAMP)
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15
-	$(JAX_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(JAX_TESTS)
+	$(JAX_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
+	$(TORCH_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
 
 test-all: lint $(BENCH_STAMP)
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --durations=25
 	$(JAX_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q $(JAX_TESTS_ALL)
+	$(TORCH_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
 
 # Regenerates benchmarks/RESULTS.md: every script writes its own section with its
 # command; benchmarks.environment writes the machine and versions at the top.

@@ -1,7 +1,7 @@
-"""What must hold on every Keras backend: the suite runs this file on TensorFlow and on JAX.
+"""What must hold on every Keras backend: the suite runs this file on TensorFlow, JAX and PyTorch.
 
-`make test` runs it twice (KERAS_BACKEND=tensorflow, then jax), together with
-the backend-neutral unit tests listed in the Makefile (JAX_TESTS).
+`make test` runs it three times (KERAS_BACKEND=tensorflow, jax, then torch),
+together with the backend-neutral unit tests listed in the Makefile (BACKEND_TESTS).
 """
 
 import json
@@ -12,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import tfprune
 
@@ -100,13 +101,13 @@ def test_bn_sparsity_warmup_turns_the_penalty_on_after_the_warmup():
 def test_training_the_copy_leaves_the_input_model_usable_and_unchanged(convert):
     original = _plain_cnn()
     x, y = _data()
-    before = np.asarray(original(x))
+    before = ops.convert_to_numpy(original(x))
     copy = _compiled(convert(original))
     callbacks = [tfprune.callbacks.UpdatePruningStep()] if tfprune.magnitude.pruning_wrappers(copy) else []
     copy.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
     stripped = _compiled(tfprune.strip(copy))
     stripped.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    np.testing.assert_array_equal(np.asarray(original(x)), before)
+    np.testing.assert_array_equal(ops.convert_to_numpy(original(x)), before)
 
 
 def test_export_gives_the_same_file_as_a_tensorflow_export(tmp_path):
