@@ -1,5 +1,6 @@
 """Helpers shared by the graph/surgery tests: provably dead channels."""
 
+import keras
 import numpy as np
 
 
@@ -48,3 +49,8 @@ def assert_same_weights(model, snapshot):
     assert set(snapshot) == {weight.path for weight in model.weights}
     for weight in model.weights:
         np.testing.assert_array_equal(weight.numpy(), snapshot[weight.path])
+
+
+def outputs(model, x):
+    """`model(x)` as a NumPy array, on any backend (PyTorch's tensors carry gradients)."""
+    return keras.ops.convert_to_numpy(model(x))

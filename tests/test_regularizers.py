@@ -9,7 +9,7 @@ from tfprune import regularizers
 def _value_and_gradient(regularizer, array):
     variable = keras.Variable(array)
     (gradient,) = gradients(lambda: regularizer(variable.value), [variable])
-    return float(regularizer(variable.value)), gradient
+    return float(keras.ops.convert_to_numpy(regularizer(variable.value))), gradient
 
 
 def test_bn_gamma_l1_value_and_gradient_equal_closed_form():
