@@ -40,7 +40,10 @@ TFMOT_ENV := TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python
 # (more of them on JAX in test-all).
 BACKEND_TESTS := tests/test_backends.py tests/test_regularizers.py
 JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
-	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py
+	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py \
+	tests/test_graph.py tests/test_surgery.py tests/test_channel_coupling.py tests/test_criteria.py \
+	tests/test_criteria_data.py tests/test_pruning.py tests/test_search_abc.py tests/test_search_dmcp.py \
+	tests/test_pruners.py tests/test_analysis.py
 JAX_ENV := KERAS_BACKEND=jax
 TORCH_ENV := KERAS_BACKEND=torch
 

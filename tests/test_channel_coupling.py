@@ -375,29 +375,35 @@ def _key_name(key):
     return key if isinstance(key, str) else key.__name__
 
 
-@pytest.mark.parametrize(
-    "spatial, operation",
-    [case[1:] for case in INDEPENDENT],
-    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(INDEPENDENT)],
-)
+# Keras 3.15 on JAX cannot run ops.norm(x, axis=...) in a functional model at all (it
+# hands the axis to jax.jit as a list: "Non-hashable static arguments are not supported").
+_KERAS_CANNOT_RUN = {"Norm"} if keras.backend.backend() == "jax" else set()
+
+
+def _cases(cases, values, keep=lambda case: True):
+    """pytest params `values(case)`, ids `name-index`, skipping what Keras itself cannot run here."""
+    return [
+        pytest.param(
+            *values(case), id=f"{_key_name(case[0])}-{index}",
+            marks=[pytest.mark.skip(reason="Keras on JAX cannot run ops.norm with an axis in a functional model")]
+            if _key_name(case[0]) in _KERAS_CANNOT_RUN else [],
+        )
+        for index, case in enumerate(cases)
+        if keep(case)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("spatial, operation", _cases(INDEPENDENT, lambda case: case[1:]))
 def test_per_channel_operation_lets_dead_channels_go(spatial, operation):
     assert_independent(build(operation, spatial))
 
 
-@pytest.mark.parametrize(
-    "operation, reason",
-    [case[1:3] for case in COUPLED],
-    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(COUPLED)],
-)
+@pytest.mark.parametrize("operation, reason", _cases(COUPLED, lambda case: case[1:3]))
 def test_channel_coupling_operation_freezes_the_group(operation, reason):
     assert_coupled(build(operation), reason)
 
 
-@pytest.mark.parametrize(
-    "key, operation",
-    [case[:2] for case in COUPLED if case[3]],
-    ids=[f"{_key_name(case[0])}-{index}" for index, case in enumerate(COUPLED) if case[3]],
-)
+@pytest.mark.parametrize("key, operation", _cases(COUPLED, lambda case: case[:2], keep=lambda case: case[3]))
 def test_without_the_freeze_a_coupling_operation_would_change_kept_values(key, operation, monkeypatch):
     # What the handler would be if the operation acted per channel: weights (a
     # LayerNormalization's gamma) sliced with the channels, or a plain pass-through.

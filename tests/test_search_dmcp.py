@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from backend_gradients import gradients
+from backend_gradients import gradients, needs_float64
 
 import tfprune
 from tfprune.search import (
@@ -32,6 +32,7 @@ def test_expected_width_equals_the_geometric_closed_form(transition, channels):
     np.testing.assert_allclose(float(expected_width(logits)), closed_form, rtol=1e-6)
 
 
+@needs_float64
 def test_expected_width_gradient_matches_closed_form_and_finite_differences():
     logits = keras.Variable(np.array([1.5, -0.5, 2.0, 0.3, -1.0]), dtype="float64")
     (gradient,) = gradients(lambda: expected_width(logits.value), [logits])
@@ -85,6 +86,7 @@ def test_gates_scale_each_read_channel_by_its_keep_probability():
     assert dmcp.expected_widths() == pytest.approx(expected, rel=1e-5)
 
 
+@needs_float64
 def test_penalty_is_the_closed_form_and_its_gradient_matches_finite_differences():
     model = _small_model()
     dmcp = DMCP(model, target=0.5, strength=3.0, logit_scale=1.0)
