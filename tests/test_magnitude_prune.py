@@ -412,3 +412,43 @@ def test_embedding_padding_mask_passes_through_the_wrapper():
     unmasked = keras.Model(inputs, keras.layers.GRU(3)(keras.layers.Embedding(10, 4)(inputs)))
     unmasked.set_weights(model.get_weights())
     assert not np.allclose(unmasked.predict(tokens, verbose=0), model.predict(tokens, verbose=0), atol=1e-3)
+
+
+def test_tfmot_keyword_names_and_default_schedule_give_the_same_pruning():
+    x, _ = digits_batch()
+    model = small_cnn()
+    ours = tfprune.prune_low_magnitude(model, schedule=tfprune.ConstantSparsity(0.5), block_size=(1, 2),
+                                       block_pooling="max")
+    theirs = tfprune.prune_low_magnitude(model, pruning_schedule=tfprune.ConstantSparsity(0.5), block_size=(1, 2),
+                                         block_pooling_type="MAX")
+    default = tfprune.prune_low_magnitude(model, block_size=(1, 2), block_pooling_type="MAX")  # TFMOT's default: 50%
+    for pruned in (ours, theirs, default):
+        tfprune.magnitude.update_pruning_step(pruned)
+    masks = [kernels_and_masks(pruned) for pruned in (ours, theirs, default)]
+    for name, (_, mask) in masks[0].items():
+        assert np.mean(mask == 0) == pytest.approx(0.5, abs=0.02), name
+        for other in masks[1:]:
+            np.testing.assert_array_equal(other[name][1], mask)
+    assert [wrapper.block_pooling for wrapper in pruning_wrappers(theirs)] == ["max"] * 3
+    m_by_n = tfprune.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    tfprune.magnitude.update_pruning_step(m_by_n)
+    report = tfprune.magnitude.check_m_by_n(tfprune.magnitude.strip_pruning(m_by_n), 2, 4)
+    assert report and all(entry["ok"] and entry["runs"] > 0 for entry in report.values()), report
+    stripped = tfprune.magnitude.strip_pruning(theirs)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(stripped(x)),
+                                  keras.ops.convert_to_numpy(tfprune.strip(theirs)(x)))
+    assert not pruning_wrappers(stripped)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(schedule=tfprune.ConstantSparsity(0.5), pruning_schedule=tfprune.ConstantSparsity(0.8)),
+         r"`schedule` and `pruning_schedule` are the same argument"),
+        (dict(block_pooling="max", block_pooling_type="AVG"), r"`block_pooling` and `block_pooling_type`"),
+        (dict(m_by_n=(2, 4), sparsity_m_by_n=(1, 4)), r"`m_by_n` and `sparsity_m_by_n`"),
+    ],
+)  # fmt: skip
+def test_an_argument_under_both_names_is_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        tfprune.prune_low_magnitude(small_cnn(), **arguments)

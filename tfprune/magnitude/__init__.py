@@ -13,6 +13,7 @@ from tfprune.magnitude.prune import (
     mask_sparsity,
     prune_low_magnitude,
     pruning_wrappers,
+    strip_pruning,
     update_pruning_step,
 )
 from tfprune.magnitude.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -40,5 +41,6 @@ __all__ = [
     "prunable_weights",
     "prune_low_magnitude",
     "pruning_wrappers",
+    "strip_pruning",
     "update_pruning_step",
 ]

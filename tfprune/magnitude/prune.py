@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfprune._utils import clone_graph, require_graph_model
+from tfprune.magnitude.schedules import ConstantSparsity
 from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
 
 
@@ -31,6 +32,18 @@ def _skip_test(skip, model):
     return lambda layer: layer.name in names or isinstance(layer, classes)
 
 
+def _one_of(name, value, default, tfmot_name, tfmot_value):
+    """The argument given under its tfprune name or its TFMOT name; both is an error."""
+    if tfmot_value is None:
+        return value
+    if value is not default and value != default:
+        raise ValueError(
+            f"`{name}` and `{tfmot_name}` are the same argument (the second is TensorFlow Model "
+            f"Optimization's name); pass only one. Received: {name}={value!r}, {tfmot_name}={tfmot_value!r}"
+        )
+    return tfmot_value
+
+
 def _copy_layer(layer):
     """A new layer of the same class and config, built and holding copies of the weights."""
     copy = type(layer).from_config(layer.get_config())
@@ -41,7 +54,16 @@ def _copy_layer(layer):
 
 
 def prune_low_magnitude(
-    model_or_layer, schedule, block_size=(1, 1), block_pooling="avg", m_by_n=None, skip=()
+    model_or_layer,
+    schedule=None,
+    block_size=(1, 1),
+    block_pooling="avg",
+    m_by_n=None,
+    skip=(),
+    *,
+    pruning_schedule=None,
+    block_pooling_type=None,
+    sparsity_m_by_n=None,
 ):
     """Returns a copy of a model (or layer) whose prunable weights carry magnitude masks.
 
@@ -54,15 +76,20 @@ def prune_low_magnitude(
     `tfprune.strip` to get plain Keras layers with the zeros baked in. The
     input is not modified. Layers inside nested models are not wrapped.
 
-    This is TensorFlow Model Optimization's `prune_low_magnitude` for Keras 3:
+    This is TensorFlow Model Optimization's `prune_low_magnitude` for Keras 3,
+    and it takes TFMOT's keyword names too: `pruning_schedule=` (for
+    `schedule`), `block_pooling_type="AVG"`/`"MAX"` (for `block_pooling`) and
+    `sparsity_m_by_n=` (for `m_by_n`), with TFMOT's default schedule, so
     `tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=s)`
-    becomes `tfprune.prune_low_magnitude(model, schedule=s)`.
+    becomes `tfprune.prune_low_magnitude(model, pruning_schedule=s)`.
 
     Args:
         model_or_layer: A built Sequential or functional `keras.Model`, or a
             prunable layer (a wrapped copy is returned, to use in a new model).
         schedule: A schedule such as `tfprune.PolynomialDecay(0.0, 0.9, 0, 1000)`
-            or `tfprune.ConstantSparsity(0.5)`.
+            or `tfprune.ConstantSparsity(0.5)`. Defaults to `None`: TFMOT's
+            default, `tfprune.ConstantSparsity(0.5, begin_step=0)` (masks
+            recomputed every 100 steps).
         block_size: Tuple of two ints. Prune tiles of this shape over the
             (input, output) channel axes of each kernel; `(1, 1)` prunes single
             weights. Defaults to `(1, 1)`.
@@ -75,6 +102,10 @@ def prune_low_magnitude(
         skip: Layer names and/or layer classes to leave dense, or a callable
             `layer -> bool` returning True for layers to leave dense.
             Defaults to `()`.
+        pruning_schedule: TFMOT's name for `schedule`; pass one of the two.
+        block_pooling_type: TFMOT's name for `block_pooling` (`"AVG"` or
+            `"MAX"`, any case).
+        sparsity_m_by_n: TFMOT's name for `m_by_n`.
 
     Returns:
         A new `keras.Model` of the same kind, or a `PruneLowMagnitude` layer.
@@ -83,7 +114,8 @@ def prune_low_magnitude(
         TypeError: If `model_or_layer` is a subclassed model, neither a model nor
             a prunable layer, or `schedule`/`skip` has the wrong type.
         ValueError: If a pattern argument is invalid, `skip` names a layer the
-            model does not have, or no layer is left to prune.
+            model does not have, no layer is left to prune, or an argument is
+            given under both its tfprune and its TFMOT name.
 
     Example:
 
@@ -96,6 +128,13 @@ def prune_low_magnitude(
     >>> [type(layer).__name__ for layer in pruned.layers]
     ['InputLayer', 'PruneLowMagnitude', 'Dense']
     """
+    schedule = _one_of("schedule", schedule, None, "pruning_schedule", pruning_schedule)
+    if schedule is None:
+        schedule = ConstantSparsity(0.5, begin_step=0)
+    block_pooling = _one_of("block_pooling", block_pooling, "avg", "block_pooling_type", block_pooling_type)
+    if isinstance(block_pooling, str):
+        block_pooling = block_pooling.lower()
+    m_by_n = _one_of("m_by_n", m_by_n, None, "sparsity_m_by_n", sparsity_m_by_n)
     block_size, block_pooling, m_by_n = check_pattern(block_size, block_pooling, m_by_n)
     options = dict(schedule=schedule, block_size=block_size, block_pooling=block_pooling, m_by_n=m_by_n)
     if isinstance(model_or_layer, keras.layers.Layer) and not isinstance(model_or_layer, keras.Model):
@@ -230,3 +269,33 @@ def mask_sparsity(model, by_layer=False):
     if by_layer:
         return {name: zeros / size for name, (zeros, size) in counts.items()}
     return sum(zeros for zeros, _ in counts.values()) / sum(size for _, size in counts.values())
+
+
+def strip_pruning(model):
+    """TensorFlow Model Optimization's name for `tfprune.strip`: bakes the masks in.
+
+    Every `PruneLowMagnitude` wrapper (and STR layer) becomes the plain Keras
+    layer it wraps, with the pruned weights exactly zero, so the model saves,
+    loads and exports without tfprune. The input is not modified.
+
+    Args:
+        model: A Keras model (or layer) returned by `prune_low_magnitude`.
+
+    Returns:
+        A new model (or layer) without pruning wrappers.
+
+    Raises:
+        TypeError: If `model` is a subclassed model (see `tfprune.strip`).
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+    >>> pruned = tfprune.prune_low_magnitude(model)
+    >>> [type(layer).__name__ for layer in tfprune.magnitude.strip_pruning(pruned).layers]
+    ['InputLayer', 'Dense']
+    """
+    from tfprune.sparsity import strip  # tfprune.sparsity imports this package
+
+    return strip(model)
