@@ -308,9 +308,9 @@ class SparsityBudget(keras.callbacks.Callback):
             of the `fit` call.
         update_every: Positive int. Batches between two rescalings. Each one
             reads every STR kernel and runs a partial sort over all weights:
-            about 1 ms for the digits CNN of the tests, about 65 ms for
+            about 1 ms for the digits CNN of the tests, about 0.1 s for
             MobileNetV3-Small (1.5 M weights) on a 2-core machine, where a
-            training step takes about 110 ms, so raise it for large models
+            training step takes 110-160 ms, so raise it for large models
             (e.g. 10-50). Defaults to `1`.
         min_layer_density: Float in `[0, 1 - target)` or None. The share of
             each STR layer's weights (filters in `"channel"` mode) that stays
