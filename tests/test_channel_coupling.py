@@ -206,6 +206,18 @@ def test_depthwise_with_elementwise_or_mixing_activation(layer_class):
     assert_coupled(build(make(activation="log_softmax"), spatial), "'depthwise' applies activation 'log_softmax'")
 
 
+def test_grouped_convolution_with_one_channel_per_group_is_depthwise():
+    # keras-hub's MobileNet writes its depthwise convolutions as Conv2D(C, groups=C).
+    grouped = layers.Conv2D(6, 3, padding="same", groups=6, name="depthwise")
+    assert_independent(build(grouped))
+    small = tfprune.surgery.remove_channels(build(grouped), {"producer": list(DEAD)})
+    assert small.get_layer("depthwise").groups == small.get_layer("depthwise").filters == 6 - len(DEAD)
+
+
+def test_grouped_convolution_with_several_channels_per_group_stays_frozen():
+    assert_coupled(build(layers.Conv2D(6, 3, padding="same", groups=3, name="op")), "grouped convolution (groups=3)")
+
+
 # Layers and operations between the producer and the consumer: (handler key,
 # spatial rank, operation). Keys are layer classes or operation class names.
 
@@ -262,6 +274,9 @@ INDEPENDENT = [
     (LayerScale, 2, lambda x: LayerScale(0.5, 6)(x)),
     (CustomScaleLayer, 2, lambda x: CustomScaleLayer(0.5)([x, layers.ReLU()(x)])),
     ("Concatenate", 2, lambda x: ops.concatenate([x, ops.relu(x)], axis=1)),
+    # keras-hub's ResNetV2 pads spatially with ops.pad; CSPNet splits with ops.split.
+    ("Pad", 2, lambda x: ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])),
+    ("Split", 2, lambda x: ops.concatenate(ops.split(x, 2, axis=1)[::-1], axis=1)),
     ("Relu", 2, ops.relu),
     ("Relu6", 2, ops.relu6),
     ("Sigmoid", 2, ops.sigmoid),
@@ -365,6 +380,9 @@ COUPLED = [
     ("Cumsum", lambda x: ops.cumsum(x, axis=-1), "orders or accumulates over the channel axis", True),
     ("Cumprod", lambda x: ops.cumprod(x, axis=-1), "orders or accumulates over the channel axis", True),
     ("Sort", lambda x: ops.sort(x, axis=-1), "orders or accumulates over the channel axis", True),
+    ("Pad", lambda x: ops.pad(x, [[0, 0], [0, 0], [0, 0], [1, 1]]), "pads the channel axis", False),
+    ("Split", lambda x: ops.concatenate(ops.split(x, [2], axis=-1)[::-1], axis=-1),
+     "splits the channel axis into fixed pieces", False),
     ("Multiply", lambda x: x * np.arange(1.0, 7.0, dtype="float32"), "uses a constant with one value per channel", False),
     (layers.Rescaling, layers.Rescaling(np.arange(1.0, 7.0)), "rescales with one value per channel", False),
     (layers.Reshape, layers.Reshape((4, 4, 2, 3)), "reshapes channels into several axes", False),

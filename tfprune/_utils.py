@@ -5,6 +5,7 @@ import importlib
 import numbers
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -134,29 +135,137 @@ def atomic_path(path, overwrite=True):
             os.unlink(temporary)
 
 
-def clone_graph(model, replace=None):
+class SharedLayerWarning(UserWarning):
+    """A layer could not be copied, so a new model shares it with the original."""
+
+
+def copy_layer(layer):
+    """Returns an unbuilt-or-built copy of `layer` with its own weights, or None.
+
+    Keras copies a layer by re-creating it from `get_config()`; tfprune does
+    the same, but checks the copy: a `Lambda` layer is re-created from its
+    function object (its config holds Python bytecode that Keras's safe mode
+    refuses to deserialize, and tfprune never switches safe mode off), a copy
+    whose name differs from the original's gets the original's name, and a
+    copy whose weights do not match the original's in number and shape is
+    rejected. Returns None when the layer cannot be copied that way (its
+    `from_config(get_config())` raises or builds different weights, as some
+    keras-hub layers do).
+
+    Args:
+        layer: A `keras.layers.Layer`.
+
+    Returns:
+        A new layer holding a copy of `layer`'s weights (built if `layer` has
+        weights), or None.
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        copy = keras.layers.Lambda(
+            layer.function,
+            output_shape=layer._output_shape,
+            mask=layer.mask,
+            arguments=dict(layer.arguments),
+            name=layer.name,
+            dtype=layer.dtype_policy,
+            trainable=layer.trainable,
+        )
+    else:
+        try:
+            copy = layer.__class__.from_config(layer.get_config())
+        except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+            return None
+    if copy.name != layer.name:
+        copy.name = layer.name
+    if not layer.weights:
+        return copy
+    try:
+        _build_like(copy, layer)
+        values = layer.get_weights()
+        if [tuple(weight.shape) for weight in copy.weights] != [value.shape for value in values]:
+            return None
+        copy.set_weights(values)
+    except Exception:  # noqa: BLE001 - a build or weight mismatch: not copyable
+        return None
+    return copy
+
+
+def _build_like(copy, layer):
+    """Builds `copy` as `layer` was built: from its build config, else by a symbolic call.
+
+    Composite layers often create their sub-layers' weights on the first call
+    rather than in `build`; calling the copy on symbolic inputs shaped like
+    the original's first call creates them.
+    """
+    copy.build_from_config(layer.get_build_config())
+    if len(copy.weights) == len(layer.weights) or not layer._inbound_nodes:
+        return
+    node = layer._inbound_nodes[0]
+
+    def fresh(value):
+        if isinstance(value, keras.KerasTensor):
+            return keras.Input(batch_shape=value.shape, dtype=value.dtype)
+        return value
+
+    copy(*keras.tree.map_structure(fresh, node.arguments.args),
+         **keras.tree.map_structure(fresh, node.arguments.kwargs))  # fmt: skip
+
+
+def copy_or_share(layer, caller):
+    """`copy_layer(layer)`, or `layer` itself (with a `SharedLayerWarning` if it has weights).
+
+    Args:
+        layer: A `keras.layers.Layer` (any other operation, stateless, is
+            returned as it is).
+        caller: String. The public function asking, named in the warning.
+
+    Returns:
+        A copy of `layer`, or `layer` when it cannot be copied.
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        return layer  # a keras.ops operation: stateless
+    copy = copy_layer(layer)
+    if copy is not None:
+        return copy
+    if not layer.weights:
+        return layer  # no state to share: using the same object changes nothing
+    warnings.warn(
+        f"`{caller}`: layer '{layer.name}' ({type(layer).__name__}) cannot be re-created from its "
+        "config (its `from_config(get_config())` fails or builds other weights), so the new model "
+        "shares this layer and its weights with the original model: training one changes the "
+        "other. Give the layer a `get_config` that round-trips to get an independent copy.",
+        SharedLayerWarning,
+        stacklevel=3,
+    )
+    return layer
+
+
+def clone_graph(model, replace=None, caller="tfprune"):
     """Clones a Sequential/functional model, replacing some layers.
 
-    Every layer for which `replace(layer)` returns None is re-created from its
-    config and gets a copy of its weights; otherwise the returned (built) layer
-    is used as it is. Input layer names are preserved, so the clone's
-    `model.layers` names match the original's. The input model is not touched.
+    Every layer for which `replace(layer)` returns None is copied with
+    `copy_layer` (its weights included); a layer that cannot be copied is
+    shared with the original model, with a `SharedLayerWarning` naming it.
+    Otherwise the returned (built) layer is used as it is. Input layer names
+    are preserved, so the clone's `model.layers` names match the original's.
+    The input model is not touched.
 
     Args:
         model: A built Sequential or functional Keras model.
         replace: Optional callable `layer -> keras.layers.Layer | None`.
+        caller: String. The public function asking, named in warnings.
 
     Returns:
         A new model of the same kind.
     """
-    replaced = {}
+    copies = {}
 
     def clone_function(layer):
+        if id(layer) in copies:
+            return copies[id(layer)]
         new_layer = replace(layer) if replace is not None else None
         if new_layer is None:
-            new_layer = layer.__class__.from_config(layer.get_config())
-        else:
-            replaced[layer.name] = True
+            new_layer = copy_or_share(layer, caller)
+        copies[id(layer)] = new_layer
         return new_layer
 
     kwargs = {}
@@ -170,13 +279,51 @@ def clone_graph(model, replace=None):
             ),
             model._inputs_struct,
         )
-    clone = keras.models.clone_model(model, clone_function=clone_function, **kwargs)
-    new_layers = {layer.name: layer for layer in clone.layers}
-    for layer in model.layers:
-        if layer.name in replaced or not layer.weights:
-            continue
-        new_layers[layer.name].set_weights(layer.get_weights())
-    return clone
+    return keras.models.clone_model(model, clone_function=clone_function, **kwargs)
+
+
+def _parameter_count(layer):
+    return int(sum(np.prod(weight.shape) for weight in layer.trainable_weights))
+
+
+def warn_partial_coverage(model, covered, skipped, caller, verb, share=0.5):
+    """Warns when layers that `caller` left alone hold more than `share` of the weights.
+
+    `sparsify` and `prune_low_magnitude` only transform the layers they know;
+    a model whose weights mostly sit in other layers (an embedding layer, a
+    layer with weights of its own) would end up barely sparse, with no sign of
+    it. Layers the user skipped on purpose do not count as left alone.
+
+    Args:
+        model: The (flattened) model that was transformed.
+        covered: Set of layer names that were transformed.
+        skipped: Set of layer names the user asked to leave alone.
+        caller: String. The public function, named in the warning.
+        verb: String. What happened to the covered layers ("converted", "wrapped").
+        share: Float. The untouched share above which to warn.
+
+    Returns:
+        Float. The share of the model's trainable parameters left untouched.
+    """
+    sizes = {layer.name: _parameter_count(layer) for layer in model.layers}
+    total = sum(sizes.values())
+    untouched = {name: size for name, size in sizes.items()
+                 if size and name not in covered and name not in skipped}  # fmt: skip
+    left = sum(untouched.values()) / total if total else 0.0
+    if left > share:
+        largest = sorted(untouched.items(), key=lambda item: -item[1])[:3]
+        names = ", ".join(
+            f"'{name}' ({type(model.get_layer(name)).__name__}, {size / total:.0%})"
+            for name, size in largest
+        )
+        warnings.warn(
+            f"`{caller}` {verb} {len(covered)} layer(s) of model '{model.name}', but {left:.0%} of "
+            f"its trainable weights are in layers it cannot transform: {names}. The result will "
+            "be far less sparse than its target; see the README section on models tfprune "
+            "supports.",
+            stacklevel=3,
+        )
+    return left
 
 
 def write_summary(tag, value, plugin_name="scalars"):

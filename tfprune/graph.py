@@ -59,6 +59,7 @@ carries, the positions of removed ids are cut from it.
 """
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -85,6 +86,8 @@ __all__ = [
     "UnknownOperationError",
     "build",
     "flatten",
+    "is_composite",
+    "needs_flattening",
     "register_activation",
     "register_handler",
 ]
@@ -301,17 +304,34 @@ def build(model, unknown="raise"):
     return _assemble(functional, tracer)
 
 
-def flatten(model):
-    """Returns a copy of `model` with every nested model inlined.
+def flatten(model, composites=True):
+    """Returns a copy of `model` with nested models and composite layers inlined.
 
-    Transfer-learning models often call a whole application as one layer
-    (`keras.Sequential([backbone, head])`); the channel graph needs to see its
-    layers. The copy is one functional model whose layers (same names, same
-    weights) are called directly on each other's tensors; the input model is
-    not touched. A model without nested models comes back as a plain copy.
+    Transfer-learning and task models call a whole backbone as one layer
+    (`keras.Sequential([backbone, head])`, keras-hub's `ImageClassifier`), and
+    libraries such as keras-hub build blocks as subclassed layers whose `call`
+    runs other layers (`DepthwiseConvBlock`, `FusedMBConvBlock`); the channel
+    graph needs to see the layers inside. The copy is one functional model
+    whose layers are called directly on each other's tensors, with copies of
+    the original weights; the input model is not touched and the inputs keep
+    their names. A model with nothing to inline comes back as a plain copy.
+
+    A composite layer is inlined by calling its `call` on symbolic tensors,
+    which records the layers and `keras.ops` it runs. That works when the
+    layer has no weights of its own (only its sub-layers have) and its `call`
+    is plain Keras code; a layer that holds weights itself, or whose `call`
+    cannot run symbolically, stays one unit (tfprune then freezes the
+    channels around it). `Lambda` layers are traced the same way, so that a
+    function of plain `keras.ops` becomes operations tfprune can read (and a
+    model that Keras can reload without turning its safe mode off). Layers are copied through `from_config`, `Lambda`
+    layers from their function (Keras's safe mode stays on); a layer whose
+    config does not round-trip is shared with the original model, with a
+    `SharedLayerWarning` naming it.
 
     Args:
         model: A built Sequential or functional `keras.Model`.
+        composites: Bool. Also inline composite (subclassed) layers (default
+            True); False inlines nested models only.
 
     Returns:
         A new functional `keras.Model` computing the same outputs.
@@ -330,29 +350,163 @@ def flatten(model):
     ['hidden', 'head']
     """
     _utils.require_graph_model(model, "tfprune.graph.flatten")
-    # Inline a copy: calling the user's layers on new tensors would add call
-    # nodes to them.
-    copy = keras.models.clone_model(model, recursive=True)
-    copy.set_weights(model.get_weights())
-    functional = _utils.functional_view(copy)
+    functional = _utils.functional_view(model)
+    # Layers are copied before they are called on the new tensors: calling the
+    # user's layers would add call nodes to them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", _utils.SharedLayerWarning)
+        for _ in range(_MAX_INLINING_DEPTH):
+            copies = {}
+            functional, changed = _flatten_once(functional, copies, composites, name=model.name)
+            if not changed:
+                break
+    seen = set()
+    for warning in caught:  # each pass copies again: say each thing once
+        if str(warning.message) not in seen:
+            seen.add(str(warning.message))
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return functional
+
+
+_MAX_INLINING_DEPTH = 8
+
+
+def needs_flattening(model, composites=True):
+    """True when `model` holds a nested model or (with `composites`) an inlinable composite layer.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`.
+        composites: Bool. Count composite layers too.
+
+    Returns:
+        Bool.
+    """
+    for layer in _utils.functional_view(model).layers:
+        if isinstance(layer, keras.Model) or (composites and is_composite(layer)):
+            return True
+    return False
+
+
+def is_composite(layer):
+    """True for a subclassed layer that `flatten` tries to inline.
+
+    A composite layer has sub-layers, no weights of its own and no channel
+    handler (a registered handler always wins), and is not one of Keras's or
+    tfprune's own layers. A `keras.layers.Lambda` counts as one too: its
+    function is traced like a `call`.
+
+    Args:
+        layer: A `keras.layers.Layer`.
+
+    Returns:
+        Bool.
+    """
+    if isinstance(layer, keras.Model) or handler_for(layer) is not None:
+        return False
+    if type(layer) is keras.layers.Lambda:
+        return True  # its function is traced like a composite layer's `call`
+    module = type(layer).__module__
+    if module.startswith(("keras.", "tfprune.")):
+        return False
+    own = list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+    return not own and bool(getattr(layer, "_layers", None))
+
+
+def _flatten_once(functional, copies, composites, name):
     inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_tensor_name(tensor))
         for tensor in functional.inputs
     ]
-    outputs = _inline(functional, inputs)
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
+    changed = [False]
+    outputs = _inline(functional, inputs, copies, composites, changed)
+    try:
+        flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
+    except ValueError as error:
+        raise ValueError(
+            f"`tfprune.graph.flatten`: inlining model '{name}' gives two layers the same name "
+            f"({error}); rename one of them."
+        ) from error
+    return flat, changed[0]
 
 
-def _inline(functional, inputs):
-    """Runs `functional` on `inputs`, replacing each nested model by its layers."""
+def _copy(layer, copies):
+    if id(layer) not in copies:
+        copies[id(layer)] = _utils.copy_or_share(layer, "tfprune.graph.flatten")
+    return copies[id(layer)]
+
+
+def _shadow(layer, copies):
+    """A stand-in for a composite layer whose sub-layers are copies of the original's.
+
+    Calling `shadow.call` runs the composite's own Python code on the copies,
+    so tracing it records them (not the user's layers) in the new graph; the
+    composite's config never needs to round-trip. Sub-layers that are
+    composite themselves get shadows too, inlined by the next pass.
+    """
+    if id(layer) in copies:
+        return copies[id(layer)]
+    shadow = object.__new__(type(layer))
+    copies[id(layer)] = shadow
+    for key, value in layer.__dict__.items():
+        object.__setattr__(shadow, key, _swapped(value, copies, layer.name))
+    # The shadow's calls must not be recorded in the original layer's node lists.
+    object.__setattr__(shadow, "_inbound_nodes", [])
+    object.__setattr__(shadow, "_outbound_nodes", [])
+    return shadow
+
+
+def _swapped(value, copies, owner):
+    if isinstance(value, keras.layers.Layer) and not isinstance(value, keras.Model):
+        fresh = id(value) not in copies
+        new = _shadow(value, copies) if is_composite(value) else _copy(value, copies)
+        if fresh and new is not value and not new.name.startswith(owner):
+            # Blocks name their sub-layers within the block ("dropout" in every
+            # encoder block); inlined, they take the block's name as a prefix.
+            object.__setattr__(new, "name", f"{owner}_{new.name}")
+        return new
+    if isinstance(value, (list, tuple)) and any(isinstance(item, keras.layers.Layer) for item in value):
+        items = [_swapped(item, copies, owner) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, dict) and any(isinstance(item, keras.layers.Layer) for item in value.values()):
+        return {key: _swapped(item, copies, owner) for key, item in value.items()}
+    return value
+
+
+def _inline(functional, inputs, copies, composites, changed):
+    """Runs `functional` on `inputs` with copies of its layers, inlining what it can."""
 
     def operation_fn(operation):
-        if isinstance(operation, keras.Model):
+        if isinstance(operation, keras.Sequential) or (
+            isinstance(operation, keras.Model) and _utils._is_functional(operation)
+        ):
+            changed[0] = True
             inner = _utils.functional_view(operation)
-            return lambda inputs, *args, **kwargs: _inline(inner, inputs)
-        return operation
+            return lambda inputs, *args, **kwargs: _inline(inner, inputs, copies, composites, changed)
+        if not isinstance(operation, keras.layers.Layer):
+            return operation  # a keras.ops operation: stateless
+        if composites and is_composite(operation):
+            if isinstance(operation, keras.layers.Lambda):
+                return _traced(_copy(operation, copies), changed)
+            return _traced(_shadow(operation, copies), changed)
+        return _copy(operation, copies)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def _traced(shadow, changed):
+    """Calls the composite's `call` symbolically (inlining it), or the layer as one unit."""
+
+    def call(*args, **kwargs):
+        try:
+            outputs = shadow.call(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - not traceable: keep the layer as one unit
+            return shadow(*args, **kwargs)
+        changed[0] = True
+        return outputs
+
+    return call
 
 
 def _ordered_nodes(functional):

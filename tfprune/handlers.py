@@ -446,7 +446,14 @@ class _Producer(Handler):
         layer = node.operation
         inputs = tracer.channels(node.input_tensors[0])
         outputs = tracer.new_channels(node.outputs[0].shape[-1], layer.name)
-        if getattr(layer, "groups", 1) != 1:
+        groups = getattr(layer, "groups", 1)
+        if groups != 1 and groups == len(inputs) == len(outputs) and self.output_axis == -1:
+            # groups == input channels == filters: a depthwise convolution written as
+            # a grouped Conv (keras-hub's MobileNet): channel c in, channel c out.
+            tracer.use(layer, layer.kernel, -1, inputs, "param")
+            tracer.use(layer, getattr(layer, "bias", None), 0, inputs, "param")
+            return [_pin_if_mixing(layer, inputs, tracer)]
+        if groups != 1:
             reason = f"'{layer.name}' is a grouped convolution (groups={layer.groups})"
             tracer.pin(inputs, reason)
             tracer.pin(outputs, reason)
@@ -457,6 +464,8 @@ class _Producer(Handler):
         return [_pin_if_mixing(layer, outputs, tracer)]
 
     def resize(self, config, output_width):
+        if config.get("groups", 1) != 1:  # the depthwise form: one group per channel
+            config["groups"] = output_width
         config[self.width_key] = output_width
         return config
 
@@ -614,6 +623,36 @@ class _OverAxis(Handler):
         return [tracer.channels(source)]
 
 
+class _Pad(Handler):
+    """`keras.ops.pad`: passes the channels when the channel axis is not padded."""
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.input_tensors[0]
+        if tuple(operation.pad_width[-1]) != (0, 0):
+            return Freeze(f"'{operation.name}' pads the channel axis").trace(node, tracer)
+        return [tracer.channels(source)]
+
+
+class _Split(Handler):
+    """`keras.ops.split`: over another axis every piece keeps the channels.
+
+    Over the channel axis the pieces are fixed slices of the input channels
+    (CSPNet splits a stage in two halves); the sizes are part of the call,
+    so those channels are frozen and each piece carries its slice.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.input_tensors[0]
+        channels = tracer.channels(source)
+        if operation.axis % len(source.shape) != len(source.shape) - 1:
+            return [channels for _ in node.outputs]
+        tracer.pin(channels, f"'{operation.name}' splits the channel axis into fixed pieces")
+        bounds = np.cumsum([0] + [_width(tensor) for tensor in node.outputs])
+        return [channels[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
 class _Activation(Handler):
     """The `Activation` layer: passes channels unless its function mixes them."""
 
@@ -732,6 +771,8 @@ for _name, _verb in (
     for _op_name in _name.split():
         _LAYER_HANDLERS[_op_name] = _OverAxis(_verb)
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
+_LAYER_HANDLERS["Pad"] = _Pad()
+_LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
 _HANDLERS.update(_LAYER_HANDLERS)
 del _name, _op_name, _verb, _layers

@@ -337,8 +337,9 @@ def _removal_counts(scores, rate, threshold, scope):
 
 def _inlined(model):
     # A backbone called as one layer (keras.applications' ConvNeXt stem, transfer
-    # learning's Sequential([backbone, head])) is inlined, as a user would do by hand.
-    if any(isinstance(layer, keras.Model) for layer in model.layers):
+    # learning's Sequential([backbone, head]), keras-hub's task models) and
+    # composite layers (keras-hub's blocks) are inlined, as a user would do by hand.
+    if graph_module.needs_flattening(model):
         return graph_module.flatten(model)
     return model
 

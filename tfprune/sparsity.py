@@ -17,7 +17,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfprune._utils import clone_graph, require_graph_model
+from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
 from tfprune.layers.str_base import _STR_CONFIG_KEYS
 
 
@@ -84,8 +84,12 @@ def sparsify(model, skip=(), **str_kwargs):
     and weights; the threshold parameter starts at `s_init`. With the default
     `s_init=-20` the threshold is ~2e-9, so the new model computes what the
     old one computed until training raises the thresholds. Other layers
-    (BatchNormalization, biases, subclasses of the Keras layers, layers of
-    nested models) are cloned unchanged. The input model is not modified.
+    (BatchNormalization, biases, subclasses of the Keras layers) are copied
+    unchanged. The input model is not modified. A model that nests other
+    models or composite layers (a keras-hub task model, keras-hub blocks) is
+    inlined first with `tfprune.graph.flatten`, so that the layers inside are
+    converted too: the result is then one flat functional model. A warning
+    names the largest layers left dense when they hold most of the weights.
 
     Args:
         model: A built Sequential or functional Keras model.
@@ -117,6 +121,10 @@ def sparsify(model, skip=(), **str_kwargs):
     ['InputLayer', 'Conv2D', 'STRConv2D', 'Flatten', 'Dense']
     """
     require_graph_model(model, "tfprune.sparsify")
+    from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
+
+    if graph.needs_flattening(model):
+        model = graph.flatten(model)
     if isinstance(skip, str):
         raise TypeError(
             f"`tfprune.sparsify` expects `skip` to be a list of layer names, not one string. "
@@ -165,7 +173,9 @@ def sparsify(model, skip=(), **str_kwargs):
             new_layer.bias.assign(np.array(layer.bias.numpy()))
         return new_layer
 
-    return clone_graph(model, replace)
+    sparse = clone_graph(model, replace, caller="tfprune.sparsify")
+    warn_partial_coverage(model, convertible_names, skip, "tfprune.sparsify", "converted")
+    return sparse
 
 
 def str_layers(model):

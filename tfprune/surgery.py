@@ -325,7 +325,15 @@ def _rewrite(model, graph, removals):
         if layer.name not in slices and not resized:
             return None
         handler = handlers.handler_for(layer)
-        config = handler.resize(dict(layer.get_config()), output_width)
+        try:
+            config = dict(layer.get_config())
+        except NotImplementedError:
+            if layer.weights:
+                raise
+            # A weightless layer built with arguments Keras cannot serialize (keras-hub's
+            # HGNetV2 makes such Identity layers): nothing to resize, use it as it is.
+            return _utils.copy_or_share(layer, "tfprune.prune")
+        config = handler.resize(config, output_width)
         new_layer = layer.__class__.from_config(config)
         if not layer.weights:
             return new_layer

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune._utils import clone_graph, require_graph_model
+from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
 from tfprune.magnitude.schedules import ConstantSparsity
 from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
 
@@ -74,7 +74,11 @@ def prune_low_magnitude(
     layers are copied with their weights. Train the result with
     `tfprune.callbacks.UpdatePruningStep()` among the callbacks, then call
     `tfprune.strip` to get plain Keras layers with the zeros baked in. The
-    input is not modified. Layers inside nested models are not wrapped.
+    input is not modified. A model that nests other models or composite
+    layers (a keras-hub task model, keras-hub blocks) is inlined first with
+    `tfprune.graph.flatten`, as TFMOT descends into nested models: the result
+    is then one flat functional model. A warning names the largest layers left
+    dense when they hold most of the weights.
 
     This is TensorFlow Model Optimization's `prune_low_magnitude` for Keras 3,
     and it takes TFMOT's keyword names too: `pruning_schedule=` (for
@@ -143,6 +147,10 @@ def prune_low_magnitude(
             wrapper.build_from_config(model_or_layer.get_build_config())
         return wrapper
     model = require_graph_model(model_or_layer, "tfprune.prune_low_magnitude")
+    from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
+
+    if graph.needs_flattening(model):
+        model = graph.flatten(model)
     skipped = _skip_test(skip, model)
 
     def replace(layer):
@@ -152,13 +160,16 @@ def prune_low_magnitude(
         wrapper.build_from_config(layer.get_build_config())
         return wrapper
 
-    pruned = clone_graph(model, replace)
-    if not pruning_wrappers(pruned):
+    pruned = clone_graph(model, replace, caller="tfprune.prune_low_magnitude")
+    wrapped = {layer.name for layer in pruning_wrappers(pruned)}
+    if not wrapped:
         raise ValueError(
             f"Model '{model.name}' has no layer left to prune (skip={skip!r}, m_by_n={m_by_n}); "
             "it needs Dense, convolution or Embedding layers, or layers with "
             "`get_prunable_weights()`, that `skip` does not exclude."
         )
+    skipped_names = {layer.name for layer in model.layers if skipped(layer)}
+    warn_partial_coverage(model, wrapped, skipped_names, "tfprune.prune_low_magnitude", "wrapped")
     return pruned
 
 

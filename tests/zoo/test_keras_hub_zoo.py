@@ -1,0 +1,106 @@
+"""The keras-hub zoo: every vision backbone keras-hub 0.32 builds offline, plus a task model.
+
+Each model is built from its constructor with a small config (random weights,
+32x32 inputs, see `keras_hub_models.py`). `tfprune.prune` must inline it (the
+blocks are subclassed layers, the task model nests its backbone), compute
+what the original computes before any channel goes, remove ~30% of the
+channels, and give a model that runs, reloads from `.keras` and converts to
+LiteRT with the verified error under 1e-4. The ViT backbone is refused by name
+(attention is not pruned yet). The README's keras-hub table is this file.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras_hub_models import BUILDERS
+
+import tfprune
+
+keras_hub = pytest.importorskip("keras_hub", reason="install the `keras-hub` extra")
+
+PRUNED = [
+    "ResNetV1", "ResNetV2", "EfficientNetV1", "EfficientNetV2", "DenseNet", "VGG", "CSPNet",
+    "MobileNet", "Xception", "ResNetImageClassifier",
+]  # fmt: skip
+
+
+def sample():
+    return np.random.default_rng(0).uniform(0.0, 1.0, (2, 32, 32, 3)).astype("float32")
+
+
+def outputs(model, x):
+    return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(model(x, training=False))]
+
+
+@pytest.mark.parametrize("name", PRUNED)
+def test_keras_hub_model_is_pruned_run_saved_loaded_and_exported(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[name](keras_hub)
+    x = sample()
+    expected = outputs(model, x)
+    flat = tfprune.graph.flatten(model)
+    for got, want in zip(outputs(flat, x), expected):  # inlining changes nothing
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    small, result = tfprune.prune(model, criterion="l1", rate=0.3)
+    assert result.params_reduction > 0.02, result
+    assert small.count_params() < model.count_params()
+    pruned = outputs(small, x)
+    assert [value.shape for value in pruned] == [value.shape for value in expected]
+    assert all(np.isfinite(value).all() for value in pruned)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    for got, want in zip(outputs(reloaded, x), pruned):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    report = tfprune.export.to_tflite(small, tmp_path / "small.tflite", sample_inputs=x)
+    assert report.max_abs_error < 1e-4, report
+
+
+def test_vit_backbone_is_refused_by_name():
+    model = BUILDERS["ViT"](keras_hub)
+    with pytest.raises(tfprune.graph.UnknownOperationError, match="'vit_patching_and_embedding'.*register_handler"):
+        tfprune.prune(model, criterion="l1", rate=0.3)
+
+
+def test_image_classifier_prunes_its_backbone_and_still_trains(tmp_path):
+    keras.utils.set_random_seed(0)
+    classifier = BUILDERS["ResNetImageClassifier"](keras_hub)
+    backbone_convs = [layer.name for layer in classifier.backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    small, result = tfprune.prune(classifier, criterion="l1", rate=0.5)
+    # The backbone's convolutions were inlined and shrunk, not only the head.
+    shrunk = [name for name in backbone_convs if result.widths_after.get(name, 0) < result.widths_before.get(name, 0)]
+    assert shrunk, result.widths_after
+    input_names = [tensor._keras_history.operation.name for tensor in classifier.inputs]
+    assert [tensor._keras_history.operation.name for tensor in small.inputs] == input_names
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.0, 1.0, (32, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    small.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = small.evaluate(x, y, verbose=0)
+    history = small.fit(x, y, epochs=5, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert small.evaluate(x, y, verbose=0) < before
+
+
+def test_sparsify_and_magnitude_pruning_reach_inside_a_task_model():
+    classifier = BUILDERS["ResNetImageClassifier"](keras_hub)
+    sparse = tfprune.sparsify(classifier)
+    convertible = [layer.name for layer in tfprune.graph.flatten(classifier).layers
+                   if type(layer) in (keras.layers.Conv2D, keras.layers.Dense)]  # fmt: skip
+    assert len(convertible) > 2  # the backbone's convolutions and the head
+    assert sorted(layer.name for layer in tfprune.sparsity.str_layers(sparse)) == sorted(convertible)
+    masked = tfprune.prune_low_magnitude(classifier)
+    wrapped = tfprune.magnitude.pruning_wrappers(masked)
+    covered = sum(wrapper.layer.count_params() for wrapper in wrapped)
+    assert covered > 0.9 * classifier.count_params()
+
+
+def test_keras_hub_mobilenet_blocks_are_inlined_without_sharing_weights():
+    model = BUILDERS["MobileNet"](keras_hub)
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    original = {id(weight) for weight in model.weights}
+    assert not any(id(weight) in original for weight in flat.weights)
+    conv = next(layer for layer in flat.layers if isinstance(layer, keras.layers.Conv2D))
+    original = next(layer for layer in model.layers if layer.name == conv.name)
+    conv.kernel.assign(keras.ops.zeros_like(conv.kernel))
+    assert np.abs(keras.ops.convert_to_numpy(original.kernel)).sum() > 0  # the user's model is untouched
