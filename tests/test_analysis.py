@@ -218,7 +218,8 @@ def test_unregistered_layer_with_weights_is_listed_as_uncounted_until_registered
     assert result["identity"].macs == 0
     assert result.uncounted_layers == ("scale",)
     assert result.macs == 5 * 3 * 2
-    assert "MACs not counted for: scale" in str(result)
+    assert not result.complete and result.to_dict()["totals"]["complete"] is False
+    assert "INCOMPLETE: MACs and FLOPs above leave out 1 layer(s) whose MACs are unknown: scale" in str(result)
 
     def scale_macs(layer, input_shape, output_shape):
         return int(np.prod(output_shape[1:]))
@@ -227,6 +228,25 @@ def test_unregistered_layer_with_weights_is_listed_as_uncounted_until_registered
     result = tfprune.analyze(model)
     assert result["scale"].macs == 5 * 3
     assert result.uncounted_layers == ()
+    assert result.complete and "INCOMPLETE" not in str(result)
+
+
+def test_layers_inside_composite_blocks_are_counted():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.first = keras.layers.Conv2D(4, 3, padding="same", name="first")
+            self.second = keras.layers.Conv2D(2, 1, name="second")
+
+        def call(self, inputs):
+            return self.second(keras.ops.relu(self.first(inputs)))
+
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, Block(name="block")(inputs))
+    result = tfprune.analyze(model)
+    assert result.complete
+    assert result.macs == 6 * 6 * (3 * 3 * 3 * 4 + 4 * 2)
+    assert result["block_first"].macs == 6 * 6 * 3 * 3 * 3 * 4
 
 
 def test_unknown_spatial_size_gives_none_macs():

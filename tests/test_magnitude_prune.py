@@ -452,3 +452,60 @@ def test_tfmot_keyword_names_and_default_schedule_give_the_same_pruning():
 def test_an_argument_under_both_names_is_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         tfprune.prune_low_magnitude(small_cnn(), **arguments)
+
+
+def test_training_without_the_step_callback_raises_like_tfmot():
+    pruned = compiled(tfprune.prune_low_magnitude(small_cnn()))
+    with pytest.raises(RuntimeError, match=r"'conv' is being trained without `tfprune.callbacks.UpdatePruningStep`"):
+        pruned.fit(*digits_batch(16), batch_size=8, epochs=1, verbose=0)
+    pruned.predict(digits_batch(4)[0], verbose=0)  # inference needs no callback
+    fresh = compiled(tfprune.prune_low_magnitude(small_cnn()))
+    fresh.fit(*digits_batch(16), batch_size=8, epochs=1, verbose=0,
+              callbacks=[tfprune.callbacks.UpdatePruningStep()])
+    assert tfprune.magnitude.mask_sparsity(fresh) == pytest.approx(0.5, abs=0.01)
+
+
+def test_custom_loop_may_train_after_update_pruning_step():
+    pruned = tfprune.prune_low_magnitude(small_cnn())
+    x, _ = digits_batch(4)
+    with pytest.raises(RuntimeError, match="update_pruning_step"):
+        pruned(x, training=True)
+    tfprune.magnitude.update_pruning_step(pruned)
+    assert pruned(x, training=True).shape == (4, 10)
+
+
+def test_pruning_summaries_write_every_n_batches(tmp_path):
+    import tensorflow as tf  # reads the event files back
+
+    pruned = compiled(tfprune.prune_low_magnitude(small_cnn(), tfprune.ConstantSparsity(0.5, frequency=1)))
+    pruned.fit(*digits_batch(32), batch_size=8, epochs=1, verbose=0, callbacks=[
+        tfprune.callbacks.UpdatePruningStep(), tfprune.callbacks.PruningSummaries(tmp_path, update_freq=2)])
+    steps = [event.step for path in glob.glob(os.path.join(tmp_path, "pruning", "events.*"))
+             for event in tf.compat.v1.train.summary_iterator(path)
+             if any(value.tag == "pruning/sparsity" for value in event.summary.value)]  # fmt: skip
+    assert steps == [2, 4, 4]  # after batches 2 and 4, then at the end of the epoch
+
+
+@pytest.mark.parametrize("update_freq", ["steps", 0, -1, 1.5])
+def test_pruning_summaries_refuse_a_bad_update_freq(update_freq, tmp_path):
+    with pytest.raises(ValueError, match="`update_freq` must be 'epoch', 'batch' or a positive int"):
+        tfprune.callbacks.PruningSummaries(tmp_path, update_freq=update_freq)
+
+
+def test_xnnpack_policy_wraps_only_pointwise_convolutions():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, name="stem")(inputs)
+    x = keras.layers.Conv2D(16, 1, name="pointwise")(x)
+    x = keras.layers.Conv2D(16, 1, strides=2, name="strided")(x)
+    x = keras.layers.Conv2D(16, 1, dilation_rate=2, name="dilated")(x)
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    pruned = tfprune.prune_low_magnitude(model, pruning_policy=tfprune.magnitude.PruneForLatencyOnXNNPack())
+    assert [wrapper.name for wrapper in pruning_wrappers(pruned)] == ["pointwise"]
+    no_pointwise = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(model.get_layer("stem").output)))
+    with pytest.raises(ValueError, match="PruneForLatencyOnXNNPack found no 1x1 Conv2D layer"):
+        tfprune.prune_low_magnitude(no_pointwise, pruning_policy=tfprune.magnitude.PruneForLatencyOnXNNPack())
+    with pytest.raises(TypeError, match="`pruning_policy` must be a tfprune.magnitude.PruningPolicy"):
+        tfprune.prune_low_magnitude(model, pruning_policy="xnnpack")
+    with pytest.raises(ValueError, match="applies to a whole model"):
+        tfprune.prune_low_magnitude(keras.layers.Dense(2), pruning_policy=tfprune.magnitude.PruningPolicy())

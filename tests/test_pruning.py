@@ -491,8 +491,13 @@ def test_a_prune_that_removes_nothing_warns():
 
 
 class _Doubler(keras.layers.Layer):
+    # A weight of its own: tfprune cannot inline the layer (a weightless one
+    # made of keras.ops is traced through, see test_graph_flatten.py).
+    def build(self, input_shape):
+        self.factor = self.add_weight(shape=(), initializer=keras.initializers.Constant(2.0), name="factor")
+
     def call(self, x):
-        return x * 2.0
+        return x * self.factor
 
 
 def _model_with_an_unknown_layer():

@@ -368,3 +368,24 @@ def test_budget_under_mirrored_strategy_with_two_logical_cpus():
     for thresholds in output["replica_thresholds"]:
         if thresholds is not None:  # mirrored copies must agree after the callback's assigns
             assert thresholds[0] == thresholds[1]
+
+
+def sparsity_with_early_stopping(early_stopping_first):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, STRDense(4, name="out")(STRDense(32, activation="relu", name="wide")(inputs)))
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    data = np.random.default_rng(3).normal(size=(64, 16)).astype("float32")
+    # mode="max" on the loss makes the first epoch the "best": its weights are restored.
+    stopper = keras.callbacks.EarlyStopping("loss", patience=10, restore_best_weights=True, mode="max")
+    budget = tfprune.callbacks.SparsityBudget(0.9, ramp_epochs=4)
+    callbacks = [stopper, budget] if early_stopping_first else [budget, stopper]
+    model.fit(data, data[:, :4], epochs=6, batch_size=16, verbose=0, callbacks=callbacks)
+    return tfprune.sparsity_report(model).global_sparsity
+
+
+def test_early_stopping_restoring_weights_must_come_before_the_budget():
+    # The order the SparsityBudget docstring prescribes reaches the target ...
+    assert sparsity_with_early_stopping(early_stopping_first=True) == pytest.approx(0.9, abs=0.01)
+    # ... the other order ends with the thresholds of the restored epoch, below it.
+    assert sparsity_with_early_stopping(early_stopping_first=False) < 0.8

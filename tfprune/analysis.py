@@ -264,8 +264,20 @@ class Analysis:
         return sum(record.trainable_params for record in self.layers)
 
     @property
+    def complete(self):
+        """Bool. True when every layer's MACs were counted (`uncounted_layers` is empty).
+
+        When False, `macs` and `flops` are lower bounds: they leave out the
+        layers named in `uncounted_layers`.
+        """
+        return not self.uncounted_layers
+
+    @property
     def macs(self):
-        """Int. Kernel multiply-accumulates per example of the layers that could be counted."""
+        """Int. Kernel multiply-accumulates per example of the layers that could be counted.
+
+        A lower bound when `complete` is False.
+        """
         return sum(record.macs for record in self.layers if record.macs is not None)
 
     @property
@@ -298,7 +310,8 @@ class Analysis:
 
         Returns:
             Dict with `model`, `layers` (a list of `LayerRecord.to_dict()`),
-            `totals` and `uncounted_layers`.
+            `totals` (with `complete`: False when some layers' MACs are
+            unknown and the MAC totals are lower bounds) and `uncounted_layers`.
 
         Example:
 
@@ -323,6 +336,7 @@ class Analysis:
                 "kernel_params": self.kernel_params,
                 "nonzero_kernel_params": self.nonzero_kernel_params,
                 "kernel_sparsity": self.kernel_sparsity,
+                "complete": self.complete,
             },
             "uncounted_layers": list(self.uncounted_layers),
         }
@@ -394,7 +408,10 @@ class Analysis:
             f"(sparsity {_format_share(self.kernel_sparsity)})",
         ]
         if self.uncounted_layers:
-            lines.append(f"MACs not counted for: {', '.join(self.uncounted_layers)}")
+            lines.append(
+                f"INCOMPLETE: MACs and FLOPs above leave out {len(self.uncounted_layers)} layer(s) "
+                f"whose MACs are unknown: {', '.join(self.uncounted_layers)}"
+            )
         return "\n".join(lines)
 
 
@@ -416,8 +433,12 @@ def analyze(model):
     example; `TimeDistributed` multiplies its layer's MACs by the steps. Bias additions, normalization, activations, pooling, elementwise
     operations and reshapes are excluded (0 MACs), as in the papers' and
     Keras's reference figures. Layers with weights but no registered formula
-    (see `register_macs`) or with unknown spatial sizes get `macs=None` and are
-    listed in `Analysis.uncounted_layers`.
+    (see `register_macs`) or with unknown spatial sizes get `macs=None`, are
+    listed in `Analysis.uncounted_layers`, and make `Analysis.complete` False
+    (the totals are then lower bounds; printing the analysis says so). A model
+    with composite layers (subclassed blocks made of other layers, as in
+    keras-hub) is analysed through `tfprune.graph.flatten`, so the layers
+    inside the blocks are counted, under their inlined names.
 
     Args:
         model: A built Sequential or functional Keras model.
@@ -441,7 +462,19 @@ def analyze(model):
     >>> print(analysis)  # doctest: +SKIP
     """
     require_graph_model(model, "tfprune.analyze")
+    from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
+
+    if any(graph.is_composite(layer) and layer._layers for layer in _all_layers(model)):
+        model = graph.flatten(model)  # count the layers inside composite blocks
     return Analysis(model_name=model.name, layers=tuple(_records(model, prefix="", calls=1)))
+
+
+def _all_layers(model):
+    for layer in functional_view(model).layers:
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 def _records(model, prefix, calls):

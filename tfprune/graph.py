@@ -390,9 +390,10 @@ def needs_flattening(model, composites=True):
 def is_composite(layer):
     """True for a subclassed layer that `flatten` tries to inline.
 
-    A composite layer has sub-layers, no weights of its own and no channel
-    handler (a registered handler always wins), and is not one of Keras's or
-    tfprune's own layers. A `keras.layers.Lambda` counts as one too: its
+    A composite layer is a subclassed layer with no weights of its own (its
+    sub-layers may have some) and no channel handler (a registered handler
+    always wins) that is not one of Keras's or tfprune's own layers: its
+    `call` is then made of other layers and `keras.ops`. A `keras.layers.Lambda` counts as one too: its
     function is traced like a `call`.
 
     Args:
@@ -411,7 +412,7 @@ def is_composite(layer):
     own = list(getattr(layer, "_trainable_variables", [])) + list(
         getattr(layer, "_non_trainable_variables", [])
     )
-    return not own and bool(getattr(layer, "_layers", None))
+    return not own
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -496,17 +497,68 @@ def _inline(functional, inputs, copies, composites, changed):
 
 
 def _traced(shadow, changed):
-    """Calls the composite's `call` symbolically (inlining it), or the layer as one unit."""
+    """Calls the composite's `call` symbolically (inlining it), or the layer as one unit.
+
+    A `call` that branches on `training` in Python would be recorded with one
+    branch only; such a layer (its traces in training and in inference differ)
+    stays one unit.
+    """
 
     def call(*args, **kwargs):
         try:
             outputs = shadow.call(*args, **kwargs)
+            if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)) or (
+                _branches_on_training(shadow, args, kwargs, outputs)
+            ):
+                return shadow(*args, **kwargs)
         except Exception:  # noqa: BLE001 - not traceable: keep the layer as one unit
             return shadow(*args, **kwargs)
         changed[0] = True
         return outputs
 
     return call
+
+
+def _same_specs(traced, expected):
+    """Same structure, shapes, dtypes and sparseness (Keras marks `x * 2.0` traced op by op sparse)."""
+    traced, expected = keras.tree.flatten(traced), keras.tree.flatten(expected)
+    return len(traced) == len(expected) and all(
+        isinstance(got, keras.KerasTensor)
+        and tuple(got.shape) == tuple(want.shape)
+        and got.dtype == want.dtype
+        and bool(got.sparse) == bool(getattr(want, "sparse", False))
+        for got, want in zip(traced, expected)
+    )
+
+
+def _branches_on_training(shadow, args, kwargs, outputs):
+    if not getattr(shadow, "_call_has_training_arg", False):
+        return False
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    traces = [_operations_between(inputs, outputs)]
+    for training in (True, False):
+        traced = shadow.call(*args, **{**kwargs, "training": training})
+        traces.append(_operations_between(inputs, traced))
+    return any(trace != traces[0] for trace in traces[1:])
+
+
+def _operations_between(inputs, outputs):
+    """The classes of the operations recorded from `inputs` to `outputs`, in a fixed order."""
+    stop = {id(tensor) for tensor in inputs}
+    seen, classes = set(), []
+    stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in stop or not hasattr(tensor, "_keras_history"):
+            continue
+        history = tensor._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        classes.append(type(history.operation).__name__)
+        stack.extend(node.input_tensors)
+    return classes
 
 
 def _ordered_nodes(functional):

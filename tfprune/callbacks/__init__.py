@@ -1,7 +1,7 @@
 """Keras callbacks provided by tfprune."""
 
 from tfprune.callbacks.bn_sparsity import BNSparsity
-from tfprune.callbacks.pruning_step import UpdatePruningStep
+from tfprune.callbacks.pruning_step import PruningSummaries, UpdatePruningStep
 from tfprune.callbacks.sparsity_budget import SparsityBudget
 
-__all__ = ["BNSparsity", "SparsityBudget", "UpdatePruningStep"]
+__all__ = ["BNSparsity", "PruningSummaries", "SparsityBudget", "UpdatePruningStep"]

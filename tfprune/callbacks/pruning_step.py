@@ -1,4 +1,4 @@
-"""`UpdatePruningStep`: advances magnitude-pruning schedules during `model.fit`."""
+"""`UpdatePruningStep` advances magnitude-pruning schedules in `model.fit`; `PruningSummaries` logs them."""
 
 import os
 
@@ -74,6 +74,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self._epoch_first_step = self._counter()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if batch is None or batch < 0:
+            # TFMOT's guide drives the callback by hand in custom loops with
+            # `batch=-1`: the step is then the counter's next value.
+            self._epoch_first_step, batch = self._counter(), 0
         self._last_step = self._epoch_first_step + batch
         self.model  # noqa: B018 - syncs the JAX training state before the masks change
         for wrapper in self._wrappers:
@@ -92,20 +96,103 @@ class UpdatePruningStep(keras.callbacks.Callback):
             for wrapper in self._wrappers:
                 wrapper.pruning_step.assign(step + 1)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        # `batch=`: TFMOT's guide calls `on_epoch_end(batch=...)` in custom loops.
         sparsity = mask_sparsity(self.model)
         if logs is not None:
             logs["pruning_sparsity"] = sparsity
         if self._writer is not None:
-            step = self._counter()
-            with self._writer.as_default(step=step):
-                write_summary("pruning/sparsity", np.float32(sparsity))
-                for name, value in mask_sparsity(self.model, by_layer=True).items():
-                    write_summary(f"pruning/{name}/sparsity", np.float32(value))
-                for wrapper in self._wrappers:
-                    target = wrapper.schedule.sparsity(step - 1)
-                    write_summary(f"pruning/{wrapper.name}/target_sparsity", np.float32(target))
-            self._writer.flush()
+            _write_pruning_summaries(self._writer, self.model, self._wrappers, self._counter())
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _write_pruning_summaries(writer, model, wrappers, step):
+    """Writes the global and per-layer mask sparsity and schedule targets at `step`."""
+    with writer.as_default(step=step):
+        write_summary("pruning/sparsity", np.float32(mask_sparsity(model)))
+        for name, value in mask_sparsity(model, by_layer=True).items():
+            write_summary(f"pruning/{name}/sparsity", np.float32(value))
+        for wrapper in wrappers:
+            target = wrapper.schedule.sparsity(step - 1)
+            write_summary(f"pruning/{wrapper.name}/target_sparsity", np.float32(target))
+    writer.flush()
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes magnitude-pruning progress for TensorBoard: TFMOT's `PruningSummaries`.
+
+    Under `log_dir/pruning` it writes the share of masked-out weights over all
+    `PruneLowMagnitude` layers (`pruning/sparsity`), each layer's mask
+    sparsity (`pruning/<layer>/sparsity`) and its schedule's target
+    (`pruning/<layer>/target_sparsity`), at the global pruning step. Use it
+    beside `UpdatePruningStep` (which does the pruning; its own `log_dir`
+    writes the same summaries once per epoch). TensorFlow only, like Keras's
+    `TensorBoard` callback.
+
+    Args:
+        log_dir: String or path. TensorBoard log directory.
+        update_freq: `"epoch"` (default), `"batch"`, or an int N: write after
+            every epoch, every batch, or every N batches.
+
+    Raises:
+        TypeError: If `log_dir` is not a path.
+        ValueError: If `update_freq` is not `"epoch"`, `"batch"` or a positive
+            int; at `on_train_begin`, if the model has no `PruneLowMagnitude` layer.
+
+    Example:
+
+    >>> import keras, numpy as np, tfprune, tempfile
+    >>> inputs = keras.Input((8,))
+    >>> model = tfprune.prune_low_magnitude(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.ones((8, 8)), np.ones((8, 2)), verbose=0, callbacks=[
+    ...     tfprune.callbacks.UpdatePruningStep(),
+    ...     tfprune.callbacks.PruningSummaries(log_dir=tempfile.mkdtemp())])
+    """
+
+    def __init__(self, log_dir, update_freq="epoch", **kwargs):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError(
+                "`update_freq` must be 'epoch', 'batch' or a positive int. "
+                f"Received: update_freq={update_freq!r}"
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
+        self._wrappers = []
+        self._batches = 0
+
+    def _ensure_writer(self):
+        if self._writer is None:
+            import tensorflow as tf  # TensorBoard summaries are TensorFlow-only
+
+            self._wrappers = _require_wrappers(self.model, "PruningSummaries")
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
+
+    def _write(self):
+        self._ensure_writer()
+        step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step.value))
+        _write_pruning_summaries(self._writer, self.model, self._wrappers, step)
+
+    def on_train_begin(self, logs=None):
+        self._ensure_writer()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+            self._write()
+
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        self._write()
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -300,6 +300,14 @@ class SparsityBudget(keras.callbacks.Callback):
     end of each epoch the logs get `sparsity` (global) and `threshold_scale`
     (the last common factor applied).
 
+    Callback order: the final rescaling happens in `on_train_end`, and Keras
+    runs callbacks in list order, so a callback that restores weights at the
+    end of training (`EarlyStopping(restore_best_weights=True)`,
+    `BackupAndRestore`) must come *before* `SparsityBudget` in the list;
+    listed after it, it puts back thresholds from an earlier epoch and the
+    model ends below the target (52% for a 90% target in one report). A
+    `ModelCheckpoint` that should save the final sparsity goes after it.
+
     Args:
         target: Float in `(0, 1)`. The global sparsity to reach, e.g. `0.9`.
         ramp_epochs: Positive float or None. Epochs over which the level rises

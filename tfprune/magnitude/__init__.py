@@ -9,6 +9,7 @@ patterns; `check_m_by_n` verifies an M:N model.
 
 from tfprune.magnitude.m_by_n import check_m_by_n, count_m_by_n_violations
 from tfprune.magnitude.masks import block_mask, m_by_n_mask, magnitude_mask, mask_for
+from tfprune.magnitude.policy import PruneForLatencyOnXNNPack, PruningPolicy
 from tfprune.magnitude.prune import (
     mask_sparsity,
     prune_low_magnitude,
@@ -28,7 +29,9 @@ __all__ = [
     "PRUNABLE_LAYERS",
     "ConstantSparsity",
     "PolynomialDecay",
+    "PruneForLatencyOnXNNPack",
     "PruneLowMagnitude",
+    "PruningPolicy",
     "PruningSchedule",
     "block_mask",
     "check_m_by_n",

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
+from tfprune.magnitude.policy import PruningPolicy
 from tfprune.magnitude.schedules import ConstantSparsity
 from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
 
@@ -64,6 +65,7 @@ def prune_low_magnitude(
     pruning_schedule=None,
     block_pooling_type=None,
     sparsity_m_by_n=None,
+    pruning_policy=None,
 ):
     """Returns a copy of a model (or layer) whose prunable weights carry magnitude masks.
 
@@ -110,6 +112,9 @@ def prune_low_magnitude(
         block_pooling_type: TFMOT's name for `block_pooling` (`"AVG"` or
             `"MAX"`, any case).
         sparsity_m_by_n: TFMOT's name for `m_by_n`.
+        pruning_policy: Optional `tfprune.magnitude.PruningPolicy`, such as
+            `tfprune.magnitude.PruneForLatencyOnXNNPack()`: only layers it
+            allows are wrapped, and it may refuse the model. Defaults to `None`.
 
     Returns:
         A new `keras.Model` of the same kind, or a `PruneLowMagnitude` layer.
@@ -142,9 +147,14 @@ def prune_low_magnitude(
     block_size, block_pooling, m_by_n = check_pattern(block_size, block_pooling, m_by_n)
     options = dict(schedule=schedule, block_size=block_size, block_pooling=block_pooling, m_by_n=m_by_n)
     if isinstance(model_or_layer, keras.layers.Layer) and not isinstance(model_or_layer, keras.Model):
+        if pruning_policy is not None:
+            raise ValueError("`pruning_policy` applies to a whole model, not to one layer.")
         wrapper = PruneLowMagnitude(_copy_layer(model_or_layer), **options)
         if model_or_layer.built:
             wrapper.build_from_config(model_or_layer.get_build_config())
+        # `Dense(20, input_shape=...)` as a Sequential's first layer gives the model
+        # its input; the wrapper in its place must too.
+        wrapper._input_shape_arg = getattr(model_or_layer, "_input_shape_arg", None)
         return wrapper
     model = require_graph_model(model_or_layer, "tfprune.prune_low_magnitude")
     from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
@@ -152,6 +162,15 @@ def prune_low_magnitude(
     if graph.needs_flattening(model):
         model = graph.flatten(model)
     skipped = _skip_test(skip, model)
+    if pruning_policy is not None:
+        if not isinstance(pruning_policy, PruningPolicy):
+            raise TypeError(
+                "`pruning_policy` must be a tfprune.magnitude.PruningPolicy such as "
+                f"PruneForLatencyOnXNNPack(). Received: pruning_policy={pruning_policy!r}"
+            )
+        pruning_policy.ensure_model_supports_pruning(model)
+        user_skipped = skipped
+        skipped = lambda layer: user_skipped(layer) or not pruning_policy.allow_pruning(layer)  # noqa: E731
 
     def replace(layer):
         if isinstance(layer, keras.Model) or skipped(layer) or not is_prunable(layer, m_by_n):

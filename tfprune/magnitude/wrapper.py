@@ -204,6 +204,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     schedule's sparsity in the pattern asked for (unstructured, blocks or M:N),
     keeping the largest magnitudes.
 
+    Training the wrapper (a call with `training=True`) before any
+    `update_pruning_step()` raises, as TensorFlow Model Optimization does: the
+    masks would silently stay all ones.
+
     The wrapper has the wrapped layer's name by default, so
     `tfprune.strip` (which calls `stripped_layer()`) gives back a model with the
     original layer names. Usually built by `tfprune.prune_low_magnitude`.
@@ -224,6 +228,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     Raises:
         TypeError: If `layer` is not prunable or `schedule` is not a schedule.
         ValueError: If a pattern argument is invalid.
+        RuntimeError: When called with `training=True` before the first
+            `update_pruning_step()` (no `UpdatePruningStep` callback).
 
     Example:
 
@@ -260,6 +266,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         # layer casts them to its compute dtype itself.
         super().__init__(layer, autocast=False, **kwargs)
         self.schedule = schedule
+        # Set by `update_pruning_step`: training without it would never prune.
+        self._steps_updated = False
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -285,7 +293,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 weight.constraint = _MaskConstraint(mask, weight.constraint)
         self.built = True
 
-    def call(self, inputs, *args, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training is True and not self._steps_updated:
+            raise RuntimeError(
+                f"PruneLowMagnitude layer '{self.name}' is being trained without "
+                "`tfprune.callbacks.UpdatePruningStep`, so its masks would never be updated: add "
+                "`callbacks=[tfprune.callbacks.UpdatePruningStep()]` to `fit`, or call "
+                "`tfprune.magnitude.update_pruning_step(model)` before each step of a custom "
+                "training loop."
+            )
+        if getattr(self.layer, "_call_has_training_arg", False):
+            kwargs["training"] = training
         masked = {
             id(weight): ops.multiply(weight.value, mask.value)
             for weight, mask in zip(prunable_weights(self.layer), self.masks)
@@ -326,6 +344,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         >>> wrapper.update_pruning_step(), wrapper.update_pruning_step()
         (0, 1)
         """
+        self._steps_updated = True
         if step is None:
             step = int(ops.convert_to_numpy(self.pruning_step.value))
         should_prune, sparsity = self.schedule(step)

@@ -1,0 +1,201 @@
+"""`tfprune.graph.flatten`: nested models, composite layers and Lambda layers inlined, nothing shared."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import layers, ops
+
+import tfprune
+from tfprune import _utils
+
+
+class ConvBlock(layers.Layer):
+    """A keras-hub-style block: sub-layers, no weights of its own, a residual sum in `call`."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.expand = layers.Conv2D(filters * 2, 1, name="conv")  # the same inner name in every block
+        self.norm = layers.BatchNormalization(name="bn")
+        self.project = layers.Conv2D(filters, 3, padding="same", name="project")
+
+    def call(self, inputs, training=None):
+        x = ops.relu(self.norm(self.expand(inputs), training=training))
+        return ops.add(inputs, self.project(x))
+
+    # No get_config: like some keras-hub blocks, this one cannot be re-created from its config.
+
+
+class Doubler(layers.Layer):
+    def call(self, x):
+        return ops.add(x, x)
+
+
+class NoisyInTraining(layers.Layer):
+    """Branches on `training` in Python: a trace would keep one branch only."""
+
+    def call(self, x, training=None):
+        if training:
+            return x + keras.random.normal(ops.shape(x), stddev=0.1)
+        return x
+
+
+class Scaled(layers.Layer):
+    """A weight of its own, and a config that does not round-trip."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "unexpected": 1}
+
+
+def block_model():
+    inputs = keras.Input((8, 8, 3), name="pixels")
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = ConvBlock(8, name="block1")(x)
+    x = ConvBlock(8, name="block2")(x)
+    x = Doubler(name="double")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(4, name="head")(x), name="blocks")
+
+
+def sample(shape=(2, 8, 8, 3)):
+    return np.random.default_rng(0).normal(size=shape).astype("float32")
+
+
+def randomized(model):
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        weight.assign(rng.normal(0.0, 0.3, weight.shape).astype("float32"))
+    return model
+
+
+def test_composite_blocks_are_inlined_with_the_same_outputs_and_prefixed_names():
+    model = randomized(block_model())
+    flat = tfprune.graph.flatten(model)
+    names = [layer.name for layer in flat.layers]
+    assert {"block1_conv", "block2_conv", "block1_project", "block2_bn"} <= set(names)
+    assert not any(isinstance(layer, (ConvBlock, Doubler)) for layer in flat.layers)
+    assert [tensor._keras_history.operation.name for tensor in flat.inputs] == ["pixels"]
+    x = sample()
+    np.testing.assert_allclose(ops.convert_to_numpy(flat(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def test_inlined_blocks_own_their_weights():
+    model = randomized(block_model())
+    calls = len(model.get_layer("block1").expand._inbound_nodes)
+    flat = tfprune.graph.flatten(model)
+    assert not {id(weight) for weight in model.weights} & {id(weight) for weight in flat.weights}
+    flat.get_layer("block1_conv").kernel.assign(ops.zeros((1, 1, 8, 16)))
+    block = model.get_layer("block1")
+    assert np.abs(ops.convert_to_numpy(block.expand.kernel)).sum() > 0
+    assert len(block.expand._inbound_nodes) == calls  # the user's layers got no new call
+
+
+def test_prune_reaches_inside_composite_blocks_and_the_result_reloads(tmp_path):
+    model = randomized(block_model())
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after["block1_conv"] == 8 and result.widths_before["block1_conv"] == 16
+    small.save(tmp_path / "small.keras")  # plain layers and keras.ops only: safe mode loads it
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    x = sample()
+    np.testing.assert_allclose(ops.convert_to_numpy(reloaded(x)), ops.convert_to_numpy(small(x)), atol=1e-6)
+
+
+def test_a_call_that_branches_on_training_stays_one_unit():
+    inputs = keras.Input((4,))
+    x = NoisyInTraining(name="noisy")(layers.Dense(6, name="dense")(inputs))
+    flat = tfprune.graph.flatten(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    assert isinstance(flat.get_layer("noisy"), NoisyInTraining)
+
+
+def test_a_layer_that_cannot_be_copied_is_shared_with_one_warning():
+    inputs = keras.Input((4,))
+    scaled = Scaled(3, name="scaled")
+    model = keras.Model(inputs, layers.Dense(2, name="head")(scaled(layers.Dense(6, name="dense")(inputs))))
+    with pytest.warns(_utils.SharedLayerWarning, match=r"layer 'scaled' \(Scaled\).*shares this layer") as caught:
+        flat = tfprune.graph.flatten(model)
+    assert len([w for w in caught if issubclass(w.category, _utils.SharedLayerWarning)]) == 1
+    assert flat.get_layer("scaled") is scaled
+    assert flat.get_layer("dense") is not model.get_layer("dense")
+
+
+def test_copy_layer_checks_what_it_copies():
+    dense = layers.Dense(3, name="dense")
+    dense.build((None, 4))
+    copy = _utils.copy_layer(dense)
+    assert copy is not dense and copy.name == "dense"
+    np.testing.assert_array_equal(ops.convert_to_numpy(copy.kernel), ops.convert_to_numpy(dense.kernel))
+    scaled = Scaled(3)
+    scaled.build((None, 4))
+    assert _utils.copy_layer(scaled) is None  # its config does not round-trip
+    lam = layers.Lambda(lambda t, k: t * k, arguments={"k": 3.0}, name="times")
+    lam_copy = _utils.copy_layer(lam)
+    assert lam_copy.function is lam.function and lam_copy.arguments == {"k": 3.0} and lam_copy.name == "times"
+
+
+def lambda_model():
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(8, 3, name="conv")(inputs)
+    x = layers.Lambda(lambda t: ops.relu(t) + t, name="relu_plus")(x)
+    x = layers.Conv2D(8, 3, name="conv2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+def test_a_lambda_model_is_sparsified_magnitude_pruned_pruned_and_exported(tmp_path):
+    model = randomized(lambda_model())
+    x = sample((4, 8, 8, 1))
+    expected = ops.convert_to_numpy(model(x))
+    sparse = tfprune.sparsify(model)
+    np.testing.assert_allclose(ops.convert_to_numpy(sparse(x)), expected, atol=1e-5)
+    sparse.save(tmp_path / "sparse.keras")  # the lambda became keras.ops: it reloads in safe mode
+    keras.models.load_model(tmp_path / "sparse.keras")
+    masked = tfprune.prune_low_magnitude(model, tfprune.ConstantSparsity(0.5, frequency=1))
+    tfprune.magnitude.update_pruning_step(masked)
+    assert tfprune.magnitude.mask_sparsity(masked) == pytest.approx(0.5, abs=0.01)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after["conv"] == 4  # the channels pass through the traced lambda
+    assert keras.backend.backend() != "tensorflow" or tfprune.export.to_tflite(
+        tfprune.strip(masked), tmp_path / "masked.tflite", sample_inputs=x).max_abs_error < 1e-4
+
+
+def test_a_lambda_whose_trace_differs_stays_a_lambda():
+    # Keras marks `x * 2.0` traced op by op as a sparse tensor; the Lambda is then kept whole.
+    inputs = keras.Input((6,))
+    x = layers.Lambda(lambda t: t * 2.0, name="double")(layers.Dense(6, name="dense")(inputs))
+    model = randomized(keras.Model(inputs, layers.Dense(2, name="head")(x)))
+    flat = tfprune.graph.flatten(model)
+    assert isinstance(flat.get_layer("double"), layers.Lambda)
+    masked = tfprune.prune_low_magnitude(model)
+    x = sample((3, 6))
+    np.testing.assert_allclose(ops.convert_to_numpy(masked(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def test_nested_models_keep_the_outer_input_names():
+    backbone = keras.Sequential([keras.Input((5,)), layers.Dense(6, name="inner")], name="backbone")
+    inputs = keras.Input((5,), name="features")
+    model = keras.Model(inputs, layers.Dense(2, name="head")(backbone(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert [layer.name for layer in flat.layers] == ["features", "inner", "head"]
+
+
+def test_sparsify_warns_when_most_weights_sit_in_layers_it_cannot_convert():
+    inputs = keras.Input((64,))
+    x = layers.Embedding(1000, 64, name="table")(ops.cast(inputs, "int32"))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(layers.Flatten()(x)))
+    with pytest.warns(UserWarning, match=r"`tfprune.sparsify` converted 1 layer.*'table' \(Embedding"):
+        tfprune.sparsify(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfprune.prune_low_magnitude(model)  # it wraps embeddings: no warning
