@@ -306,3 +306,18 @@ def test_sparsify_with_nothing_to_replace_says_so_and_writes_nothing(tmp_path, m
     assert not output.exists()
     assert cli.main(["sparsify", str(model_file), "-o", str(output)]) == 0
     assert "(2 layers replaced by STR layers)" in capsys.readouterr().out
+
+
+def test_a_keras_file_with_a_lambda_is_refused_unless_unsafe_load_is_given(tmp_path, capsys):
+    inputs = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t + t, name="code")(keras.layers.Dense(4, name="dense")(inputs))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2, name="head")(x)).save(path)
+    assert cli.main(["report", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "holds Python code (a Lambda layer)" in error and "--unsafe-load" in error
+    assert cli.main(["--unsafe-load", "report", str(path)]) == 0
+    assert "dense" in capsys.readouterr().out
+    output = tmp_path / "sparse.keras"
+    assert cli.main(["--unsafe-load", "sparsify", str(path), "-o", str(output)]) == 0
+    assert cli.main(["report", str(output)]) == 0  # the lambda was traced into keras.ops: safe mode loads it

@@ -197,5 +197,5 @@ def test_sparsify_warns_when_most_weights_sit_in_layers_it_cannot_convert():
     with pytest.warns(UserWarning, match=r"`tfprune.sparsify` converted 1 layer.*'table' \(Embedding"):
         tfprune.sparsify(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         tfprune.prune_low_magnitude(model)  # it wraps embeddings: no warning

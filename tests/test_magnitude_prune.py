@@ -458,8 +458,8 @@ def test_training_without_the_step_callback_raises_like_tfmot():
     pruned = compiled(tfprune.prune_low_magnitude(small_cnn()))
     with pytest.raises(RuntimeError, match=r"'conv' is being trained without `tfprune.callbacks.UpdatePruningStep`"):
         pruned.fit(*digits_batch(16), batch_size=8, epochs=1, verbose=0)
-    pruned.predict(digits_batch(4)[0], verbose=0)  # inference needs no callback
     fresh = compiled(tfprune.prune_low_magnitude(small_cnn()))
+    fresh.predict(digits_batch(4)[0], verbose=0)  # inference needs no callback
     fresh.fit(*digits_batch(16), batch_size=8, epochs=1, verbose=0,
               callbacks=[tfprune.callbacks.UpdatePruningStep()])
     assert tfprune.magnitude.mask_sparsity(fresh) == pytest.approx(0.5, abs=0.01)

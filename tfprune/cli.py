@@ -102,6 +102,14 @@ def build_parser():
     parser.add_argument(
         "--traceback", action="store_true", help="show Python tracebacks for errors"
     )
+    parser.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help=(
+            "load .keras files that hold Python code (Lambda layers) with Keras's safe mode off "
+            "for that file; it runs their code, so use it only for files you trust"
+        ),
+    )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = subcommands.add_parser(
@@ -315,7 +323,7 @@ def _without_litert_info():
                     print(line, file=sys.stderr)
 
 
-def _load_model(path):
+def _load_model(path, unsafe=False):
     _check_input(path, ".keras")
     if not zipfile.is_zipfile(path):
         raise UsageError(f"Input file '{path}' is not a valid .keras archive (corrupt or another format).")
@@ -324,8 +332,13 @@ def _load_model(path):
     import tfprune  # noqa: F401  (registers tfprune's layers for deserialization)
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as error:  # keras raises many types for unreadable archives
+        if "safe_mode" in str(error):
+            raise UsageError(
+                f"'{path}' holds Python code (a Lambda layer), which Keras's safe mode refuses to "
+                "load; if you trust the file, run again with --unsafe-load."
+            ) from error
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"Could not load '{path}' as a Keras model: {first_line}") from error
 
@@ -365,7 +378,7 @@ def _run_demo(args):
 def _run_report(args):
     import tfprune
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.unsafe_load)
     _emit(tfprune.analyze(model), args.json)
 
 
@@ -378,7 +391,7 @@ def _run_prune(args):
         raise UsageError(
             f"Unknown criterion {args.criterion!r}; use one of {', '.join(tfprune.criteria.available())}."
         )
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.unsafe_load)
     try:
         pruned, result = tfprune.prune(
             model,
@@ -404,7 +417,7 @@ def _run_sparsify(args):
     import tfprune
 
     _check_output(args.output, ".keras", args.force)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.unsafe_load)
     options = {} if args.s_init is None else {"s_init": args.s_init}
     sparse_model = tfprune.sparsify(model, skip=tuple(args.skip), **options)
     before = {layer.name: type(layer) for layer in model.layers}
@@ -417,7 +430,7 @@ def _run_strip(args):
     import tfprune
 
     _check_output(args.output, ".keras", args.force)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.unsafe_load)
     plain = tfprune.strip(model)
     kinds = sorted({type(layer).__name__ for layer in model.layers if hasattr(layer, "stripped_layer")})
     _save_model(plain, args.output, args.force)
@@ -434,7 +447,7 @@ def _run_export(args):
     _check_output(args.output, ".tflite", args.force)
     from tfprune import export
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.unsafe_load)
     representative_data = None
     if args.quantize == "int8":
         representative_data = _calibration_data(model, args.calibration)
