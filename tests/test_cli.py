@@ -246,7 +246,7 @@ def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path, model_
 
 
 def test_any_os_error_is_one_sentence_and_exit_2(tmp_path, model_file, capsys, monkeypatch):
-    def broken_disk(path):
+    def broken_disk(path, unsafe=False):
         raise OSError(5, "Input/output error", path)
 
     monkeypatch.setattr(cli, "_load_model", broken_disk)

@@ -16,7 +16,7 @@ import sys
 import keras
 import numpy as np
 
-from tfprune._utils import functional_view
+from tfprune._utils import check_verbose, functional_view
 
 # Layers a producer's output passes through before it is "the feature map"
 # (HRank ranks, DropNet averages the post-activation maps).
@@ -229,7 +229,7 @@ def group_statistics(model, graph, data, statistic, num_batches, batch_size, cal
     entries = [(name, entry) for name, group_entries in features.items() for entry in group_entries]
     extractor = feature_model(model, [tensor for _, (tensor, _, _) in entries])
     totals = [None] * len(entries)
-    progress = keras.utils.Progbar(len(batches), verbose=verbose, unit_name="batch")
+    progress = keras.utils.Progbar(len(batches), verbose=check_verbose(verbose, caller), unit_name="batch")
     for batch in batches:
         for index, output in enumerate(run(extractor, batch)):
             values = statistic(output)

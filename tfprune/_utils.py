@@ -40,6 +40,34 @@ def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def check_verbose(verbose, caller):
+    """Resolves a Keras-style `verbose` argument to 0 (silent), 1 (progress) or 2 (one line per step).
+
+    Every long tfprune operation takes `verbose="auto"` by default, as
+    `model.fit` does; `"auto"` means 1.
+
+    Args:
+        verbose: `"auto"`, a bool, or 0, 1 or 2.
+        caller: String. The public function, named in the error.
+
+    Returns:
+        Int.
+
+    Raises:
+        ValueError: For any other value.
+    """
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    if is_integer(verbose) and 0 <= verbose <= 2:
+        return int(verbose)
+    raise ValueError(
+        f"`{caller}` takes verbose=0 (silent), 1 (progress), 2 (one line per step) or 'auto' "
+        f"(1), as Keras's `fit` does. Received: verbose={verbose!r}"
+    )
+
+
 def is_integer(value):
     """True for an integer, Python or NumPy (`3`, `np.int64(3)`), not a bool (nor `3.0`)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))

@@ -402,6 +402,7 @@ def _run_prune(args):
             min_channels=args.min_channels,
             round_to=args.round_to,
             unknown=args.unknown,
+            verbose=0 if args.json else "auto",
         )
     except tfprune.graph.UnknownOperationError as error:
         operation = error.operation
@@ -459,6 +460,7 @@ def _run_export(args):
             representative_data=representative_data,
             sparse=args.sparse,
             overwrite=args.force,
+            verbose=0 if args.json else "auto",
         )
     _emit(report, args.json)
 

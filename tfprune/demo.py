@@ -178,7 +178,7 @@ def run(out_dir="tfprune_demo", quick=False, seed=0, verbose=True):
     models = (("dense", reference, False), ("pruned", pruned, False), ("str", str_plain, True))
     paths = {name: os.path.join(out_dir, f"{name}.tflite") for name, _, _ in models}
     reports = {
-        name: export.to_tflite(model, paths[name], sparse=sparse, sample_inputs=test_x[:32])
+        name: export.to_tflite(model, paths[name], sparse=sparse, sample_inputs=test_x[:32], verbose=int(verbose))
         for name, model, sparse in models
     }
     latencies = export.compare_latency(paths, threads=1, runs=settings["runs"])

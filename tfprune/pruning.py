@@ -25,6 +25,8 @@ whole layer at rate 0.7), then widths are rounded up to a multiple of
 """
 
 import dataclasses
+import functools
+import inspect
 import math
 import warnings
 
@@ -34,7 +36,7 @@ import numpy as np
 from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
 from tfprune import surgery
-from tfprune._utils import clone_graph, is_integer, is_number, require_graph_model
+from tfprune._utils import check_verbose, clone_graph, is_integer, is_number, require_graph_model
 from tfprune.analysis import analyze
 
 _SCOPES = ("global", "group")
@@ -375,6 +377,18 @@ def _guarded_width(name, size, remove, min_channels, max_group_rate, round_to):
     return width, guarded
 
 
+def _verbose_argument(score_function, verbose):
+    """`{"verbose": ...}` for a criterion that reports progress, unless a partial already fixed it."""
+    verbose = check_verbose(verbose, "tfprune.prune")
+    if isinstance(score_function, functools.partial) and "verbose" in score_function.keywords:
+        return {}
+    try:
+        parameters = inspect.signature(score_function).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"verbose": verbose} if "verbose" in parameters else {}
+
+
 def _criterion_name(criterion):
     return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
 
@@ -400,6 +414,7 @@ def prune(
     seed=None,
     threshold=None,
     unknown="raise",
+    verbose="auto",
 ):
     """Removes the least important channels of a model; returns a smaller model.
 
@@ -454,6 +469,9 @@ def prune(
             channel handler for: `"raise"` (default) refuses the model,
             `"freeze"` leaves every channel around it unpruned (see
             `tfprune.graph.build`).
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras's `fit`: passed to
+            criteria that read data (`"activation"`, `"hrank"`), which show a
+            progress bar over the batches at 1. Defaults to `"auto"`.
 
     Numbers may be Python or NumPy scalars (`rate=np.float32(0.5)`). A model
     with nested models (a backbone called as one layer) is inlined first with
@@ -502,7 +520,7 @@ def prune(
     _check_ignore(model, graph, ignore)
     targeted = _targeted_groups(model, graph, targets, ignore)
     _require_targets(model, graph, targeted, targets, ignore)
-    all_scores = score_function(model, graph, data=data, seed=seed)
+    all_scores = score_function(model, graph, data=data, seed=seed, **_verbose_argument(score_function, verbose))
     scores = _checked_scores(all_scores, targeted, criterion_name, model)
     removals, used_threshold = _removal_counts(scores, rate, threshold, scope)
     if scope == "global" and threshold is None and not comparable:
@@ -639,7 +657,7 @@ def sensitivity(
     metric=None,
     evaluate=None,
     seed=None,
-    verbose=1,
+    verbose="auto",
     unknown="raise",
 ):
     """Prunes each targeted group alone at each rate and evaluates (Li et al. 2017).
@@ -659,7 +677,8 @@ def sensitivity(
         evaluate: Optional callable `model -> float` used instead of
             `model.evaluate` (then the model need not be compiled).
         seed: Optional int for the `"random"` criterion.
-        verbose: Int. 1 shows a progress bar. Defaults to `1`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
+            over the scans. Defaults to `"auto"`.
         unknown: String. `"raise"` (default) or `"freeze"`, as for `prune`.
 
     Returns:
@@ -695,7 +714,9 @@ def sensitivity(
     )
     groups = [group for group in groups if group.name in scored]
     metric_name, baseline = evaluate_named(model)
-    progress = keras.utils.Progbar(len(groups) * len(rates), verbose=verbose, unit_name="scan")
+    progress = keras.utils.Progbar(
+        len(groups) * len(rates), verbose=check_verbose(verbose, "tfprune.pruning.sensitivity"), unit_name="scan"
+    )
     values = {}
     for group in groups:
         scores = []

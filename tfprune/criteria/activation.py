@@ -16,7 +16,7 @@ def _mean_absolute_activation(features):
     return np.abs(features.reshape(len(features), -1, features.shape[-1])).mean(axis=1)
 
 
-def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=128, verbose=0):
+def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=128, verbose="auto"):
     """Scores each channel by its mean post-activation magnitude over the data (DropNet).
 
     The score of channel `n` is the mean of `|a_n|` over every position and
@@ -35,7 +35,8 @@ def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=
         seed: Unused (the criterion is deterministic).
         num_batches: Int or None. Batches used; None (default) uses all the data.
         batch_size: Int. Batch size when `data` is an array. Defaults to `128`.
-        verbose: Int. 1 shows a progress bar. Defaults to `0`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar over
+            the batches. Defaults to `"auto"`.
 
     Returns:
         Dict `{group_name: scores}` for every prunable group (higher is more important).

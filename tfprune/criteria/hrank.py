@@ -22,7 +22,7 @@ def _feature_map_ranks(features):
     return np.linalg.matrix_rank(matrices).astype("float64")
 
 
-def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, verbose=1):
+def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, verbose="auto"):
     """Scores each channel by the average rank of its feature maps (HRank).
 
     For every prunable group whose producers output 2-D feature maps (convs),
@@ -42,7 +42,8 @@ def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, ver
         num_batches: Int. Batches used; the reference uses 5 batches of 128.
             Defaults to `5`.
         batch_size: Int. Batch size when `data` is an array. Defaults to `128`.
-        verbose: Int. 1 shows a progress bar. Defaults to `1`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar over
+            the batches. Defaults to `"auto"`.
 
     Returns:
         Dict `{group_name: scores}` (higher is more important).

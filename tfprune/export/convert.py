@@ -20,7 +20,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfprune._utils import LazyModule, atomic_path, require_graph_model
+from tfprune._utils import LazyModule, atomic_path, check_verbose, require_graph_model
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
@@ -75,6 +75,7 @@ def to_tflite(
     verify=True,
     overwrite=True,
     sample_inputs=None,
+    verbose="auto",
 ):
     """Converts a Keras model to a TFLite/LiteRT file and checks it in the interpreter.
 
@@ -123,6 +124,10 @@ def to_tflite(
             `tf.data.Dataset` like `representative_data` (at most 4096 samples
             are taken from a dataset). Defaults to `None`.
 
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras's `fit`: at 1 or 2 one
+            line per stage (converting, verifying, written) goes to stdout, as
+            conversion can take half a minute. Defaults to `"auto"`.
+
     Returns:
         An `ExportReport`: path, size, gzip size, op counts, input/output
         tensors and, if verified, the max abs error and top-1 agreement.
@@ -152,6 +157,7 @@ def to_tflite(
     """
     caller = "tfprune.export.to_tflite"
     require_graph_model(model, caller)
+    say = print if check_verbose(verbose, caller) else (lambda *args, **kwargs: None)
     if not isinstance(quantize, (str, type(None))) or quantize not in QUANTIZERS:
         raise ValueError(
             f"`quantize` must be one of {', '.join(repr(mode) for mode in QUANTIZERS)}. "
@@ -184,6 +190,8 @@ def to_tflite(
     elif verify:
         sample_inputs = _random_inputs(input_tensor)
 
+    say(f"{caller}: converting model '{model.name}' ({quantize or 'float32'}{', sparse' if sparse else ''}) ...",
+        flush=True)  # fmt: skip
     plain = _in_float32(strip(model))
     if keras.backend.backend() == "tensorflow":
         content, dense_size = convert_model(plain, quantize, calibration, sparse, model.name)
@@ -201,10 +209,13 @@ def to_tflite(
         **_tensor_summaries(content),
     )
     if verify:
+        say(f"{caller}: verifying on {len(sample_inputs)} inputs in the LiteRT interpreter ...", flush=True)
         _verify(model, content, sample_inputs, report)
     with atomic_path(path, overwrite=overwrite) as temporary:
         with open(temporary, "wb") as file:
             file.write(content)
+    checked = "" if report.max_abs_error is None else f", max abs error {report.max_abs_error:.3g}"
+    say(f"{caller}: wrote {path} ({report.size_bytes} bytes{checked})", flush=True)
     return report
 
 

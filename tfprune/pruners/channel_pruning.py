@@ -15,7 +15,7 @@ import numpy as np
 
 from tfprune import _features, criteria, surgery
 from tfprune import graph as graph_module
-from tfprune._utils import require_graph_model
+from tfprune._utils import check_verbose, require_graph_model
 from tfprune.analysis import analyze
 from tfprune.criteria.reconstruction import (
     flat_kernel,
@@ -53,7 +53,8 @@ class ChannelPruning:
         positions_per_example: Int. Output positions sampled per example
             (the paper samples 10). Defaults to `10`.
         seed: Optional int for the sampled positions. Defaults to 0.
-        verbose: Int. 1 shows a progress bar over the groups. Defaults to `1`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
+            over the groups. Defaults to `"auto"`.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -75,7 +76,7 @@ class ChannelPruning:
         batch_size=128,
         positions_per_example=10,
         seed=None,
-        verbose=1,
+        verbose="auto",
     ):
         _check_arguments(rate, None, "group", targets, min_channels, None, 1, ())
         if (
@@ -95,7 +96,7 @@ class ChannelPruning:
         self.batch_size = batch_size
         self.positions_per_example = positions_per_example
         self.seed = 0 if seed is None else int(seed)
-        self.verbose = verbose
+        self.verbose = check_verbose(verbose, "ChannelPruning")
 
     def _moments(self, model, names, batches, targets=None):
         return moments(model, names, batches, self.seed, self.positions_per_example, targets)

@@ -47,7 +47,7 @@ import math
 import keras
 import numpy as np
 
-from tfprune._utils import clone_graph
+from tfprune._utils import check_verbose, clone_graph
 from tfprune.search.cost import check_reachable, check_share
 from tfprune.search.gates import ChannelMasks, chain_ranks, gated_model, reading_sites
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
@@ -90,7 +90,7 @@ def bee_colony(
     feasible=None,
     fill=False,
     seed=None,
-    verbose=0,
+    verbose="auto",
 ):
     """Maximises `fitness` over integer vectors with the artificial bee colony.
 
@@ -114,7 +114,8 @@ def bee_colony(
             fitness grows with every entry, as accuracy with widths).
             Defaults to `False`.
         seed: Optional int. The same seed gives the same search.
-        verbose: Int. 1 shows a progress bar over the cycles. Defaults to `0`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
+            over the cycles. Defaults to `"auto"`.
 
     Returns:
         A `ColonyResult`.
@@ -198,7 +199,7 @@ def bee_colony(
     fitnesses = np.array([evaluate(vector) for vector in sources])
     trials = np.zeros(colony_size, dtype=np.int64)
     history = [best["fitness"]]
-    progress = keras.utils.Progbar(cycles, verbose=verbose, unit_name="cycle", stateful_metrics=["best", "evaluated"])
+    progress = keras.utils.Progbar(cycles, verbose=check_verbose(verbose, "tfprune.search.bee_colony"), unit_name="cycle", stateful_metrics=["best", "evaluated"])
     for cycle in range(cycles):
         for index in range(colony_size):  # employed bees
             try_neighbour(index)
@@ -255,7 +256,8 @@ class ABCPruner:
         metric: Optional string. The `evaluate` metric to maximise; defaults
             to the first one that is not the loss.
         seed: Int. Seeds the colony and the fine-tune order. Defaults to `0`.
-        verbose: Int. 1 shows a progress bar over the cycles. Defaults to `1`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
+            over the cycles. Defaults to `"auto"`.
         unknown: String. A layer or operation tfprune has no channel
             handler for: `"raise"` refuses the model, `"freeze"` leaves every
             channel around it unpruned (see `tfprune.graph.build`). Defaults
@@ -293,7 +295,7 @@ class ABCPruner:
         targets="all",
         metric=None,
         seed=0,
-        verbose=1,
+        verbose="auto",
         unknown="raise",
     ):
         self.graph, self.groups, follows, self.costs = prepare(
