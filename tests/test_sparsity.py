@@ -241,3 +241,14 @@ def test_sparsity_report_finds_str_layers_of_nested_models():
     assert [record["name"] for record in report.layers] == ["inner/dense", "head"]
     assert [record["macs"] for record in report.layers] == [12, 6]
     assert report.parameters == 18
+
+
+def test_strip_reaches_into_a_nested_model_holding_str_layers():
+    inputs = keras.Input((6,))
+    backbone = keras.Model(inputs, tfprune.layers.STRDense(5, name="sparse_hidden")(inputs), name="backbone")
+    outer_inputs = keras.Input((6,), name="features")
+    model = keras.Model(outer_inputs, keras.layers.Dense(2, name="head")(backbone(outer_inputs)))
+    plain = tfprune.strip(model)
+    assert [type(layer).__name__ for layer in plain.layers] == ["InputLayer", "Dense", "Dense"]
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)

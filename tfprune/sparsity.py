@@ -28,6 +28,9 @@ def strip(model):
     magnitude-pruning wrappers) is replaced by the plain Keras layer it
     returns; all other layers are cloned with their weights. The outputs of the
     returned model equal those of `model` and the input model is not modified.
+    A model that nests another model holding such layers (an STR backbone
+    called as one layer) is inlined first with `tfprune.graph.flatten`, so
+    the result is then one flat functional model.
 
     Args:
         model: A built Sequential or functional Keras model.
@@ -50,13 +53,24 @@ def strip(model):
     ['InputLayer', 'Dense']
     """
     require_graph_model(model, "tfprune.strip")
+    if any(_holds_strippable(layer) for layer in model.layers if isinstance(layer, keras.Model)):
+        from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
+
+        model = graph.flatten(model, composites=False)
 
     def replace(layer):
         if hasattr(layer, "stripped_layer"):
             return layer.stripped_layer()
         return None
 
-    return clone_graph(model, replace)
+    return clone_graph(model, replace, caller="tfprune.strip")
+
+
+def _holds_strippable(model):
+    return any(
+        hasattr(layer, "stripped_layer") or (isinstance(layer, keras.Model) and _holds_strippable(layer))
+        for layer in getattr(model, "layers", ())
+    )
 
 
 # The STR arguments `sparsify` passes on: the keyword-only arguments of STRMixin.
