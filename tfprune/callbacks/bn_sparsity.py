@@ -279,6 +279,12 @@ class BNSparsity(keras.callbacks.Callback):
       the default before issue 15: `BNSparsity(1e-4, mode="subgradient",
       penalty="gamma")`.
 
+    Distributed training: the proximal step runs between training steps on
+    every worker, on the same replicated γ and β with the same strength, so
+    the workers stay identical (`tests/test_multi_worker.py`, with
+    `BatchNormalization(synchronized=True)` so that the moving statistics
+    agree too; without it each worker keeps its own, as in plain Keras).
+
     The strength of epoch `e` is `0` while `e < warmup_epochs`, then
     `schedule(e, l1)` if a schedule is given, else `l1`. With
     `steps_per_execution > 1` the proximal step runs once per execution with

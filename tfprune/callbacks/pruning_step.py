@@ -25,6 +25,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
     layer's mask sparsity and schedule target are written for TensorBoard under
     `log_dir/pruning`, at the global step.
 
+    Distributed training: every worker (and, under a mirrored strategy, the
+    callback once for all local replicas) recomputes the masks from the same
+    replicated weights at the same global step, deterministically, so masks
+    and counters stay identical across workers (`tests/test_multi_worker.py`).
+
     This is TensorFlow Model Optimization's `UpdatePruningStep` (plus its
     `PruningSummaries` when `log_dir` is given). Put a `ModelCheckpoint` after
     this callback in the list so that the saved counters include the batch.
@@ -131,7 +136,9 @@ class PruningSummaries(keras.callbacks.Callback):
     (`pruning/<layer>/target_sparsity`), at the global pruning step. Use it
     beside `UpdatePruningStep` (which does the pruning; its own `log_dir`
     writes the same summaries once per epoch). TensorFlow only, like Keras's
-    `TensorBoard` callback.
+    `TensorBoard` callback. With several workers, give each its own
+    `log_dir` (or keep the callback on the chief only): they write the same
+    values.
 
     Args:
         log_dir: String or path. TensorBoard log directory.

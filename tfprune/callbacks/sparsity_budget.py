@@ -300,6 +300,14 @@ class SparsityBudget(keras.callbacks.Callback):
     end of each epoch the logs get `sparsity` (global) and `threshold_scale`
     (the last common factor applied).
 
+    Distributed training: under `tf.distribute` strategies (mirrored on one
+    machine, `MultiWorkerMirroredStrategy` across machines) every worker runs
+    the callback on the same replicated variables with the same deterministic
+    code (the quantile is a sort, not a sample), so all workers assign the
+    same thresholds; `tests/test_multi_worker.py` checks two workers end bit
+    for bit equal. On JAX with `keras.distribution.DataParallel` the
+    variables are replicated on every device and rescaled once.
+
     Callback order: the final rescaling happens in `on_train_end`, and Keras
     runs callbacks in list order, so a callback that restores weights at the
     end of training (`EarlyStopping(restore_best_weights=True)`,
