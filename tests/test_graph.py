@@ -242,9 +242,22 @@ def scale_model():
     return keras.Model(inputs, layers.Dense(2, name="head")(x))
 
 
-def test_unknown_layer_is_refused_by_name_pointing_to_the_registry():
-    with pytest.raises(ValueError, match=r"no channel handler for operation 'scale' of type .*Scale; register one"):
-        tfprune.graph.build(scale_model())
+def test_a_custom_layer_without_handler_is_frozen_with_a_warning_naming_it():
+    with pytest.warns(UserWarning, match=r"cannot see inside layer 'scale' \(Scale\).*frozen.*register_handler\(Scale"):
+        graph = tfprune.graph.build(scale_model())
+    assert not graph["dense"].prunable
+    assert "operation 'scale' (Scale) has no handler" in graph["dense"].reason
+
+
+def permute_model():
+    inputs = keras.Input((4,))
+    x = layers.Permute((1,), name="permute")(layers.Dense(5, name="dense")(inputs))  # a Keras layer without handler
+    return keras.Model(inputs, layers.Dense(2, name="head")(x))
+
+
+def test_a_keras_layer_without_handler_is_refused_by_name_pointing_to_the_registry():
+    with pytest.raises(ValueError, match=r"no channel handler for operation 'permute' of type .*Permute; register one"):
+        tfprune.graph.build(permute_model())
 
 
 def test_freeze_handler_pins_a_registered_layer():
@@ -388,15 +401,15 @@ def _suggested_registrations(message):
 @pytest.mark.parametrize("choice", [0, 1])
 def test_refusal_suggests_a_registration_that_works_for_a_layer(choice):
     with pytest.raises(tfprune.graph.UnknownOperationError) as refusal:
-        tfprune.graph.build(scale_model())
-    assert refusal.value.operation.name == "scale"
+        tfprune.graph.build(permute_model())
+    assert refusal.value.operation.name == "permute"
     suggestions = _suggested_registrations(str(refusal.value))
     assert len(suggestions) == 2
     try:
-        eval(suggestions[choice], {"tfprune": tfprune, "Scale": Scale})
-        graph = tfprune.graph.build(scale_model())
+        eval(suggestions[choice], {"tfprune": tfprune, "Permute": layers.Permute})
+        graph = tfprune.graph.build(permute_model())
     finally:
-        handlers._HANDLERS.pop(Scale)
+        handlers._HANDLERS.pop(layers.Permute)
     assert graph["dense"].prunable == (choice == 1)  # Freeze leaves it alone, Preserve passes channels
 
 

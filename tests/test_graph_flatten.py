@@ -199,3 +199,37 @@ def test_sparsify_warns_when_most_weights_sit_in_layers_it_cannot_convert():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         tfprune.prune_low_magnitude(model)  # it wraps embeddings: no warning
+
+
+class Mlp(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense_1 = layers.Dense(8, activation="relu", name="dense_1")
+        self.dense_2 = layers.Dense(4, name="dense_2")
+
+    def call(self, x):
+        return self.dense_2(self.dense_1(x))
+
+
+class Encoder(layers.Layer):
+    """Blocks inside a block, each naming its layers only within itself (as keras-hub's ViT does)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [Mlp(name="mlp"), Mlp(name="mlp")]
+
+    def call(self, x):
+        for block in self.blocks:
+            x = ops.add(x, block(x))
+        return x
+
+
+def test_nested_composites_get_unique_names_from_their_owners():
+    inputs = keras.Input((4,))
+    model = randomized(keras.Model(inputs, Encoder(name="encoder")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    names = [layer.name for layer in flat.layers[1:]]
+    assert len(set(names)) == len(names) == 4
+    assert all(name.startswith("encoder_") and name.endswith(("dense_1", "dense_2")) for name in names)
+    x = sample((3, 4))
+    np.testing.assert_allclose(ops.convert_to_numpy(flat(x)), ops.convert_to_numpy(model(x)), atol=1e-5)

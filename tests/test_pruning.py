@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -508,11 +509,14 @@ def _model_with_an_unknown_layer():
     return keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.ReLU()(x)))
 
 
-def test_unknown_layer_is_refused_then_frozen_on_request():
+def test_unknown_custom_layer_is_frozen_with_a_warning_or_silently_on_request():
     model = _model_with_an_unknown_layer()
-    with pytest.raises(tfprune.graph.UnknownOperationError, match=r"operation 'doubler'.*register_handler\(_Doubler"):
-        prune(model, "l1", rate=0.5)
-    small, result = prune(model, "l1", rate=0.5, unknown="freeze")
+    with pytest.warns(UserWarning, match=r"cannot see inside layer 'doubler' \(_Doubler\).*register_handler\(_Doubler"):
+        warned, _ = prune(model, "l1", rate=0.5)
+    assert warned.get_layer("hidden").units == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        small, result = prune(model, "l1", rate=0.5, unknown="freeze")
     assert result.widths_after == {"second": 2} or result.widths_after == {"second": 3}
     assert small.get_layer("hidden").units == 8
     result = tfprune.pruning.sensitivity(
@@ -527,7 +531,7 @@ def test_search_classes_accept_the_unknown_option_they_advise():
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 2)).astype("float32"))
     for search_class, arguments in ((tfprune.search.DMCP, {"target": 0.9}), (tfprune.search.ABCPruner, {"data": data})):
-        with pytest.raises(tfprune.graph.UnknownOperationError, match=r"operation 'doubler'"):
+        with pytest.warns(UserWarning, match=r"cannot see inside layer 'doubler'"):
             search_class(model, **arguments)
         search = search_class(model, unknown="freeze", **arguments)
         assert [group.name for group in search.groups] == ["second"]

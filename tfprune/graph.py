@@ -97,24 +97,23 @@ class UnknownOperationError(ValueError):
     """A model holds a layer or operation that tfprune has no channel handler for.
 
     Raised by `build(model)` (and so by `tfprune.prune`, the surgery and the
-    searches) when `unknown="raise"`. The message says how to register a
-    handler; `operation` is the offending layer or operation.
+    searches) when `unknown="raise"`, for a Keras layer or a `keras.ops`
+    operation (a subclassed layer of your own is frozen with a warning
+    instead). The message says how to register a handler; `operation` is the
+    offending layer or operation.
 
     Args:
         operation: The layer or operation without a handler.
 
     Example:
 
-    >>> class Scale(keras.layers.Layer):
-    ...     def call(self, x):
-    ...         return x * 2.0
     >>> inputs = keras.Input((4,))
-    >>> model = keras.Model(inputs, Scale(name="scale")(keras.layers.Dense(3)(inputs)))
+    >>> model = keras.Model(inputs, keras.ops.sin(keras.layers.Dense(3)(inputs)))
     >>> try:
     ...     tfprune.graph.build(model)
     ... except tfprune.graph.UnknownOperationError as error:
-    ...     print(error.operation.name)
-    scale
+    ...     print(type(error.operation).__name__)
+    Sin
     """
 
     def __init__(self, operation):
@@ -269,8 +268,12 @@ def build(model, unknown="raise"):
     Args:
         model: A built Sequential or functional `keras.Model`. Not modified.
         unknown: String. What to do with a layer or operation that has no
-            registered handler: `"raise"` (default) refuses the model,
-            `"freeze"` marks every group touching it as not prunable.
+            registered handler: `"raise"` (default) refuses the model for a
+            Keras layer or a `keras.ops` operation, and freezes every group
+            touching a subclassed layer of your own or another library's with
+            a warning naming it (tfprune cannot see inside it, but leaving its
+            channels alone is always correct); `"freeze"` freezes every
+            group touching any of them, silently.
 
     Returns:
         A `ChannelGraph`.
@@ -416,6 +419,7 @@ def is_composite(layer):
 
 
 def _flatten_once(functional, copies, composites, name):
+    copies["names"] = {layer.name for layer in functional.layers}
     inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_tensor_name(tensor))
         for tensor in functional.inputs
@@ -438,20 +442,27 @@ def _copy(layer, copies):
     return copies[id(layer)]
 
 
-def _shadow(layer, copies):
+def _shadow(layer, copies, name=None):
     """A stand-in for a composite layer whose sub-layers are copies of the original's.
 
     Calling `shadow.call` runs the composite's own Python code on the copies,
     so tracing it records them (not the user's layers) in the new graph; the
     composite's config never needs to round-trip. Sub-layers that are
-    composite themselves get shadows too, inlined by the next pass.
+    composite themselves get shadows too, inlined by the next pass. `name`
+    renames the shadow (its sub-layers then take that name as their prefix).
     """
     if id(layer) in copies:
         return copies[id(layer)]
     shadow = object.__new__(type(layer))
     copies[id(layer)] = shadow
+    own_name = getattr(layer, "_tfprune_own_name", layer.name)
+    if name is not None and name != layer.name:
+        own_name = layer.name
+    owner = (name or layer.name, own_name)
     for key, value in layer.__dict__.items():
-        object.__setattr__(shadow, key, _swapped(value, copies, layer.name))
+        object.__setattr__(shadow, key, _swapped(value, copies, owner))
+    object.__setattr__(shadow, "name", owner[0])
+    object.__setattr__(shadow, "_tfprune_own_name", own_name)
     # The shadow's calls must not be recorded in the original layer's node lists.
     object.__setattr__(shadow, "_inbound_nodes", [])
     object.__setattr__(shadow, "_outbound_nodes", [])
@@ -460,12 +471,20 @@ def _shadow(layer, copies):
 
 def _swapped(value, copies, owner):
     if isinstance(value, keras.layers.Layer) and not isinstance(value, keras.Model):
+        owner_name, owner_own_name = owner
         fresh = id(value) not in copies
-        new = _shadow(value, copies) if is_composite(value) else _copy(value, copies)
-        if fresh and new is not value and not new.name.startswith(owner):
-            # Blocks name their sub-layers within the block ("dropout" in every
-            # encoder block); inlined, they take the block's name as a prefix.
-            object.__setattr__(new, "name", f"{owner}_{new.name}")
+        # Blocks name their sub-layers within the block ("dropout" in every
+        # encoder block); inlined, they take the block's name as a prefix.
+        prefixed = value.name.startswith((owner_name, owner_own_name))
+        name = value.name if prefixed else f"{owner_name}_{value.name}"
+        if fresh:
+            name = _unique(name, copies)
+        if is_composite(value):
+            return _shadow(value, copies, name=name)
+        new = _copy(value, copies)
+        if fresh and new is not value and new.name != name:
+            object.__setattr__(new, "_tfprune_own_name", new.name)
+            object.__setattr__(new, "name", name)
         return new
     if isinstance(value, (list, tuple)) and any(isinstance(item, keras.layers.Layer) for item in value):
         items = [_swapped(item, copies, owner) for item in value]
@@ -473,6 +492,17 @@ def _swapped(value, copies, owner):
     if isinstance(value, dict) and any(isinstance(item, keras.layers.Layer) for item in value.values()):
         return {key: _swapped(item, copies, owner) for key, item in value.items()}
     return value
+
+
+def _unique(name, copies):
+    """`name`, or `name_2`, `name_3` ... if an inlined layer of this pass already has it."""
+    taken = copies.setdefault("names", set())
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate
 
 
 def _inline(functional, inputs, copies, composites, changed):
@@ -603,12 +633,28 @@ def _trace_node(node, tracer, unknown):
     else:
         handler = handler_for(operation)
     if handler is None:
-        if unknown == "raise":
+        if unknown == "raise" and not _is_foreign_layer(operation):
             raise UnknownOperationError(operation)
+        if unknown == "raise":
+            kind = type(operation).__name__
+            warnings.warn(
+                f"tfprune cannot see inside layer '{operation.name}' ({kind}), so the channels "
+                f"around it are frozen (they cannot shrink); to prune through it, register a "
+                f"handler, e.g. `tfprune.graph.register_handler({kind}, tfprune.graph.Preserve())` "
+                "if its output channel c is its input channel c.",
+                stacklevel=4,
+            )
         handler = handlers.Freeze(f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
     outputs = handler.trace(node, tracer)
     for tensor, channels in zip(node.outputs, outputs):
         tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)
+
+
+def _is_foreign_layer(operation):
+    """A subclassed layer from outside Keras and tfprune (the user's, keras-hub's ...)."""
+    return isinstance(operation, keras.layers.Layer) and not type(operation).__module__.startswith(
+        ("keras.", "tfprune.")
+    )
 
 
 def _assemble(functional, tracer):

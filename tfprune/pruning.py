@@ -466,9 +466,11 @@ def prune(
         threshold: Optional float. Instead of `rate`: remove every channel
             whose score is `<= threshold`.
         unknown: String. What to do with a layer or operation tfprune has no
-            channel handler for: `"raise"` (default) refuses the model,
-            `"freeze"` leaves every channel around it unpruned (see
-            `tfprune.graph.build`).
+            channel handler for: `"raise"` (default) refuses the model for a
+            Keras layer or a `keras.ops` operation, and leaves the channels
+            around a subclassed layer it could not inline unpruned, with a
+            warning naming it; `"freeze"` leaves every channel around any of
+            them unpruned, silently (see `tfprune.graph.build`).
         verbose: `"auto"` (1), 0, 1 or 2, as in Keras's `fit`: passed to
             criteria that read data (`"activation"`, `"hrank"`), which show a
             progress bar over the batches at 1. Defaults to `"auto"`.
