@@ -433,6 +433,7 @@ def test_without_the_freeze_a_coupling_operation_would_change_kept_values(key, o
 def test_every_registered_handler_is_audited():
     audited = {case[0] for case in INDEPENDENT} | {case[0] for case in COUPLED}
     audited |= set(PRODUCERS) | set(DEPTHWISE) | {layers.Activation}
+    audited |= {layers.MultiHeadAttention}  # its heads: tests/test_attention.py
     assert set(handlers._HANDLERS) - audited == set()
 
 

@@ -429,8 +429,10 @@ def analyze(model):
 
     MACs are the multiply-accumulates of convolution (Conv1D/2D/3D with
     `groups`, transposed, depthwise with `depth_multiplier`, separable) and
-    Dense kernels (Dense on N-D inputs repeats over leading axes) for one
-    example; `TimeDistributed` multiplies its layer's MACs by the steps. Bias additions, normalization, activations, pooling, elementwise
+    Dense kernels (Dense on N-D inputs repeats over leading axes) and
+    `MultiHeadAttention` (the query/key/value and output projections, `Q K^T`
+    and the weighted sum over values, for the sequence lengths of the call)
+    for one example; `TimeDistributed` multiplies its layer's MACs by the steps. Bias additions, normalization, activations, pooling, elementwise
     operations and reshapes are excluded (0 MACs), as in the papers' and
     Keras's reference figures. Layers with weights but no registered formula
     (see `register_macs`) or with unknown spatial sizes get `macs=None`, are
@@ -529,11 +531,40 @@ def _record(operation, prefix, nodes, calls):
 
 
 def _macs(layer, nodes, calls):
-    per_call = [
-        _call_macs(layer, tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape))
-        for node in nodes
-    ]
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        per_call = [_attention_macs(layer, node) for node in nodes]
+    else:
+        per_call = [
+            _call_macs(layer, tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape))
+            for node in nodes
+        ]
     return None if None in per_call else calls * sum(per_call)
+
+
+def _attention_macs(layer, node):
+    """MACs of one `MultiHeadAttention` call over sequences (batch, length, width).
+
+    The query, key and value projections, the scores `Q K^T`, the weighted sum
+    `softmax(...) V` and the output projection, for the call's sequence
+    lengths. None for other ranks (attention over several axes) or unknown
+    lengths.
+    """
+    shapes = [tuple(tensor.shape) for tensor in node.input_tensors[:3]]
+    query, value = shapes[0], shapes[1]
+    key = shapes[2] if len(shapes) > 2 else value
+    output = tuple(node.output_tensors[0].shape)
+    if any(len(shape) != 3 or None in shape[1:] for shape in (query, value, key, output)):
+        return None
+    heads, key_dim = layer.num_heads, layer._key_dim
+    value_dim = layer._value_dim or key_dim
+    query_length, value_length = query[1], value[1]
+    projections = (
+        query_length * query[2] * heads * key_dim
+        + key[1] * key[2] * heads * key_dim
+        + value_length * value[2] * heads * value_dim
+    )
+    attention = heads * query_length * key[1] * key_dim + heads * query_length * value_length * value_dim
+    return projections + attention + query_length * heads * value_dim * output[2]
 
 
 def _call_macs(layer, input_shape, output_shape):

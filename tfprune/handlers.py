@@ -62,6 +62,33 @@ class Handler:
         """
         return config
 
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        """Returns the new config from the output width and the sliced weights' shapes.
+
+        The surgery calls this one; the default is `resize(config,
+        output_width)`. Override it when a config entry follows a weight axis
+        rather than the output width (the number of attention heads).
+
+        Args:
+            config: Dict. A copy of the layer's `get_config()`.
+            output_width: Int. The new size of the output's last axis.
+            weight_shapes: List of tuples. The shapes of the layer's weights
+                after the removed channels were cut, in `layer.weights` order.
+
+        Returns:
+            The layer config to rebuild the layer from.
+        """
+        return self.resize(config, output_width)
+
+    def build(self, layer, input_shapes):
+        """Builds a rebuilt `layer` for its new input shapes (default: `layer.build`).
+
+        Args:
+            layer: The new, unbuilt layer.
+            input_shapes: List of shape tuples, one per input tensor of the call.
+        """
+        layer.build(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+
 
 class Tracer:
     """Collects channel ids while `build` walks a model (passed to handlers).
@@ -680,6 +707,44 @@ class _LayerScale(Handler):
         return {**config, "projection_dim": output_width}
 
 
+class _MultiHeadAttention(Handler):
+    """`keras.layers.MultiHeadAttention`: its heads are a channel group of their own.
+
+    Head `h` is slice `h` of the head axis of the query, key and value
+    kernels and biases (`(hidden, heads, dim)` and `(heads, dim)`) and of the
+    first axis of the output projection's kernel (`(heads, dim, hidden)`);
+    removing heads rebuilds the layer with a smaller `num_heads`. Removing a
+    head whose output-projection rows are zero leaves the outputs unchanged,
+    as the heads are summed through that projection. The hidden width in and
+    out of the layer (and so the residual stream around it) is not resized:
+    those channels are frozen. A layer with `use_gate=True`, or called with
+    `return_attention_scores=True`, is frozen as a whole.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        reason = f"'{layer.name}' is an attention layer: tfprune resizes only its heads"
+        for tensor in node.input_tensors:
+            tracer.pin(tracer.channels(tensor), reason)
+        outputs = [tracer.new_channels(_width(tensor), layer.name) for tensor in node.outputs]
+        for channels in outputs:
+            tracer.pin(channels, reason)
+        if getattr(layer, "_use_gate", False) or len(node.outputs) != 1:
+            return outputs
+        heads = tracer.new_channels(layer.num_heads, f"{layer.name}_heads")
+        for dense in (layer._query_dense, layer._key_dense, layer._value_dense):
+            tracer.use(layer, dense.kernel, 1, heads, "output")
+            tracer.use(layer, getattr(dense, "bias", None), 0, heads, "output")
+        tracer.use(layer, layer._output_dense.kernel, 0, heads, "input")
+        return outputs
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        return {**config, "num_heads": int(weight_shapes[0][1])}
+
+    def build(self, layer, input_shapes):
+        layer.build(*input_shapes[:3])
+
+
 def _application_handlers(elementwise):
     """Handlers for the private layers of keras.applications models.
 
@@ -734,6 +799,7 @@ _LAYER_HANDLERS = {
     _layers.Minimum: _ELEMENTWISE,
     _layers.Average: _ELEMENTWISE,
     _layers.Concatenate: _Concatenate(),
+    _layers.MultiHeadAttention: _MultiHeadAttention(),
     _layers.Flatten: _Reshape(),
     _layers.Reshape: _Reshape(),
     _layers.Rescaling: _Rescaling(),

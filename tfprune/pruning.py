@@ -206,6 +206,10 @@ def _targeted_groups(model, graph, targets, ignore):
     elif targets == "expansion":
         expansion = set(expansion_layers(model))
         selected = [group for group in prunable if expansion & set(group.producers)]
+    elif targets in ("heads", "mlp"):
+        kind = keras.layers.MultiHeadAttention if targets == "heads" else keras.layers.Dense
+        selected = [group for group in prunable if group.producers and all(
+            isinstance(model.get_layer(name), kind) for name in group.producers)]  # fmt: skip
     else:
         selected = [group for group in prunable if targets(group)]
     ignored = set(ignore)
@@ -235,9 +239,9 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
         raise ValueError(
             f"`scope` must be None (chosen by the criterion) or one of {_SCOPES}. Received: scope={scope!r}"
         )
-    if targets not in ("all", "expansion") and not callable(targets):
+    if targets not in ("all", "expansion", "heads", "mlp") and not callable(targets):
         raise ValueError(
-            "`targets` must be 'all', 'expansion' or a callable `group -> bool`. "
+            "`targets` must be 'all', 'expansion', 'heads', 'mlp' or a callable `group -> bool`. "
             f"Received: targets={targets!r}"
         )
     if not is_integer(min_channels) or min_channels < 1:
@@ -445,7 +449,9 @@ def prune(
             every channel of a group is refused. Defaults to `None`.
         targets: `"all"` (every prunable group), `"expansion"` (groups of the
             1x1 expansion convs of inverted-residual blocks, see
-            `expansion_layers`) or a callable `ChannelGroup -> bool`.
+            `expansion_layers`), `"heads"` (the heads of `MultiHeadAttention`
+            layers), `"mlp"` (the hidden units of Dense layers, such as a
+            transformer's MLP) or a callable `ChannelGroup -> bool`.
         min_channels: Int. A group never keeps fewer. Defaults to `1`.
         max_group_rate: Optional float in (0, 1]. A group never loses a larger share.
         round_to: Int. Pruned widths are rounded up to a multiple of it (or

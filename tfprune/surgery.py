@@ -333,18 +333,18 @@ def _rewrite(model, graph, removals):
             # A weightless layer built with arguments Keras cannot serialize (keras-hub's
             # HGNetV2 makes such Identity layers): nothing to resize, use it as it is.
             return _utils.copy_or_share(layer, "tfprune.prune")
-        config = handler.resize(config, output_width)
+        values = layer.get_weights()
+        for index, cuts in slices.get(layer.name, {}).items():
+            for axis, keep in cuts:
+                values[index] = np.compress(keep, values[index], axis=axis)
+        config = handler.resize_for_weights(config, output_width, [value.shape for value in values])
         new_layer = layer.__class__.from_config(config)
         if not layer.weights:
             return new_layer
         input_shapes = [
             tuple(tensor.shape[:-1]) + (new_width(tensor),) for tensor in node.input_tensors
         ]
-        new_layer.build(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
-        values = layer.get_weights()
-        for index, cuts in slices.get(layer.name, {}).items():
-            for axis, keep in cuts:
-                values[index] = np.compress(keep, values[index], axis=axis)
+        handler.build(new_layer, input_shapes)
         new_layer.set_weights(values)
         return new_layer
 

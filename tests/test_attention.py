@@ -1,0 +1,141 @@
+"""Attention heads as a prunable channel group: graph, surgery, criteria, MACs (issue 20, first part)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import tfprune
+
+
+def transformer(num_heads=4, key_dim=8, value_dim=None, length=10, width=16, cross_length=None, seed=0):
+    """A one-block functional transformer: attention + residual + LayerNorm, then an MLP."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((length, width), name="tokens")
+    x = layers.Dense(width, name="embed")(inputs)
+    if cross_length is None:
+        attended = layers.MultiHeadAttention(num_heads, key_dim, value_dim=value_dim, name="mha")(x, x)
+        model_inputs = inputs
+    else:
+        memory_inputs = keras.Input((cross_length, width + 4), name="memory")
+        memory = layers.Dense(width + 4, name="memory_embed")(memory_inputs)
+        attended = layers.MultiHeadAttention(num_heads, key_dim, value_dim=value_dim, name="mha")(
+            x, memory, memory
+        )
+        model_inputs = [inputs, memory_inputs]
+    x = layers.LayerNormalization(name="ln")(layers.Add(name="residual")([x, attended]))
+    hidden = layers.Dense(2 * width, activation="gelu", name="mlp_in")(x)
+    x = layers.Add(name="mlp_residual")([x, layers.Dense(width, name="mlp_out")(hidden)])
+    outputs = layers.Dense(3, name="head")(layers.GlobalAveragePooling1D(name="pool")(x))
+    return keras.Model(model_inputs, outputs)
+
+
+def sample(model, seed=1):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.normal(size=(2,) + tuple(tensor.shape[1:])).astype("float32") for tensor in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def outputs(model, x):
+    return keras.ops.convert_to_numpy(model(x))
+
+
+def zero_heads(model, heads):
+    dense = model.get_layer("mha")._output_dense
+    kernel = keras.ops.convert_to_numpy(dense.kernel).copy()
+    kernel[list(heads)] = 0.0
+    dense.kernel.assign(kernel)
+
+
+def test_heads_are_one_prunable_group_and_the_residual_stream_is_frozen():
+    graph = tfprune.graph.build(transformer())
+    heads = graph["mha_heads"]
+    assert heads.prunable and heads.size == 4 and heads.producers == ("mha",)
+    assert {(member.layer_name, member.role) for member in heads.members} == {("mha", "output"), ("mha", "input")}
+    assert not graph["embed"].prunable
+    assert "'mha' is an attention layer: tfprune resizes only its heads" in graph["embed"].reason
+    assert graph["mlp_in"].prunable
+
+
+@pytest.mark.parametrize("case", [
+    {"num_heads": 4, "key_dim": 8},
+    {"num_heads": 3, "key_dim": 4, "value_dim": 6},
+    {"num_heads": 5, "key_dim": 3, "cross_length": 7},
+    {"num_heads": 2, "key_dim": 5, "value_dim": 3, "length": 4, "width": 6, "cross_length": 9},
+], ids=["self", "value-dim", "cross", "small-cross"])  # fmt: skip
+def test_removing_heads_whose_output_rows_are_zero_changes_nothing(case):
+    model = transformer(**case)
+    rng = np.random.default_rng(case["num_heads"])
+    removed = sorted(rng.choice(case["num_heads"], case["num_heads"] // 2, replace=False).tolist())
+    zero_heads(model, removed)
+    small = tfprune.surgery.remove_channels(model, {"mha_heads": removed})
+    assert small.get_layer("mha").num_heads == case["num_heads"] - len(removed)
+    assert small.count_params() < model.count_params()
+    x = sample(model)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+
+
+def test_removing_live_heads_changes_the_outputs():
+    model = transformer()
+    small = tfprune.surgery.remove_channels(model, {"mha_heads": [0, 2]})
+    x = sample(model)
+    assert np.abs(outputs(small, x) - outputs(model, x)).max() > 1e-4  # the test above can fail
+
+
+def test_prune_half_of_the_heads_and_mlp_units_runs_reloads_and_exports(tmp_path):
+    model = transformer()
+    for targets, group in (("heads", "mha_heads"), ("mlp", "mlp_in")):
+        _, result = tfprune.prune(model, "l1", rate=0.5, targets=targets, round_to=1)
+        assert list(result.widths_after) == [group]
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after == {"mha_heads": 2, "mlp_in": 16}
+    assert small.get_layer("mha").num_heads == 2 and small.get_layer("mlp_in").units == 16
+    assert result.macs_reduction > 0.2
+    x = sample(model)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(reloaded, x), outputs(small, x), atol=1e-6, rtol=0)
+    if keras.backend.backend() == "tensorflow":
+        report = tfprune.export.to_tflite(small, tmp_path / "small.tflite", sample_inputs=x, verbose=0)
+        assert report.max_abs_error < 1e-4
+
+
+def test_head_magnitude_is_the_norm_of_its_projection_weights():
+    model = transformer()
+    mha = model.get_layer("mha")
+    scores = tfprune.criteria.get("l1")(model, tfprune.graph.build(model))["mha_heads"]
+    expected = [
+        sum(np.abs(keras.ops.convert_to_numpy(dense.kernel)[:, head]).sum()
+            for dense in (mha._query_dense, mha._key_dense, mha._value_dense))
+        for head in range(4)
+    ]  # fmt: skip
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_attention_macs_follow_the_sequence_lengths():
+    model = transformer(num_heads=4, key_dim=8, value_dim=6, length=10, width=16, cross_length=7)
+    # Q: 10x16x4x8, K and V: 7x20x4x8 and 7x20x4x6, QK^T: 4x10x7x8, AV: 4x10x7x6, out: 10x4x6x16
+    expected = 10 * 16 * 32 + 7 * 20 * 32 + 7 * 20 * 24 + 4 * 10 * 7 * 8 + 4 * 10 * 7 * 6 + 10 * 24 * 16
+    analysis = tfprune.analyze(model)
+    assert analysis["mha"].macs == expected
+    assert analysis.complete
+
+
+@pytest.mark.parametrize("use_gate, return_scores", [(True, False), (False, True)])
+def test_gated_attention_and_returned_scores_keep_their_heads(use_gate, return_scores):
+    inputs = keras.Input((6, 8))
+    x = layers.Dense(8, name="embed")(inputs)
+    attention = layers.MultiHeadAttention(2, 4, use_gate=use_gate, name="mha")
+    result = attention(x, x, return_attention_scores=return_scores)
+    model = keras.Model(inputs, result)
+    graph = tfprune.graph.build(model)
+    assert "mha_heads" not in graph
+    assert not graph["embed"].prunable
+
+
+def test_grouped_query_attention_is_refused_by_name():
+    inputs = keras.Input((6, 8))
+    x = layers.Dense(8, name="embed")(inputs)
+    attended = layers.GroupQueryAttention(8, 4, 2, name="gqa")(x, x)
+    with pytest.raises(tfprune.graph.UnknownOperationError, match="operation 'gqa' of type .*GroupedQueryAttention"):
+        tfprune.graph.build(keras.Model(inputs, attended))
