@@ -57,11 +57,18 @@ def test_heads_are_one_prunable_group_and_the_residual_stream_is_frozen():
     assert graph["mlp_in"].prunable
 
 
+# Keras 3.15 on JAX cannot run MultiHeadAttention with value_dim != key_dim at all
+# (its JAX dot-product attention checks the value against the key's shape).
+_JAX_VALUE_DIM = pytest.mark.skipif(keras.backend.backend() == "jax",
+                                    reason="Keras on JAX cannot run value_dim != key_dim")  # fmt: skip
+
+
 @pytest.mark.parametrize("case", [
     {"num_heads": 4, "key_dim": 8},
-    {"num_heads": 3, "key_dim": 4, "value_dim": 6},
+    pytest.param({"num_heads": 3, "key_dim": 4, "value_dim": 6}, marks=_JAX_VALUE_DIM),
     {"num_heads": 5, "key_dim": 3, "cross_length": 7},
-    {"num_heads": 2, "key_dim": 5, "value_dim": 3, "length": 4, "width": 6, "cross_length": 9},
+    pytest.param({"num_heads": 2, "key_dim": 5, "value_dim": 3, "length": 4, "width": 6, "cross_length": 9},
+                 marks=_JAX_VALUE_DIM),
 ], ids=["self", "value-dim", "cross", "small-cross"])  # fmt: skip
 def test_removing_heads_whose_output_rows_are_zero_changes_nothing(case):
     model = transformer(**case)
@@ -139,3 +146,21 @@ def test_grouped_query_attention_is_refused_by_name():
     attended = layers.GroupQueryAttention(8, 4, 2, name="gqa")(x, x)
     with pytest.raises(tfprune.graph.UnknownOperationError, match="operation 'gqa' of type .*GroupedQueryAttention"):
         tfprune.graph.build(keras.Model(inputs, attended))
+
+
+def test_an_attention_mask_is_not_taken_for_the_key():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 8), name="tokens")
+    mask = keras.Input((6, 5), dtype="bool", name="mask")
+    memory = keras.Input((5, 12), name="memory")
+    x = layers.Dense(8, name="embed")(tokens)
+    attended = layers.MultiHeadAttention(4, 3, name="mha")(x, memory, attention_mask=mask)
+    model = keras.Model([tokens, mask, memory], layers.Dense(2, name="head")(layers.Add()([x, attended])))
+    zero_heads(model, [1, 2])
+    small = tfprune.surgery.remove_channels(model, {"mha_heads": [1, 2]})
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 6, 8)).astype("float32"), rng.random((2, 6, 5)) > 0.3,
+         rng.normal(size=(2, 5, 12)).astype("float32")]  # fmt: skip
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+    # Q: 6x8x4x3, K and V: 5x12x4x3 each, QK^T and AV: 4x6x5x3 each, out: 6x12x8
+    assert tfprune.analyze(model)["mha"].macs == 6 * 8 * 12 + 2 * 5 * 12 * 12 + 2 * 4 * 6 * 5 * 3 + 6 * 12 * 8

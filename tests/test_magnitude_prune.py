@@ -483,7 +483,7 @@ def test_pruning_summaries_write_every_n_batches(tmp_path):
     steps = [event.step for path in glob.glob(os.path.join(tmp_path, "pruning", "events.*"))
              for event in tf.compat.v1.train.summary_iterator(path)
              if any(value.tag == "pruning/sparsity" for value in event.summary.value)]  # fmt: skip
-    assert steps == [2, 4, 4]  # after batches 2 and 4, then at the end of the epoch
+    assert steps == [0, 2, 4, 4]  # at the epoch's start, after batches 2 and 4, at the end of training
 
 
 @pytest.mark.parametrize("update_freq", ["steps", 0, -1, 1.5])
@@ -509,3 +509,15 @@ def test_xnnpack_policy_wraps_only_pointwise_convolutions():
         tfprune.prune_low_magnitude(model, pruning_policy="xnnpack")
     with pytest.raises(ValueError, match="applies to a whole model"):
         tfprune.prune_low_magnitude(keras.layers.Dense(2), pruning_policy=tfprune.magnitude.PruningPolicy())
+
+
+def test_a_hand_driven_loop_may_end_batches_with_batch_minus_one():
+    pruned = tfprune.prune_low_magnitude(small_cnn(), tfprune.PolynomialDecay(0.0, 0.5, 0, 2, power=1, frequency=1))
+    callback = tfprune.callbacks.UpdatePruningStep()
+    callback.set_model(pruned)
+    callback.on_train_begin()
+    for _ in range(3):
+        callback.on_train_batch_begin(-1)
+        callback.on_train_batch_end(-1)
+    assert [int(wrapper.pruning_step.numpy()) for wrapper in pruning_wrappers(pruned)] == [3, 3, 3]
+    assert tfprune.magnitude.mask_sparsity(pruned, by_layer=True)["hidden"] == pytest.approx(0.5)

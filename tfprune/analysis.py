@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from tfprune._utils import functional_view, require_graph_model
+from tfprune.handlers import attention_inputs
 
 _MAC_FUNCTIONS = {}
 
@@ -269,6 +270,13 @@ class Analysis:
 
         When False, `macs` and `flops` are lower bounds: they leave out the
         layers named in `uncounted_layers`.
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> inputs = keras.Input((3,))
+        >>> tfprune.analyze(keras.Model(inputs, keras.layers.Dense(2)(inputs))).complete
+        True
         """
         return not self.uncounted_layers
 
@@ -549,9 +557,9 @@ def _attention_macs(layer, node):
     lengths. None for other ranks (attention over several axes) or unknown
     lengths.
     """
-    shapes = [tuple(tensor.shape) for tensor in node.input_tensors[:3]]
-    query, value = shapes[0], shapes[1]
-    key = shapes[2] if len(shapes) > 2 else value
+    query, value, key = attention_inputs(node)
+    query, value = tuple(query.shape), tuple(value.shape)
+    key = value if key is None else tuple(key.shape)
     output = tuple(node.output_tensors[0].shape)
     if any(len(shape) != 3 or None in shape[1:] for shape in (query, value, key, output)):
         return None

@@ -65,6 +65,7 @@ import keras
 import numpy as np
 
 from tfprune import _utils, handlers
+from tfprune._utils import SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
     Handler,
@@ -82,6 +83,7 @@ __all__ = [
     "Handler",
     "Member",
     "Preserve",
+    "SharedLayerWarning",
     "Tracer",
     "UnknownOperationError",
     "build",
@@ -383,6 +385,12 @@ def needs_flattening(model, composites=True):
 
     Returns:
         Bool.
+
+    Example:
+
+    >>> inputs = keras.Input((4,))
+    >>> tfprune.graph.needs_flattening(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+    False
     """
     for layer in _utils.functional_view(model).layers:
         if isinstance(layer, keras.Model) or (composites and is_composite(layer)):
@@ -404,6 +412,15 @@ def is_composite(layer):
 
     Returns:
         Bool.
+
+    Example:
+
+    >>> class Twice(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return keras.ops.add(x, x)
+    >>> Twice.__module__ = "my_project.layers"  # as when defined in your own module
+    >>> tfprune.graph.is_composite(Twice()), tfprune.graph.is_composite(keras.layers.Dense(2))
+    (True, False)
     """
     if isinstance(layer, keras.Model) or handler_for(layer) is not None:
         return False
@@ -475,7 +492,7 @@ def _swapped(value, copies, owner):
         fresh = id(value) not in copies
         # Blocks name their sub-layers within the block ("dropout" in every
         # encoder block); inlined, they take the block's name as a prefix.
-        prefixed = value.name.startswith((owner_name, owner_own_name))
+        prefixed = value.name.startswith((owner_name + "_", owner_own_name + "_"))
         name = value.name if prefixed else f"{owner_name}_{value.name}"
         if fresh:
             name = _unique(name, copies)

@@ -77,15 +77,36 @@ class Handler:
 
         Returns:
             The layer config to rebuild the layer from.
+
+        Example:
+
+        ```python
+        class HeadsHandler(tfprune.graph.Handler):
+            def resize_for_weights(self, config, output_width, weight_shapes):
+                return {**config, "num_heads": weight_shapes[0][1]}
+        ```
         """
         return self.resize(config, output_width)
 
-    def build(self, layer, input_shapes):
+    def build(self, layer, input_shapes, node=None):
         """Builds a rebuilt `layer` for its new input shapes (default: `layer.build`).
+
+        Override it for a layer whose `build` takes several shapes
+        (`MultiHeadAttention.build(query_shape, value_shape, key_shape)`).
 
         Args:
             layer: The new, unbuilt layer.
-            input_shapes: List of shape tuples, one per input tensor of the call.
+            input_shapes: List of shape tuples, one per input tensor of the
+                call, with the new channel widths.
+            node: The original call's Keras `Node`, to tell the inputs apart.
+
+        Example:
+
+        ```python
+        class TwoInputHandler(tfprune.graph.Handler):
+            def build(self, layer, input_shapes, node=None):
+                layer.build(*input_shapes)
+        ```
         """
         layer.build(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
 
@@ -472,14 +493,15 @@ class _Producer(Handler):
     def trace(self, node, tracer):
         layer = node.operation
         inputs = tracer.channels(node.input_tensors[0])
-        outputs = tracer.new_channels(node.outputs[0].shape[-1], layer.name)
+        width = node.outputs[0].shape[-1]
         groups = getattr(layer, "groups", 1)
-        if groups != 1 and groups == len(inputs) == len(outputs) and self.output_axis == -1:
+        if groups != 1 and groups == len(inputs) == width and self.output_axis == -1:
             # groups == input channels == filters: a depthwise convolution written as
             # a grouped Conv (keras-hub's MobileNet): channel c in, channel c out.
             tracer.use(layer, layer.kernel, -1, inputs, "param")
             tracer.use(layer, getattr(layer, "bias", None), 0, inputs, "param")
             return [_pin_if_mixing(layer, inputs, tracer)]
+        outputs = tracer.new_channels(width, layer.name)
         if groups != 1:
             reason = f"'{layer.name}' is a grouped convolution (groups={layer.groups})"
             tracer.pin(inputs, reason)
@@ -741,8 +763,29 @@ class _MultiHeadAttention(Handler):
     def resize_for_weights(self, config, output_width, weight_shapes):
         return {**config, "num_heads": int(weight_shapes[0][1])}
 
-    def build(self, layer, input_shapes):
-        layer.build(*input_shapes[:3])
+    def build(self, layer, input_shapes, node=None):
+        query, value, key = attention_inputs(node)
+        layer.build(tuple(query.shape), tuple(value.shape), None if key is None else tuple(key.shape))
+
+
+def attention_inputs(node):
+    """The query, value and key (or None) tensors of a `MultiHeadAttention` call node.
+
+    Taken from the call's arguments, not from their order among the node's
+    tensors, where an `attention_mask` may come third.
+
+    Args:
+        node: The Keras `Node` of one call of the layer.
+
+    Returns:
+        Tuple `(query, value, key)` of `KerasTensor`s; `key` is None when the
+        call gave none (the value is then the key).
+    """
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    query = args[0] if args else kwargs["query"]
+    value = args[1] if len(args) > 1 else kwargs["value"]
+    key = args[2] if len(args) > 2 else kwargs.get("key")
+    return query, value, key
 
 
 def _application_handlers(elementwise):

@@ -491,7 +491,7 @@ def prune(
 
     Raises:
         TypeError: If `model` is not a graph model or `ignore` is not a tuple of names.
-        ValueError: If an argument is out of range, both or neither of
+        ValueError: If an argument is out of range (`verbose` included), both or neither of
             `rate`/`threshold` are given, the criterion is unknown, `ignore`
             names a layer the model does not have, no group may be pruned
             (every group frozen, e.g. a `channels_first` model, or excluded by
@@ -694,7 +694,7 @@ def sensitivity(
 
     Raises:
         ValueError: If the model is not compiled and no `evaluate` is given,
-            a rate is out of range, no group may be pruned or the criterion
+            a rate or `verbose` is out of range, no group may be pruned or the criterion
             scores none of the targeted groups (see `prune`).
 
     Example:

@@ -344,7 +344,7 @@ def _rewrite(model, graph, removals):
         input_shapes = [
             tuple(tensor.shape[:-1]) + (new_width(tensor),) for tensor in node.input_tensors
         ]
-        handler.build(new_layer, input_shapes)
+        handler.build(new_layer, input_shapes, node)
         new_layer.set_weights(values)
         return new_layer
 

@@ -40,6 +40,7 @@ def test_keras_hub_model_is_pruned_run_saved_loaded_and_exported(name, tmp_path)
     x = sample()
     expected = outputs(model, x)
     flat = tfprune.graph.flatten(model)
+    assert len(outputs(flat, x)) == len(expected)
     for got, want in zip(outputs(flat, x), expected):  # inlining changes nothing
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     small, result = tfprune.prune(model, criterion="l1", rate=0.3)
@@ -74,6 +75,19 @@ def test_vit_backbone_prunes_half_its_heads_and_mlp_units_and_exports(tmp_path):
     small.save(tmp_path / "vit.keras")
     with pytest.raises(TypeError, match="ViTPatchingAndEmbedding"):
         keras.models.load_model(tmp_path / "vit.keras")
+
+
+def test_hgnetv2_prunes_and_exports_but_its_copy_cannot_be_saved(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = BUILDERS["HGNetV2"](keras_hub)
+    x = sample()
+    small, result = tfprune.prune(model, criterion="l1", rate=0.3, verbose=0)
+    assert result.params_reduction > 0.02
+    report = tfprune.export.to_tflite(small, tmp_path / "hgnet.tflite", sample_inputs=x, verbose=0)
+    assert report.max_abs_error < 1e-4
+    # keras-hub builds some Identity layers with arguments Keras cannot serialize.
+    with pytest.raises(NotImplementedError, match="Identity"):
+        small.save(tmp_path / "hgnet.keras")
 
 
 def test_image_classifier_prunes_its_backbone_and_still_trains(tmp_path):
@@ -111,11 +125,12 @@ def test_sparsify_and_magnitude_pruning_reach_inside_a_task_model():
 
 def test_keras_hub_mobilenet_blocks_are_inlined_without_sharing_weights():
     model = BUILDERS["MobileNet"](keras_hub)
+    before = [keras.ops.convert_to_numpy(weight).copy() for weight in model.weights]
     flat = tfprune.graph.flatten(model)
     assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
     original = {id(weight) for weight in model.weights}
     assert not any(id(weight) in original for weight in flat.weights)
-    conv = next(layer for layer in flat.layers if isinstance(layer, keras.layers.Conv2D))
-    original = next(layer for layer in model.layers if layer.name == conv.name)
-    conv.kernel.assign(keras.ops.zeros_like(conv.kernel))
-    assert np.abs(keras.ops.convert_to_numpy(original.kernel)).sum() > 0  # the user's model is untouched
+    for weight in flat.weights:
+        weight.assign(keras.ops.zeros_like(weight))
+    for weight, value in zip(model.weights, before):  # the user's model is untouched
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)

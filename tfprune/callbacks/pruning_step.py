@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 
-from tfprune._utils import write_summary
+from tfprune._utils import is_integer, write_summary
 from tfprune.magnitude.prune import _require_wrappers, mask_sparsity
 
 
@@ -90,7 +90,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1 one call covered steps up to `batch`.
-        step = self._epoch_first_step + batch
+        hand_driven = batch is None or batch < 0  # TFMOT's custom loop: the counter already moved
+        step = self._last_step if hand_driven else self._epoch_first_step + batch
         if keras.backend.backend() == "jax":
             # The JAX optimizer step cannot read the masks (they are not part of its
             # state), so pruned weights are zeroed here, after every step.
@@ -140,10 +141,17 @@ class PruningSummaries(keras.callbacks.Callback):
     `log_dir` (or keep the callback on the chief only): they write the same
     values.
 
+    Summaries are written at the start of every epoch (as TFMOT does, so a
+    custom loop that calls only `on_epoch_begin` logs too), at the end of
+    training and, with `update_freq` a number of batches, after every N
+    batches.
+
     Args:
         log_dir: String or path. TensorBoard log directory.
-        update_freq: `"epoch"` (default), `"batch"`, or an int N: write after
-            every epoch, every batch, or every N batches.
+        update_freq: `"epoch"` (default), `"batch"`, or an int N: write once
+            per epoch, or also after every batch, or after every N batches.
+        **kwargs: TFMOT passes Keras `TensorBoard` arguments through; they are
+            accepted for compatibility and ignored.
 
     Raises:
         TypeError: If `log_dir` is not a path.
@@ -167,7 +175,7 @@ class PruningSummaries(keras.callbacks.Callback):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
         if update_freq == "batch":
             update_freq = 1
-        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+        if update_freq != "epoch" and not (is_integer(update_freq) and update_freq > 0):
             raise ValueError(
                 "`update_freq` must be 'epoch', 'batch' or a positive int. "
                 f"Received: update_freq={update_freq!r}"
@@ -187,21 +195,24 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def _write(self):
         self._ensure_writer()
+        if not all(wrapper.built for wrapper in self._wrappers):
+            return  # a model built by its first batch has nothing to report before it
         step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step.value))
         _write_pruning_summaries(self._writer, self.model, self._wrappers, step)
 
     def on_train_begin(self, logs=None):
         self._ensure_writer()
 
+    def on_epoch_begin(self, epoch=None, logs=None):
+        self._write()
+
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
             self._write()
 
-    def on_epoch_end(self, epoch=None, logs=None, batch=None):
-        self._write()
-
     def on_train_end(self, logs=None):
         if self._writer is not None:
+            self._write()
             self._writer.close()
             self._writer = None

@@ -42,8 +42,8 @@ def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=
         Dict `{group_name: scores}` for every prunable group (higher is more important).
 
     Raises:
-        ValueError: If `data` is missing or empty, or its inputs do not have
-            the model's input shape.
+        ValueError: If `data` is missing or empty, its inputs do not have
+            the model's input shape, or `verbose` is not 0, 1, 2 or "auto".
         TypeError: If `data` is not a dataset or an array.
 
     Example:

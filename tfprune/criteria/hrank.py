@@ -49,8 +49,8 @@ def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, ver
         Dict `{group_name: scores}` (higher is more important).
 
     Raises:
-        ValueError: If `data` is missing or empty, or its inputs do not have
-            the model's input shape.
+        ValueError: If `data` is missing or empty, its inputs do not have
+            the model's input shape, or `verbose` is not 0, 1, 2 or "auto".
         TypeError: If `data` is not a dataset or an array.
 
     Example:

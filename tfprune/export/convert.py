@@ -135,7 +135,7 @@ def to_tflite(
     Raises:
         TypeError: If `model` is not a graph Keras model, or the data are not
             arrays or datasets.
-        ValueError: For an unknown `quantize`, `"int8"` without
+        ValueError: For an unknown `quantize` or `verbose`, `"int8"` without
             `representative_data`, a model with several inputs, data whose
             shape does not fit the model's input, an output directory that
             does not exist or is not writable, or a model that uses ops

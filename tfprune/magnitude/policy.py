@@ -28,6 +28,12 @@ class PruningPolicy:
 
         Returns:
             Bool. The default allows every layer.
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> tfprune.magnitude.PruningPolicy().allow_pruning(keras.layers.Dense(2))
+        True
         """
         return True
 
@@ -36,6 +42,17 @@ class PruningPolicy:
 
         Args:
             model: The (flattened) functional model about to be wrapped.
+
+        Raises:
+            ValueError: In subclasses, when the model cannot be pruned under
+                the policy (the default raises nothing).
+
+        Example:
+
+        >>> import keras, tfprune
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        >>> tfprune.magnitude.PruningPolicy().ensure_model_supports_pruning(model)
         """
 
 

@@ -121,10 +121,13 @@ def prune_low_magnitude(
 
     Raises:
         TypeError: If `model_or_layer` is a subclassed model, neither a model nor
-            a prunable layer, or `schedule`/`skip` has the wrong type.
+            a prunable layer, or `schedule`/`skip`/`pruning_policy` has the
+            wrong type.
         ValueError: If a pattern argument is invalid, `skip` names a layer the
-            model does not have, no layer is left to prune, or an argument is
-            given under both its tfprune and its TFMOT name.
+            model does not have, no layer is left to prune, an argument is
+            given under both its tfprune and its TFMOT name, `pruning_policy`
+            is given with a single layer, or the policy refuses the model
+            (`PruneForLatencyOnXNNPack` with no 1x1 convolution).
 
     Example:
 

@@ -57,7 +57,7 @@ class ChannelPruning:
             over the groups. Defaults to `"auto"`.
 
     Raises:
-        ValueError: If an argument is out of range.
+        ValueError: If an argument (`verbose` included) is out of range.
 
     Example:
 

@@ -121,8 +121,8 @@ def bee_colony(
         A `ColonyResult`.
 
     Raises:
-        ValueError: If an argument is out of range or the all-zeros vector is
-            not feasible.
+        ValueError: If an argument (`verbose` included) is out of range or the
+            all-zeros vector is not feasible.
 
     Example:
 
@@ -267,7 +267,8 @@ class ABCPruner:
         TypeError: If `model` is not a graph model or `data` is not `(x, y)`.
         ValueError: If the model is not compiled, `candidates` is empty or out
             of (0, 1], the budget is out of (0, 1] or unreachable with the
-            smallest candidates, or another argument is out of range.
+            smallest candidates, or another argument (`verbose` included) is
+            out of range.
 
     Example:
 
