@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from keras import layers
 
 import tfprune
@@ -164,3 +166,33 @@ def test_an_attention_mask_is_not_taken_for_the_key():
     np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
     # Q: 6x8x4x3, K and V: 5x12x4x3 each, QK^T and AV: 4x6x5x3 each, out: 6x12x8
     assert tfprune.analyze(model)["mha"].macs == 6 * 8 * 12 + 2 * 5 * 12 * 12 + 2 * 4 * 6 * 5 * 3 + 6 * 12 * 8
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_removing_dead_heads_of_random_transformers_keeps_outputs(data):
+    """Random small transformers (heads, widths, lengths, self or cross attention, MLP): dead heads go freely."""
+    draw = data.draw
+    num_heads = draw(st.integers(2, 5), label="heads")
+    key_dim = draw(st.integers(1, 6), label="key_dim")
+    # Keras on JAX cannot run value_dim != key_dim (see _JAX_VALUE_DIM).
+    value_dim = key_dim if keras.backend.backend() == "jax" else draw(st.integers(1, 6), label="value_dim")
+    case = dict(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, length=draw(st.integers(1, 6)),
+                width=draw(st.integers(2, 9)), cross_length=draw(st.none() | st.integers(1, 5)),
+                seed=draw(st.integers(0, 10_000)))  # fmt: skip
+    model = transformer(**case)
+    removed = sorted(draw(st.sets(st.integers(0, num_heads - 1), min_size=1, max_size=num_heads - 1), label="removed"))
+    zero_heads(model, removed)
+    small = tfprune.surgery.remove_channels(model, {"mha_heads": removed})
+    assert small.get_layer("mha").num_heads == num_heads - len(removed)
+    x = sample(model, seed=case["seed"])
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+
+
+def test_activation_criterion_scores_transformer_mlp_units():
+    model = transformer()
+    data = sample(model)
+    scores = tfprune.criteria.get("activation")(model, tfprune.graph.build(model), data=data, verbose=0)
+    assert set(scores) >= {"mlp_in"} and scores["mlp_in"].shape == (32,)
+    small, result = tfprune.prune(model, "activation", rate=0.5, targets="mlp", data=data, round_to=1, verbose=0)
+    assert result.widths_after == {"mlp_in": 16}
