@@ -56,7 +56,25 @@ class Scaled(layers.Layer):
         return x * self.scale
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "unexpected": 1}
+        return super().get_config()  # without `units`, which the constructor requires
+
+
+class DerivedKeys(layers.Layer):
+    """A weight of its own, and a config with a derived key its constructor refuses."""
+
+    def __init__(self, offset, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+        self.doubled = 2 * offset
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale + self.offset
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset, "doubled": self.doubled}
 
 
 def block_model():
@@ -142,6 +160,52 @@ def test_copy_layer_checks_what_it_copies():
     lam = layers.Lambda(lambda t, k: t * k, arguments={"k": 3.0}, name="times")
     lam_copy = _utils.copy_layer(lam)
     assert lam_copy.function is lam.function and lam_copy.arguments == {"k": 3.0} and lam_copy.name == "times"
+
+
+def test_a_config_with_keys_the_constructor_refuses_is_repaired_in_the_copy(tmp_path):
+    inputs = keras.Input((4,), name="x")
+    derived = DerivedKeys(0.5, name="derived")
+    model = keras.Model(inputs, layers.Dense(2, name="head")(derived(layers.Dense(3, name="dense")(inputs))))
+    model.get_layer("derived").scale.assign([1.0, -2.0, 3.0])
+    with pytest.raises(TypeError, match="doubled"):
+        DerivedKeys.from_config(derived.get_config())  # the layer's own defect
+    with pytest.warns(_utils.ConfigRepairWarning, match=r"DerivedKeys.get_config\(\) returns 'doubled'"):
+        copy = tfprune.graph.flatten(keras.Model(inputs, model(inputs)))
+    repaired = copy.get_layer("derived")
+    assert repaired is not derived and "doubled" not in repaired.get_config()
+    assert "doubled" in derived.get_config()  # the user's layer is untouched
+    x = sample((3, 4))
+    np.testing.assert_allclose(ops.convert_to_numpy(copy(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+    copy.save(tmp_path / "repaired.keras")
+    loaded = keras.models.load_model(tmp_path / "repaired.keras", custom_objects={"DerivedKeys": DerivedKeys})
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+    # A copy of the copy keeps the repair, without warning again.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _utils.ConfigRepairWarning)
+        again = _utils.copy_layer(repaired)
+    assert "doubled" not in again.get_config()
+
+
+def test_a_repaired_copy_that_computes_something_else_is_not_used():
+    class Forgetful(DerivedKeys):
+        def get_config(self):  # also forgets `offset`: the copy would add 0.0
+            config = super().get_config()
+            config["offset"] = 0.0
+            return config
+
+    inputs = keras.Input((4,), name="x")
+    forgetful = Forgetful(0.5, name="forgetful")
+    keras.Model(inputs, forgetful(inputs))
+    assert _utils.copy_layer(forgetful) is None
+
+
+def test_a_weightless_layer_built_with_an_unserializable_argument_is_copied():
+    identity = layers.Identity(name="identity", dtype=keras.DTypePolicy("float32"))
+    with pytest.raises(NotImplementedError):
+        identity.get_config()  # how keras-hub's HGNetV2 builds its Identity layers
+    copy = _utils.copy_layer(identity)
+    assert isinstance(copy, layers.Identity) and copy is not identity and copy.name == "identity"
+    assert copy.get_config()["name"] == "identity"
 
 
 def lambda_model():

@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib
+import inspect
 import numbers
 import os
 import tempfile
@@ -176,17 +177,32 @@ def copy_layer(layer):
     refuses to deserialize, and tfprune never switches safe mode off), a copy
     whose name differs from the original's gets the original's name, and a
     copy whose weights do not match the original's in number and shape is
-    rejected. Returns None when the layer cannot be copied that way (its
-    `from_config(get_config())` raises or builds different weights, as some
-    keras-hub layers do).
+    rejected.
+
+    Two config defects of third-party layers are repaired rather than passed
+    on, so that the copy can be saved to and loaded from `.keras`:
+
+    - a config that holds keys the layer's own constructor refuses (keras-hub
+      0.32's `ViTPatchingAndEmbedding` writes `num_patches` and
+      `num_positions`): the copy is made without them, must give the
+      original's outputs on a probe input, and writes its config without
+      them (a `ConfigRepairWarning` names the class and the keys);
+    - a weightless layer whose constructor takes only the base `Layer`
+      arguments but whose `get_config` raises because it was built with an
+      object Keras cannot serialize (keras-hub builds `keras.layers.Identity`
+      with a `DTypePolicy` object): the copy is made from its name, dtype
+      and trainable flag.
 
     Args:
         layer: A `keras.layers.Layer`.
 
     Returns:
         A new layer holding a copy of `layer`'s weights (built if `layer` has
-        weights), or None.
+        weights), or None when it cannot be copied that way (its
+        `from_config(get_config())` raises for another reason, builds other
+        weights, or a repaired copy computes something else).
     """
+    dropped = getattr(layer, "_tfprune_dropped_config_keys", ())
     if isinstance(layer, keras.layers.Lambda):
         copy = keras.layers.Lambda(
             layer.function,
@@ -198,23 +214,172 @@ def copy_layer(layer):
             trainable=layer.trainable,
         )
     else:
-        try:
-            copy = layer.__class__.from_config(layer.get_config())
-        except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+        copy, repaired = _from_own_config(layer)
+        if copy is None:
             return None
+        dropped = tuple(sorted(set(dropped) | set(repaired)))
     if copy.name != layer.name:
         copy.name = layer.name
-    if not layer.weights:
-        return copy
-    try:
-        _build_like(copy, layer)
-        values = layer.get_weights()
-        if [tuple(weight.shape) for weight in copy.weights] != [value.shape for value in values]:
+    if layer.weights:
+        try:
+            _build_like(copy, layer)
+            values = layer.get_weights()
+            if [tuple(weight.shape) for weight in copy.weights] != [value.shape for value in values]:
+                return None
+            copy.set_weights(values)
+        except Exception:  # noqa: BLE001 - a build or weight mismatch: not copyable
             return None
-        copy.set_weights(values)
-    except Exception:  # noqa: BLE001 - a build or weight mismatch: not copyable
-        return None
+    if dropped and not getattr(layer, "_tfprune_dropped_config_keys", None):
+        if not _same_outputs(copy, layer):
+            return None
+        warnings.warn(
+            f"{type(layer).__name__}.get_config() returns {', '.join(map(repr, dropped))}, which its "
+            "constructor refuses, so its config would not load back; tfprune's copies of these "
+            "layers write their config without those keys. A model loaded back from `.keras` has "
+            "the original class again: transform it with tfprune again before saving it again.",
+            ConfigRepairWarning,
+            stacklevel=3,
+        )
+    if dropped:
+        _write_config_without(copy, dropped)
     return copy
+
+
+class ConfigRepairWarning(UserWarning):
+    """tfprune copied a layer whose own config would not load back, and repaired the copy's."""
+
+
+# Keyword arguments `keras.layers.Layer.__init__` accepts besides its named ones.
+_BASE_LAYER_KWARGS = frozenset({"input_dim", "input_shape"})
+_BASE_LAYER_NAMED = frozenset({"activity_regularizer", "trainable", "dtype", "autocast", "name"})
+
+
+def _constructor_arguments(cls):
+    """Names a layer class's constructor accepts, through every `**kwargs` up to `Layer`."""
+    names = set(_BASE_LAYER_KWARGS)
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names.update(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters) or klass is keras.layers.Layer:
+            break
+    names.discard("self")
+    return names
+
+
+def _from_own_config(layer):
+    """`(copy, dropped_keys)` re-created from `layer`'s config (repaired if need be), or `(None, ())`."""
+    cls = type(layer)
+    try:
+        config = layer.get_config()
+    except NotImplementedError:
+        # Built with an argument Keras cannot serialize; only a layer whose
+        # constructor takes nothing but the base arguments is re-created safely.
+        if layer.weights or not _constructor_arguments(cls) - _BASE_LAYER_KWARGS <= _BASE_LAYER_NAMED:
+            return None, ()
+        config = {
+            "name": layer.name,
+            "trainable": layer.trainable,
+            "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+        }
+        try:
+            copy = cls.from_config(config)
+            copy.get_config()
+        except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+            return None, ()
+        return copy, ()
+    except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+        return None, ()
+    try:
+        return _from_config_without_refused_keys(cls, config)
+    except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+        return None, ()
+
+
+def _from_config_without_refused_keys(cls, config):
+    """`(cls.from_config(config), ())`, else without the keys `cls`'s constructor refuses."""
+    try:
+        return cls.from_config(config), ()
+    except Exception:  # noqa: BLE001 - try once more without the keys the constructor refuses
+        refused = tuple(sorted(set(config) - _constructor_arguments(cls)))
+        if not refused:
+            raise
+    return cls.from_config({k: v for k, v in config.items() if k not in refused}), refused
+
+
+def rebuild_from_config(layer, config):
+    """A new layer of `layer`'s class from an edited `config` (the surgery's resize).
+
+    Keys the class's constructor refuses (see `copy_layer`) are left out, and
+    the new layer writes its config without them, as `layer` did if it was a
+    repaired copy.
+
+    Args:
+        layer: The `keras.layers.Layer` being resized.
+        config: Dict. Its edited config.
+
+    Returns:
+        A new, unbuilt layer.
+
+    Raises:
+        Exception: Whatever `from_config` raises for a config that cannot be
+            repaired by leaving keys out.
+    """
+    new_layer, refused = _from_config_without_refused_keys(type(layer), config)
+    keys = tuple(sorted(set(refused) | set(getattr(layer, "_tfprune_dropped_config_keys", ()))))
+    if keys:
+        _write_config_without(new_layer, keys)
+    return new_layer
+
+
+def _write_config_without(layer, keys):
+    """Makes `layer.get_config()` (and so `.keras` files) leave out `keys`."""
+    class_get_config = type(layer).get_config
+
+    def get_config():
+        config = class_get_config(layer)
+        for key in keys:
+            config.pop(key, None)
+        return config
+
+    object.__setattr__(layer, "get_config", get_config)
+    object.__setattr__(layer, "_tfprune_dropped_config_keys", tuple(keys))
+
+
+def _probe_inputs(layer):
+    """Random inputs shaped like `layer`'s first call (None dimensions as 2), or None."""
+    if not layer._inbound_nodes:
+        return None
+    node = layer._inbound_nodes[0]
+    generator = np.random.default_rng(0)
+
+    def probe(value):
+        if isinstance(value, keras.KerasTensor):
+            shape = [2 if dim is None else dim for dim in value.shape]
+            return keras.ops.convert_to_tensor(generator.standard_normal(shape), dtype=value.dtype)
+        return value
+
+    return (keras.tree.map_structure(probe, node.arguments.args),
+            keras.tree.map_structure(probe, node.arguments.kwargs))  # fmt: skip
+
+
+def _same_outputs(copy, layer, atol=1e-6):
+    """Whether `copy` computes what `layer` computes on a probe input (False if it cannot be probed)."""
+    inputs = _probe_inputs(layer)
+    if inputs is None:
+        return False
+    args, kwargs = inputs
+    try:
+        want = keras.tree.flatten(layer(*args, **kwargs))
+        got = keras.tree.flatten(copy(*args, **kwargs))
+    except Exception:  # noqa: BLE001 - a layer that cannot be probed is not trusted
+        return False
+    return len(want) == len(got) and all(
+        np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=atol, rtol=0)
+        for a, b in zip(want, got)
+    )
 
 
 def _build_like(copy, layer):

@@ -65,7 +65,7 @@ import keras
 import numpy as np
 
 from tfprune import _utils, handlers
-from tfprune._utils import SharedLayerWarning
+from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
     Handler,
@@ -79,6 +79,7 @@ from tfprune.handlers import (
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
+    "ConfigRepairWarning",
     "Freeze",
     "Handler",
     "Member",
@@ -329,9 +330,13 @@ def flatten(model, composites=True):
     channels around it). `Lambda` layers are traced the same way, so that a
     function of plain `keras.ops` becomes operations tfprune can read (and a
     model that Keras can reload without turning its safe mode off). Layers are copied through `from_config`, `Lambda`
-    layers from their function (Keras's safe mode stays on); a layer whose
-    config does not round-trip is shared with the original model, with a
-    `SharedLayerWarning` naming it.
+    layers from their function (Keras's safe mode stays on). A layer whose
+    config holds keys its own constructor refuses is copied without them, if
+    the copy computes the same outputs, and the copy writes its config
+    without them, so the result reloads from `.keras` (a
+    `ConfigRepairWarning` names the class and the keys). Any other layer
+    whose config does not round-trip is shared with the original model, with
+    a `SharedLayerWarning` naming it.
 
     Args:
         model: A built Sequential or functional `keras.Model`.
@@ -360,6 +365,7 @@ def flatten(model, composites=True):
     # user's layers would add call nodes to them.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", _utils.SharedLayerWarning)
+        warnings.simplefilter("always", _utils.ConfigRepairWarning)
         for _ in range(_MAX_INLINING_DEPTH):
             copies = {}
             functional, changed = _flatten_once(functional, copies, composites, name=model.name)

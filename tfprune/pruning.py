@@ -559,7 +559,9 @@ def prune(
             stacklevel=2,
         )
     se_policy = "keep_ratio" if targets == "expansion" else None
-    pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
+    with warnings.catch_warnings():  # `graph_module.build` above already said it
+        warnings.filterwarnings("ignore", message="tfprune cannot see inside layer")
+        pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
     if reinitialize:
         pruned = _fresh_weights(pruned)
     before, after = analyze(model), analyze(pruned)

@@ -338,7 +338,7 @@ def _rewrite(model, graph, removals):
             for axis, keep in cuts:
                 values[index] = np.compress(keep, values[index], axis=axis)
         config = handler.resize_for_weights(config, output_width, [value.shape for value in values])
-        new_layer = layer.__class__.from_config(config)
+        new_layer = _utils.rebuild_from_config(layer, config)
         if not layer.weights:
             return new_layer
         input_shapes = [
