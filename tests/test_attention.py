@@ -49,14 +49,134 @@ def zero_heads(model, heads):
     dense.kernel.assign(kernel)
 
 
-def test_heads_are_one_prunable_group_and_the_residual_stream_is_frozen():
-    graph = tfprune.graph.build(transformer())
+def assert_reloads_and_exports(small, x, tmp_path):
+    """The pruned model reloads from `.keras` unchanged and (on TensorFlow) exports to LiteRT."""
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(reloaded, x), outputs(small, x), atol=1e-6, rtol=0)
+    if keras.backend.backend() == "tensorflow":
+        report = tfprune.export.to_tflite(small, tmp_path / "small.tflite", sample_inputs=x, verbose=0)
+        assert report.max_abs_error < 1e-4
+
+
+def test_heads_are_one_group_and_the_hidden_width_is_prunable_only_on_request():
+    model = transformer()
+    graph = tfprune.graph.build(model)
     heads = graph["mha_heads"]
-    assert heads.prunable and heads.size == 4 and heads.producers == ("mha",)
+    assert heads.prunable and heads.size == 4 and heads.producers == ("mha",) and heads.heads_of == "mha"
     assert {(member.layer_name, member.role) for member in heads.members} == {("mha", "output"), ("mha", "input")}
-    assert not graph["embed"].prunable
-    assert "'mha' is an attention layer: tfprune resizes only its heads" in graph["embed"].reason
-    assert graph["mlp_in"].prunable
+    hidden = graph["embed"]
+    assert not hidden.prunable and hidden.normalized_by == ("ln",) and hidden.heads_of is None
+    assert "'ln' normalises over its channels" in hidden.reason and "targets='hidden'" in hidden.reason
+    # The residual stream: the embedding, the attention's projections in and out, the MLP.
+    roles = {(member.layer_name, member.role) for member in hidden.members}
+    assert roles >= {("embed", "output"), ("mha", "input"), ("mha", "output"), ("ln", "param"),
+                     ("mlp_in", "input"), ("mlp_out", "output"), ("head", "input")}  # fmt: skip
+    assert graph["mlp_in"].prunable and graph["mlp_in"].normalized_by == ()
+    assert tfprune.graph.build(model, hidden=True)["embed"].prunable
+    with pytest.raises(TypeError, match="`hidden` must be True or False"):
+        tfprune.graph.build(model, hidden="yes")
+
+
+def without_normalization(width=12, seed=0):
+    """Attention and MLP blocks on a residual stream with no LayerNormalization."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 5), name="tokens")
+    x = layers.Dense(width, name="embed")(inputs)
+    x = layers.Add(name="residual")([x, layers.MultiHeadAttention(3, 4, name="mha")(x, x)])
+    hidden = layers.Dense(2 * width, activation="gelu", name="mlp_in")(x)
+    x = layers.Add(name="mlp_residual")([x, layers.Dense(width, name="mlp_out")(hidden)])
+    return keras.Model(inputs, layers.Dense(3, name="head")(layers.GlobalAveragePooling1D(name="pool")(x)))
+
+
+def zero_hidden_channels(model, channels):
+    """Zeroes every weight that writes the given residual-stream channels: they are then always 0."""
+    for name in ("embed", "mlp_out"):
+        layer = model.get_layer(name)
+        kernel, bias = (keras.ops.convert_to_numpy(weight).copy() for weight in (layer.kernel, layer.bias))
+        kernel[:, channels], bias[channels] = 0.0, 0.0
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+    dense = model.get_layer("mha")._output_dense
+    kernel, bias = (keras.ops.convert_to_numpy(weight).copy() for weight in (dense.kernel, dense.bias))
+    kernel[..., channels], bias[channels] = 0.0, 0.0
+    dense.kernel.assign(kernel)
+    dense.bias.assign(bias)
+
+
+def test_removing_dead_hidden_channels_without_normalization_keeps_outputs(tmp_path):
+    model = without_normalization()
+    graph = tfprune.graph.build(model)
+    assert graph["embed"].prunable and graph["embed"].normalized_by == ()  # no statistics to change
+    zero_hidden_channels(model, [1, 4, 7, 10])
+    small = tfprune.surgery.remove_channels(model, {"embed": [1, 4, 7, 10]})
+    mha = small.get_layer("mha")
+    assert small.get_layer("embed").units == 8 and tuple(mha._query_dense.kernel.shape) == (8, 3, 4)
+    assert tuple(mha._output_dense.kernel.shape) == (3, 4, 8) and mha.get_config()["output_shape"] is None
+    x = sample(model)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "small.keras"), x),
+                               outputs(small, x), atol=1e-6, rtol=0)  # fmt: skip
+
+
+def test_attention_output_width_of_its_own_is_pruned_like_dense_units():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 10), name="tokens")
+    attended = layers.MultiHeadAttention(2, 4, output_shape=12, name="mha")(inputs, inputs)
+    model = keras.Model(inputs, layers.Dense(3, name="head")(layers.GlobalAveragePooling1D(name="pool")(attended)))
+    graph = tfprune.graph.build(model)
+    assert graph["mha"].prunable and graph["mha"].size == 12 and graph["mha"].producers == ("mha",)
+    dense = model.get_layer("mha")._output_dense
+    kernel = keras.ops.convert_to_numpy(dense.kernel).copy()
+    bias = keras.ops.convert_to_numpy(dense.bias).copy()
+    kernel[..., [0, 5]], bias[[0, 5]] = 0.0, 0.0
+    dense.kernel.assign(kernel)
+    dense.bias.assign(bias)
+    small = tfprune.surgery.remove_channels(model, {"mha": [0, 5]})
+    assert small.get_layer("mha").get_config()["output_shape"] in (10, (10,), [10])
+    x = sample(model)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+
+
+def test_prune_half_of_the_hidden_width_runs_reloads_exports_and_says_what_changed(tmp_path):
+    model = transformer()
+    small, result = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    assert result.widths_after == {"embed": 8} and result.renormalized == ("ln",)
+    assert "normalisation statistics changed in 1 layer(s) (ln)" in str(result)
+    assert result.to_dict()["renormalized"] == ["ln"]
+    assert [tuple(w.shape) for w in small.get_layer("ln").weights] == [(8,), (8,)]
+    assert small.get_layer("mha")._query_dense.kernel.shape[0] == 8 and small.get_layer("mlp_out").units == 8
+    assert result.macs_reduction > 0.3
+    x = sample(model)
+    assert_reloads_and_exports(small, x, tmp_path)
+    # The statistics change: even channels whose weights are all zero change the outputs.
+    dead = transformer()
+    zero_hidden_channels(dead, [0, 1])
+    pruned = tfprune.surgery.remove_channels(dead, {"embed": [0, 1]})
+    assert np.abs(outputs(pruned, x) - outputs(dead, x)).max() > 1e-4
+
+
+def test_token_embeddings_and_a_class_token_slice_carry_the_hidden_width():
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((7,), dtype="int32", name="ids")
+    x = layers.Embedding(20, 12, name="tokens")(ids)
+    x = layers.LayerNormalization(name="ln")(x)
+    first = x[:, 0]  # the class-token slice keeps the channel axis whole
+    model = keras.Model(ids, layers.Dense(2, name="head")(first))
+    graph = tfprune.graph.build(model, hidden=True)
+    assert graph["tokens"].prunable and graph["tokens"].size == 12
+    small, result = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    assert small.get_layer("tokens").output_dim == 6 and result.renormalized == ("ln",)
+    kept = np.argsort(-np.abs(keras.ops.convert_to_numpy(model.get_layer("tokens").embeddings)).sum(0),
+                      kind="stable")[:6]  # fmt: skip
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(small.get_layer("tokens").embeddings),
+                                  keras.ops.convert_to_numpy(model.get_layer("tokens").embeddings)[:, np.sort(kept)])
+    tokens = np.random.default_rng(0).integers(0, 20, (3, 7)).astype("int32")
+    assert outputs(small, tokens).shape == (3, 2)
+    # A slice that picks channels is a constant of the graph: those channels stay.
+    picked = keras.Model(ids, layers.Dense(2, name="head")(x[..., :4]))
+    assert not tfprune.graph.build(picked, hidden=True)["tokens"].prunable
 
 
 # Keras 3.15 on JAX cannot run MultiHeadAttention with value_dim != key_dim at all
@@ -101,12 +221,7 @@ def test_prune_half_of_the_heads_and_mlp_units_runs_reloads_and_exports(tmp_path
     assert small.get_layer("mha").num_heads == 2 and small.get_layer("mlp_in").units == 16
     assert result.macs_reduction > 0.2
     x = sample(model)
-    small.save(tmp_path / "small.keras")
-    reloaded = keras.models.load_model(tmp_path / "small.keras")
-    np.testing.assert_allclose(outputs(reloaded, x), outputs(small, x), atol=1e-6, rtol=0)
-    if keras.backend.backend() == "tensorflow":
-        report = tfprune.export.to_tflite(small, tmp_path / "small.tflite", sample_inputs=x, verbose=0)
-        assert report.max_abs_error < 1e-4
+    assert_reloads_and_exports(small, x, tmp_path)
 
 
 def test_head_magnitude_is_the_norm_of_its_projection_weights():

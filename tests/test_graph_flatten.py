@@ -307,7 +307,10 @@ def test_nested_composites_get_unique_names_from_their_owners():
     np.testing.assert_allclose(ops.convert_to_numpy(flat(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("module_name", ["tfprune.magnitude.policy", "tfprune.tfmot.sparsity.keras"])  # graph: test_surgery
+@pytest.mark.parametrize(  # graph: test_surgery
+    "module_name",
+    ["tfprune.magnitude.policy", "tfprune.tfmot.sparsity.keras", "tfprune.handlers_keras_hub", "tfprune.criteria.base"],
+)
 def test_docstring_examples_run(module_name):
     import doctest
     import importlib

@@ -211,15 +211,31 @@ def test_sequence_model_with_conv1d_and_dense_on_timesteps_equivalence():
     assert small.get_layer("per_step").units == 2
 
 
-def test_layer_normalization_over_channels_freezes_the_group():
+def test_layer_normalization_over_channels_is_refused_by_default_and_sliced_when_named():
     # Its mean and variance run over the channels: removing one, even a dead
-    # one, changes every other output (see tests/test_channel_coupling.py).
+    # one, changes every other output (see tests/test_channel_coupling.py). The
+    # graph refuses the group unless built with hidden=True; the surgery, told
+    # which channels to remove, slices gamma and beta and normalises what is left.
     inputs = keras.Input((5,))
     x = layers.Dense(6, name="dense")(inputs)
     x = layers.LayerNormalization(name="norm")(x)
     model = random_weights(keras.Model(inputs, layers.Dense(2, name="head")(x)))
-    with pytest.raises(ValueError, match=r"Group 'dense' is not prunable: 'norm' normalises over the channel axis"):
-        tfprune.surgery.remove_channels(model, {"dense": [1, 4]})
+    group = tfprune.graph.build(model)["dense"]
+    assert not group.prunable and group.normalized_by == ("norm",)
+    assert "prune it with targets='hidden'" in group.reason
+    assert tfprune.graph.build(model, hidden=True)["dense"].prunable
+
+    small = tfprune.surgery.remove_channels(model, {"dense": [1, 4]})
+    keep = [0, 2, 3, 5]
+    x = inputs_for(model)
+    kernel, bias = model.get_layer("dense").get_weights()
+    hidden = x @ kernel[:, keep] + bias[keep]
+    norm = model.get_layer("norm")
+    mean, variance = hidden.mean(-1, keepdims=True), hidden.var(-1, keepdims=True)
+    normalised = (hidden - mean) / np.sqrt(variance + norm.epsilon)
+    normalised = normalised * norm.gamma.numpy()[keep] + norm.beta.numpy()[keep]
+    head_kernel, head_bias = model.get_layer("head").get_weights()
+    np.testing.assert_allclose(outputs(small, x), normalised @ head_kernel[keep] + head_bias, atol=1e-5)
 
 
 def test_layer_normalization_over_time_steps_passes_channels_equivalence():

@@ -86,8 +86,8 @@ def group_features(model, graph):
     readers = _readers(functional)
     features = {}
     for group in graph.groups:
-        if not group.prunable:
-            continue
+        if not group.prunable or group.heads_of is not None:
+            continue  # attention heads have no feature tensor of their own
         entries, seen = [], set()
         for member in group.members:
             if member.role != "output" or member.layer_name in seen:

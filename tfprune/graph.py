@@ -28,6 +28,8 @@ for group in graph.groups:          # deterministic, topological order
     group.members                   # Member(layer_name, role, weights, positions, channels)
     group.producers, group.consumers
     group.squeeze_excite_of         # for an SE bottleneck: its expansion group
+    group.heads_of                  # for attention heads: the MultiHeadAttention layer
+    group.normalized_by             # LayerNormalization layers over a hidden width
 graph["expanded_conv_1_expand"]     # a group by name
 ```
 
@@ -182,6 +184,13 @@ class ChannelGroup:
         members: Tuple of `Member`, one per (layer, role, weight axis).
         squeeze_excite_of: String or None. For the bottleneck of a
             squeeze-and-excite block, the name of the group it gates.
+        normalized_by: Tuple of layer names. The LayerNormalization /
+            RMSNormalization layers that normalise over these channels (a
+            transformer's hidden width): removing any channel changes their
+            statistics, so the group is prunable only in a graph built with
+            `hidden=True`.
+        heads_of: String or None. For the heads of a `MultiHeadAttention`
+            layer, its name.
 
     Example:
 
@@ -201,6 +210,8 @@ class ChannelGroup:
     reason: str
     members: tuple
     squeeze_excite_of: object = None
+    normalized_by: tuple = ()
+    heads_of: object = None
 
     @property
     def producers(self):
@@ -265,7 +276,7 @@ class ChannelGraph:
         return f"<ChannelGraph: {len(self.groups)} groups, {prunable} prunable>"
 
 
-def build(model, unknown="raise"):
+def build(model, unknown="raise", hidden=False):
     """Builds the channel dependency graph of a Sequential or functional model.
 
     Args:
@@ -277,6 +288,12 @@ def build(model, unknown="raise"):
             a warning naming it (tfprune cannot see inside it, but leaving its
             channels alone is always correct); `"freeze"` freezes every
             group touching any of them, silently.
+        hidden: Bool. Whether groups normalised by LayerNormalization /
+            RMSNormalization over their channels (a transformer's hidden
+            width, `ChannelGroup.normalized_by`) count as prunable. Removing
+            such a channel changes the normalisation statistics, so the
+            pruned model computes something else even where the removed
+            channel's weights were zero; False (default) leaves them alone.
 
     Returns:
         A `ChannelGraph`.
@@ -301,13 +318,15 @@ def build(model, unknown="raise"):
         raise ValueError(
             f"`unknown` must be 'raise' or 'freeze'. Received: unknown={unknown!r}"
         )
+    if not isinstance(hidden, bool):
+        raise TypeError(f"`hidden` must be True or False. Received: hidden={hidden!r}")
     functional = _utils.functional_view(model)
     tracer = Tracer()
     for node in _ordered_nodes(functional):
         _trace_node(node, tracer, unknown)
     for tensor in functional.outputs:
         tracer.pin(tracer.channels(tensor), f"its channels are model output '{_tensor_name(tensor)}'")
-    return _assemble(functional, tracer)
+    return _assemble(functional, tracer, hidden)
 
 
 def flatten(model, composites=True):
@@ -680,7 +699,7 @@ def _is_foreign_layer(operation):
     )
 
 
-def _assemble(functional, tracer):
+def _assemble(functional, tracer, hidden=False):
     """Turns the traced ids into `ChannelGroup`s."""
     count = len(tracer._parent)
     roots = np.array([tracer._find(channel) for channel in range(count)], dtype=np.int64)
@@ -731,17 +750,35 @@ def _assemble(functional, tracer):
             )
     members = {key: _merge_members(group_members) for key, group_members in members.items()}
     squeeze_excite = _squeeze_excite_links(members, names, set(group_of[sorted(tracer._gates)].tolist()))
+    normalized_by, heads_of = {}, {}
+    for channel, layer_names in tracer._normalized.items():
+        found = normalized_by.setdefault(int(group_of[channel]), [])
+        found.extend(name for name in layer_names if name not in found)
+    for channel, layer_name in tracer._heads.items():
+        heads_of.setdefault(int(group_of[channel]), layer_name)
     groups = []
     for key, size in zip(group_keys.tolist(), sizes.tolist()):
         name = names[key]
+        normalizers = tuple(normalized_by.get(key, ()))
+        reason = reasons.get(key)
+        if reason is None and normalizers and not hidden:
+            listed = ", ".join(f"'{layer}'" for layer in normalizers[:3])
+            more = f" and {len(normalizers) - 3} more" if len(normalizers) > 3 else ""
+            verb = "normalises" if len(normalizers) == 1 else "normalise"
+            reason = (
+                f"{listed}{more} {verb} over its channels, so removing any changes the "
+                "statistics (a transformer's hidden width: prune it with targets='hidden')"
+            )
         groups.append(
             ChannelGroup(
                 name=name,
                 size=size,
-                prunable=key not in reasons,
-                reason=f"Group '{name}' is not prunable: {reasons[key]}." if key in reasons else "",
+                prunable=reason is None,
+                reason=f"Group '{name}' is not prunable: {reason}." if reason is not None else "",
                 members=tuple(members[key]),
                 squeeze_excite_of=squeeze_excite.get(key),
+                normalized_by=normalizers,
+                heads_of=heads_of.get(key),
             )
         )
     roots_by_group = {

@@ -135,6 +135,8 @@ class Tracer:
         self._tensors = {}  # id(KerasTensor) -> channel ids of its last axis
         self._uses = {}  # (layer name, weight index, axis) -> [role, ids]
         self._gates = set()  # ids that gate a larger tensor (squeeze-excite)
+        self._normalized = {}  # channel id -> names of the layers normalising over it
+        self._heads = {}  # channel id -> the attention layer whose head it is
 
     def channels(self, tensor):
         """Returns the channel ids of a traced tensor's last axis.
@@ -196,6 +198,23 @@ class Tracer:
         """
         for channel in np.asarray(channels).tolist():
             self._pins.setdefault(channel, reason)
+
+    def normalize(self, channels, layer_name):
+        """Declares that `layer_name` normalises over `channels` (LayerNormalization).
+
+        Removing one such channel changes the normalisation statistics and so
+        the values of the others: their group is prunable only when the
+        graph is built with `hidden=True` (`tfprune.prune(...,
+        targets="hidden")`), and `ChannelGroup.normalized_by` names the layers.
+
+        Args:
+            channels: 1-D int array of channel ids.
+            layer_name: String. The normalising layer.
+        """
+        for channel in np.asarray(channels).tolist():
+            names = self._normalized.setdefault(channel, [])
+            if layer_name not in names:
+                names.append(layer_name)
 
     def use(self, layer, weight, axis, channels, role):
         """Declares that axis `axis` of `weight` is indexed by `channels`.
@@ -286,11 +305,26 @@ def register_handler(layer_class_or_op_name, handler):
 
 
 def handler_for(operation):
-    """The registered `Handler` of an operation, or None."""
+    """The registered `Handler` of an operation, or None.
+
+    Besides the registry, keras-hub layers with a built-in handler
+    (`tfprune.handlers_keras_hub`) are found by class, without importing
+    keras-hub unless the model uses it.
+
+    Args:
+        operation: A Keras layer or operation.
+
+    Returns:
+        A `Handler`, or None.
+    """
     if type(operation) in _HANDLERS:
         return _HANDLERS[type(operation)]
     if not isinstance(operation, keras.layers.Layer) and type(operation).__name__ in _HANDLERS:
         return _HANDLERS[type(operation).__name__]
+    if type(operation).__module__.startswith("keras_hub."):
+        from tfprune import handlers_keras_hub
+
+        return handlers_keras_hub.handler_for(operation)
     return None
 
 
@@ -672,6 +706,76 @@ class _OverAxis(Handler):
         return [tracer.channels(source)]
 
 
+class _Normalization(Handler):
+    """LayerNormalization / RMSNormalization over the channel axis alone.
+
+    The channels pass through and the per-channel scale and offset (`gamma`,
+    `beta`, `scale`) are sliced with them, but the statistics are computed
+    over every channel: removing any, even one whose weights are zero,
+    changes the normalised values of the others. The channels are declared
+    normalised (`Tracer.normalize`), which keeps their group from being
+    pruned unless asked for (`targets="hidden"`). Over other axes as well the
+    layer is frozen; over other axes only, the channels pass untouched.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        source = node.input_tensors[0]
+        rank = len(source.shape)
+        axis = getattr(layer, "axis", -1)
+        axes = sorted({a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])})
+        channels = tracer.channels(source)
+        if rank - 1 not in axes:  # per position: every channel is normalised on its own
+            return [channels]
+        if axes != [rank - 1]:
+            return Freeze(f"'{layer.name}' normalises over the channel axis and axes {axes[:-1]}").trace(
+                node, tracer
+            )
+        for weight in layer.weights:
+            if tuple(weight.shape) == (len(channels),):
+                tracer.use(layer, weight, 0, channels, "param")
+        tracer.normalize(channels, layer.name)
+        return [channels]
+
+
+class _Embedding(Handler):
+    """`Embedding`: a producer whose output channels index the table's second axis."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        outputs = tracer.new_channels(layer.output_dim, layer.name)
+        tracer.use(layer, layer.embeddings, 1, outputs, "output")
+        return [outputs]
+
+    def resize(self, config, output_width):
+        return {**config, "output_dim": output_width}
+
+
+class _GetItem(Handler):
+    """`x[key]` (`x[:, 0]`, a class token): passes the channels when the key keeps the channel axis whole.
+
+    The key is applied to an array of channel ids; the channels pass only if
+    every position of the result's last axis holds the input's channels in
+    order. A key that picks or reorders channels is a constant of the graph,
+    so those channels are frozen.
+    """
+
+    def trace(self, node, tracer):
+        source = node.input_tensors[0]
+        channels = tracer.channels(source)
+        key = node.arguments.args[1] if len(node.arguments.args) > 1 else node.arguments.kwargs.get("key")
+        shape = [1 if size is None else size for size in source.shape[:-1]] + [len(channels)]
+        try:
+            picked = np.broadcast_to(channels, shape)[tuple(key) if isinstance(key, list) else key]
+        except (IndexError, TypeError, ValueError):
+            picked = None
+        if picked is not None and picked.ndim and picked.shape[-1] == len(channels):
+            rows = picked.reshape(-1, len(channels))
+            if (rows == channels).all():
+                return [channels]
+        return Freeze(f"'{node.operation.name}' indexes the channel axis").trace(node, tracer)
+
+
 class _Pad(Handler):
     """`keras.ops.pad`: passes the channels when the channel axis is not padded."""
 
@@ -730,42 +834,56 @@ class _LayerScale(Handler):
 
 
 class _MultiHeadAttention(Handler):
-    """`keras.layers.MultiHeadAttention`: its heads are a channel group of their own.
+    """`keras.layers.MultiHeadAttention`: heads, and the widths in and out.
 
     Head `h` is slice `h` of the head axis of the query, key and value
-    kernels and biases (`(hidden, heads, dim)` and `(heads, dim)`) and of the
-    first axis of the output projection's kernel (`(heads, dim, hidden)`);
+    kernels and biases (`(width, heads, dim)` and `(heads, dim)`) and of the
+    first axis of the output projection's kernel (`(heads, dim, width)`); the
+    heads are a channel group of their own (`ChannelGroup.heads_of`), and
     removing heads rebuilds the layer with a smaller `num_heads`. Removing a
     head whose output-projection rows are zero leaves the outputs unchanged,
-    as the heads are summed through that projection. The hidden width in and
-    out of the layer (and so the residual stream around it) is not resized:
-    those channels are frozen. A layer with `use_gate=True`, or called with
+    as the heads are summed through that projection. The query, key and value
+    channels are read on the first axis of their kernels, and the output
+    channels are made by the output projection (its kernel's last axis and
+    its bias), like a Dense layer's units; in a transformer they join the
+    residual stream, which LayerNormalization normalises (`targets="hidden"`).
+    A layer with `use_gate=True`, a multi-axis `output_shape`, or called with
     `return_attention_scores=True`, is frozen as a whole.
     """
 
     def trace(self, node, tracer):
         layer = node.operation
-        reason = f"'{layer.name}' is an attention layer: tfprune resizes only its heads"
-        for tensor in node.input_tensors:
-            tracer.pin(tracer.channels(tensor), reason)
-        outputs = [tracer.new_channels(_width(tensor), layer.name) for tensor in node.outputs]
-        for channels in outputs:
-            tracer.pin(channels, reason)
-        if getattr(layer, "_use_gate", False) or len(node.outputs) != 1:
-            return outputs
+        query, value, key = attention_inputs(node)
+        output_shape = getattr(layer, "_output_shape", None)
+        multi_axis_output = isinstance(output_shape, (list, tuple)) and len(output_shape) != 1
+        if getattr(layer, "_use_gate", False) or len(node.outputs) != 1 or multi_axis_output:
+            return Freeze(f"'{layer.name}' is a gated attention layer, returns its scores or "
+                          "has a multi-axis output_shape").trace(node, tracer)  # fmt: skip
         heads = tracer.new_channels(layer.num_heads, f"{layer.name}_heads")
-        for dense in (layer._query_dense, layer._key_dense, layer._value_dense):
+        for channel in heads.tolist():
+            tracer._heads[channel] = layer.name
+        for dense, tensor in ((layer._query_dense, query), (layer._key_dense, key if key is not None else value),
+                              (layer._value_dense, value)):  # fmt: skip
+            tracer.use(layer, dense.kernel, 0, tracer.channels(tensor), "input")
             tracer.use(layer, dense.kernel, 1, heads, "output")
             tracer.use(layer, getattr(dense, "bias", None), 0, heads, "output")
         tracer.use(layer, layer._output_dense.kernel, 0, heads, "input")
-        return outputs
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, layer._output_dense.kernel, -1, outputs, "output")
+        tracer.use(layer, getattr(layer._output_dense, "bias", None), 0, outputs, "output")
+        return [outputs]
 
     def resize_for_weights(self, config, output_width, weight_shapes):
-        return {**config, "num_heads": int(weight_shapes[0][1])}
+        query_width, num_heads = (int(size) for size in weight_shapes[0][:2])
+        config = {**config, "num_heads": num_heads}
+        if config.get("output_shape") is not None or output_width != query_width:
+            config["output_shape"] = output_width
+        return config
 
     def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
         query, value, key = attention_inputs(node)
-        layer.build(tuple(query.shape), tuple(value.shape), None if key is None else tuple(key.shape))
+        layer.build(shapes[id(query)], shapes[id(value)], None if key is None else shapes[id(key)])
 
 
 def attention_inputs(node):
@@ -832,8 +950,9 @@ _LAYER_HANDLERS = {
     _layers.PReLU: _PerChannel(),
     _layers.Activation: _Activation(),
     _layers.Softmax: _OverAxis("normalises"),
-    _layers.LayerNormalization: _OverAxis("normalises"),
-    _layers.RMSNormalization: _OverAxis("normalises"),
+    _layers.LayerNormalization: _Normalization(),
+    _layers.RMSNormalization: _Normalization(),
+    _layers.Embedding: _Embedding(),
     _layers.UnitNormalization: _OverAxis("normalises"),
     _layers.Add: _ELEMENTWISE,
     _layers.Subtract: _ELEMENTWISE,
@@ -881,6 +1000,7 @@ for _name, _verb in (
         _LAYER_HANDLERS[_op_name] = _OverAxis(_verb)
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
 _LAYER_HANDLERS["Pad"] = _Pad()
+_LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
 _HANDLERS.update(_LAYER_HANDLERS)

@@ -88,6 +88,11 @@ class PruneResult:
         params_before, params_after: Ints. Parameter counts (`tfprune.analyze`).
         macs_before, macs_after: Ints. Multiply-accumulates per example.
         reinitialized: Bool. True if the pruned model got fresh weights.
+        renormalized: Tuple of layer names. The LayerNormalization /
+            RMSNormalization layers that lost channels (`targets="hidden"`):
+            their statistics are now computed over fewer channels, so the
+            pruned model computes something else even where the removed
+            channels' weights were zero; fine-tune it.
 
     Example:
 
@@ -106,6 +111,7 @@ class PruneResult:
     macs_before: int
     macs_after: int
     reinitialized: bool = False
+    renormalized: tuple = ()
 
     @property
     def params_reduction(self):
@@ -140,6 +146,7 @@ class PruneResult:
         data = dataclasses.asdict(self)
         data["groups"] = [dataclasses.asdict(group) for group in self.groups]
         data["skipped"] = list(self.skipped)
+        data["renormalized"] = list(self.renormalized)
         data["params_reduction"] = self.params_reduction
         data["macs_reduction"] = self.macs_reduction
         return data
@@ -157,6 +164,12 @@ class PruneResult:
             f"(-{100 * self.params_reduction:.1f}%), MACs {self.macs_before:,} -> "
             f"{self.macs_after:,} (-{100 * self.macs_reduction:.1f}%)"
         )
+        if self.renormalized:
+            lines.append(
+                f"normalisation statistics changed in {len(self.renormalized)} layer(s) "
+                f"({', '.join(self.renormalized[:3])}{', ...' if len(self.renormalized) > 3 else ''}): "
+                "fine-tune the pruned model"
+            )
         return "\n".join(lines)
 
 
@@ -206,10 +219,13 @@ def _targeted_groups(model, graph, targets, ignore):
     elif targets == "expansion":
         expansion = set(expansion_layers(model))
         selected = [group for group in prunable if expansion & set(group.producers)]
-    elif targets in ("heads", "mlp"):
-        kind = keras.layers.MultiHeadAttention if targets == "heads" else keras.layers.Dense
+    elif targets == "heads":
+        selected = [group for group in prunable if group.heads_of is not None]
+    elif targets == "mlp":
         selected = [group for group in prunable if group.producers and all(
-            isinstance(model.get_layer(name), kind) for name in group.producers)]  # fmt: skip
+            isinstance(model.get_layer(name), keras.layers.Dense) for name in group.producers)]  # fmt: skip
+    elif targets == "hidden":
+        selected = [group for group in prunable if group.normalized_by]
     else:
         selected = [group for group in prunable if targets(group)]
     ignored = set(ignore)
@@ -219,6 +235,9 @@ def _targeted_groups(model, graph, targets, ignore):
         if group.name not in ignored
         and not ignored & {member.layer_name for member in group.members}
     ]
+
+
+_TARGETS = ("all", "expansion", "heads", "mlp", "hidden")
 
 
 def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore):
@@ -239,9 +258,9 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
         raise ValueError(
             f"`scope` must be None (chosen by the criterion) or one of {_SCOPES}. Received: scope={scope!r}"
         )
-    if targets not in ("all", "expansion", "heads", "mlp") and not callable(targets):
+    if targets not in _TARGETS and not callable(targets):
         raise ValueError(
-            "`targets` must be 'all', 'expansion', 'heads', 'mlp' or a callable `group -> bool`. "
+            "`targets` must be 'all', 'expansion', 'heads', 'mlp', 'hidden' or a callable `group -> bool`. "
             f"Received: targets={targets!r}"
         )
     if not is_integer(min_channels) or min_channels < 1:
@@ -451,7 +470,13 @@ def prune(
             1x1 expansion convs of inverted-residual blocks, see
             `expansion_layers`), `"heads"` (the heads of `MultiHeadAttention`
             layers), `"mlp"` (the hidden units of Dense layers, such as a
-            transformer's MLP) or a callable `ChannelGroup -> bool`.
+            transformer's MLP), `"hidden"` (a transformer's hidden width:
+            the groups normalised by LayerNormalization/RMSNormalization,
+            coupled through every residual add, embedding and attention
+            projection; the normalisation statistics change, see
+            `PruneResult.renormalized`) or a callable `ChannelGroup -> bool`
+            (over the groups of `tfprune.graph.build(model)`, where hidden
+            widths are not prunable).
         min_channels: Int. A group never keeps fewer. Defaults to `1`.
         max_group_rate: Optional float in (0, 1]. A group never loses a larger share.
         round_to: Int. Pruned widths are rounded up to a multiple of it (or
@@ -524,7 +549,7 @@ def prune(
     comparable = criteria_module.comparable_across_groups(criterion)
     if scope is None:
         scope = "global" if comparable else "group"
-    graph = graph_module.build(model, unknown=unknown)
+    graph = graph_module.build(model, unknown=unknown, hidden=targets == "hidden")
     _check_ignore(model, graph, ignore)
     targeted = _targeted_groups(model, graph, targets, ignore)
     _require_targets(model, graph, targeted, targets, ignore)
@@ -577,6 +602,9 @@ def prune(
         macs_before=before.macs,
         macs_after=after.macs,
         reinitialized=bool(reinitialize),
+        renormalized=tuple(dict.fromkeys(
+            layer for group in targeted if widths.get(group.name, group.size) < group.size
+            for layer in group.normalized_by)),  # fmt: skip
     )
     return pruned, result
 

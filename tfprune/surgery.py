@@ -26,7 +26,12 @@ def remove_channels(model, removals, unknown="raise"):
     Args:
         model: A built Sequential or functional `keras.Model`. Not modified.
         removals: Dict mapping a group name (`tfprune.graph.build(model)`) to
-            the channel indices of that group to remove.
+            the channel indices of that group to remove. A transformer's
+            hidden width (a group with `normalized_by`, prunable in
+            `build(model, hidden=True)`) may be named: its
+            LayerNormalization/RMSNormalization weights are sliced, and as
+            their statistics then run over fewer channels the outputs change
+            even when the removed channels were dead.
         unknown: String. `"raise"` (default) or `"freeze"`: how the channel
             graph treats operations without a handler (`tfprune.graph.build`).
 
@@ -55,7 +60,7 @@ def remove_channels(model, removals, unknown="raise"):
             "`removals` must be a dict {group_name: channel indices}; received an object of "
             f"type {type(removals).__name__}."
         )
-    graph = graph_module.build(model, unknown=unknown)
+    graph = graph_module.build(model, unknown=unknown, hidden=True)
     return _rewrite(model, graph, _checked_removals(graph, removals))
 
 
@@ -64,7 +69,8 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
 
     Args:
         model: A built Sequential or functional `keras.Model`. Not modified.
-        widths: Dict mapping a group name to the number of channels to keep.
+        widths: Dict mapping a group name to the number of channels to keep
+            (a transformer's hidden width included, as for `remove_channels`).
         scores: Optional dict mapping a group name to a 1-D array with one
             score per channel (higher is more important). Groups without one
             are scored by the L1 norm of their producers' filters.
@@ -105,7 +111,7 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
         raise ValueError(
             f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
         )
-    graph = graph_module.build(model, unknown=unknown)
+    graph = graph_module.build(model, unknown=unknown, hidden=True)
     for name, values in scores.items():
         _checked_group(graph, name)
         nan = np.flatnonzero(np.isnan(np.asarray(values, dtype=np.float64).reshape(-1)))

@@ -125,3 +125,26 @@ def test_keras_hub_mobilenet_blocks_are_inlined_without_sharing_weights():
         weight.assign(keras.ops.zeros_like(weight))
     for weight, value in zip(model.weights, before):  # the user's model is untouched
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)
+
+
+def test_vit_image_classifier_prunes_its_hidden_width_reloads_and_exports(tmp_path):
+    # The hidden width runs from the patch embedding through every residual add,
+    # LayerNormalization and attention projection to the classifier's head.
+    keras.utils.set_random_seed(0)
+    classifier = keras_hub.models.ViTImageClassifier(BUILDERS["ViT"](keras_hub), num_classes=4)
+    x = sample()
+    with pytest.warns(tfprune.graph.ConfigRepairWarning):
+        small, result = tfprune.prune(classifier, "l1", rate=0.5, targets="hidden", round_to=1, verbose=0)
+    assert result.widths_before == {"vit_patching_and_embedding": 16}
+    assert result.widths_after == {"vit_patching_and_embedding": 8}
+    assert len(result.renormalized) == 5  # two per encoder block and the final one
+    flat = tfprune.graph.flatten(small)
+    assert flat.get_layer("vit_patching_and_embedding").patch_embedding.filters == 8
+    assert small.count_params() < 0.6 * classifier.count_params()
+    pruned = outputs(small, x)
+    assert pruned[0].shape == (2, 4) and np.isfinite(pruned[0]).all()
+    small.save(tmp_path / "vit.keras")
+    reloaded = keras.models.load_model(tmp_path / "vit.keras")
+    np.testing.assert_allclose(outputs(reloaded, x)[0], pruned[0], atol=1e-6, rtol=0)
+    report = tfprune.export.to_tflite(small, tmp_path / "vit.tflite", sample_inputs=x, verbose=0)
+    assert report.max_abs_error < 1e-4, report

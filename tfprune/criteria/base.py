@@ -24,6 +24,7 @@ across groups for a global threshold:
   BN's `|γ|`; a group without such a producer is not scored.
 """
 
+import keras
 import numpy as np
 
 from tfprune._utils import functional_view
@@ -219,6 +220,41 @@ def _producer_members(group):
     return list(seen.values())
 
 
+class AttentionHeads:
+    """The heads of a `MultiHeadAttention` layer, seen as a producer with one filter per head.
+
+    Per-layer criteria score a producer's output channels from its `kernel`
+    (output channels on the last axis); a `MultiHeadAttention` layer produces
+    two groups, its output width (the output projection, scored as the
+    layer itself) and its heads. For the heads group, the layer is given to
+    the per-layer score as this view, whose `kernel` stacks the query, key
+    and value kernels `(width, heads, dim)` with the heads last: a head's
+    magnitude is that of all its projection weights.
+
+    Attributes:
+        layer: The `MultiHeadAttention` layer.
+        name: Its name.
+        kernel: NumPy array `(3 * width * dim, heads)`.
+
+    Example:
+
+    >>> layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> tokens = keras.Input((5, 6))
+    >>> _ = layer(tokens, tokens)
+    >>> AttentionHeads(layer).kernel.shape
+    (72, 2)
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.name = layer.name
+        parts = [
+            np.moveaxis(keras.ops.convert_to_numpy(dense.kernel), 1, -1).reshape(-1, layer.num_heads)
+            for dense in (layer._query_dense, layer._key_dense, layer._value_dense)
+        ]
+        self.kernel = np.concatenate(parts, axis=0)
+
+
 def from_layer_scores(layer_score, combine="sum", batch_norm=False, finish=None):
     """Builds a group criterion from a per-layer score (the rule in the module docstring).
 
@@ -255,6 +291,8 @@ def from_layer_scores(layer_score, combine="sum", batch_norm=False, finish=None)
             count = np.zeros(group.size)
             for member in _producer_members(group):
                 layer = model.get_layer(member.layer_name)
+                if group.heads_of == layer.name:
+                    layer = AttentionHeads(layer)
                 values = layer_score(layer)
                 if values is None:
                     continue

@@ -32,18 +32,15 @@ def _transpose_kernel(layer):
     return np.swapaxes(to_numpy(layer.kernel), -1, -2)
 
 
-def _attention_heads_kernel(layer):
-    # The query, key and value kernels (hidden, heads, dim), heads last, stacked:
-    # a head's magnitude is that of all its projection weights.
-    parts = [
-        np.moveaxis(to_numpy(dense.kernel), 1, -1).reshape(-1, layer.num_heads)
-        for dense in (layer._query_dense, layer._key_dense, layer._value_dense)
-    ]
-    return np.concatenate(parts, axis=0)
+def _attention_output_kernel(layer):
+    # The output projection (heads, dim, width): the layer's output channels last.
+    kernel = to_numpy(layer._output_dense.kernel)
+    return kernel.reshape(-1, kernel.shape[-1])
 
 
 _OUTPUT_KERNELS = {
-    keras.layers.MultiHeadAttention: _attention_heads_kernel,
+    keras.layers.MultiHeadAttention: _attention_output_kernel,
+    keras.layers.Embedding: lambda layer: to_numpy(layer.embeddings),
     keras.layers.DepthwiseConv1D: _depthwise_kernel,
     keras.layers.DepthwiseConv2D: _depthwise_kernel,
     keras.layers.SeparableConv1D: lambda layer: to_numpy(layer.pointwise_kernel),
