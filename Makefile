@@ -38,7 +38,7 @@ TFMOT_ENV := TFPRUNE_TFMOT_PYTHON=$(abspath $(TFMOT_VENV))/bin/python
 # The suite runs on TensorFlow; then what must hold on every backend runs again on JAX
 # and on PyTorch: tests/test_backends.py and the backend-neutral unit tests below
 # (more of them on JAX in test-all).
-BACKEND_TESTS := tests/test_backends.py tests/test_regularizers.py
+BACKEND_TESTS := tests/test_backends.py tests/test_regularizers.py tests/test_criteria_taylor.py
 JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_prune.py tests/test_magnitude_masks.py \
 	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py \
 	tests/test_graph.py tests/test_surgery.py tests/test_channel_coupling.py tests/test_criteria.py \

@@ -7,8 +7,9 @@ TensorFlow and JAX (and PyTorch), so no test reaches for `tf.GradientTape`.
 import os
 
 import keras
-import numpy as np
 import pytest
+
+from tfprune._gradients import loss_gradients
 
 # Finite differences at a step of 1e-6 need float64, which JAX only computes with
 # JAX_ENABLE_X64 set; the float32 closed-form gradient tests cover those layers there.
@@ -21,6 +22,9 @@ needs_float64 = pytest.mark.skipif(
 def gradients(loss, variables):
     """Returns d loss() / d variable for each variable, as NumPy arrays.
 
+    The same per-backend code as the `"taylor"` criterion's
+    (`tfprune._gradients`), whose own tests check it against finite differences.
+
     Args:
         loss: Callable with no arguments returning a scalar tensor; it reads
             the variables (e.g. by calling a layer).
@@ -29,24 +33,4 @@ def gradients(loss, variables):
     Returns:
         List of NumPy arrays, one per variable.
     """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            value = loss()
-        return [np.asarray(gradient) for gradient in tape.gradient(value, [v.value for v in variables])]
-    if backend == "jax":
-        import jax
-
-        def stateless(values):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return loss()
-
-        return [np.asarray(gradient) for gradient in jax.grad(stateless)([v.value for v in variables])]
-    if backend == "torch":
-        import torch
-
-        values = [v.value for v in variables]
-        return [gradient.detach().cpu().numpy() for gradient in torch.autograd.grad(loss(), values)]
-    raise NotImplementedError(f"No gradient helper for the {backend} backend.")
+    return loss_gradients(loss, variables)[1]

@@ -129,6 +129,74 @@ def _as_batch(element):
     return np.asarray(keras.ops.convert_to_numpy(_first_input(element)))
 
 
+def _check_batching(num_batches, batch_size, caller):
+    for argument, value in (("num_batches", num_batches), ("batch_size", batch_size)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f"{caller}: `{argument}` must be an int >= 1. Received: {argument}={value!r}"
+            )
+
+
+def _elements(data, num_batches, batch_size, caller):
+    """The batches of `data` as `model.fit` would read them: each `x` or `(x, y, ...)`."""
+    if _is_tf_dataset(data):  # a tf.data.Dataset exists only if TensorFlow is imported
+        dataset = data if num_batches is None else data.take(num_batches)
+        return list(dataset.as_numpy_iterator())
+    if isinstance(data, keras.utils.PyDataset):
+        count = len(data) if num_batches is None else min(num_batches, len(data))
+        return [data[index] for index in range(count)]
+    if hasattr(data, "__next__"):  # generators and other iterators
+        return list(itertools.islice(data, num_batches))
+    if isinstance(data, (tuple, list)) and not isinstance(data, np.ndarray):
+        arrays = [np.asarray(part) for part in data]
+    elif isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        arrays = None
+    else:
+        raise TypeError(
+            f"{caller}: `data` must be an array of inputs, a tf.data.Dataset, a "
+            f"keras.utils.PyDataset or a generator of batches. Received: data of type {type(data).__name__}"
+        )
+    length = len(np.asarray(data)) if arrays is None else len(arrays[0])
+    stop = length if num_batches is None else min(length, num_batches * batch_size)
+    if arrays is None:
+        return [np.asarray(data)[start : start + batch_size] for start in range(0, stop, batch_size)]
+    return [tuple(part[start : start + batch_size] for part in arrays) for start in range(0, stop, batch_size)]
+
+
+def _checked_inputs(model, functional, batches, caller):
+    if not batches or sum(len(batch) for batch in batches) == 0:
+        raise ValueError(f"{caller}: `data` is empty; pass at least one batch of inputs.")
+    expected = tuple(functional.inputs[0].shape[1:])
+    for batch in batches:
+        received = batch.shape[1:]
+        if len(received) != len(expected) or any(
+            want is not None and want != got for want, got in zip(expected, received)
+        ):
+            raise ValueError(
+                f"{caller}: model '{model.name}' expects inputs of shape {(None,) + expected}, "
+                f"but `data` has a batch of shape {batch.shape}; pass batched inputs of the "
+                "model's input shape (a tf.data.Dataset needs `.batch(n)`)."
+            )
+    return [batch.astype("float32") for batch in batches]
+
+
+def _single_input(model, data, caller):
+    functional = functional_view(model)
+    if len(functional.inputs) != 1:
+        raise ValueError(
+            f"{caller} supports single-input models; model '{model.name}' has "
+            f"{len(functional.inputs)} inputs."
+        )
+    if data is None:
+        raise ValueError(
+            f"{caller} needs data: pass `data=` an array of inputs (e.g. `data=x_train`) or batches "
+            "(a tf.data.Dataset, keras.utils.PyDataset or generator). Received: data=None"
+        )
+    return functional
+
+
 def input_batches(model, data, num_batches, batch_size, caller):
     """Turns user data into at most `num_batches` NumPy input batches.
 
@@ -152,58 +220,43 @@ def input_batches(model, data, num_batches, batch_size, caller):
             model's input shape, or the model has several inputs.
         TypeError: If `data` is not a dataset or an array.
     """
-    functional = functional_view(model)
-    if len(functional.inputs) != 1:
-        raise ValueError(
-            f"{caller} supports single-input models; model '{model.name}' has "
-            f"{len(functional.inputs)} inputs."
-        )
-    if data is None:
-        raise ValueError(
-            f"{caller} needs data: pass `data=` an array of inputs (e.g. `data=x_train`) or batches "
-            "(a tf.data.Dataset, keras.utils.PyDataset or generator). Received: data=None"
-        )
-    for argument, value in (("num_batches", num_batches), ("batch_size", batch_size)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+    functional = _single_input(model, data, caller)
+    _check_batching(num_batches, batch_size, caller)
+    batches = [_as_batch(element) for element in _elements(data, num_batches, batch_size, caller)]
+    return _checked_inputs(model, functional, batches, caller)
+
+
+def labelled_batches(model, data, num_batches, batch_size, caller):
+    """Turns user data with labels into at most `num_batches` `(x, y)` NumPy batches.
+
+    Args:
+        model: The model the inputs are for (single input).
+        data: An `(x, y)` tuple of arrays, or batches of `(x, y)` or
+            `(x, y, sample_weight)` (the weights are not used) from a
+            `tf.data.Dataset`, `keras.utils.PyDataset` or generator.
+        num_batches: Int or None (all). How many batches to use.
+        batch_size: Int. Batch size used to split arrays.
+        caller: String for the error messages.
+
+    Returns:
+        List of `(x, y)` pairs: float32 inputs and labels as given.
+
+    Raises:
+        ValueError: As `input_batches`, and if a batch carries no labels.
+        TypeError: If `data` is not a dataset or an array.
+    """
+    functional = _single_input(model, data, caller)
+    _check_batching(num_batches, batch_size, caller)
+    elements = _elements(data, num_batches, batch_size, caller)
+    for element in elements:
+        if not isinstance(element, (tuple, list)) or len(element) < 2:
             raise ValueError(
-                f"{caller}: `{argument}` must be an int >= 1. Received: {argument}={value!r}"
+                f"{caller} needs labels: pass `data=(x, y)` or batches of `(x, y)`; received "
+                "inputs without labels."
             )
-    if _is_tf_dataset(data):  # a tf.data.Dataset exists only if TensorFlow is imported
-        dataset = data if num_batches is None else data.take(num_batches)
-        batches = [np.asarray(_first_input(element)) for element in dataset.as_numpy_iterator()]
-    elif isinstance(data, keras.utils.PyDataset):
-        count = len(data) if num_batches is None else min(num_batches, len(data))
-        batches = [_as_batch(data[index]) for index in range(count)]
-    elif hasattr(data, "__next__"):  # generators and other iterators
-        batches = [_as_batch(element) for element in itertools.islice(data, num_batches)]
-    elif isinstance(data, (np.ndarray, tuple, list)) or hasattr(data, "__array__"):
-        inputs = np.asarray(_first_input(data))
-        stop = len(inputs) if num_batches is None else num_batches * batch_size
-        batches = [
-            inputs[start : start + batch_size]
-            for start in range(0, min(stop, len(inputs)), batch_size)
-        ]
-    else:
-        raise TypeError(
-            f"{caller}: `data` must be an array of inputs, a tf.data.Dataset, a "
-            f"keras.utils.PyDataset or a generator of batches. Received: data of type {type(data).__name__}"
-        )
-    if not batches or sum(len(batch) for batch in batches) == 0:
-        raise ValueError(f"{caller}: `data` is empty; pass at least one batch of inputs.")
-    expected = tuple(functional.inputs[0].shape[1:])
-    for batch in batches:
-        received = batch.shape[1:]
-        if len(received) != len(expected) or any(
-            want is not None and want != got for want, got in zip(expected, received)
-        ):
-            raise ValueError(
-                f"{caller}: model '{model.name}' expects inputs of shape {(None,) + expected}, "
-                f"but `data` has a batch of shape {batch.shape}; pass batched inputs of the "
-                "model's input shape (a tf.data.Dataset needs `.batch(n)`)."
-            )
-    return [batch.astype("float32") for batch in batches]
+    inputs = _checked_inputs(model, functional, [_as_batch(element) for element in elements], caller)
+    labels = [np.asarray(keras.ops.convert_to_numpy(element[1])) for element in elements]
+    return list(zip(inputs, labels))
 
 
 def group_statistics(model, graph, data, statistic, num_batches, batch_size, caller, verbose=0):

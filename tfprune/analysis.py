@@ -146,10 +146,24 @@ for _layer_class, _function in {
     register_macs(_layer_class, _function)
 
 
+def _vit_patching_macs(layer, input_shape, output_shape):
+    # keras-hub's ViTPatchingAndEmbedding: a patch convolution (stride = kernel
+    # size), once per patch; the class token and position embedding are added.
+    return layer.num_patches * math.prod(layer.patch_embedding.kernel.shape)
+
+
+# Layers of optional libraries, by (module, class name), so that none is imported here.
+_MAC_FUNCTIONS_BY_NAME = {
+    ("keras_hub.src.models.vit.vit_layers", "ViTPatchingAndEmbedding"): _vit_patching_macs,
+}
+
+
 def _mac_function(layer):
     for layer_class in type(layer).__mro__:
         if layer_class in _MAC_FUNCTIONS:
             return _MAC_FUNCTIONS[layer_class]
+        if (layer_class.__module__, layer_class.__name__) in _MAC_FUNCTIONS_BY_NAME:
+            return _MAC_FUNCTIONS_BY_NAME[(layer_class.__module__, layer_class.__name__)]
     return None
 
 

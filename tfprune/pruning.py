@@ -400,16 +400,23 @@ def _guarded_width(name, size, remove, min_channels, max_group_rate, round_to):
     return width, guarded
 
 
-def _verbose_argument(score_function, verbose):
-    """`{"verbose": ...}` for a criterion that reports progress, unless a partial already fixed it."""
+def _criterion_arguments(score_function, verbose, model):
+    """`verbose` and the compiled `loss` of the user's `model`, for a criterion that takes them.
+
+    A keyword a `functools.partial` already fixed is left alone; `loss` is
+    only passed when the model was compiled with one (the inlined copy of a
+    nested model is not compiled, so the criterion could not find it).
+    """
     verbose = check_verbose(verbose, "tfprune.prune")
-    if isinstance(score_function, functools.partial) and "verbose" in score_function.keywords:
-        return {}
     try:
         parameters = inspect.signature(score_function).parameters
     except (TypeError, ValueError):
         return {}
-    return {"verbose": verbose} if "verbose" in parameters else {}
+    fixed = score_function.keywords if isinstance(score_function, functools.partial) else {}
+    arguments = {"verbose": verbose}
+    if getattr(model, "loss", None) is not None:
+        arguments["loss"] = model.loss
+    return {name: value for name, value in arguments.items() if name in parameters and name not in fixed}
 
 
 def _criterion_name(criterion):
@@ -453,7 +460,8 @@ def prune(
         model: A built Sequential or functional `keras.Model`. Not modified.
         criterion: String naming a registered criterion (`"l1"`, `"l2"`,
             `"bn_gamma"`, `"sparsity"`, `"sparsity_gamma"`, `"random"`,
-            `"str_zero_filters"`, ...) or a criterion callable.
+            `"str_zero_filters"`, the data-driven `"activation"`, `"hrank"`,
+            `"reconstruction"` and `"taylor"`, ...) or a criterion callable.
         rate: Float in [0, 1). Share of the targeted channels to remove.
         scope: `"global"` (one threshold across groups), `"group"` (each
             group loses `rate`) or None: `"global"` for criteria whose scores
@@ -492,7 +500,10 @@ def prune(
         ignore: Tuple of group or layer names whose groups are left alone.
         reinitialize: Bool. If True, the pruned architecture gets fresh
             random weights (the "Rethinking" train-from-scratch baseline).
-        data: Optional data passed to data-driven criteria.
+        data: Optional data passed to data-driven criteria: inputs, or for
+            `"taylor"` inputs with labels (`(x, y)` or batches of `(x, y)`).
+            A criterion with a `loss` argument (`"taylor"`) is given the
+            model's compiled loss.
         seed: Optional int passed to the criterion (`"random"`).
         threshold: Optional float. Instead of `rate`: remove every channel
             whose score is `<= threshold`.
@@ -540,6 +551,7 @@ def prune(
     True
     """
     require_graph_model(model, "tfprune.prune")
+    given = model
     model = _inlined(model)
     rate, threshold = _check_arguments(
         rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore
@@ -553,7 +565,9 @@ def prune(
     _check_ignore(model, graph, ignore)
     targeted = _targeted_groups(model, graph, targets, ignore)
     _require_targets(model, graph, targeted, targets, ignore)
-    all_scores = score_function(model, graph, data=data, seed=seed, **_verbose_argument(score_function, verbose))
+    all_scores = score_function(
+        model, graph, data=data, seed=seed, **_criterion_arguments(score_function, verbose, given)
+    )
     scores = _checked_scores(all_scores, targeted, criterion_name, model)
     removals, used_threshold = _removal_counts(scores, rate, threshold, scope)
     if scope == "global" and threshold is None and not comparable:

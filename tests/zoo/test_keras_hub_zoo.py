@@ -148,3 +148,13 @@ def test_vit_image_classifier_prunes_its_hidden_width_reloads_and_exports(tmp_pa
     np.testing.assert_allclose(outputs(reloaded, x)[0], pruned[0], atol=1e-6, rtol=0)
     report = tfprune.export.to_tflite(small, tmp_path / "vit.tflite", sample_inputs=x, verbose=0)
     assert report.max_abs_error < 1e-4, report
+
+
+def test_vit_analysis_counts_the_patch_embedding_as_its_convolution():
+    model = BUILDERS["ViT"](keras_hub)
+    analysis = tfprune.analyze(model)
+    assert analysis.complete
+    inputs = keras.Input((32, 32, 3))
+    convolution = keras.Model(inputs, keras.layers.Conv2D(16, 8, strides=8)(inputs))
+    record = next(record for record in analysis.layers if record.name == "vit_patching_and_embedding")
+    assert record.macs == tfprune.analyze(convolution).macs == 16 * 8 * 8 * 3 * 16

@@ -26,6 +26,7 @@ from tfprune.criteria.magnitude import (
     str_zero_filters,
 )
 from tfprune.criteria.reconstruction import reconstruction
+from tfprune.criteria.taylor import taylor
 
 __all__ = [
     "activation",
@@ -44,4 +45,5 @@ __all__ = [
     "sparsity",
     "sparsity_gamma",
     "str_zero_filters",
+    "taylor",
 ]

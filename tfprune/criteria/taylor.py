@@ -1,0 +1,148 @@
+"""First-order Taylor criterion: the loss change a channel's removal would cause, estimated on data.
+
+Removing channel `c` of a group is the same as multiplying it by a gate
+`m_c = 0` where every consumer reads it. To first order the loss changes by
+`-dL/dm_c` (at `m_c = 1`), and for a consumer that is linear in its input
+(a convolution, a dense or attention projection) that derivative is the sum
+of `w * dL/dw` over the consumer weights that read channel `c`. Summed over
+the group's consumers and taken in absolute value, it is the importance of
+Molchanov et al. (CVPR 2019, "Importance estimation for neural network
+pruning") and, for the heads of an attention layer (the consumer is the
+output projection's rows of the head), the head importance of Michel et al.
+(NeurIPS 2019, "Are sixteen heads really better than one?").
+"""
+
+import keras
+import numpy as np
+
+from tfprune import _features, _gradients
+from tfprune._utils import check_verbose
+from tfprune.criteria.base import register
+
+_CALLER = "Criterion 'taylor'"
+
+
+def _loss_function(model, loss):
+    """The per-batch scalar loss `(y, y_pred) -> loss`, from `loss` or the model's compiled loss."""
+    loss = getattr(model, "loss", None) if loss is None else loss
+    if loss is None:
+        raise ValueError(
+            f"{_CALLER} needs a loss: compile model '{model.name}' with one "
+            "(`model.compile(loss=...)`) or pass it, e.g. "
+            "`criterion=functools.partial(tfprune.criteria.taylor, loss='sparse_categorical_crossentropy')`."
+        )
+    if isinstance(loss, dict):
+        loss = list(loss.values())
+    if isinstance(loss, (list, tuple)):
+        if len(loss) != 1:
+            raise ValueError(
+                f"{_CALLER} supports models with one loss; model '{model.name}' has {len(loss)}. "
+                "Pass `loss=` a callable `(y_true, y_pred) -> loss` for its output."
+            )
+        loss = loss[0]
+    try:
+        function = keras.losses.get(loss)
+    except ValueError as error:
+        raise ValueError(f"{_CALLER}: unknown loss {loss!r} ({error}).") from None
+    if not callable(function):
+        raise ValueError(f"{_CALLER}: `loss` must be a loss name or a callable. Received: loss={loss!r}")
+    return function
+
+
+def _consumer_members(group):
+    """The members that read the group's channels as inputs (gates there remove the channel)."""
+    return [member for member in group.members if member.role == "input"]
+
+
+def _channel_sums(product, axis, positions, channels, size):
+    """Sums `product` over every axis but `axis`, then adds its `positions` into group `channels`."""
+    moved = np.moveaxis(product, axis, 0).reshape(product.shape[axis], -1).sum(axis=1)
+    sums = np.zeros(size)
+    np.add.at(sums, list(channels), moved[list(positions)])
+    return sums
+
+
+def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batch_size=32, verbose="auto"):
+    """Scores each channel by the first-order estimate of the loss change its removal causes.
+
+    For each batch, the gradient of the loss is taken with respect to the
+    kernels of the group's consumers (the layers whose inputs are the
+    group's channels); channel `c`'s estimate is the sum of `w * dL/dw` over
+    the weights that read it, and its score is the mean over the batches of
+    the estimate's absolute value (Molchanov et al. 2019; for the heads of a
+    `MultiHeadAttention` layer, whose consumer is the output projection,
+    Michel et al. 2019). A channel that no consumer reads scores 0. For a
+    transformer's hidden width (`targets="hidden"`) the estimate leaves out
+    that LayerNormalization's statistics change too.
+
+    The model runs in inference mode (`training=False`: dropout off,
+    BatchNormalization on its moving statistics); gradients are computed by
+    the current backend (TensorFlow, JAX or PyTorch). The scores are not
+    comparable across groups by default (`tfprune.prune` removes the same
+    share of every group); `scope="global"` ranks them together, as the
+    papers do.
+
+    Args:
+        model: A built single-input, single-output `keras.Model`. Not modified.
+        graph: `tfprune.graph.build(model)`.
+        data: Inputs with labels: an `(x, y)` tuple of arrays, or batches of
+            `(x, y)` from a `tf.data.Dataset`, `keras.utils.PyDataset` or
+            generator.
+        seed: Unused (the criterion is deterministic).
+        loss: A loss name, `keras.losses.Loss` or callable
+            `(y_true, y_pred) -> loss`; None (default) uses the model's
+            compiled loss (`tfprune.prune` passes the compiled loss of the
+            model it was given).
+        num_batches: Int or None. Batches used; None (default) uses all the data.
+        batch_size: Int. Batch size when `data` is an array. Defaults to `32`.
+        verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
+            over the batches. Defaults to `"auto"`.
+
+    Returns:
+        Dict `{group_name: scores}` for every prunable group that has a
+        consumer (higher is more important).
+
+    Raises:
+        ValueError: If `data` is missing, empty, without labels or of the
+            wrong shape, there is no loss (uncompiled model and no `loss=`),
+            the model has several losses or inputs, the loss is not finite,
+            or `verbose` is out of range.
+        TypeError: If `data` is not a dataset or an array.
+
+    Example:
+
+    >>> # model.compile(loss="sparse_categorical_crossentropy")
+    >>> # small, result = tfprune.prune(model, "taylor", rate=0.3, data=(x_train, y_train))
+    """
+    function = _loss_function(model, loss)
+    batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER)
+    progress = keras.utils.Progbar(len(batches), verbose=check_verbose(verbose, _CALLER), unit_name="batch")
+    groups = [group for group in graph.groups if group.prunable and _consumer_members(group)]
+    by_path = {variable.path: variable for variable in model.weights}
+    paths = sorted({path for group in groups for member in _consumer_members(group) for path, _ in member.weights})
+    variables = [by_path[path] for path in paths]
+    weights = {path: np.asarray(keras.ops.convert_to_numpy(variable), "float64") for path, variable in zip(paths, variables)}
+    totals = {group.name: np.zeros(group.size) for group in groups}
+    for x, y in batches:
+
+        def batch_loss(x=x, y=y):
+            return keras.ops.mean(function(y, model(x, training=False)))
+
+        value, gradients = _gradients.loss_gradients(batch_loss, variables)
+        if not np.isfinite(value):
+            raise ValueError(
+                f"{_CALLER}: the loss of model '{model.name}' is {value} on a batch of `data`; "
+                "check the labels and the loss (e.g. from_logits)."
+            )
+        products = {path: weights[path] * gradient for path, gradient in zip(paths, gradients)}
+        for group in groups:
+            estimate = np.zeros(group.size)
+            for member in _consumer_members(group):
+                for path, axis in member.weights:
+                    estimate += _channel_sums(products[path], axis, member.positions, member.channels, group.size)
+            totals[group.name] += np.abs(estimate)
+        progress.add(1)
+    return {name: total / len(batches) for name, total in totals.items()}
+
+
+register("taylor", taylor)
