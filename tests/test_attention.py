@@ -311,3 +311,15 @@ def test_activation_criterion_scores_transformer_mlp_units():
     assert set(scores) >= {"mlp_in"} and scores["mlp_in"].shape == (32,)
     small, result = tfprune.prune(model, "activation", rate=0.5, targets="mlp", data=data, round_to=1, verbose=0)
     assert result.widths_after == {"mlp_in": 16}
+
+
+def test_hidden_width_that_is_the_model_output_is_refused_with_the_reason():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="tokens")
+    x = layers.Dense(8, name="embed")(inputs)
+    x = layers.LayerNormalization(name="ln")(layers.Add()([x, layers.MultiHeadAttention(2, 4, name="mha")(x, x)]))
+    backbone = keras.Model(inputs, x)  # returns its hidden states, as a backbone does
+    with pytest.raises(ValueError, match=r"targets='hidden' finds no hidden width .* model output .* prune the task"):
+        tfprune.prune(backbone, "l1", rate=0.5, targets="hidden")
+    _, result = tfprune.prune(backbone, "l1", rate=0.5, targets="heads", round_to=1)
+    assert result.widths_after == {"mha_heads": 1}

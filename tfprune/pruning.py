@@ -296,6 +296,14 @@ def _require_targets(model, graph, targeted, targets, ignore):
     if targeted:
         return
     prunable = [group for group in graph.groups if group.prunable]
+    hidden = [group for group in graph.groups if group.normalized_by and not group.prunable]
+    if targets == "hidden" and hidden:  # say why the hidden width itself may not shrink
+        raise ValueError(
+            f"targets='hidden' finds no hidden width of model '{model.name}' that may be pruned: "
+            f"{hidden[0].reason}"
+            + (" A backbone whose output is its hidden states keeps that width: prune the task "
+               "model that puts a head on it." if "model output" in hidden[0].reason else "")
+        )  # fmt: skip
     if prunable:
         raise ValueError(
             f"`targets` and `ignore` leave none of the {len(prunable)} prunable groups of model "
