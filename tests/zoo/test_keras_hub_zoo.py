@@ -158,3 +158,28 @@ def test_vit_analysis_counts_the_patch_embedding_as_its_convolution():
     convolution = keras.Model(inputs, keras.layers.Conv2D(16, 8, strides=8)(inputs))
     record = next(record for record in analysis.layers if record.name == "vit_patching_and_embedding")
     assert record.macs == tfprune.analyze(convolution).macs == 16 * 8 * 8 * 3 * 16
+
+
+@pytest.mark.parametrize("targets, widths", [
+    ("all", {"enc1_self_attention_layer_heads": 2, "enc1_feedforward_intermediate_dense": 16,
+             "enc2_self_attention_layer_heads": 2, "enc2_feedforward_intermediate_dense": 16}),
+    ("hidden", {"embed": 8}),
+])  # fmt: skip
+def test_keras_hub_transformer_encoders_are_inlined_and_pruned(targets, widths, tmp_path):
+    # keras_hub.layers.TransformerEncoder is a composite layer around a
+    # MultiHeadAttention subclass, LayerNormalizations and a Dense MLP.
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((10, 16), name="tokens")
+    x = keras.layers.Dense(16, name="embed")(tokens)
+    for name in ("enc1", "enc2"):
+        x = keras_hub.layers.TransformerEncoder(intermediate_dim=32, num_heads=4, name=name)(x)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(x)))
+    x = np.random.default_rng(0).normal(size=(2, 10, 16)).astype("float32")
+    small, result = tfprune.prune(model, "l1", rate=0.5, targets=targets, round_to=1, verbose=0)
+    assert result.widths_after == widths
+    assert result.macs_reduction > 0.2
+    pruned = outputs(small, x)[0]
+    small.save(tmp_path / "encoders.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "encoders.keras"), x)[0], pruned, atol=1e-6)
+    report = tfprune.export.to_tflite(small, tmp_path / "encoders.tflite", sample_inputs=x, verbose=0)
+    assert report.max_abs_error < 1e-4, report
