@@ -323,3 +323,56 @@ def test_hidden_width_that_is_the_model_output_is_refused_with_the_reason():
         tfprune.prune(backbone, "l1", rate=0.5, targets="hidden")
     _, result = tfprune.prune(backbone, "l1", rate=0.5, targets="heads", round_to=1)
     assert result.widths_after == {"mha_heads": 1}
+
+
+def einsum_projections(equation_in="btd,ndh->btnh", bias_axes="nh"):
+    """keras-hub's attention projections written with EinsumDense: a per-head width between two einsums."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 8), name="tokens")
+    x = layers.EinsumDense(equation_in, output_shape=(6, 2, 4), bias_axes=bias_axes, name="proj")(tokens)
+    x = layers.EinsumDense("btnh,nhd->btd", output_shape=(6, 8), bias_axes="d", name="out")(layers.ReLU()(x))
+    x = layers.EinsumDense("abc,cd->abd", output_shape=(6, 5), bias_axes="d", name="ff")(layers.Add()([tokens, x]))
+    return keras.Model(tokens, layers.Dense(3, name="head")(layers.GlobalAveragePooling1D()(x)))
+
+
+def test_einsum_dense_projections_prune_like_dense_layers(tmp_path):
+    model = einsum_projections()
+    graph = tfprune.graph.build(model)
+    assert graph["proj"].size == 4 and graph["proj"].consumers == ("out",)  # h, shared by the heads
+    assert graph["ff"].size == 5 and graph["ff"].prunable
+    x = sample(model)
+    dead = {"proj": [1], "ff": [0, 2]}
+    for name, channels in dead.items():  # nothing reads them any more
+        for member in graph[name].members:
+            if member.role == "input":
+                layer = model.get_layer(member.layer_name)
+                kernel = keras.ops.convert_to_numpy(layer.kernel).copy()
+                kernel[(slice(None),) * member.weights[0][1] + (channels,)] = 0.0
+                layer.kernel.assign(kernel)
+    small = tfprune.surgery.remove_channels(model, dead)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+    assert tuple(small.get_layer("proj").kernel.shape) == (2, 8, 3)
+    assert tuple(small.get_layer("proj").bias.shape) == (2, 3)
+    assert tuple(small.get_layer("out").kernel.shape) == (2, 3, 8)
+    assert tuple(small.get_layer("ff").kernel.shape) == (8, 3)
+    assert_reloads_and_exports(small, x, tmp_path)
+    # MACs: each input entry times the kernel entries along the letters the input lacks.
+    macs = {record.name: record.macs for record in tfprune.analyze(model).layers}
+    assert macs["proj"] == 6 * 8 * 2 * 4 and macs["out"] == 6 * 2 * 4 * 8 and macs["ff"] == 6 * 8 * 5
+    assert tfprune.analyze(small).macs < tfprune.analyze(model).macs
+
+
+@pytest.mark.parametrize("equation, output_shape, reason", [
+    ("bt...,th->bh...", (4,), "elides its channel axis"),
+    ("btd,d->btd", (6, 8), "does not contract its input channels with the kernel"),
+    ("btd,dh->bht", (4, 6), "does not make its output channels from a kernel axis"),
+])  # fmt: skip
+def test_einsum_dense_equations_that_do_not_map_channels_are_frozen_by_name(equation, output_shape, reason):
+    tokens = keras.Input((6, 8), name="tokens")
+    x = layers.Dense(8, name="embed")(tokens)
+    x = layers.EinsumDense(equation, output_shape=output_shape, name="einsum")(x)
+    model = keras.Model(tokens, layers.Dense(2, name="head")(layers.Flatten()(x)))
+    graph = tfprune.graph.build(model)
+    frozen = [group for group in graph.groups if f"'einsum' {reason}" in group.reason]
+    assert frozen and not any(group.prunable for group in frozen)
+    assert not graph["embed"].prunable

@@ -176,6 +176,8 @@ PRODUCERS = {
     layers.Conv2DTranspose: (2, lambda **kw: layers.Conv2DTranspose(6, 2, name="producer", **kw)),
     layers.Conv3DTranspose: (3, lambda **kw: layers.Conv3DTranspose(6, 1, name="producer", **kw)),
     layers.Dense: (1, lambda **kw: layers.Dense(6, name="producer", **kw)),
+    layers.EinsumDense: (2, lambda **kw: layers.EinsumDense("...c,cd->...d", output_shape=6, bias_axes="d",
+                                                           name="producer", **kw)),
     layers.SeparableConv1D: (1, lambda **kw: layers.SeparableConv1D(6, 3, padding="same", name="producer", **kw)),
     layers.SeparableConv2D: (2, lambda **kw: layers.SeparableConv2D(6, 3, padding="same", name="producer", **kw)),
 }

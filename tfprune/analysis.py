@@ -108,6 +108,20 @@ def _dense_macs(layer, input_shape, output_shape):
     return math.prod(input_shape[1:]) * layer.units
 
 
+def _einsum_dense_macs(layer, input_shape, output_shape):
+    # Every input entry meets every kernel entry along the letters the input lacks
+    # ("btd,ndh->btnh": t*d inputs times n*h); the batch axis is not counted.
+    input_spec, kernel_spec = layer.equation.split("->")[0].split(",")
+    extra = [size for letter, size in zip(kernel_spec, layer.kernel.shape) if letter not in input_spec]
+    if any(size is None for size in input_shape[1:]):
+        return None
+    return math.prod(input_shape[1:]) * math.prod(extra)
+
+
+_dense_macs.uses_output_shape = False
+_einsum_dense_macs.uses_output_shape = False
+
+
 def _time_distributed_macs(layer, input_shape, output_shape):
     # The wrapped layer runs once per step of axis 1.
     step_macs = _call_macs(
@@ -132,6 +146,7 @@ for _layer_class, _function in {
     keras.layers.SeparableConv1D: _separable_conv_macs,
     keras.layers.SeparableConv2D: _separable_conv_macs,
     keras.layers.Dense: _dense_macs,
+    keras.layers.EinsumDense: _einsum_dense_macs,
     keras.layers.TimeDistributed: _time_distributed_macs,
     # Layers with weights that do no kernel multiply-accumulates (excluded by
     # convention). Weightless layers and graph operations count 0 without an entry.
@@ -594,7 +609,9 @@ def _call_macs(layer, input_shape, output_shape):
     function = _mac_function(layer)
     if function is None:
         return None if getattr(layer, "weights", None) else 0
-    if None in input_shape[1:] or None in output_shape[1:]:
+    # A formula that reads only the input shape (`uses_output_shape = False`) also
+    # counts a call whose output has an unknown axis (EinsumDense's `output_shape=(None, 64)`).
+    if None in input_shape[1:] or (getattr(function, "uses_output_shape", True) and None in output_shape[1:]):
         return None
     macs = function(layer, input_shape, output_shape)
     return None if macs is None else int(macs)

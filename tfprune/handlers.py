@@ -738,6 +738,59 @@ class _Normalization(Handler):
         return [channels]
 
 
+class _EinsumDense(Handler):
+    """`EinsumDense`: a producer when its equation reads and writes the channel axis through the kernel.
+
+    The input's last letter must be contracted with one kernel axis (those
+    are the input channels) and the output's last letter must come from
+    another kernel axis alone (the new output channels, with the bias's last
+    axis when `bias_axes` holds it): `"abc,cd->abd"` (a Dense), keras-hub's
+    `"btd,ndh->btnh"` and `"btnh,nhd->btd"` projections. Any other equation
+    (the channel axis elided with `...` on the right, carried through to the
+    output, or created from no kernel axis), a LoRA or quantized layer, is
+    frozen with the reason.
+    """
+
+    @staticmethod
+    def _specs(layer):
+        inputs, output = layer.equation.split("->")
+        input_spec, kernel_spec = inputs.split(",")
+        return input_spec, kernel_spec, output
+
+    def _refusal(self, layer):
+        input_spec, kernel_spec, output_spec = self._specs(layer)
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            return "is LoRA-enabled or quantized"
+        if input_spec.endswith("...") or output_spec.endswith("..."):
+            return f"elides its channel axis ('{layer.equation}')"
+        channel, output = input_spec[-1], output_spec[-1]
+        if channel not in kernel_spec or channel in output_spec:
+            return f"does not contract its input channels with the kernel ('{layer.equation}')"
+        if output not in kernel_spec or output in input_spec:
+            return f"does not make its output channels from a kernel axis ('{layer.equation}')"
+        return None
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        refusal = self._refusal(layer)
+        if refusal is not None:
+            return Freeze(f"'{layer.name}' {refusal}").trace(node, tracer)
+        input_spec, kernel_spec, output_spec = self._specs(layer)
+        inputs = tracer.channels(node.input_tensors[0])
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, layer.kernel, kernel_spec.index(input_spec[-1]), inputs, "input")
+        tracer.use(layer, layer.kernel, kernel_spec.index(output_spec[-1]), outputs, "output")
+        if layer.bias is not None and output_spec[-1] in layer.bias_axes:
+            tracer.use(layer, layer.bias, -1, outputs, "output")
+        return [_pin_if_mixing(layer, outputs, tracer)]
+
+    def resize(self, config, output_width):
+        shape = config["output_shape"]
+        if isinstance(shape, int):
+            return {**config, "output_shape": output_width}
+        return {**config, "output_shape": [*list(shape)[:-1], output_width]}
+
+
 class _Embedding(Handler):
     """`Embedding`: a producer whose output channels index the table's second axis."""
 
@@ -942,6 +995,7 @@ _LAYER_HANDLERS = {
     _layers.Conv2DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
     _layers.Conv3DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
     _layers.Dense: _Producer("units", input_axis=0, output_axis=1),
+    _layers.EinsumDense: _EinsumDense(),
     _layers.DepthwiseConv1D: _Depthwise(),
     _layers.DepthwiseConv2D: _Depthwise(),
     _layers.SeparableConv1D: _Separable(),
