@@ -138,7 +138,7 @@ def run(args):
             gap = (dense_accuracy - median) * 100
             verdicts.append(f"{label}: {gap:+.1f} points below the dense model"
                             + (" (within 2 points)" if gap <= 2 else " (behind by more than 2 points)"))  # fmt: skip
-    lines += ["", "Median over the seeds: " + "; ".join(verdicts) + ". The latency ratio is the measured "
+    lines += ["", "Median over the seeds: " + "; ".join(verdicts) + ". " + criteria_verdict(rows) + " The latency ratio is the measured "
               "speed-up of the pruned file; the MACs ratio is the ideal one (attention's softmax, "
               "LayerNorm and the token reshapes do not shrink with the heads). `hidden` prunes the "
               "residual width (`targets=\"hidden\"`): every LayerNormalization then normalises over "
@@ -149,6 +149,15 @@ def run(args):
         lines += ["", "Quick mode: one seed, 2+1 epochs; the numbers only show that the pipeline runs."]
     write_section(SECTION, "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def criteria_verdict(rows):
+    """One sentence comparing taylor with l1 at each rate (medians over the seeds), saying where taylor is behind."""
+    parts = []
+    for rate in ("30%", "50%"):
+        gap = (statistics.median(rows[f"taylor {rate}"]) - statistics.median(rows[f"l1 {rate}"])) * 100
+        parts.append(f"{gap:+.1f} points at {rate}" + (" (behind l1)" if gap < 0 else ""))
+    return "taylor against l1: " + ", ".join(parts) + "."
 
 
 def keras_hub_vit_rows(quick):
