@@ -9,7 +9,8 @@ the group's consumers and taken in absolute value, it is the importance of
 Molchanov et al. (CVPR 2019, "Importance estimation for neural network
 pruning") and, for the heads of an attention layer (the consumer is the
 output projection's rows of the head), the head importance of Michel et al.
-(NeurIPS 2019, "Are sixteen heads really better than one?").
+(NeurIPS 2019, "Are sixteen heads really better than one?"); see
+docs/METHODS.md §13 for where tfprune departs from them.
 """
 
 import keras
