@@ -33,4 +33,7 @@ def gradients(loss, variables):
     Returns:
         List of NumPy arrays, one per variable.
     """
-    return loss_gradients(loss, variables)[1]
+    gradients = loss_gradients(loss, variables)[1]
+    unread = [variable.path for variable, gradient in zip(variables, gradients) if gradient is None]
+    assert not unread, f"the loss does not read {unread}"
+    return gradients

@@ -176,7 +176,24 @@ def test_token_embeddings_and_a_class_token_slice_carry_the_hidden_width():
     assert outputs(small, tokens).shape == (3, 2)
     # A slice that picks channels is a constant of the graph: those channels stay.
     picked = keras.Model(ids, layers.Dense(2, name="head")(x[..., :4]))
-    assert not tfprune.graph.build(picked, hidden=True)["tokens"].prunable
+    group = tfprune.graph.build(picked, hidden=True)["tokens"]
+    assert not group.prunable and "indexes the channel axis" in group.reason
+    # Over a sequence of unknown length, x[:, 1] and x[:, -2] keep the channel axis whole too.
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    x = layers.Embedding(20, 12, name="tokens")(ids)
+    for token in (1, -2):
+        model = keras.Model(ids, layers.Dense(2, name="head")(x[:, token]))
+        assert tfprune.graph.build(model)["tokens"].prunable
+
+
+def test_lora_embedding_is_frozen_by_name():
+    ids = keras.Input((7,), dtype="int32", name="ids")
+    embedding = layers.Embedding(20, 12, name="tokens")
+    x = embedding(ids)
+    embedding.enable_lora(2)
+    model = keras.Model(ids, layers.Dense(2, name="head")(layers.GlobalAveragePooling1D()(x)))
+    group = tfprune.graph.build(model)["tokens"]
+    assert not group.prunable and "'tokens' is LoRA-enabled or quantized" in group.reason
 
 
 # Keras 3.15 on JAX cannot run MultiHeadAttention with value_dim != key_dim at all
@@ -255,6 +272,8 @@ def test_gated_attention_and_returned_scores_keep_their_heads(use_gate, return_s
     graph = tfprune.graph.build(model)
     assert "mha_heads" not in graph
     assert not graph["embed"].prunable
+    why = "is a gated attention layer (use_gate=True)" if use_gate else "returns its attention scores"
+    assert f"'mha' {why}" in graph["embed"].reason
 
 
 def test_grouped_query_attention_is_refused_by_name():
@@ -319,7 +338,7 @@ def test_hidden_width_that_is_the_model_output_is_refused_with_the_reason():
     x = layers.Dense(8, name="embed")(inputs)
     x = layers.LayerNormalization(name="ln")(layers.Add()([x, layers.MultiHeadAttention(2, 4, name="mha")(x, x)]))
     backbone = keras.Model(inputs, x)  # returns its hidden states, as a backbone does
-    with pytest.raises(ValueError, match=r"targets='hidden' finds no hidden width .* model output .* prune the task"):
+    with pytest.raises(ValueError, match=r"targets=.hidden. finds no hidden width .* model output .*, so prune the task model"):
         tfprune.prune(backbone, "l1", rate=0.5, targets="hidden")
     _, result = tfprune.prune(backbone, "l1", rate=0.5, targets="heads", round_to=1)
     assert result.widths_after == {"mha_heads": 1}
@@ -365,7 +384,8 @@ def test_einsum_dense_projections_prune_like_dense_layers(tmp_path):
 @pytest.mark.parametrize("equation, output_shape, reason", [
     ("bt...,th->bh...", (4,), "elides its channel axis"),
     ("btd,d->btd", (6, 8), "does not contract its input channels with the kernel"),
-    ("btd,dh->bht", (4, 6), "does not make its output channels from a kernel axis"),
+    ("btd,dh->bht", (4, 6), "does not make its output channels from the kernel's last axis"),
+    ("btd,hd->bth", (6, 4), "does not make its output channels from the kernel's last axis"),
 ])  # fmt: skip
 def test_einsum_dense_equations_that_do_not_map_channels_are_frozen_by_name(equation, output_shape, reason):
     tokens = keras.Input((6, 8), name="tokens")
@@ -373,6 +393,23 @@ def test_einsum_dense_equations_that_do_not_map_channels_are_frozen_by_name(equa
     x = layers.EinsumDense(equation, output_shape=output_shape, name="einsum")(x)
     model = keras.Model(tokens, layers.Dense(2, name="head")(layers.Flatten()(x)))
     graph = tfprune.graph.build(model)
-    frozen = [group for group in graph.groups if f"'einsum' {reason}" in group.reason]
-    assert frozen and not any(group.prunable for group in frozen)
-    assert not graph["embed"].prunable
+    assert f"'einsum' {reason}" in graph["embed"].reason  # its input channels stay
+    assert f"'einsum' {reason}" in graph["einsum"].reason  # nor do its output channels shrink
+
+
+def test_token_ids_of_any_length_with_a_padding_mask_prune_and_run(tmp_path):
+    # Input((None,), int32): the ids' last axis is the sequence, not channels.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    x = layers.Embedding(20, 12, name="tokens")(ids)
+    mask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(ids, 0), "float32"), -1)
+    x = layers.MultiHeadAttention(2, 4, name="mha")(x * mask, x * mask)
+    model = keras.Model(ids, layers.Dense(2, name="head")(layers.Dense(16, activation="relu", name="fc")(x[:, 0])))
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after == {"tokens": 6, "mha_heads": 1, "mha": 6, "fc": 8}
+    for length in (5, 9):
+        tokens = np.random.default_rng(length).integers(0, 20, (2, length)).astype("int32")
+        assert outputs(small, tokens).shape == (2, 2)
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "small.keras"), tokens),
+                               outputs(small, tokens), atol=1e-6)  # fmt: skip

@@ -104,7 +104,10 @@ def test_data_as_dataset_tuple_array_pydataset_or_generator_gives_the_same_score
     )
     from_pydataset = _scores("activation", model, _Batches(images, labels, 8))
     from_generator = _scores("activation", model, ((images[i : i + 8], labels[i : i + 8]) for i in range(0, 24, 8)))
-    for other in (from_tuple, from_dataset, from_pydataset, from_generator):
+    # What fit also takes: no labels, labels by output name, sample weights of None.
+    odd_tuples = [_scores("activation", model, data, batch_size=8)
+                  for data in ((images, None), (images, {"maps": labels}), (images, labels, None), [images])]  # fmt: skip
+    for other in (from_tuple, from_dataset, from_pydataset, from_generator, *odd_tuples):
         for name in from_array:
             np.testing.assert_allclose(other[name], from_array[name], rtol=1e-6)
 

@@ -143,14 +143,16 @@ def test_prune_passes_the_compiled_loss_also_of_a_nested_model():
         ("inputs", LOSS, "needs labels: pass `data=\\(x, y\\)`"),
         ("labelled", None, "needs a loss"),
         ("labelled", [LOSS, LOSS], "supports models with one loss; model 'functional' has 2"),
-        ("labelled", "no_such_loss", "unknown loss 'no_such_loss'"),
+        ("labelled", "no_such_loss", "unknown loss 'no_such_loss'; pass `loss=` a Keras loss name"),
+        ("no labels", LOSS, "needs labels"),
+        ("dict labels", LOSS, "supports single-output models: pass `data=\\(x, y\\)` with `y` one array"),
         (None, LOSS, "needs data"),
     ],
 )
 def test_bad_data_or_loss_is_refused_in_one_sentence(data, loss, message):
     model = conv_model()
     x, y = labelled(model)
-    data = {"inputs": x, "labelled": (x, y), None: None}[data]
+    data = {"inputs": x, "labelled": (x, y), "no labels": (x, None), "dict labels": (x, {"head": y}), None: None}[data]
     with pytest.raises(ValueError, match=message):
         tfprune.criteria.taylor(model, tfprune.graph.build(model), data=data, loss=loss, verbose=0)
 
@@ -172,3 +174,11 @@ def test_taylor_is_registered_and_leaves_the_model_untouched():
     tfprune.criteria.taylor(model, tfprune.graph.build(model), data=(x, y), loss=LOSS, verbose=0)
     for weight, value in zip(model.weights, before):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)
+
+
+def test_a_model_with_several_outputs_is_refused():
+    model = conv_model()
+    two = keras.Model(model.inputs, [model.output, model.get_layer("c2").output])
+    x, y = labelled(model)
+    with pytest.raises(ValueError, match="supports single-output models; model .* has 2 outputs"):
+        tfprune.criteria.taylor(two, tfprune.graph.build(two), data=(x, y), loss=LOSS, verbose=0)

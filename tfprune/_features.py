@@ -150,19 +150,35 @@ def _elements(data, num_batches, batch_size, caller):
     if hasattr(data, "__next__"):  # generators and other iterators
         return list(itertools.islice(data, num_batches))
     if isinstance(data, (tuple, list)) and not isinstance(data, np.ndarray):
-        arrays = [np.asarray(part) for part in data]
+        parts = list(data)
     elif isinstance(data, np.ndarray) or hasattr(data, "__array__"):
-        arrays = None
+        parts = None
     else:
         raise TypeError(
             f"{caller}: `data` must be an array of inputs, a tf.data.Dataset, a "
             f"keras.utils.PyDataset or a generator of batches. Received: data of type {type(data).__name__}"
         )
-    length = len(np.asarray(data)) if arrays is None else len(arrays[0])
-    stop = length if num_batches is None else min(length, num_batches * batch_size)
-    if arrays is None:
-        return [np.asarray(data)[start : start + batch_size] for start in range(0, stop, batch_size)]
-    return [tuple(part[start : start + batch_size] for part in arrays) for start in range(0, stop, batch_size)]
+    inputs = np.asarray(data if parts is None else parts[0])  # converted once, sliced per batch
+    stop = len(inputs) if num_batches is None else min(len(inputs), num_batches * batch_size)
+    starts = range(0, stop, batch_size)
+    if parts is None:
+        return [inputs[start : start + batch_size] for start in starts]
+    # Labels and sample weights are sliced alongside when they are arrays of the same
+    # length; anything else (None, a dict of labels) is passed through whole.
+    others = [_sliceable(part, len(inputs)) for part in parts[1:]]
+    return [
+        (inputs[start : start + batch_size],)
+        + tuple(part if not sliceable else part[start : start + batch_size] for part, sliceable in others)
+        for start in starts
+    ]
+
+
+def _sliceable(part, length):
+    """`(part, True)` with `part` as an array when it is one of `length` rows, else `(part, False)`."""
+    if part is None or isinstance(part, dict) or not hasattr(part, "__len__") and not hasattr(part, "__array__"):
+        return part, False
+    array = np.asarray(part)
+    return (array, True) if array.ndim and len(array) == length else (part, False)
 
 
 def _checked_inputs(model, functional, batches, caller):
@@ -249,10 +265,15 @@ def labelled_batches(model, data, num_batches, batch_size, caller):
     _check_batching(num_batches, batch_size, caller)
     elements = _elements(data, num_batches, batch_size, caller)
     for element in elements:
-        if not isinstance(element, (tuple, list)) or len(element) < 2:
+        if not isinstance(element, (tuple, list)) or len(element) < 2 or element[1] is None:
             raise ValueError(
                 f"{caller} needs labels: pass `data=(x, y)` or batches of `(x, y)`; received "
                 "inputs without labels."
+            )
+        if isinstance(element[1], (dict, list, tuple)):
+            raise ValueError(
+                f"{caller} supports single-output models: pass `data=(x, y)` with `y` one array; "
+                f"received labels of type {type(element[1]).__name__}."
             )
     inputs = _checked_inputs(model, functional, [_as_batch(element) for element in elements], caller)
     labels = [np.asarray(keras.ops.convert_to_numpy(element[1])) for element in elements]

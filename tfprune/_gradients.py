@@ -21,8 +21,9 @@ def loss_gradients(loss, variables):
         variables: List of `keras.Variable`.
 
     Returns:
-        Tuple `(value, gradients)`: the loss as a float and a list of NumPy
-        arrays, one per variable (zeros where the loss does not depend on it).
+        Tuple `(value, gradients)`: the loss as a float and a list with one
+        float64 NumPy array per variable, or None for a variable the loss
+        does not read (TensorFlow and PyTorch; JAX gives zeros).
 
     Raises:
         NotImplementedError: On a backend other than TensorFlow, JAX or PyTorch.
@@ -63,9 +64,7 @@ def loss_gradients(loss, variables):
     else:
         raise NotImplementedError(f"tfprune computes no gradients on the {backend!r} backend.")
     arrays = [
-        np.zeros(tuple(variable.shape))
-        if gradient is None
-        else np.asarray(keras.ops.convert_to_numpy(gradient), "float64")
-        for variable, gradient in zip(variables, gradients)
+        None if gradient is None else np.asarray(keras.ops.convert_to_numpy(gradient), "float64")
+        for gradient in gradients
     ]
     return float(keras.ops.convert_to_numpy(value)), arrays

@@ -299,7 +299,8 @@ def build(model, unknown="raise", hidden=False):
         A `ChannelGraph`.
 
     Raises:
-        TypeError: If `model` is not a Keras model or is subclassed.
+        TypeError: If `model` is not a Keras model or is subclassed, or
+            `hidden` is not a bool.
         ValueError: If the model is not built or contains a nested model.
         UnknownOperationError: A `ValueError`, with `unknown="raise"`, for an
             operation without a handler.

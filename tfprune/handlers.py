@@ -210,6 +210,18 @@ class Tracer:
         Args:
             channels: 1-D int array of channel ids.
             layer_name: String. The normalising layer.
+
+        Example:
+
+        ```python
+        class MyNormHandler(tfprune.graph.Handler):
+            # a layer normalising over its input's last axis, with a (channels,) scale
+            def trace(self, node, tracer):
+                channels = tracer.channels(node.input_tensors[0])
+                tracer.use(node.operation, node.operation.scale, 0, channels, "param")
+                tracer.normalize(channels, node.operation.name)
+                return [channels]
+        ```
         """
         for channel in np.asarray(channels).tolist():
             names = self._normalized.setdefault(channel, [])
@@ -316,6 +328,13 @@ def handler_for(operation):
 
     Returns:
         A `Handler`, or None.
+
+    Example:
+
+    >>> handler_for(keras.layers.Dense(4)) is not None
+    True
+    >>> handler_for(keras.layers.Layer()) is None
+    True
     """
     if type(operation) in _HANDLERS:
         return _HANDLERS[type(operation)]
@@ -335,7 +354,13 @@ class _Input(Handler):
     def trace(self, node, tracer):
         outputs = []
         for tensor in node.outputs:
-            channels = tracer.new_channels(tensor.shape[-1], node.operation.name)
+            width = tensor.shape[-1]
+            if width is None and "int" in str(tensor.dtype):
+                # Token ids of any length (`Input((None,), dtype="int32")`): their last
+                # axis is the sequence, which no weight is sliced along; one pinned
+                # channel stands for it (an Embedding makes channels of its own).
+                width = 1
+            channels = tracer.new_channels(width, node.operation.name)
             tracer.pin(channels, f"its channels are model input '{node.operation.name}'")
             outputs.append(channels)
         return outputs
@@ -742,9 +767,10 @@ class _EinsumDense(Handler):
     """`EinsumDense`: a producer when its equation reads and writes the channel axis through the kernel.
 
     The input's last letter must be contracted with one kernel axis (those
-    are the input channels) and the output's last letter must come from
-    another kernel axis alone (the new output channels, with the bias's last
-    axis when `bias_axes` holds it): `"abc,cd->abd"` (a Dense), keras-hub's
+    are the input channels) and the output's last letter must be the
+    kernel's last letter alone (the new output channels, with the bias's last
+    axis when `bias_axes` holds it; criteria read a producer's output
+    channels on its kernel's last axis): `"abc,cd->abd"` (a Dense), keras-hub's
     `"btd,ndh->btnh"` and `"btnh,nhd->btd"` projections. Any other equation
     (the channel axis elided with `...` on the right, carried through to the
     output, or created from no kernel axis), a LoRA or quantized layer, is
@@ -766,8 +792,8 @@ class _EinsumDense(Handler):
         channel, output = input_spec[-1], output_spec[-1]
         if channel not in kernel_spec or channel in output_spec:
             return f"does not contract its input channels with the kernel ('{layer.equation}')"
-        if output not in kernel_spec or output in input_spec:
-            return f"does not make its output channels from a kernel axis ('{layer.equation}')"
+        if output in input_spec or not kernel_spec.endswith(output):
+            return f"does not make its output channels from the kernel's last axis ('{layer.equation}')"
         return None
 
     def trace(self, node, tracer):
@@ -796,6 +822,8 @@ class _Embedding(Handler):
 
     def trace(self, node, tracer):
         layer = node.operation
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            return Freeze(f"'{layer.name}' is LoRA-enabled or quantized").trace(node, tracer)
         outputs = tracer.new_channels(layer.output_dim, layer.name)
         tracer.use(layer, layer.embeddings, 1, outputs, "output")
         return [outputs]
@@ -817,16 +845,46 @@ class _GetItem(Handler):
         source = node.input_tensors[0]
         channels = tracer.channels(source)
         key = node.arguments.args[1] if len(node.arguments.args) > 1 else node.arguments.kwargs.get("key")
-        shape = [1 if size is None else size for size in source.shape[:-1]] + [len(channels)]
+        key = tuple(key) if isinstance(key, list) else key
+        # An unknown axis (a sequence of any length) gets a size every integer of the key fits.
+        integers = [abs(int(part)) for part in (key if isinstance(key, tuple) else (key,))
+                    if isinstance(part, (int, np.integer)) and not isinstance(part, bool)]  # fmt: skip
+        unknown = max(integers, default=0) + 2
+        shape = [unknown if size is None else size for size in source.shape[:-1]] + [len(channels)]
         try:
-            picked = np.broadcast_to(channels, shape)[tuple(key) if isinstance(key, list) else key]
+            picked = np.broadcast_to(channels, shape)[key]
         except (IndexError, TypeError, ValueError):
             picked = None
         if picked is not None and picked.ndim and picked.shape[-1] == len(channels):
             rows = picked.reshape(-1, len(channels))
             if (rows == channels).all():
                 return [channels]
-        return Freeze(f"'{node.operation.name}' indexes the channel axis").trace(node, tracer)
+        why = "could not be checked to keep the channel axis whole" if picked is None else "indexes the channel axis"
+        return Freeze(f"'{node.operation.name}' {why}").trace(node, tracer)
+
+
+class _AxisInsertOrRemove(Handler):
+    """`keras.ops.expand_dims` / `squeeze`: the channels pass when the channel axis stays the last axis.
+
+    A new last axis (`expand_dims(mask, -1)`, to broadcast a padding mask
+    over the channels) or a squeezed last axis moves the channel axis: those
+    channels are frozen.
+    """
+
+    def __init__(self, verb):
+        self.verb = verb
+
+    def trace(self, node, tracer):
+        operation, source, output = node.operation, node.input_tensors[0], node.outputs[0]
+        axis = operation.axis
+        axes = (
+            list(range(len(source.shape))) if axis is None
+            else list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        )  # fmt: skip
+        rank = len(output.shape) if self.verb == "adds" else len(source.shape)
+        if rank and (rank - 1) in [value % rank for value in axes]:
+            return Freeze(f"'{operation.name}' {self.verb} the last axis").trace(node, tracer)
+        return [tracer.channels(source)]
 
 
 class _Pad(Handler):
@@ -909,9 +967,14 @@ class _MultiHeadAttention(Handler):
         query, value, key = attention_inputs(node)
         output_shape = getattr(layer, "_output_shape", None)
         multi_axis_output = isinstance(output_shape, (list, tuple)) and len(output_shape) != 1
-        if getattr(layer, "_use_gate", False) or len(node.outputs) != 1 or multi_axis_output:
-            return Freeze(f"'{layer.name}' is a gated attention layer, returns its scores or "
-                          "has a multi-axis output_shape").trace(node, tracer)  # fmt: skip
+        why = (
+            "is a gated attention layer (use_gate=True)" if getattr(layer, "_use_gate", False)
+            else "returns its attention scores" if len(node.outputs) != 1
+            else f"has a multi-axis output_shape {tuple(output_shape)}" if multi_axis_output
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
         heads = tracer.new_channels(layer.num_heads, f"{layer.name}_heads")
         for channel in heads.tolist():
             tracer._heads[channel] = layer.name
@@ -1040,7 +1103,8 @@ for _name in (
     "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Gelu Elu Selu Celu LeakyRelu Softplus Softsign "
     "Tanh TanhShrink HardTanh SoftShrink HardShrink LogSigmoid Squareplus SparsePlus SparseSigmoid "
     "Threshold Exp Expm1 Log Log1p Abs Absolute Negative Square Sqrt Rsqrt Reciprocal Cast Clip "
-    "Add Subtract Divide TrueDivide Maximum Minimum Power"
+    "Add Subtract Divide TrueDivide Maximum Minimum Power "
+    "Equal NotEqual Less LessEqual Greater GreaterEqual LogicalAnd LogicalOr LogicalNot"
 ).split():
     _LAYER_HANDLERS[_name] = _ELEMENTWISE
 _LAYER_HANDLERS["Multiply"] = _GATING
@@ -1056,6 +1120,8 @@ _LAYER_HANDLERS["Concatenate"] = _Concatenate()
 _LAYER_HANDLERS["Pad"] = _Pad()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
+_LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
+_LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
 _HANDLERS.update(_LAYER_HANDLERS)
 del _name, _op_name, _verb, _layers

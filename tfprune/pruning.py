@@ -36,7 +36,14 @@ import numpy as np
 from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
 from tfprune import surgery
-from tfprune._utils import check_verbose, clone_graph, is_integer, is_number, require_graph_model
+from tfprune._utils import (
+    check_verbose,
+    clone_graph,
+    functional_view,
+    is_integer,
+    is_number,
+    require_graph_model,
+)
 from tfprune.analysis import analyze
 
 _SCOPES = ("global", "group")
@@ -298,12 +305,20 @@ def _require_targets(model, graph, targeted, targets, ignore):
     prunable = [group for group in graph.groups if group.prunable]
     hidden = [group for group in graph.groups if group.normalized_by and not group.prunable]
     if targets == "hidden" and hidden:  # say why the hidden width itself may not shrink
+        output_names = {tensor._keras_history.operation.name for tensor in functional_view(model).outputs}
+        why = hidden[0].reason.split(" is not prunable: ", 1)[-1].rstrip(".")
+        at_output = any(name in output_names for name in hidden[0].producers) or any(
+            f"model output '{name}'" in why for name in output_names
+        )
+        advice = (
+            ", so prune the task model that puts a head on this backbone"
+            if at_output
+            else "; prune heads or MLP units instead (targets='heads' or 'mlp')"
+        )
         raise ValueError(
             f"targets='hidden' finds no hidden width of model '{model.name}' that may be pruned: "
-            f"{hidden[0].reason}"
-            + (" A backbone whose output is its hidden states keeps that width: prune the task "
-               "model that puts a head on it." if "model output" in hidden[0].reason else "")
-        )  # fmt: skip
+            f"{why}{advice}."
+        )
     if prunable:
         raise ValueError(
             f"`targets` and `ignore` leave none of the {len(prunable)} prunable groups of model "

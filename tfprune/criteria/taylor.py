@@ -43,8 +43,11 @@ def _loss_function(model, loss):
         loss = loss[0]
     try:
         function = keras.losses.get(loss)
-    except ValueError as error:
-        raise ValueError(f"{_CALLER}: unknown loss {loss!r} ({error}).") from None
+    except ValueError:
+        raise ValueError(
+            f"{_CALLER}: unknown loss {loss!r}; pass `loss=` a Keras loss name, a keras.losses.Loss "
+            "or a callable `(y_true, y_pred) -> loss`."
+        ) from None
     if not callable(function):
         raise ValueError(f"{_CALLER}: `loss` must be a loss name or a callable. Received: loss={loss!r}")
     return function
@@ -105,9 +108,9 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
 
     Raises:
         ValueError: If `data` is missing, empty, without labels or of the
-            wrong shape, there is no loss (uncompiled model and no `loss=`),
-            the model has several losses or inputs, the loss is not finite,
-            or `verbose` is out of range.
+            wrong shape, there is no loss (uncompiled model and no `loss=`)
+            or it is unknown, the model has several losses, inputs or
+            outputs, the loss is not finite, or `verbose` is out of range.
         TypeError: If `data` is not a dataset or an array.
 
     Example:
@@ -115,6 +118,11 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     >>> # model.compile(loss="sparse_categorical_crossentropy")
     >>> # small, result = tfprune.prune(model, "taylor", rate=0.3, data=(x_train, y_train))
     """
+    if len(model.outputs) != 1:
+        raise ValueError(
+            f"{_CALLER} supports single-output models; model '{model.name}' has {len(model.outputs)} "
+            "outputs: score a single-output model built on the same layers."
+        )
     function = _loss_function(model, loss)
     batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER)
     progress = keras.utils.Progbar(len(batches), verbose=check_verbose(verbose, _CALLER), unit_name="batch")
@@ -135,7 +143,10 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
                 f"{_CALLER}: the loss of model '{model.name}' is {value} on a batch of `data`; "
                 "check the labels and the loss (e.g. from_logits)."
             )
-        products = {path: weights[path] * gradient for path, gradient in zip(paths, gradients)}
+        products = {  # a consumer the loss does not read (TF/PyTorch: None) changes nothing
+            path: np.zeros_like(weights[path]) if gradient is None else weights[path] * gradient
+            for path, gradient in zip(paths, gradients)
+        }
         for group in groups:
             estimate = np.zeros(group.size)
             for member in _consumer_members(group):
