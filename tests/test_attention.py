@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import layers
+from surgery_helpers import kill_channels
 
 import tfprune
 
@@ -412,4 +413,30 @@ def test_token_ids_of_any_length_with_a_padding_mask_prune_and_run(tmp_path):
         assert outputs(small, tokens).shape == (2, 2)
     small.save(tmp_path / "small.keras")
     np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "small.keras"), tokens),
+                               outputs(small, tokens), atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_reversible_embedding_shares_the_hidden_width_with_its_logits(tie_weights, tmp_path):
+    # A language model's token table is also its output projection (reverse=True).
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((7,), dtype="int32", name="ids")
+    table = layers.ReversibleEmbedding(30, 12, tie_weights=tie_weights, name="table")
+    x = table(ids)
+    hidden = layers.Dense(24, activation="relu", name="fc")(x)
+    x = layers.Add()([x, layers.Dense(12, name="proj")(hidden)])
+    model = keras.Model(ids, table(x, reverse=True))
+    graph = tfprune.graph.build(model)
+    group = graph["table"]
+    assert group.prunable and group.size == 12
+    assert not graph["table_logits"].prunable and "one logit per entry of its vocabulary" in graph["table_logits"].reason
+    kill_channels(model, group, [0, 5], roles=("output", "param", "input"))
+    small = tfprune.surgery.remove_channels(model, {"table": [0, 5]})
+    tokens = np.random.default_rng(0).integers(0, 30, (2, 7)).astype("int32")
+    np.testing.assert_allclose(outputs(small, tokens), outputs(model, tokens), atol=1e-5, rtol=0)
+    assert tuple(small.get_layer("table").embeddings.shape) == (30, 10)
+    if not tie_weights:
+        assert tuple(small.get_layer("table").reverse_embeddings.shape) == (10, 30)
+    small.save(tmp_path / "lm.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "lm.keras"), tokens),
                                outputs(small, tokens), atol=1e-6)  # fmt: skip

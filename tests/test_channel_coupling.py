@@ -453,7 +453,7 @@ def test_every_registered_handler_is_audited():
     audited = {case[0] for case in INDEPENDENT} | {case[0] for case in COUPLED}
     audited |= set(PRODUCERS) | set(DEPTHWISE) | {layers.Activation}
     # Attention heads, token embeddings and class-token slices: tests/test_attention.py
-    audited |= {layers.MultiHeadAttention, layers.Embedding, "GetItem"}
+    audited |= {layers.MultiHeadAttention, layers.Embedding, layers.ReversibleEmbedding, "GetItem"}
     assert set(handlers._HANDLERS) - audited == set()
 
 

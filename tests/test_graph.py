@@ -246,7 +246,7 @@ def test_a_custom_layer_without_handler_is_frozen_with_a_warning_naming_it():
     with pytest.warns(UserWarning, match=r"cannot see inside layer 'scale' \(Scale\).*frozen.*register_handler\(Scale"):
         graph = tfprune.graph.build(scale_model())
     assert not graph["dense"].prunable
-    assert "operation 'scale' (Scale) has no handler" in graph["dense"].reason
+    assert "cannot see inside layer 'scale' (Scale): it could not be inlined and has no handler" in graph["dense"].reason
 
 
 def permute_model():
@@ -272,7 +272,7 @@ def test_freeze_handler_pins_a_registered_layer():
 def test_unknown_layer_can_be_frozen():
     graph = tfprune.graph.build(scale_model(), unknown="freeze")
     assert not graph["dense"].prunable
-    assert "operation 'scale' (Scale) has no handler" in graph["dense"].reason
+    assert "cannot see inside layer 'scale' (Scale): it could not be inlined and has no handler" in graph["dense"].reason
 
 
 def test_unknown_argument_value_is_refused():

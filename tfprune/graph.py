@@ -687,7 +687,12 @@ def _trace_node(node, tracer, unknown):
                 "if its output channel c is its input channel c.",
                 stacklevel=4,
             )
-        handler = handlers.Freeze(f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
+        handler = handlers.Freeze(
+            f"tfprune cannot see inside layer '{operation.name}' ({type(operation).__name__}): it could not "
+            "be inlined and has no handler"
+            if _is_foreign_layer(operation)
+            else f"operation '{operation.name}' ({type(operation).__name__}) has no handler"
+        )
     outputs = handler.trace(node, tracer)
     for tensor, channels in zip(node.outputs, outputs):
         tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)

@@ -439,6 +439,11 @@ _ELEMENTWISE_FUNCTIONS = _activation_names(_ELEMENTWISE_ACTIVATIONS)
 _MIXING_FUNCTIONS = _activation_names(_CHANNEL_MIXING_ACTIVATIONS)
 
 
+# Element-wise activations of libraries tfprune does not import, by (module, name):
+# keras-hub's BERT-family models use `gelu(x, approximate=True)` under this name.
+_LIBRARY_ELEMENTWISE = {("keras_hub.src.utils.keras_utils", "gelu_approximate")}
+
+
 def channel_mixing_activation(layer):
     """Why `layer`'s `activation` couples its output channels, or None.
 
@@ -460,6 +465,8 @@ def channel_mixing_activation(layer):
     """
     activation = getattr(layer, "activation", None)
     if activation is None or activation in _ELEMENTWISE_FUNCTIONS:
+        return None
+    if (getattr(activation, "__module__", None), getattr(activation, "__name__", None)) in _LIBRARY_ELEMENTWISE:
         return None
     if activation in _MIXING_FUNCTIONS:
         return f"'{layer.name}' applies activation '{_MIXING_FUNCTIONS[activation]}' over the channel axis"
@@ -832,6 +839,35 @@ class _Embedding(Handler):
         return {**config, "output_dim": output_width}
 
 
+class _ReversibleEmbedding(_Embedding):
+    """`ReversibleEmbedding`: an Embedding forwards; called with `reverse=True`, a projection to the vocabulary.
+
+    The reverse call reads the hidden channels on the embedding table's
+    second axis (tied weights; the same axis as the forward output, so both
+    calls share one group) or on `reverse_embeddings`' first axis, and makes
+    one logit per vocabulary entry, which never shrink.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        arguments = node.arguments
+        reverse = arguments.kwargs.get("reverse", arguments.args[1] if len(arguments.args) > 1 else False)
+        if not reverse or getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            return super().trace(node, tracer)
+        inputs = tracer.channels(node.input_tensors[0])
+        if layer.tie_weights:
+            tracer.use(layer, layer.embeddings, 1, inputs, "input")
+        else:
+            tracer.use(layer, layer.reverse_embeddings, 0, inputs, "input")
+        logits = tracer.new_channels(layer.input_dim, f"{layer.name}_logits")
+        tracer.pin(logits, f"'{layer.name}' makes one logit per entry of its vocabulary")
+        return [logits]
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        # Two calls may give two output widths; the table's second axis is the hidden width.
+        return {**config, "output_dim": int(weight_shapes[0][1])}
+
+
 class _GetItem(Handler):
     """`x[key]` (`x[:, 0]`, a class token): passes the channels when the key keeps the channel axis whole.
 
@@ -1059,6 +1095,7 @@ _LAYER_HANDLERS = {
     _layers.Conv3DTranspose: _Producer("filters", input_axis=-1, output_axis=-2),
     _layers.Dense: _Producer("units", input_axis=0, output_axis=1),
     _layers.EinsumDense: _EinsumDense(),
+    _layers.ReversibleEmbedding: _ReversibleEmbedding(),
     _layers.DepthwiseConv1D: _Depthwise(),
     _layers.DepthwiseConv2D: _Depthwise(),
     _layers.SeparableConv1D: _Separable(),

@@ -39,8 +39,23 @@ class _ViTPatchingAndEmbedding(Handler):
         return {**config, "hidden_dim": output_width}
 
 
+class _PositionEmbedding(Handler):
+    """keras-hub's `PositionEmbedding`: a learned table, one row per position, of its input's width.
+
+    Its output has the input's shape and channels (it is added to the token
+    embeddings afterwards); the table's last axis is sliced with them.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        channels = tracer.channels(node.input_tensors[0])
+        tracer.use(layer, layer.position_embeddings, -1, channels, "param")
+        return [channels]
+
+
 _BY_CLASS = {
     ("keras_hub.src.models.vit.vit_layers", "ViTPatchingAndEmbedding"): _ViTPatchingAndEmbedding(),
+    ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PositionEmbedding(),
 }
 
 

@@ -183,3 +183,44 @@ def test_keras_hub_transformer_encoders_are_inlined_and_pruned(targets, widths, 
     np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "encoders.keras"), x)[0], pruned, atol=1e-6)
     report = tfprune.export.to_tflite(small, tmp_path / "encoders.tflite", sample_inputs=x, verbose=0)
     assert report.max_abs_error < 1e-4, report
+
+
+def _bert(keras_hub):
+    return keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+                                         intermediate_dim=32, max_sequence_length=12)  # fmt: skip
+
+
+def _text_inputs(count=2, length=12):
+    rng = np.random.default_rng(0)
+    return {"token_ids": rng.integers(1, 50, (count, length)).astype("int32"),
+            "padding_mask": np.ones((count, length), "int32"), "segment_ids": np.zeros((count, length), "int32")}  # fmt: skip
+
+
+def test_bert_text_classifier_prunes_heads_mlp_and_hidden_width_and_reloads(tmp_path):
+    # ReversibleEmbedding, keras-hub's PositionEmbedding and gelu_approximate, a
+    # padding mask, three inputs; LiteRT export takes single-input models only.
+    keras.utils.set_random_seed(0)
+    classifier = keras_hub.models.BertTextClassifier(_bert(keras_hub), num_classes=2, preprocessor=None)
+    x = _text_inputs()
+    small, result = tfprune.prune(classifier, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after == {
+        "transformer_layer_0_self_attention_layer_heads": 1, "transformer_layer_0_feedforward_intermediate_dense": 16,
+        "transformer_layer_1_self_attention_layer_heads": 1, "transformer_layer_1_feedforward_intermediate_dense": 16,
+        "pooled_dense": 8,
+    }  # fmt: skip
+    hidden, result = tfprune.prune(classifier, "l1", rate=0.5, targets="hidden", round_to=1, verbose=0)
+    assert result.widths_after == {"token_embedding": 8} and len(result.renormalized) == 5
+    for pruned in (small, hidden):
+        values = keras.ops.convert_to_numpy(pruned(x))
+        assert values.shape == (2, 2) and np.isfinite(values).all()
+        pruned.save(tmp_path / "bert.keras")
+        reloaded = keras.ops.convert_to_numpy(keras.models.load_model(tmp_path / "bert.keras")(x))
+        np.testing.assert_allclose(reloaded, values, atol=1e-6)
+
+
+def test_gpt2_backbone_is_refused_naming_its_decoder_layer():
+    model = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+                                          intermediate_dim=32, max_sequence_length=12)  # fmt: skip
+    with pytest.warns(UserWarning, match="cannot see inside layer 'transformer_layer_0' \\(TransformerDecoder\\)"):
+        with pytest.raises(ValueError, match="cannot see inside layer 'transformer_layer_0' \\(TransformerDecoder\\)"):
+            tfprune.prune(model, "l1", rate=0.5, verbose=0)
