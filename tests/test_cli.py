@@ -321,3 +321,27 @@ def test_a_keras_file_with_a_lambda_is_refused_unless_unsafe_load_is_given(tmp_p
     output = tmp_path / "sparse.keras"
     assert cli.main(["--unsafe-load", "sparsify", str(path), "-o", str(output)]) == 0
     assert cli.main(["report", str(output)]) == 0  # the lambda was traced into keras.ops: safe mode loads it
+
+
+def test_prune_targets_a_transformers_heads_or_hidden_width(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 8), name="tokens")
+    x = keras.layers.Dense(16, name="embed")(tokens)
+    x = keras.layers.LayerNormalization(name="ln")(x + keras.layers.MultiHeadAttention(4, 4, name="mha")(x, x))
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(32, activation="relu", name="mlp")(x))
+    path = tmp_path / "transformer.keras"
+    keras.Model(tokens, keras.layers.Dense(3, name="logits")(x)).save(path)
+    for targets, check in (("heads", lambda small: small.get_layer("mha").num_heads == 2),
+                           ("hidden", lambda small: small.get_layer("embed").units == 8)):  # fmt: skip
+        output = tmp_path / f"{targets}.keras"
+        arguments = ["prune", str(path), "--criterion", "l1", "--rate", "0.5", "--round-to", "1",
+                     "--targets", targets, "-o", str(output), "--json"]  # fmt: skip
+        assert cli.main(arguments) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert check(keras.saving.load_model(output))
+        assert result["renormalized"] == (["ln"] if targets == "hidden" else [])
+    # A criterion that needs data cannot get it from the command line: one sentence, exit code 2.
+    arguments = ["prune", str(path), "--criterion", "taylor", "--rate", "0.5", "-o", str(tmp_path / "t.keras")]
+    assert cli.main(arguments) == 2
+    lines = _error_line(capsys)
+    assert len(lines) == 1 and "Criterion 'taylor' scores channels on data" in lines[0]

@@ -152,7 +152,11 @@ def build_parser():
         help="one threshold over all groups, or the same rate in every group (default: global for "
         "bn_gamma, sparsity_gamma and str_zero_filters, group for the others)",
     )
-    prune.add_argument("--targets", default="all", choices=("all", "expansion"))
+    prune.add_argument(
+        "--targets", default="all", choices=("all", "expansion", "heads", "mlp", "hidden"),
+        help="groups to prune: all (default), the expansion layers of inverted residual blocks, or a "
+        "transformer's attention heads, MLP units or hidden width",
+    )
     prune.add_argument("--min-channels", type=_positive_int, default=1, help="channels every group keeps")
     prune.add_argument(
         "--round-to", type=_positive_int, default=8,
@@ -382,6 +386,10 @@ def _run_report(args):
     _emit(tfprune.analyze(model), args.json)
 
 
+# Criteria that need `data=` (inputs, or labels too), which `tfprune prune` cannot pass.
+_DATA_DRIVEN = ("activation", "hrank", "reconstruction", "taylor")
+
+
 def _run_prune(args):
     import tfprune
 
@@ -390,6 +398,11 @@ def _run_prune(args):
         # (`criteria.get` would advise registering one in Python, which a command line cannot do)
         raise UsageError(
             f"Unknown criterion {args.criterion!r}; use one of {', '.join(tfprune.criteria.available())}."
+        )
+    if args.criterion in _DATA_DRIVEN:
+        raise UsageError(
+            f"Criterion {args.criterion!r} scores channels on data, which the command line does not take; "
+            "use a weight criterion (l1, l2, bn_gamma, sparsity_gamma, ...) or tfprune.prune(..., data=...) in Python."
         )
     model = _load_model(args.model, args.unsafe_load)
     try:
