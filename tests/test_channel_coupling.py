@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 from surgery_helpers import kill_channels, outputs, random_weights
+from test_handlers_inferred import COLOUR_LAYERS, PER_CHANNEL_LAYERS
 
 import tfprune
 from tfprune import handlers
@@ -329,6 +330,42 @@ INDEPENDENT = [
     ("Power", 2, lambda x: ops.power(x, 2.0)),
     ("ExpandDims", 2, lambda x: ops.expand_dims(x, 1)),
     ("Squeeze", 2, lambda x: ops.squeeze(x[:, :1], 1)),
+    ("ReLU", 2, lambda x: keras.activations.relu(x, negative_slope=0.1)),  # an activation called as a function
+    ("Sin", 2, ops.sin),
+    ("Cos", 2, ops.cos),
+    ("Tan", 2, lambda x: ops.tan(ops.tanh(x))),
+    ("Sinh", 2, ops.sinh),
+    ("Cosh", 2, ops.cosh),
+    ("Arcsin", 2, lambda x: ops.arcsin(ops.tanh(x))),
+    ("Arccos", 2, lambda x: ops.arccos(ops.tanh(x))),
+    ("Arctan", 2, ops.arctan),
+    ("Arcsinh", 2, ops.arcsinh),
+    ("Arccosh", 2, lambda x: ops.arccosh(ops.abs(x) + 1.0)),
+    ("Arctanh", 2, lambda x: ops.arctanh(ops.tanh(x) * 0.5)),
+    ("Erf", 2, ops.erf),
+    ("Erfinv", 2, lambda x: ops.erfinv(ops.tanh(x) * 0.5)),
+    ("Sign", 2, ops.sign),
+    ("Floor", 2, ops.floor),
+    ("Ceil", 2, ops.ceil),
+    ("Round", 2, ops.round),
+    ("Trunc", 2, ops.trunc),
+    ("Exp2", 2, ops.exp2),
+    ("Log2", 2, lambda x: ops.log2(ops.abs(x) + 1.0)),
+    ("Log10", 2, lambda x: ops.log10(ops.abs(x) + 1.0)),
+    ("IsNan", 2, lambda x: x * ops.cast(ops.isnan(x), "float32")),
+    ("IsInf", 2, lambda x: x * ops.cast(ops.isinf(x), "float32")),
+    ("IsFinite", 2, lambda x: x * ops.cast(ops.isfinite(x), "float32")),
+    ("NanToNum", 2, ops.nan_to_num),
+    ("Real", 2, ops.real),
+    ("Imag", 2, lambda x: x + ops.imag(x)),
+    ("Conjugate", 2, ops.conjugate),
+    ("FloorDivide", 2, lambda x: ops.floor_divide(x, 0.5)),
+    ("Mod", 2, lambda x: ops.mod(x, 0.5)),
+    ("Arctan2", 2, lambda x: ops.arctan2(x, 1.0)),
+    ("Logaddexp", 2, lambda x: ops.logaddexp(x, 0.0)),
+    ("Where", 2, lambda x: ops.where(x > 0, x, 0.1 * x)),
+    ("Transpose", 2, lambda x: ops.transpose(x, (0, 2, 1, 3))),
+    (layers.Permute, 2, layers.Permute((2, 1, 3))),
     # Comparisons and logic (a padding mask from token ids), cast back to numbers.
     ("Equal", 2, lambda x: ops.cast(ops.equal(x, 0.5), "float32")),
     ("NotEqual", 2, lambda x: ops.cast(ops.not_equal(x, 0.0), "float32")),
@@ -405,6 +442,8 @@ COUPLED = [
     ("Multiply", lambda x: x * np.arange(1.0, 7.0, dtype="float32"), "uses a constant with one value per channel", False),
     (layers.Rescaling, layers.Rescaling(np.arange(1.0, 7.0)), "rescales with one value per channel", False),
     (layers.Reshape, layers.Reshape((4, 4, 2, 3)), "reshapes channels into several axes", False),
+    ("Transpose", lambda x: ops.transpose(x, (0, 1, 3, 2)), "moves the channel axis", False),
+    (layers.Permute, layers.Permute((1, 3, 2)), "moves the channel axis", False),
 ]
 
 
@@ -454,6 +493,8 @@ def test_every_registered_handler_is_audited():
     audited |= set(PRODUCERS) | set(DEPTHWISE) | {layers.Activation}
     # Attention heads, token embeddings and class-token slices: tests/test_attention.py
     audited |= {layers.MultiHeadAttention, layers.Embedding, layers.ReversibleEmbedding, "GetItem"}
+    # Preprocessing and augmentation layers: tests/test_handlers_inferred.py
+    audited |= {getattr(layers, name) for name in (*PER_CHANNEL_LAYERS, *COLOUR_LAYERS)}
     assert set(handlers._HANDLERS) - audited == set()
 
 

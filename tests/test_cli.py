@@ -277,15 +277,15 @@ def test_strip_says_when_there_is_nothing_to_strip(tmp_path, model_file, capsys)
 
 def test_prune_of_a_model_with_an_unknown_operation_suggests_a_flag_it_accepts(tmp_path, capsys):
     inputs = keras.Input((4,))
-    x = keras.ops.sin(keras.layers.Dense(6, name="hidden")(inputs))
+    x = keras.ops.flip(keras.layers.Dense(6, name="hidden")(inputs), axis=-1)  # not per channel
     x = keras.layers.Dense(5, name="second")(keras.layers.ReLU()(keras.layers.Dense(5, name="mid")(x)))
-    path = tmp_path / "sine.keras"
+    path = tmp_path / "flip.keras"
     keras.Model(inputs, keras.layers.Dense(2, name="head")(x)).save(path)
     output = tmp_path / "small.keras"
     arguments = ["prune", str(path), "--criterion", "l1", "--rate", "0.5", "-o", str(output)]
     assert cli.main(arguments) == 2
     (line,) = _error_line(capsys)
-    assert "operation 'sin' of type Sin; pass --unknown freeze" in line
+    assert "operation 'flip' of type Flip; pass --unknown freeze" in line
     assert cli.main([*arguments, "--unknown", "freeze"]) == 0
     assert keras.saving.load_model(output).get_layer("hidden").units == 6  # frozen by the unknown op
 

@@ -66,7 +66,7 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers
+from tfprune import _utils, handlers, handlers_inferred
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -113,22 +113,23 @@ class UnknownOperationError(ValueError):
     Example:
 
     >>> inputs = keras.Input((4,))
-    >>> model = keras.Model(inputs, keras.ops.sin(keras.layers.Dense(3)(inputs)))
+    >>> model = keras.Model(inputs, keras.ops.flip(keras.layers.Dense(3)(inputs), axis=-1))
     >>> try:
     ...     tfprune.graph.build(model)
     ... except tfprune.graph.UnknownOperationError as error:
     ...     print(type(error.operation).__name__)
-    Sin
+    Flip
     """
 
-    def __init__(self, operation):
+    def __init__(self, operation, why=None):
         self.operation = operation
         kind = type(operation)
         # Layers are registered by class, other operations by class name.
         key = kind.__name__ if isinstance(operation, keras.layers.Layer) else repr(kind.__name__)
+        not_inferred = f" (and its channel rule could not be established numerically: {why})" if why else ""
         super().__init__(
             f"tfprune has no channel handler for operation '{operation.name}' of type "
-            f"{kind.__module__}.{kind.__name__}; register one before pruning, e.g. "
+            f"{kind.__module__}.{kind.__name__}{not_inferred}; register one before pruning, e.g. "
             f"`tfprune.graph.register_handler({key}, tfprune.graph.Freeze('{kind.__name__} is not "
             "pruned'))` to leave the channels around it alone, or "
             f"`tfprune.graph.register_handler({key}, tfprune.graph.Preserve())` if its output "
@@ -234,6 +235,9 @@ class ChannelGraph:
 
     Attributes:
         groups: List of `ChannelGroup` in a deterministic (topological) order.
+        inferred: Dict. Operation name -> the channel rule tfprune
+            established numerically for an operation without a handler
+            (`tfprune.handlers_inferred`), as a sentence.
 
     Example:
 
@@ -249,8 +253,9 @@ class ChannelGraph:
     "Group 'head' is not prunable: its channels are model output 'head'."
     """
 
-    def __init__(self, groups, trace):
+    def __init__(self, groups, trace, inferred=None):
         self.groups = list(groups)
+        self.inferred = dict(inferred or {})
         self._by_name = {group.name: group for group in self.groups}
         self._trace = trace
 
@@ -676,8 +681,12 @@ def _trace_node(node, tracer, unknown):
     else:
         handler = handler_for(operation)
     if handler is None:
+        handler, rule = handlers_inferred.infer(node, handlers.ELEMENTWISE)
+        if handler is not None:
+            tracer.inferred[operation.name] = rule
+    if handler is None:
         if unknown == "raise" and not _is_foreign_layer(operation):
-            raise UnknownOperationError(operation)
+            raise UnknownOperationError(operation, rule)
         if unknown == "raise":
             kind = type(operation).__name__
             warnings.warn(
@@ -688,10 +697,11 @@ def _trace_node(node, tracer, unknown):
                 stacklevel=4,
             )
         handler = handlers.Freeze(
-            f"tfprune cannot see inside layer '{operation.name}' ({type(operation).__name__}): it could not "
+            (f"tfprune cannot see inside layer '{operation.name}' ({type(operation).__name__}): it could not "
             "be inlined and has no handler"
             if _is_foreign_layer(operation)
-            else f"operation '{operation.name}' ({type(operation).__name__}) has no handler"
+            else f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
+            + f", and no channel rule could be established numerically ({rule})"
         )
     outputs = handler.trace(node, tracer)
     for tensor, channels in zip(node.outputs, outputs):
@@ -790,7 +800,7 @@ def _assemble(functional, tracer, hidden=False):
     roots_by_group = {
         names[key]: class_roots[start : start + size] for key, start, size in zip(group_keys, starts, sizes)
     }
-    return ChannelGraph(groups, _Trace(roots, roots_by_group, tracer))
+    return ChannelGraph(groups, _Trace(roots, roots_by_group, tracer), tracer.inferred)
 
 
 def _merge_members(members):

@@ -137,6 +137,7 @@ class Tracer:
         self._gates = set()  # ids that gate a larger tensor (squeeze-excite)
         self._normalized = {}  # channel id -> names of the layers normalising over it
         self._heads = {}  # channel id -> the attention layer whose head it is
+        self.inferred = {}  # operation name -> channel rule established numerically
 
     def channels(self, tensor):
         """Returns the channel ids of a traced tensor's last axis.
@@ -704,6 +705,22 @@ class _Reshape(Handler):
         return config
 
 
+class _Permute(Handler):
+    """Permute/transpose that keeps the channel axis last passes channels through."""
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        rank = len(node.input_tensors[0].shape)
+        if hasattr(operation, "dims"):  # the Permute layer: dims of the non-batch axes, from 1
+            last = tuple(operation.dims)[-1] == rank - 1
+        else:  # keras.ops.transpose: axes of every axis, or None (reversed)
+            axes = getattr(operation, "axes", None)
+            last = axes is not None and tuple(axes)[-1] % rank == rank - 1
+        if last:
+            return [tracer.channels(node.input_tensors[0])]
+        return Freeze(f"'{operation.name}' moves the channel axis").trace(node, tracer)
+
+
 class _Rescaling(Handler):
     def trace(self, node, tracer):
         channels = tracer.channels(node.input_tensors[0])
@@ -1084,6 +1101,7 @@ def _application_handlers(elementwise):
 
 _PRESERVE = Preserve()
 _ELEMENTWISE = _Elementwise()
+ELEMENTWISE = _ELEMENTWISE  # what `handlers_inferred` hands out for a per-channel rule
 _GATING = _Elementwise(gating=True)
 _layers = keras.layers
 _LAYER_HANDLERS = {
@@ -1132,6 +1150,22 @@ for _name in (
     "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D"
 ).split():
     _LAYER_HANDLERS[getattr(_layers, _name)] = _PRESERVE
+# Preprocessing and augmentation layers (identities at inference, or spatial
+# maps): each output channel is its input channel in training mode too.
+# Keras versions without one of them skip it.
+for _name in (
+    "Resizing CenterCrop Permute RandomFlip RandomRotation RandomZoom RandomTranslation RandomCrop "
+    "RandomShear RandomPerspective RandomElasticTransform RandomErasing RandomGaussianBlur "
+    "RandomContrast RandomBrightness RandomInvert RandomPosterization RandomSharpness "
+    "Solarization AutoContrast MixUp CutMix"
+).split():
+    if hasattr(_layers, _name):
+        _LAYER_HANDLERS[getattr(_layers, _name)] = _Permute() if _name == "Permute" else _PRESERVE
+for _name in "RandomHue RandomSaturation RandomGrayscale RandomColorJitter RandomColorDegeneration AugMix RandAugment".split():
+    if hasattr(_layers, _name):
+        _LAYER_HANDLERS[getattr(_layers, _name)] = Freeze(
+            f"{_name} works on the three colour channels of an image together"
+        )
 # Non-layer operations (what `x + 3.0`, `keras.ops.relu6(x)` record) by class name.
 # One-tensor operations go through `_Elementwise` too, so that a per-channel
 # constant argument (`keras.ops.clip(x, low, high)` with one bound per
@@ -1144,6 +1178,12 @@ for _name in (
     "Equal NotEqual Less LessEqual Greater GreaterEqual LogicalAnd LogicalOr LogicalNot"
 ).split():
     _LAYER_HANDLERS[_name] = _ELEMENTWISE
+for _name in (
+    "ReLU Sin Cos Tan Sinh Cosh Arcsin Arccos Arctan Arcsinh Arccosh Arctanh Erf Erfinv "
+    "Sign Floor Ceil Round Trunc Exp2 Log2 Log10 IsNan IsInf IsFinite NanToNum Real Imag Conjugate "
+    "FloorDivide Mod Arctan2 Logaddexp Where"
+).split():  # `keras.activations.relu(x)` records ReLU; the rest are keras.ops math
+    _LAYER_HANDLERS[_name] = _ELEMENTWISE
 _LAYER_HANDLERS["Multiply"] = _GATING
 for _name, _verb in (
     ("Softmax LogSoftmax Sparsemax Normalize LayerNorm RMSNorm", "normalises"),
@@ -1155,6 +1195,7 @@ for _name, _verb in (
         _LAYER_HANDLERS[_op_name] = _OverAxis(_verb)
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
 _LAYER_HANDLERS["Pad"] = _Pad()
+_LAYER_HANDLERS["Transpose"] = _Permute()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")

@@ -330,14 +330,19 @@ def _rewrite(model, graph, removals):
         resized = output_width != node.outputs[0].shape[-1]
         if layer.name not in slices and not resized:
             return None
-        handler = handlers.handler_for(layer)
+        # No handler: a weightless operation whose per-channel rule was inferred
+        # numerically (`graph.inferred`); its config holds no width.
+        handler = handlers.handler_for(layer) or handlers.Handler()
+        if not layer.weights and type(handler).resize is handlers.Handler.resize:
+            # Weightless, and its config holds no width (activations, pooling,
+            # augmentation, inferred rules): a copy does, even when its config
+            # does not round-trip (keras-hub's Identity, Keras's RandomShear).
+            return _utils.copy_or_share(layer, "tfprune.prune")
         try:
             config = dict(layer.get_config())
         except NotImplementedError:
             if layer.weights:
                 raise
-            # A weightless layer built with arguments Keras cannot serialize (keras-hub's
-            # HGNetV2 makes such Identity layers): nothing to resize, use it as it is.
             return _utils.copy_or_share(layer, "tfprune.prune")
         values = layer.get_weights()
         for index, cuts in slices.get(layer.name, {}).items():

@@ -1,0 +1,190 @@
+"""Layers and operations without a handler of their own: augmentation and
+preprocessing layers, activation functions called as functions, and channel
+rules established numerically (`tfprune.handlers_inferred`)."""
+
+import doctest
+import re
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import tfprune
+from tfprune import handlers_inferred
+
+PER_CHANNEL_LAYERS = {
+    "Resizing": lambda: layers.Resizing(12, 12),
+    "CenterCrop": lambda: layers.CenterCrop(12, 12),
+    "RandomFlip": lambda: layers.RandomFlip(),
+    "RandomRotation": lambda: layers.RandomRotation(0.1),
+    "RandomZoom": lambda: layers.RandomZoom(0.1),
+    "RandomTranslation": lambda: layers.RandomTranslation(0.1, 0.1),
+    "RandomCrop": lambda: layers.RandomCrop(12, 12),
+    "RandomContrast": lambda: layers.RandomContrast(0.2),
+    "RandomBrightness": lambda: layers.RandomBrightness(0.2, value_range=(-10.0, 10.0)),
+    "RandomGaussianBlur": lambda: layers.RandomGaussianBlur(),
+    "RandomErasing": lambda: layers.RandomErasing(),
+    "RandomSharpness": lambda: layers.RandomSharpness(0.2),
+    "RandomPerspective": lambda: layers.RandomPerspective(),
+    "RandomShear": lambda: layers.RandomShear(0.2),
+    "Solarization": lambda: layers.Solarization(),
+    "AutoContrast": lambda: layers.AutoContrast(),
+    "MixUp": lambda: layers.MixUp(),
+    "CutMix": lambda: layers.CutMix(),
+    "RandomInvert": lambda: layers.RandomInvert(value_range=(-10.0, 10.0)),
+    "RandomElasticTransform": lambda: layers.RandomElasticTransform(),
+    "RandomPosterization": lambda: layers.RandomPosterization(4, value_range=(-10.0, 10.0)),
+    "Permute": lambda: layers.Permute((2, 1, 3)),
+}
+
+
+def _model(middle, filters=8):
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(filters, 3, padding="same", name="conv")(inputs)
+    x = middle(x)
+    x = layers.Conv2D(4, 3, padding="same", name="head")(x)
+    return keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
+
+
+def _kill(model, dead):
+    """Zeroes filters `dead` of layer 'conv' in place (a copy the test owns)."""
+    kernel, bias = model.get_layer("conv").get_weights()
+    kernel[..., dead], bias[dead] = 0.0, 0.0
+    model.get_layer("conv").set_weights([kernel, bias])
+
+
+def _images(count=2):
+    return np.random.default_rng(0).uniform(0.0, 1.0, (count, 16, 16, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name", sorted(PER_CHANNEL_LAYERS))
+def test_augmentation_and_preprocessing_layers_pass_channels_through(name):
+    keras.utils.set_random_seed(0)
+    model = _model(PER_CHANNEL_LAYERS[name]())
+    graph = tfprune.graph.build(model)
+    assert graph["conv"].prunable, graph["conv"].reason
+    assert not graph.inferred  # registered handlers, nothing guessed
+    _kill(model, [1, 4, 6])
+    small = tfprune.surgery.remove_channels(model, {"conv": [1, 4, 6]})
+    x = _images()
+    assert small.get_layer("conv").filters == 5
+    # At inference the augmentation layers are identities: dead channels go without a trace.
+    np.testing.assert_allclose(small(x, training=False), model(x, training=False), atol=1e-5)
+    assert small(x, training=True).shape == (2, 4)  # and they train at the new width
+
+
+COLOUR_LAYERS = ("RandomHue", "RandomSaturation", "RandomGrayscale", "RandomColorJitter",
+                 "RandomColorDegeneration", "AugMix", "RandAugment")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", COLOUR_LAYERS)
+def test_colour_layers_freeze_the_channels_they_mix(name):
+    cls = getattr(layers, name)
+    # Some refuse any other number of channels than 3.
+    model = _model(cls(0.2) if name in ("RandomHue", "RandomSaturation", "RandomColorDegeneration") else cls(), 3)
+    graph = tfprune.graph.build(model)
+    assert not graph["conv"].prunable
+    assert f"{name} works on the three colour channels of an image together" in graph["conv"].reason
+
+
+FUNCTIONS = {
+    "relu": lambda x: keras.activations.relu(x),
+    "relu6": lambda x: keras.activations.relu(x, max_value=6.0),
+    "erf": keras.ops.erf,
+    "sin": keras.ops.sin,
+    "where": lambda x: keras.ops.where(x > 0.1, x, -x),
+    "image_resize": lambda x: keras.ops.image.resize(x, (8, 8)),
+    "transpose": lambda x: keras.ops.transpose(x, (0, 2, 1, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_functions_called_on_tensors_prune_and_dead_channels_leave_no_trace(name):
+    keras.utils.set_random_seed(0)
+    model = _model(FUNCTIONS[name])
+    _kill(model, [0, 5])
+    graph = tfprune.graph.build(model)
+    assert graph["conv"].prunable, graph["conv"].reason
+    small = tfprune.surgery.remove_channels(model, {"conv": [0, 5]})
+    x = _images()
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_an_inferred_rule_is_stated_in_the_graph():
+    model = _model(lambda x: keras.ops.deg2rad(x) * 2.0)  # Deg2rad has no handler
+    graph = tfprune.graph.build(model)
+    assert graph["conv"].prunable
+    (name,) = graph.inferred
+    assert graph.inferred[name] == (
+        f"'{name}' (Deg2rad): output channel c is input channel c, established numerically on 8 channels"
+    )
+
+
+class _Softsign(layers.Layer):
+    """A weightless layer of this test module whose call Keras cannot trace symbolically."""
+
+    def call(self, inputs, training=None):
+        if training:  # branches on `training`, so tfprune keeps it whole
+            return inputs
+        return inputs / (1.0 + keras.ops.abs(inputs))
+
+
+def test_a_custom_weightless_layer_is_pruned_through_on_its_inferred_rule():
+    keras.utils.set_random_seed(0)
+    model = _model(_Softsign(name="softsign"))
+    _kill(model, [2, 3])
+    graph = tfprune.graph.build(model)
+    assert graph["conv"].prunable
+    assert "'softsign' (_Softsign): output channel c is input channel c" in graph.inferred["softsign"]
+    assert graph.inferred["softsign"].endswith("in inference and training mode")
+    small = tfprune.surgery.remove_channels(model, {"conv": [2, 3]})
+    np.testing.assert_allclose(small(_images()), model(_images()), atol=1e-5)
+
+
+class _DividedByWidth(layers.Layer):
+    def call(self, inputs):
+        return inputs / keras.ops.cast(keras.ops.shape(inputs)[-1], inputs.dtype)
+
+
+class _Noisy(layers.Layer):
+    def call(self, inputs, training=None):
+        if training:
+            return inputs + keras.random.normal(keras.ops.shape(inputs))
+        return inputs
+
+
+class _MixesChannels(layers.Layer):
+    def call(self, inputs):
+        return inputs - keras.ops.mean(inputs, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("layer, reason", [
+    (_DividedByWidth(), "run on fewer channels it does not give the kept channels' output"),
+    (_Noisy(), "its output is random in training mode"),
+    (_MixesChannels(), r"changing its input channel \d changes other output channels"),
+    (layers.Dense(8), "it holds weights"),
+    (layers.RepeatVector(3), "no input has the output's channel axis"),
+])  # fmt: skip
+def test_no_rule_is_inferred_where_a_check_fails(layer, reason):
+    inputs = keras.Input((8,) if isinstance(layer, layers.RepeatVector) else (5, 8))
+    outputs = layer(inputs)
+    node = outputs._keras_history.operation._inbound_nodes[0]
+    handler, why = handlers_inferred.infer(node, tfprune.handlers.ELEMENTWISE)
+    assert handler is None
+    assert why is not None and re.search(reason, why), why
+
+
+def test_a_foreign_layer_without_a_rule_is_frozen_and_says_why():
+    model = _model(_Noisy(name="noisy"))
+    with pytest.warns(UserWarning, match="cannot see inside layer 'noisy'"):
+        graph = tfprune.graph.build(model)
+    assert not graph["conv"].prunable
+    assert "no channel rule could be established numerically (its output is random in training mode)" in graph["conv"].reason
+
+
+def test_the_module_examples_run():
+    results = doctest.testmod(
+        handlers_inferred, extraglobs={"tfprune": tfprune, "keras": keras}, optionflags=doctest.ELLIPSIS
+    )
+    assert results.attempted >= 4 and results.failed == 0

@@ -1,0 +1,186 @@
+"""Channel rules established numerically, for operations without a handler.
+
+When `tfprune.graph.build` meets a weightless layer or a `keras.ops`
+operation it has no handler for, it asks `infer` before refusing: the
+operation is run on random inputs of its own call's shapes, and it is taken
+to act on each channel alone only if all of these hold, in inference mode
+and, for a layer whose `call` takes `training`, in training mode too:
+
+1. it is deterministic (the same input gives the same output twice);
+2. changing channel `c` of its inputs changes no other output channel;
+3. run on the inputs with some channels left out, it gives exactly the
+   output with those channels left out (so it runs at a smaller width and
+   nothing in it depends on the channel count).
+
+The rule is then "output channel c is input channel c" (`_Elementwise`: the
+channel inputs are coupled, like `x + y`) and it is recorded in
+`ChannelGraph.inferred`, so `tfprune.prune` can say which operations it
+pruned through on this evidence. Anything else (weights, a changed channel
+axis, several outputs, randomness, an error) is not inferred; the caller
+then refuses as before.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+
+# Channels perturbed one at a time (all of them when there are fewer).
+PROBED_CHANNELS = 4
+# Size given to unknown axes (other than the batch) of the probe inputs.
+UNKNOWN_AXIS_SIZE = 8
+_BATCH = 2
+
+
+def infer(node, elementwise):
+    """Returns `(handler, rule)` for a per-channel operation, else `(None, reason)`.
+
+    Args:
+        node: The Keras `Node` of the call without a handler.
+        elementwise: The handler to use when the rule holds (the registry's
+            elementwise handler).
+
+    Returns:
+        A tuple: the handler and a sentence stating the inferred rule, or
+        None and a sentence saying why no rule could be established.
+
+    Example:
+
+    >>> inputs = keras.Input((4, 6))
+    >>> node = keras.ops.sin(inputs)._keras_history.operation._inbound_nodes[0]
+    >>> handler, rule = infer(node, tfprune.handlers.ELEMENTWISE)
+    >>> rule
+    "'sin' (Sin): output channel c is input channel c, established numerically on 6 channels"
+    >>> node = keras.ops.flip(inputs, axis=-1)._keras_history.operation._inbound_nodes[0]
+    >>> infer(node, tfprune.handlers.ELEMENTWISE)
+    (None, 'changing its input channel ... changes other output channels')
+    """
+    operation = node.operation
+    reason = _unsupported(node)
+    if reason is not None:
+        return None, reason
+    modes = [False, True] if _takes_training(operation) else [None]
+    rng = np.random.default_rng(0)
+    channel_inputs = [tensor for tensor in node.input_tensors if _same_channel_axis(tensor, node.outputs[0])]
+    for positive in (True, False):
+        values = {id(tensor): _probe(tensor, rng, positive) for tensor in node.input_tensors}
+        for training in modes:
+            try:
+                reason = _check(node, channel_inputs, values, training, rng)
+            except Exception as error:  # the operation itself failed on a probe: no rule
+                reason = f"it failed when run on a probe input ({type(error).__name__}: {_first_line(error)})"
+            if reason is not None:
+                mode = {None: "", False: " in inference mode", True: " in training mode"}[training]
+                return None, reason + mode
+    width = node.outputs[0].shape[-1]
+    rule = (
+        f"'{operation.name}' ({type(operation).__name__}): output channel c is input channel c, "
+        f"established numerically on {width} channels"
+        + (" in inference and training mode" if len(modes) == 2 else "")
+    )
+    return elementwise, rule
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0][:160] if text else ""
+
+
+def _unsupported(node):
+    """Why the numerical check cannot apply to this call, or None."""
+    operation = node.operation
+    if getattr(operation, "weights", None):
+        return "it holds weights"
+    if len(node.outputs) != 1:
+        return "it has several outputs"
+    output = node.outputs[0]
+    if not node.input_tensors:
+        return "it has no input tensor"
+    if len(output.shape) == 0 or output.shape[-1] is None:
+        return "its output's channel axis has unknown size"
+    if not any(_same_channel_axis(tensor, output) for tensor in node.input_tensors):
+        return "no input has the output's channel axis"
+    for tensor in node.input_tensors:
+        if not _same_channel_axis(tensor, output) and len(tensor.shape) and tensor.shape[-1] not in (1,):
+            return f"input '{tensor.name}' has a different channel axis"
+    return None
+
+
+def _same_channel_axis(tensor, output):
+    return len(tensor.shape) == len(output.shape) and tensor.shape[-1] == output.shape[-1]
+
+
+def _takes_training(operation):
+    if not isinstance(operation, keras.layers.Layer):
+        return False
+    try:
+        return "training" in inspect.signature(operation.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _probe(tensor, rng, positive):
+    shape = [_BATCH] + [UNKNOWN_AXIS_SIZE if size is None else size for size in tensor.shape[1:]]
+    dtype = str(tensor.dtype)
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if "int" in dtype:
+        return rng.integers(0, 4, shape).astype(dtype)
+    # Positive values away from 0 keep sqrt/log finite; values of both signs and
+    # zeros reach the branches of relu-like or masking operations.
+    if positive:
+        return rng.uniform(0.5, 1.5, shape).astype(dtype)
+    values = rng.normal(0.0, 2.0, shape)
+    values[rng.random(shape) < 0.1] = 0.0
+    return values.astype(dtype)
+
+
+def _run(node, values, training):
+    args, kwargs = node.arguments.fill_in(values)
+    if training is not None:
+        kwargs = {**kwargs, "training": training}
+    outputs = node.operation(*args, **kwargs)
+    return keras.ops.convert_to_numpy(keras.tree.flatten(outputs)[0]).astype("float64")
+
+
+def _close(left, right):
+    if left.shape != right.shape:
+        return False
+    scale = 1.0 + float(np.nanmax(np.abs(left), initial=0.0))
+    return bool(np.allclose(left, right, rtol=0.0, atol=1e-5 * scale, equal_nan=True))
+
+
+def _check(node, channel_inputs, values, training, rng):
+    """Why the three conditions of the module docstring fail, or None."""
+    reference = _run(node, values, training)
+    if not _close(_run(node, values, training), reference):
+        return "its output is random"
+    width = reference.shape[-1]
+    channels = np.arange(width)
+    probed = channels if width <= PROBED_CHANNELS else rng.choice(channels, PROBED_CHANNELS, replace=False)
+    for channel in probed.tolist():
+        perturbed = dict(values)
+        for tensor in channel_inputs:
+            changed = np.array(values[id(tensor)], copy=True)
+            changed[..., channel] = _perturbed(changed[..., channel])
+            perturbed[id(tensor)] = changed
+        moved = _run(node, perturbed, training)
+        others = np.delete(channels, channel)
+        if not _close(moved[..., others], reference[..., others]):
+            return f"changing its input channel {channel} changes other output channels"
+    if width > 1:
+        kept = np.sort(rng.choice(channels, max(1, width // 2), replace=False))
+        narrow = dict(values)
+        for tensor in channel_inputs:
+            narrow[id(tensor)] = values[id(tensor)][..., kept]
+        if not _close(_run(node, narrow, training), reference[..., kept]):
+            return "run on fewer channels it does not give the kept channels' output"
+    return None
+
+
+def _perturbed(values):
+    if values.dtype == bool:
+        return ~values
+    if np.issubdtype(values.dtype, np.integer):
+        return values + 1
+    return values * 1.5 + 0.25
