@@ -445,3 +445,233 @@ def test_masked_and_str_layers_count_the_params_of_what_ships():
         record = tfprune.analyze(candidate)["conv"]
         assert record.params == dense_params
         assert record.macs == 4 * 4 * 3 * 3 * 2 * 8
+
+
+def token_model(width=8, vocabulary=20, units=4):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(vocabulary, width, name="embedding")(tokens)
+    return keras.Model(tokens, keras.layers.Dense(units, name="dense")(x))
+
+
+def test_unknown_sequence_length_is_listed_as_uncounted_and_lookups_count_zero():
+    model = token_model()
+
+    result = tfprune.analyze(model)
+
+    assert result.sequence_length is None
+    assert result["embedding"].macs == 0  # a lookup, at any length
+    assert result["dense"].macs is None
+    assert result.uncounted_layers == ("dense",) and not result.complete
+    assert "sequence_length=..." in str(result)
+
+
+def test_sequence_length_fixes_unknown_input_axes_without_touching_the_model():
+    model = token_model(width=8, units=4)
+    calls_before = {layer.name: len(layer._inbound_nodes) for layer in model.layers}
+
+    result = tfprune.analyze(model, sequence_length=7)
+
+    assert result.sequence_length == 7 and result.complete
+    assert result["dense"].macs == 7 * 8 * 4
+    assert result["dense"].output_shape == (None, 7, 4)
+    assert result.to_dict()["sequence_length"] == 7
+    assert "per example of 7 tokens" in str(result) and "sequence_length=..." not in str(result)
+    assert {layer.name: len(layer._inbound_nodes) for layer in model.layers} == calls_before
+    assert model.get_layer("dense").output.shape == (None, None, 4)
+
+
+def test_sequence_length_reaches_into_nested_models():
+    inner_inputs = keras.Input((None, 6))
+    inner = keras.Model(
+        inner_inputs, keras.layers.Dense(5, name="projection")(inner_inputs), name="inner"
+    )
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(30, 6)(tokens)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="head")(inner(x)))
+
+    result = tfprune.analyze(model, sequence_length=9)
+
+    assert result["inner/projection"].macs == 9 * 6 * 5
+    assert result["head"].macs == 9 * 5 * 2
+    assert result.complete
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "12"])
+def test_sequence_length_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match=rf"positive integer.*Received: sequence_length={value!r}"):
+        tfprune.analyze(token_model(), sequence_length=value)
+
+
+def test_sequence_length_is_refused_when_the_inputs_have_no_unknown_axis():
+    model = single_layer_model((5, 3), keras.layers.Dense(2))
+    with pytest.raises(
+        ValueError, match=r"sequence_length=4.*no axis of unknown size.*\(None, 5, 3\)"
+    ):
+        tfprune.analyze(model, sequence_length=4)
+
+
+def transformer_block(x, heads, key_dim, intermediate, name):
+    attention = keras.layers.MultiHeadAttention(heads, key_dim, name=f"{name}_attention")
+    x = keras.layers.LayerNormalization(name=f"{name}_norm")(x + attention(x, x))
+    hidden = keras.layers.Dense(intermediate, activation="gelu", name=f"{name}_up")(x)
+    return x + keras.layers.Dense(x.shape[-1], name=f"{name}_down")(hidden)
+
+
+def test_language_model_with_tied_reverse_embedding_matches_closed_form():
+    width, heads, intermediate, vocabulary, length = 12, 3, 20, 40, 6
+    tokens = keras.Input((None,), dtype="int32")
+    embedding = keras.layers.ReversibleEmbedding(vocabulary, width, name="tokens")
+    x = embedding(tokens)
+    x = transformer_block(x, heads, width // heads, intermediate, name="block")
+    model = keras.Model(tokens, embedding(x, reverse=True))
+
+    result = tfprune.analyze(model, sequence_length=length)
+
+    per_token = 4 * width * width + 2 * width * intermediate + 2 * length * width
+    logits = length * width * vocabulary  # the reverse call: hidden vectors times the table
+    assert result["tokens"].macs == logits
+    assert result["block_attention"].macs == length * (4 * width * width + 2 * length * width)
+    assert result.macs == length * per_token + logits
+    assert result.complete
+
+
+def test_products_of_activations_are_counted():
+    length, width, heads, head_dim = 5, 8, 2, 3
+    sequence = keras.Input((length, width))
+    query = keras.Input((length, heads, head_dim))
+    other = keras.Input((7, heads, head_dim))
+    scores = keras.ops.matmul(sequence, keras.ops.transpose(sequence, (0, 2, 1)))  # 5x5, 8 deep
+    mixed = keras.ops.einsum("bqk,bkd->bqd", scores, sequence)  # 5x8, 5 deep
+    attended = keras.ops.dot_product_attention(query, other, other)
+    dotted = keras.layers.Dot(axes=2, name="dot")([sequence, sequence])  # 5x5, 8 deep
+    layer_attention = keras.layers.Attention(name="attention")([sequence, mixed])
+    contracted = keras.ops.tensordot(sequence, np.ones((width, 4), "float32"), axes=1)
+    model = keras.Model(
+        [sequence, query, other], [mixed, attended, dotted, layer_attention, contracted]
+    )
+
+    result = tfprune.analyze(model)
+
+    by_type = {record.type: record.macs for record in result.layers}
+    assert by_type["Matmul"] == length * length * width
+    assert by_type["Einsum"] == length * width * length
+    assert by_type["DotProductAttention"] == 2 * heads * length * 7 * head_dim
+    assert by_type["Dot"] == length * length * width
+    assert by_type["Attention"] == 2 * length * length * width
+    assert by_type["Tensordot"] == length * 4 * width
+    assert by_type["Transpose"] == 0
+    assert result.complete
+
+
+def test_operations_that_multiply_without_a_formula_are_uncounted():
+    inputs = keras.Input((6, 6, 2))
+    outputs = keras.ops.conv(inputs, np.ones((3, 3, 2, 4), "float32"))
+    einsum_three = keras.ops.einsum(
+        "bi,bi,bi->b", inputs[:, 0, 0], inputs[:, 1, 1], inputs[:, 2, 2]
+    )
+    model = keras.Model(inputs, [outputs, einsum_three])
+
+    result = tfprune.analyze(model)
+
+    uncounted = {record.type for record in result.layers if record.macs is None}
+    assert uncounted == {"Conv", "Einsum"}
+    assert not result.complete
+
+
+@pytest.fixture(scope="module")
+def keras_hub_module():
+    return pytest.importorskip("keras_hub", reason="install the `keras-hub` extra")
+
+
+HIDDEN, HEADS, INTERMEDIATE, LAYERS, MAX_LENGTH, EMBEDDING = 16, 4, 24, 2, 10, 8
+
+
+def keras_hub_text_backbone(keras_hub, name):
+    sizes = dict(
+        num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN,
+        intermediate_dim=INTERMEDIATE, max_sequence_length=MAX_LENGTH,
+    )  # fmt: skip
+    models = keras_hub.models
+    return {
+        "Bert": lambda: models.BertBackbone(vocabulary_size=50, **sizes),
+        "DistilBert": lambda: models.DistilBertBackbone(vocabulary_size=50, **sizes),
+        "Roberta": lambda: models.RobertaBackbone(vocabulary_size=50, **sizes),
+        "Electra": lambda: models.ElectraBackbone(vocab_size=50, embedding_dim=HIDDEN, **sizes),
+        "Albert": lambda: models.AlbertBackbone(
+            vocabulary_size=50, embedding_dim=EMBEDDING, num_groups=1, num_inner_repetitions=1,
+            **sizes,
+        ),
+    }[name]()  # fmt: skip
+
+
+def bert_like_macs(length, intermediate=INTERMEDIATE):
+    """Closed form: per token and layer, q/k/v/o projections, MLP, Q K^T and softmax(...) V."""
+    per_token = 4 * HIDDEN * HIDDEN + 2 * HIDDEN * intermediate + 2 * length * HIDDEN
+    return LAYERS * length * per_token
+
+
+# What each backbone adds to its encoder layers (embedding lookups count 0):
+# a pooler Dense on the first token, ALBERT's projection of its embeddings.
+EXTRA_MACS = {
+    "Bert": lambda length: HIDDEN * HIDDEN,
+    "DistilBert": lambda length: 0,
+    "Roberta": lambda length: 0,
+    "Electra": lambda length: HIDDEN * HIDDEN,
+    "Albert": lambda length: HIDDEN * HIDDEN + length * EMBEDDING * HIDDEN,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_MACS))
+def test_keras_hub_text_backbones_match_closed_form(keras_hub_module, name):
+    model = keras_hub_text_backbone(keras_hub_module, name)
+
+    default = tfprune.analyze(model)
+    shorter = tfprune.analyze(model, sequence_length=4)
+
+    assert default.sequence_length == MAX_LENGTH  # the backbone's max_sequence_length
+    for result, length in ((default, MAX_LENGTH), (shorter, 4)):
+        assert result.complete, result.uncounted_layers
+        assert result.macs == bert_like_macs(length) + EXTRA_MACS[name](length)
+    embeddings = [record for record in default.layers if "Embedding" in record.type]
+    assert {record.type for record in embeddings} >= {"ReversibleEmbedding", "PositionEmbedding"}
+    assert all(record.macs == 0 and record.params > 0 for record in embeddings)
+    attention = [record for record in default.layers if record.type == "MultiHeadAttention"]
+    # ALBERT shares one encoder layer between its layers: one record, every call counted.
+    assert sum(record.macs for record in attention) == LAYERS * MAX_LENGTH * (
+        4 * HIDDEN * HIDDEN + 2 * MAX_LENGTH * HIDDEN
+    )
+    with pytest.raises(
+        ValueError, match=rf"sequence_length={MAX_LENGTH + 1}.*at most {MAX_LENGTH}"
+    ):
+        tfprune.analyze(model, sequence_length=MAX_LENGTH + 1)
+
+
+def test_pruned_keras_hub_backbone_is_counted_at_its_position_table_length(keras_hub_module):
+    model = keras_hub_text_backbone(keras_hub_module, "Bert")
+
+    small, result = tfprune.prune(model, criterion="l1", rate=0.5, targets="mlp")
+    analysis = tfprune.analyze(small)
+
+    (width,) = {
+        layer.units
+        for layer in small.layers
+        if layer.name.endswith("feedforward_intermediate_dense")
+    }
+    assert width < INTERMEDIATE
+    assert not hasattr(small, "max_sequence_length")  # read from the PositionEmbedding table
+    assert analysis.sequence_length == MAX_LENGTH and analysis.complete
+    expected = bert_like_macs(MAX_LENGTH, width) + HIDDEN * HIDDEN
+    assert analysis.macs == result.macs_after == expected
+    assert result.macs_before == bert_like_macs(MAX_LENGTH) + HIDDEN * HIDDEN
+
+
+def test_keras_hub_task_model_takes_its_backbone_length(keras_hub_module):
+    backbone = keras_hub_text_backbone(keras_hub_module, "Bert")
+    classifier = keras_hub_module.models.BertTextClassifier(
+        backbone, num_classes=3, preprocessor=None
+    )
+
+    result = tfprune.analyze(classifier)
+
+    assert result.sequence_length == MAX_LENGTH and result.complete
+    assert result.macs == bert_like_macs(MAX_LENGTH) + HIDDEN * HIDDEN + HIDDEN * 3

@@ -11,7 +11,19 @@ Conventions, the same as the MobileNet, ResNet and Keras application papers
 and tables: one MAC is one multiply-accumulate of a convolution or dense
 kernel, counted for one input example; FLOPs are 2 x MACs. Bias additions,
 normalization, activations, pooling, elementwise operations (`Add`,
-`Multiply`, `x * 0.5`, ...) and reshapes are excluded from MACs (they count 0).
+`Multiply`, `x * 0.5`, ...), reshapes and embedding lookups are excluded from
+MACs (they count 0). Products of two activations are counted: the scores and
+weighted sums of attention (`MultiHeadAttention`, `keras.layers.Attention`,
+`keras.ops.dot_product_attention`) and `keras.ops.matmul`/`einsum`/`dot`.
+
+Sequence models read token ids of any length (`keras.Input((None,), "int32")`),
+so their graph does not say how many tokens a Dense layer or an attention
+runs over. `analyze(model, sequence_length=n)` runs the graph's shapes again
+(`compute_output_spec`, no forward pass) with every unknown input axis set to
+`n`; by default `n` is the model's `max_sequence_length` (keras-hub text
+backbones and the task models around them) or the length of its keras-hub
+`PositionEmbedding` table. Layers whose MACs still cannot be counted are
+listed in `Analysis.uncounted_layers`, never counted as 0.
 """
 
 import dataclasses
@@ -21,8 +33,7 @@ import math
 import keras
 import numpy as np
 
-from tfprune._utils import functional_view, require_graph_model
-from tfprune.handlers import attention_inputs
+from tfprune._utils import functional_view, is_integer, require_graph_model
 
 _MAC_FUNCTIONS = {}
 
@@ -40,6 +51,9 @@ def register_macs(layer_class, function):
             returning the multiply-accumulates (int) of one call of `layer`
             for one example, or None if they cannot be counted. `input_shape` and `output_shape` are the shapes of the
             call's first input and first output, batch dimension included.
+            It is not called when a non-batch axis of either is of unknown
+            size (the layer is then listed as uncounted by `analyze`; pass
+            `sequence_length=` to fix the token axis of a text model).
 
     Returns:
         `function`, unchanged.
@@ -134,6 +148,23 @@ def _no_macs(layer, input_shape, output_shape):
     return 0
 
 
+_no_macs.counts_unknown_sizes = True  # 0 at any length
+
+
+def _reversible_embedding_macs(layer, input_shape, output_shape):
+    # Forwards a table lookup (token ids in, one more axis out): 0 MACs, as for
+    # Embedding. Called with `reverse=True` (same rank in and out), every hidden
+    # vector is multiplied with the table: one dot product per vocabulary entry.
+    if len(output_shape) != len(input_shape):
+        return 0
+    if None in input_shape[1:]:
+        return None
+    return math.prod(input_shape[1:]) * layer.input_dim
+
+
+_reversible_embedding_macs.counts_unknown_sizes = True
+
+
 for _layer_class, _function in {
     keras.layers.Conv1D: _conv_macs,
     keras.layers.Conv2D: _conv_macs,
@@ -148,8 +179,10 @@ for _layer_class, _function in {
     keras.layers.Dense: _dense_macs,
     keras.layers.EinsumDense: _einsum_dense_macs,
     keras.layers.TimeDistributed: _time_distributed_macs,
+    keras.layers.ReversibleEmbedding: _reversible_embedding_macs,
     # Layers with weights that do no kernel multiply-accumulates (excluded by
-    # convention). Weightless layers and graph operations count 0 without an entry.
+    # convention). Weightless layers and graph operations count 0 without an
+    # entry, except those below that multiply two activations (`_CallFormula`).
     keras.layers.BatchNormalization: _no_macs,
     keras.layers.LayerNormalization: _no_macs,
     keras.layers.GroupNormalization: _no_macs,
@@ -161,15 +194,175 @@ for _layer_class, _function in {
     register_macs(_layer_class, _function)
 
 
+class _CallFormula:
+    """A MAC formula that reads a call's arguments, not only its first input.
+
+    `function(operation, args, kwargs, outputs)` gets the call's arguments and
+    outputs with every tensor as a `KerasTensor` of its (resolved) shape, and
+    returns the MACs per example or None.
+    """
+
+    def __init__(self, function):
+        self.function = function
+
+
+def _shape(value):
+    return None if value is None else tuple(value.shape)
+
+
+def _argument(args, kwargs, index, name):
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _known(*shapes):
+    """True when no shape has an unknown axis other than the batch axis."""
+    return all(shape is not None and None not in shape[1:] for shape in shapes)
+
+
+def _ranks(*shapes):
+    return {len(shape) for shape in shapes}
+
+
+def _attention_macs(layer, args, kwargs, outputs):
+    # MultiHeadAttention over sequences (batch, length, width): the query, key
+    # and value projections, the scores Q K^T, the weighted sum softmax(...) V
+    # and the output projection. None for attention over several axes.
+    query = _shape(_argument(args, kwargs, 0, "query"))
+    value = _shape(_argument(args, kwargs, 1, "value"))
+    key = _shape(_argument(args, kwargs, 2, "key")) or value
+    output = _shape(outputs[0])
+    if not _known(query, value, key, output) or _ranks(query, value, key, output) != {3}:
+        return None
+    heads, key_dim = layer.num_heads, layer._key_dim
+    value_dim = layer._value_dim or key_dim
+    query_length, value_length = query[1], value[1]
+    projections = (
+        query_length * query[2] * heads * key_dim
+        + key[1] * key[2] * heads * key_dim
+        + value_length * value[2] * heads * value_dim
+    )
+    attention = (
+        heads * query_length * key[1] * key_dim + heads * query_length * value_length * value_dim
+    )
+    return projections + attention + query_length * heads * value_dim * output[2]
+
+
+def _dot_attention_layer_macs(layer, args, kwargs, outputs):
+    # keras.layers.Attention / AdditiveAttention, inputs [query, value, key]:
+    # one product per (query step, key step, channel) for the scores and per
+    # (query step, value step, value channel) for the weighted sum.
+    inputs = _argument(args, kwargs, 0, "inputs")
+    query, value = _shape(inputs[0]), _shape(inputs[1])
+    key = _shape(inputs[2]) if len(inputs) > 2 else value
+    if not _known(query, value, key) or _ranks(query, value, key) != {3}:
+        return None
+    return query[1] * key[1] * query[2] + query[1] * value[1] * value[2]
+
+
+def _dot_layer_macs(layer, args, kwargs, outputs):
+    # keras.layers.Dot: every output entry is a dot product over the contracted axis.
+    inputs = _argument(args, kwargs, 0, "inputs")
+    first, output = _shape(inputs[0]), _shape(outputs[0])
+    axis = layer.axes if isinstance(layer.axes, int) else layer.axes[0]
+    if not _known(first, output):
+        return None
+    return math.prod(output[1:]) * first[axis]
+
+
+def _matmul_macs(operation, args, kwargs, outputs):
+    # keras.ops.matmul / dot / inner: every output entry is a dot product over
+    # the first operand's last axis (the only axis it contracts).
+    first, output = _shape(_argument(args, kwargs, 0, "x1")), _shape(outputs[0])
+    if not first or not _known(output) or first[-1] is None:
+        return None
+    return math.prod(output[1:]) * first[-1]
+
+
+def _tensordot_macs(operation, args, kwargs, outputs):
+    first, output = _shape(_argument(args, kwargs, 0, "x1")), _shape(outputs[0])
+    if first is None or not _known(output):
+        return None
+    axes = operation.axes
+    contracted = (
+        first[len(first) - axes :] if isinstance(axes, int) else [first[axis] for axis in axes[0]]
+    )
+    return None if None in contracted else math.prod(output[1:]) * math.prod(contracted)
+
+
+def _einsum_macs(operation, args, kwargs, outputs):
+    # One product per combination of the letters of both operands, the batch
+    # letter (the output's first) left out: "bqd,bkd->bqk" is q*k*d per example.
+    operands = [_shape(operand) for operand in args]
+    if len(operands) == 1:
+        return 0  # a transpose, trace or sum: no products
+    subscripts = operation.subscripts.replace(" ", "")
+    if len(operands) != 2 or "..." in subscripts:
+        return None
+    inputs, arrow, output = subscripts.partition("->")
+    specs = inputs.split(",")
+    if not arrow:  # implicit output: the letters that appear once, sorted
+        output = "".join(
+            sorted(letter for letter in set(inputs) - {","} if inputs.count(letter) == 1)
+        )
+    sizes = {}
+    for spec, shape in zip(specs, operands):
+        if len(spec) != len(shape):
+            return None
+        sizes.update({letter: size for letter, size in zip(spec, shape) if size is not None})
+    letters = set("".join(specs)) - set(output[:1])
+    if any(letter not in sizes for letter in letters):
+        return None
+    return math.prod(sizes[letter] for letter in letters)
+
+
+def _dot_product_attention_macs(operation, args, kwargs, outputs):
+    # keras.ops.dot_product_attention on (batch, length, heads, head_dim):
+    # the scores Q K^T and the weighted sum over the values.
+    query = _shape(_argument(args, kwargs, 0, "query"))
+    key = _shape(_argument(args, kwargs, 1, "key"))
+    value = _shape(_argument(args, kwargs, 2, "value"))
+    if not _known(query, key, value) or _ranks(query, key, value) != {4}:
+        return None
+    length, heads = query[1], query[2]
+    return heads * length * key[1] * query[3] + heads * length * value[1] * value[3]
+
+
+def _uncounted(operation, args, kwargs, outputs):
+    return None  # multiplies, but tfprune has no formula for it yet
+
+
+for _layer_class, _function in {
+    keras.layers.MultiHeadAttention: _attention_macs,
+    keras.layers.Attention: _dot_attention_layer_macs,
+    keras.layers.Dot: _dot_layer_macs,
+}.items():
+    _MAC_FUNCTIONS[_layer_class] = _CallFormula(_function)
+
+
 def _vit_patching_macs(layer, input_shape, output_shape):
     # keras-hub's ViTPatchingAndEmbedding: a patch convolution (stride = kernel
     # size), once per patch; the class token and position embedding are added.
     return layer.num_patches * math.prod(layer.patch_embedding.kernel.shape)
 
 
-# Layers of optional libraries, by (module, class name), so that none is imported here.
+# Classes Keras does not export (`keras.ops` operations) or of optional libraries,
+# by (module, class name), so that none is imported here. A test checks that the
+# public `keras.ops` functions still create these classes.
 _MAC_FUNCTIONS_BY_NAME = {
     ("keras_hub.src.models.vit.vit_layers", "ViTPatchingAndEmbedding"): _vit_patching_macs,
+    # A table slice broadcast to the input's shape, added to the token embeddings.
+    ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _no_macs,
+    ("keras.src.ops.numpy", "Matmul"): _CallFormula(_matmul_macs),
+    ("keras.src.ops.numpy", "Dot"): _CallFormula(_matmul_macs),
+    ("keras.src.ops.numpy", "Inner"): _CallFormula(_matmul_macs),
+    ("keras.src.ops.numpy", "Tensordot"): _CallFormula(_tensordot_macs),
+    ("keras.src.ops.numpy", "Einsum"): _CallFormula(_einsum_macs),
+    ("keras.src.ops.numpy", "Vdot"): _CallFormula(_uncounted),
+    ("keras.src.ops.nn", "DotProductAttention"): _CallFormula(_dot_product_attention_macs),
+    ("keras.src.ops.nn", "Conv"): _CallFormula(_uncounted),
+    ("keras.src.ops.nn", "DepthwiseConv"): _CallFormula(_uncounted),
+    ("keras.src.ops.nn", "SeparableConv"): _CallFormula(_uncounted),
+    ("keras.src.ops.nn", "ConvTranspose"): _CallFormula(_uncounted),
 }
 
 
@@ -252,13 +445,18 @@ class LayerRecord:
 class Analysis:
     """Per-layer records and totals returned by `tfprune.analyze`.
 
-    MACs count kernel multiply-accumulates of convolution and dense layers for
-    one example; FLOPs (2xMACs) are twice that. Normalization, activations,
-    pooling and elementwise operations are excluded (see the module docstring).
+    MACs count kernel multiply-accumulates of convolution and dense layers
+    (and the products of activations in attention) for one example, of
+    `sequence_length` tokens when that is set; FLOPs (2xMACs) are twice that.
+    Normalization, activations, pooling, elementwise operations and embedding
+    lookups are excluded (see the module docstring).
 
     Args:
         model_name: String. The analysed model's name.
         layers: Tuple of `LayerRecord`, in graph order.
+        sequence_length: Int or None. The length the model's unknown input
+            axes were given (see `tfprune.analyze`); None when its inputs have
+            none, or no length was known. Defaults to None.
 
     Example:
 
@@ -273,6 +471,7 @@ class Analysis:
 
     model_name: str
     layers: tuple
+    sequence_length: object = None
 
     def __getitem__(self, name):
         for record in self.layers:
@@ -346,7 +545,7 @@ class Analysis:
         """Returns the analysis as a JSON-serialisable dict.
 
         Returns:
-            Dict with `model`, `layers` (a list of `LayerRecord.to_dict()`),
+            Dict with `model`, `sequence_length`, `layers` (a list of `LayerRecord.to_dict()`),
             `totals` (with `complete`: False when some layers' MACs are
             unknown and the MAC totals are lower bounds) and `uncounted_layers`.
 
@@ -361,9 +560,12 @@ class Analysis:
         return {
             "model": self.model_name,
             "mac_convention": (
-                "MACs: kernel multiply-accumulates of conv/dense layers per example; "
-                "FLOPs = 2 x MACs; normalization, activation, pooling and elementwise ops excluded"
+                "MACs: kernel multiply-accumulates of conv/dense layers and products of "
+                "activations in attention and matmul/einsum, per example (of sequence_length "
+                "tokens when set); FLOPs = 2 x MACs; normalization, activation, pooling, "
+                "elementwise ops and embedding lookups excluded"
             ),
+            "sequence_length": self.sequence_length,
             "layers": [record.to_dict() for record in self.layers],
             "totals": {
                 "params": self.params,
@@ -439,7 +641,8 @@ class Analysis:
         lines = [f"Model: {self.model_name}", rule, line(header), rule, *map(line, rows), rule]
         lines += [
             f"Params: {_human(self.params)}, trainable: {self.trainable_params:,}",
-            f"MACs: {_human(self.macs)}, conv and dense kernels only, per example",
+            f"MACs: {_human(self.macs)}, conv and dense kernels and attention, per example"
+            + ("" if self.sequence_length is None else f" of {self.sequence_length} tokens"),
             f"FLOPs (2xMACs): {_human(self.flops)}",
             f"Kernel params: {self.kernel_params:,}, nonzero: {self.nonzero_kernel_params:,} "
             f"(sparsity {_format_share(self.kernel_sparsity)})",
@@ -449,10 +652,18 @@ class Analysis:
                 f"INCOMPLETE: MACs and FLOPs above leave out {len(self.uncounted_layers)} layer(s) "
                 f"whose MACs are unknown: {', '.join(self.uncounted_layers)}"
             )
+            if self.sequence_length is None and any(
+                record.type == "InputLayer" and None in record.output_shape[1:]
+                for record in self.layers
+            ):
+                lines.append(
+                    "The inputs have an axis of unknown size: tfprune.analyze(model, "
+                    "sequence_length=...) counts the layers over it at that length."
+                )
         return "\n".join(lines)
 
 
-def analyze(model):
+def analyze(model, sequence_length=None):
     """Counts params, MACs and kernel sparsity per layer of a model.
 
     The graph's recorded shapes are used; the model is not run. One record per
@@ -466,28 +677,50 @@ def analyze(model):
 
     MACs are the multiply-accumulates of convolution (Conv1D/2D/3D with
     `groups`, transposed, depthwise with `depth_multiplier`, separable) and
-    Dense kernels (Dense on N-D inputs repeats over leading axes) and
-    `MultiHeadAttention` (the query/key/value and output projections, `Q K^T`
-    and the weighted sum over values, for the sequence lengths of the call)
-    for one example; `TimeDistributed` multiplies its layer's MACs by the steps. Bias additions, normalization, activations, pooling, elementwise
-    operations and reshapes are excluded (0 MACs), as in the papers' and
-    Keras's reference figures. Layers with weights but no registered formula
-    (see `register_macs`) or with unknown spatial sizes get `macs=None`, are
-    listed in `Analysis.uncounted_layers`, and make `Analysis.complete` False
-    (the totals are then lower bounds; printing the analysis says so). A model
-    with composite layers (subclassed blocks made of other layers, as in
-    keras-hub) is analysed through `tfprune.graph.flatten`, so the layers
-    inside the blocks are counted, under their inlined names.
+    Dense/EinsumDense kernels (Dense on N-D inputs repeats over leading axes),
+    of `MultiHeadAttention` (the query/key/value and output projections,
+    `Q K^T` and the weighted sum over values, for the sequence lengths of the
+    call), of the products of two activations (`keras.layers.Attention`,
+    `keras.layers.Dot`, `keras.ops.matmul`, `einsum`, `dot_product_attention`)
+    and of a `ReversibleEmbedding` called with `reverse=True` (hidden vectors
+    times the vocabulary table), for one example; `TimeDistributed` multiplies
+    its layer's MACs by the steps. Bias additions, normalization, activations,
+    pooling, elementwise operations, reshapes and embedding lookups are
+    excluded (0 MACs), as in the papers' and Keras's reference figures.
+
+    Text models take token ids of any length (`keras.Input((None,))`): their
+    MACs are counted at `sequence_length` tokens, every unknown non-batch axis
+    of the model's inputs set to that length and the graph's shapes worked out
+    again (`Analysis.sequence_length` says which length was used). Attention
+    grows with the square of the length, so MACs per token differ between
+    lengths. Layers with weights (or operations that multiply activations) but
+    no formula (see `register_macs`), or over an axis whose size stays unknown,
+    get `macs=None`, are listed in `Analysis.uncounted_layers`, and make
+    `Analysis.complete` False (the totals are then lower bounds; printing the
+    analysis says so). A model with composite layers (subclassed blocks made
+    of other layers, as keras-hub's `TransformerEncoder`) is analysed through
+    `tfprune.graph.flatten`, so the layers inside the blocks are counted, under
+    their inlined names.
 
     Args:
         model: A built Sequential or functional Keras model.
+        sequence_length: Int or None. The length given to every unknown
+            non-batch axis of the model's inputs (the token axis of a text
+            model). Defaults to None: the model's `max_sequence_length` (or its
+            `backbone`'s: keras-hub text backbones and task models), else the
+            number of rows of its keras-hub `PositionEmbedding` tables (which
+            a pruned keras-hub model keeps), else no length: layers over the
+            unknown axis are not counted.
 
     Returns:
         An `Analysis`.
 
     Raises:
         TypeError: If `model` is not a Keras model or is a subclassed model.
-        ValueError: If the model is not built.
+        ValueError: If the model is not built; if `sequence_length` is not a
+            positive integer, is longer than the model's `max_sequence_length`
+            or position table, or is given for a model whose inputs have no
+            unknown axis; or if the graph cannot run at that length.
 
     Example:
 
@@ -499,13 +732,142 @@ def analyze(model):
     >>> analysis.macs == 26 * 26 * 3 * 3 * 1 * 8 + 26 * 26 * 8 * 10
     True
     >>> print(analysis)  # doctest: +SKIP
+
+    Token ids of any length, counted at 16 tokens:
+
+    >>> tokens = keras.Input((None,), dtype="int32")
+    >>> x = keras.layers.Embedding(100, 8)(tokens)
+    >>> text = keras.Model(tokens, keras.layers.Dense(4)(x))
+    >>> tfprune.analyze(text).complete
+    False
+    >>> analysis = tfprune.analyze(text, sequence_length=16)
+    >>> analysis.macs == 16 * 8 * 4, analysis.sequence_length, analysis.complete
+    (True, 16, True)
     """
     require_graph_model(model, "tfprune.analyze")
+    if sequence_length is not None and not (is_integer(sequence_length) and sequence_length > 0):
+        raise ValueError(
+            "`tfprune.analyze` expects `sequence_length` to be a positive integer (the number of "
+            f"tokens to count the MACs at) or None. Received: sequence_length={sequence_length!r}"
+        )
     from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers
 
+    given = model
     if any(graph.is_composite(layer) and layer._layers for layer in _all_layers(model)):
         model = graph.flatten(model)  # count the layers inside composite blocks
-    return Analysis(model_name=model.name, layers=tuple(_records(model, prefix="", calls=1)))
+    longest = _longest_sequence(given, model)
+    if not _has_unknown_axes(model):
+        if sequence_length is not None:
+            raise ValueError(
+                f"`tfprune.analyze` was given sequence_length={sequence_length}, but the inputs of "
+                f"model '{given.name}' have no axis of unknown size for it to fix "
+                f"({[tuple(tensor.shape) for tensor in functional_view(model).inputs]}). "
+                "Leave `sequence_length` out."
+            )
+    elif sequence_length is None:
+        sequence_length = longest
+    elif longest is not None and sequence_length > longest:
+        raise ValueError(
+            f"`tfprune.analyze` cannot count model '{given.name}' at sequence_length="
+            f"{sequence_length}: it accepts at most {longest} tokens (its max_sequence_length or "
+            "position table). Pass a shorter `sequence_length`."
+        )
+    shapes = _Shapes(model, sequence_length)
+    return Analysis(
+        model_name=model.name,
+        layers=tuple(_records(model, prefix="", calls=1, shapes=shapes)),
+        sequence_length=sequence_length,
+    )
+
+
+def _has_unknown_axes(model):
+    return any(None in tuple(tensor.shape)[1:] for tensor in functional_view(model).inputs)
+
+
+def _longest_sequence(model, flat):
+    """The most tokens `model` accepts, or None when it does not say.
+
+    Read from `max_sequence_length` (keras-hub backbones; task models hold
+    theirs as `backbone`), else from the keras-hub `PositionEmbedding` tables
+    in the graph: a pruned copy keeps those, not the backbone class.
+    """
+    for owner in (model, getattr(model, "backbone", None)):
+        length = getattr(owner, "max_sequence_length", None)
+        if is_integer(length) and length > 0:
+            return int(length)
+    lengths = [
+        layer.sequence_length for layer in _all_layers(flat) if _is_position_embedding(layer)
+    ]
+    return max(lengths) if lengths else None
+
+
+def _is_position_embedding(layer):
+    return any(
+        (layer_class.__module__, layer_class.__name__)
+        == ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding")
+        for layer_class in type(layer).__mro__
+    )
+
+
+class _Shapes:
+    """The shapes of a graph model's tensors, with its inputs' unknown axes `length` long.
+
+    Without a length, every tensor keeps the shape the graph recorded. With one,
+    the graph's operations are run on `KerasTensor`s (`compute_output_spec`:
+    nothing is computed, no call node is added to the user's layers) from inputs
+    whose unknown non-batch axes are `length` long, nested graph models included.
+    """
+
+    def __init__(self, model, length=None):
+        self._specs = {}
+        if length is None:
+            return
+        graph = functional_view(model)
+        inputs = [
+            keras.KerasTensor(
+                (tensor.shape[0], *(length if size is None else size for size in tensor.shape[1:])),
+                dtype=tensor.dtype,
+            )
+            for tensor in graph.inputs
+        ]
+        self._run(graph, inputs, length)
+
+    def _run(self, graph, inputs, length):
+        for tensor, spec in zip(graph.inputs, inputs):
+            self._specs[id(tensor)] = spec
+        # The order of `Functional._run_through_graph`: deepest nodes (inputs) first.
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            for node in graph._nodes_by_depth[depth]:
+                if node.is_input or not node.operation:
+                    continue
+                if any(id(tensor) not in self._specs for tensor in node.input_tensors):
+                    continue
+                args, kwargs = node.arguments.fill_in(self._specs)
+                operation = node.operation
+                try:
+                    if isinstance(operation, keras.Model) and _is_graph_model(operation):
+                        inner = functional_view(operation)
+                        outputs = self._run(inner, keras.tree.flatten(args[0]), length)
+                    else:
+                        outputs = operation.compute_output_spec(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - said in one sentence below
+                    raise ValueError(
+                        f"`tfprune.analyze` could not work out the shapes of '{operation.name}' "
+                        f"({type(operation).__name__}) at sequence_length={length}: {error} "
+                        "Pass a `sequence_length` the model accepts."
+                    ) from error
+                for tensor, spec in zip(node.outputs, keras.tree.flatten(outputs)):
+                    self._specs[id(tensor)] = spec
+        return [self._specs.get(id(tensor), tensor) for tensor in graph.outputs]
+
+    def resolve(self, value):
+        """The `KerasTensor` standing for `value` at the chosen length (`value` itself otherwise)."""
+        if isinstance(value, keras.KerasTensor):
+            return self._specs.get(id(value), value)
+        return value
+
+    def shape(self, tensor):
+        return tuple(self.resolve(tensor).shape)
 
 
 def _all_layers(model):
@@ -516,7 +878,7 @@ def _all_layers(model):
             yield layer
 
 
-def _records(model, prefix, calls):
+def _records(model, prefix, calls, shapes):
     """Yields the records of a graph model; `calls` multiplies the MACs."""
     graph = functional_view(model)
     # Keras has no public accessor for a graph's call nodes; `_nodes_by_depth`
@@ -526,13 +888,13 @@ def _records(model, prefix, calls):
     for operation in graph.operations:
         if isinstance(operation, keras.layers.InputLayer):
             if not prefix:  # a nested model's inputs repeat the outer tensors
-                yield _record(operation, prefix, [], 0)
+                yield _record(operation, prefix, [], 0, shapes)
             continue
         nodes = [node for node in operation._inbound_nodes if id(node) in graph_nodes]
         if isinstance(operation, keras.Model) and _is_graph_model(operation):
-            yield from _records(operation, f"{prefix}{operation.name}/", calls * len(nodes))
+            yield from _records(operation, f"{prefix}{operation.name}/", calls * len(nodes), shapes)
             continue
-        yield _record(operation, prefix, nodes, calls)
+        yield _record(operation, prefix, nodes, calls, shapes)
 
 
 def _is_graph_model(model):
@@ -543,11 +905,11 @@ def _is_graph_model(model):
     return True
 
 
-def _record(operation, prefix, nodes, calls):
+def _record(operation, prefix, nodes, calls, shapes):
     if nodes:
-        output_shapes = [tuple(tensor.shape) for tensor in nodes[0].output_tensors]
+        output_shapes = [shapes.shape(tensor) for tensor in nodes[0].output_tensors]
     else:  # an InputLayer
-        output_shapes = [tuple(operation.output.shape)]
+        output_shapes = [shapes.shape(operation.output)]
     effective = operation.stripped_layer() if hasattr(operation, "stripped_layer") else operation
     kernels = [
         # `.numpy()`: converting a TensorFlow variable with NumPy 2 raises a DeprecationWarning.
@@ -555,63 +917,47 @@ def _record(operation, prefix, nodes, calls):
         for weight in getattr(effective, "weights", [])
         if weight.name.endswith("kernel")
     ]
+    per_call = [_node_macs(effective, node, shapes) for node in nodes]
     return LayerRecord(
         name=prefix + operation.name,
         type=type(operation).__name__,
         output_shape=output_shapes[0] if len(output_shapes) == 1 else output_shapes,
         params=_count(getattr(effective, "weights", [])),
         trainable_params=_count(getattr(effective, "trainable_weights", [])),
-        macs=_macs(effective, nodes, calls),
+        macs=None if None in per_call else calls * sum(per_call),
         kernel_params=sum(kernel.size for kernel in kernels),
         nonzero_kernel_params=sum(int(np.count_nonzero(kernel)) for kernel in kernels),
     )
 
 
-def _macs(layer, nodes, calls):
-    if isinstance(layer, keras.layers.MultiHeadAttention):
-        per_call = [_attention_macs(layer, node) for node in nodes]
-    else:
-        per_call = [
-            _call_macs(layer, tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape))
-            for node in nodes
-        ]
-    return None if None in per_call else calls * sum(per_call)
-
-
-def _attention_macs(layer, node):
-    """MACs of one `MultiHeadAttention` call over sequences (batch, length, width).
-
-    The query, key and value projections, the scores `Q K^T`, the weighted sum
-    `softmax(...) V` and the output projection, for the call's sequence
-    lengths. None for other ranks (attention over several axes) or unknown
-    lengths.
-    """
-    query, value, key = attention_inputs(node)
-    query, value = tuple(query.shape), tuple(value.shape)
-    key = value if key is None else tuple(key.shape)
-    output = tuple(node.output_tensors[0].shape)
-    if any(len(shape) != 3 or None in shape[1:] for shape in (query, value, key, output)):
-        return None
-    heads, key_dim = layer.num_heads, layer._key_dim
-    value_dim = layer._value_dim or key_dim
-    query_length, value_length = query[1], value[1]
-    projections = (
-        query_length * query[2] * heads * key_dim
-        + key[1] * key[2] * heads * key_dim
-        + value_length * value[2] * heads * value_dim
+def _node_macs(layer, node, shapes):
+    """MACs of the call `node` of `layer`, or None when they cannot be counted."""
+    function = _mac_function(layer)
+    if isinstance(function, _CallFormula):
+        args, kwargs = node.arguments.convert(shapes.resolve)
+        macs = function.function(
+            layer, args, kwargs, [shapes.resolve(tensor) for tensor in node.outputs]
+        )
+        return None if macs is None else int(macs)
+    return _call_macs(
+        layer, shapes.shape(node.input_tensors[0]), shapes.shape(node.output_tensors[0])
     )
-    attention = heads * query_length * key[1] * key_dim + heads * query_length * value_length * value_dim
-    return projections + attention + query_length * heads * value_dim * output[2]
 
 
 def _call_macs(layer, input_shape, output_shape):
-    """MACs of one call of `layer`, or None when they cannot be counted."""
+    """MACs of one call of `layer` from its first input and output shapes, or None."""
     function = _mac_function(layer)
     if function is None:
         return None if getattr(layer, "weights", None) else 0
+    if isinstance(function, _CallFormula):
+        return None  # needs the call's arguments (a MultiHeadAttention in TimeDistributed)
     # A formula that reads only the input shape (`uses_output_shape = False`) also
-    # counts a call whose output has an unknown axis (EinsumDense's `output_shape=(None, 64)`).
-    if None in input_shape[1:] or (getattr(function, "uses_output_shape", True) and None in output_shape[1:]):
+    # counts a call whose output has an unknown axis (EinsumDense's `output_shape=(None, 64)`);
+    # one that `counts_unknown_sizes` (0 for lookups) gets shapes with unknown axes too.
+    unknown = None in input_shape[1:] or (
+        getattr(function, "uses_output_shape", True) and None in output_shape[1:]
+    )
+    if unknown and not getattr(function, "counts_unknown_sizes", False):
         return None
     macs = function(layer, input_shape, output_shape)
     return None if macs is None else int(macs)
