@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 import tfprune
 from tfprune import export, surgery
 from tfprune.export.convert import _write_saved_model
+from tfprune.export.inputs import model_inputs
 
 FLOAT_TOLERANCE = 1e-4
 
@@ -224,7 +225,7 @@ def test_predict_quantizes_integer_inputs_and_dequantizes_outputs(trained_cnn, d
             yield [train_images[index : index + 1]]
 
     saved_model_dir = str(tmp_path / "saved_model")
-    _write_saved_model(trained_cnn, trained_cnn.inputs[0], saved_model_dir)
+    _write_saved_model(trained_cnn, model_inputs(trained_cnn), saved_model_dir)
 
     def convert(integer_io):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -370,14 +371,16 @@ def test_overwrite_false_refuses_existing_file(tmp_path):
         (
             {"representative_data": np.zeros((4, 7, 7, 1))},
             ValueError,
-            r"input shape \(None, 8, 8, 1\).*\(4, 7, 7, 1\)",
+            r"input 'image' of shape \(None, 8, 8, 1\).*\(4, 7, 7, 1\)",
         ),
         (
             {"sample_inputs": np.zeros((8, 8, 1))},
             ValueError,
             r"Received: sample_inputs with shape \(8, 8, 1\)",
         ),
-        ({"sample_inputs": {"image": 1}}, TypeError, "sample_inputs of type dict"),
+        ({"sample_inputs": {"image": 1}}, ValueError, r"Received: sample_inputs with shape \(\)"),
+        ({"sample_inputs": {"pixels": np.zeros((2, 8, 8, 1))}}, ValueError, r"no array for \['image'\]"),
+        ({"sample_inputs": "images"}, TypeError, "sample_inputs of type str"),
         ({"path": "missing_dir/model.tflite"}, ValueError, "does not exist; create it first"),
         ({"path": "."}, ValueError, "`path` is a directory"),
         ({"path": 3}, TypeError, r"Received: path=3"),
@@ -396,13 +399,9 @@ def test_to_tflite_rejects_bad_arguments(tmp_path, monkeypatch, kwargs, error, m
     assert os.listdir(tmp_path) == []
 
 
-def test_to_tflite_rejects_non_models_and_several_inputs(tmp_path):
+def test_to_tflite_rejects_non_models(tmp_path):
     with pytest.raises(TypeError, match="to_tflite` expects a Keras 3 `keras.Model`"):
         export.to_tflite("model.keras", tmp_path / "m.tflite")
-    first, second = keras.Input((2,)), keras.Input((3,))
-    two_inputs = keras.Model([first, second], keras.layers.Concatenate()([first, second]))
-    with pytest.raises(ValueError, match="supports models with one input"):
-        export.to_tflite(two_inputs, tmp_path / "m.tflite")
 
 
 def test_benchmark_reports_positive_latency_and_memory(trained_cnn, tmp_path):
@@ -471,8 +470,8 @@ def test_compare_latency_interleaves_the_files_and_returns_a_median_each(trained
     calls = []
     ready = measure._ready_interpreter
 
-    def recording(path, threads):
-        interpreter, delegate = ready(path, threads)
+    def recording(path, threads, shapes):
+        interpreter, delegate = ready(path, threads, shapes)
         invoke = interpreter.invoke
 
         def logged_invoke():

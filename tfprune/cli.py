@@ -10,6 +10,9 @@ Outputs are written atomically: a failed run never leaves a half-written file
 and never replaces an existing one unless `--force` is given. Input files are
 only read. Python warnings are printed as one `tfprune: warning: ...` line
 each; the LiteRT interpreter's own `INFO:` lines are kept off the terminal.
+`tfprune export` makes its own verification inputs, one per model input;
+`--input-shape` gives the sizes a model leaves unknown (for `tfprune bench`
+too), and `--sample-inputs` real inputs from a `.npy` or `.npz` file.
 
 Example:
 
@@ -18,6 +21,7 @@ tfprune demo --quick --out demo_out
 tfprune report model.keras
 tfprune prune model.keras --criterion sparsity_gamma --rate 0.5 -o small.keras
 tfprune export small.keras -o small.tflite --quantize dynamic
+tfprune export text.keras -o text.tflite --input-shape token_ids=128 padding_mask=128
 tfprune bench small.tflite --threads 1 2
 ```
 """
@@ -28,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 import warnings
 import zipfile
 
@@ -196,16 +201,53 @@ def build_parser():
     export = subcommands.add_parser(
         "export",
         help="convert a .keras model to .tflite",
-        description="Convert to TFLite/LiteRT, verify against Keras in the interpreter, report sizes.",
+        description=textwrap.fill(
+            "Convert to TFLite/LiteRT, verify against Keras in the interpreter, report sizes. A model "
+            "with several inputs (token_ids, padding_mask, ...) gets one file input per model input, "
+            "with the same name. Sizes the model leaves unknown (a sequence length, an image's height "
+            "and width) stay dynamic in the file, but the verification inputs need them: give "
+            "--input-shape, or real inputs with --sample-inputs. Random verification inputs are "
+            "uniform [0, 1) floats, 0..255 for uint8 inputs, ones for inputs named *mask*, and zeros "
+            "for other integer inputs (token ids: the only id below every vocabulary size).",
+            79,
+        ),
+        epilog=(
+            "examples:\n"
+            "  tfprune export model.keras -o model.tflite --quantize dynamic\n"
+            "  tfprune export any_size_cnn.keras -o cnn.tflite --input-shape 224,224,3\n"
+            "  tfprune export text.keras -o text.tflite --input-shape token_ids=128 padding_mask=128\n"
+            "  tfprune export text.keras -o text.tflite --sample-inputs texts.npz --quantize int8\n"
+            "    (texts.npz from np.savez('texts.npz', token_ids=..., padding_mask=...))"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("model", help="input .keras file")
     export.add_argument("--quantize", choices=("dynamic", "float16", "int8"), default=None)
     export.add_argument("--sparse", action="store_true", help="use the converter's sparsity encoding")
     export.add_argument(
+        "--input-shape",
+        nargs="+",
+        action="extend",
+        type=_shape_specification,
+        default=None,
+        metavar="[NAME=]SIZES",
+        help="sizes of the random verification and calibration inputs, without the batch axis: "
+        "224,224,3 for every input, or NAME=SIZES per input (token_ids=12 padding_mask=12); "
+        "needed when the model leaves a size other than the batch unknown",
+    )
+    export.add_argument(
+        "--sample-inputs",
+        metavar="FILE",
+        help="verification inputs, samples first: a .npy file (one-input models) or an .npz file "
+        "with one array per input name; with --quantize int8 also the calibration data unless "
+        "--calibration is given",
+    )
+    export.add_argument(
         "--calibration",
         choices=("digits", "random"),
-        default="random",
-        help="representative data for --quantize int8 (default: %(default)s)",
+        default=None,
+        help="representative data for --quantize int8 (default: the --sample-inputs if given, "
+        "else 100 random inputs made as for verification)",
     )
     _add_output_flags(export, ".tflite")
     _add_json_flag(export)
@@ -219,6 +261,16 @@ def build_parser():
     bench.add_argument("model", help="input .tflite file")
     bench.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=_positive_int, default=50)
+    bench.add_argument(
+        "--input-shape",
+        nargs="+",
+        action="extend",
+        type=_shape_specification,
+        default=None,
+        metavar="[NAME=]SIZES",
+        help="sizes of the inputs timed, without the batch axis (the batch is 1), as for export; needed when the "
+        "file leaves a size other than the batch dynamic (a sequence length, an image's height and width)",
+    )
     _add_json_flag(bench)
     bench.set_defaults(handler=_run_bench)
     return parser
@@ -459,12 +511,22 @@ def _run_strip(args):
 
 def _run_export(args):
     _check_output(args.output, ".tflite", args.force)
+    if args.sample_inputs is not None:  # checked before the model is loaded
+        _check_sample_inputs_file(args.sample_inputs)
     from tfprune import export
+    from tfprune.export.inputs import model_inputs, random_batch
 
     model = _load_model(args.model, args.unsafe_load)
+    inputs = model_inputs(model)
+    shapes = _input_shapes(args.input_shape or (), inputs, f"model '{model.name}'")
+    if args.sample_inputs is not None:
+        sample_inputs = _sample_inputs(args.sample_inputs, inputs, model.name)
+    else:
+        _require_known_sizes(inputs, shapes, f"Model '{model.name}'")
+        sample_inputs = random_batch(inputs, export.RANDOM_SAMPLES, shapes)
     representative_data = None
     if args.quantize == "int8":
-        representative_data = _calibration_data(model, args.calibration)
+        representative_data = _calibration_data(args, inputs, shapes, model.name)
     with _writing(args.output), _without_litert_info():
         report = export.to_tflite(
             model,
@@ -473,25 +535,173 @@ def _run_export(args):
             representative_data=representative_data,
             sparse=args.sparse,
             overwrite=args.force,
+            sample_inputs=sample_inputs,
             verbose=0 if args.json else "auto",
         )
     _emit(report, args.json)
 
 
-def _calibration_data(model, source):
+def _shape_specification(text):
+    """`224,224,3` -> (None, (224, 224, 3)); `token_ids=12` -> ("token_ids", (12,))."""
+    name, separator, sizes = text.rpartition("=")
+    try:
+        shape = tuple(int(size) for size in sizes.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1 or (separator and not name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape; give positive sizes separated by commas, without the batch "
+            "axis, such as 224,224,3, or NAME=SIZES such as token_ids=12"
+        )
+    return (name if separator else None, shape)
+
+
+def _input_shapes(specifications, inputs, owner):
+    """The --input-shape values as a dict input name -> sample shape, checked against the model."""
+    by_name = {item.name: item for item in inputs}
+    shapes, unnamed = {}, []
+    for name, shape in specifications:
+        if name is None:
+            unnamed.append(shape)
+        elif name not in by_name:
+            raise UsageError(
+                f"--input-shape names input '{name}', but {owner} has inputs "
+                f"{list(by_name)}; use one of these names."
+            )
+        else:
+            shapes[name] = shape
+    if len(unnamed) > 1:
+        raise UsageError(
+            "--input-shape takes at most one shape without a name (it applies to every input not "
+            f"named); give NAME=SIZES for the others. Received: {len(unnamed)} unnamed shapes"
+        )
+    for item in inputs:
+        if unnamed:
+            shapes.setdefault(item.name, unnamed[0])
+        if item.name not in shapes:
+            continue
+        expected, shape = item.shape[1:], shapes[item.name]
+        if len(shape) != len(expected) or any(
+            known is not None and known != size for known, size in zip(expected, shape)
+        ):
+            count = f"{len(expected)} size{'' if len(expected) == 1 else 's'}"
+            raise UsageError(
+                f"--input-shape {','.join(map(str, shape))} does not fit input '{item.name}' of shape "
+                f"{item.shape} (batch first); give {count} without the batch axis, such as "
+                f"{_example_sizes(item)}."
+            )
+    return shapes
+
+
+def _require_known_sizes(inputs, shapes, owner, purpose="make verification inputs", bench=False):
+    from tfprune.export.inputs import unknown_sizes
+
+    unknown = unknown_sizes(inputs, shapes)
+    if unknown:
+        names = ", ".join(f"'{item.name}' {item.shape}" for item in unknown)
+        if len(inputs) == 1:
+            example = _example_sizes(unknown[0])
+        else:
+            example = " ".join(f"{item.name}={_example_sizes(item)}" for item in unknown)
+        alternative = "" if bench else " or --sample-inputs FILE (.npy, or .npz with one array per input name)"
+        raise UsageError(
+            f"{owner} leaves sizes of input{'s' if len(unknown) > 1 else ''} {names} unknown, so the "
+            f"command cannot {purpose}; pass --input-shape {example} (sizes without the batch "
+            f"axis){alternative}."
+        )
+
+
+def _file_inputs(path):
+    """The inputs of a `.tflite` file's signature, as `ModelInput`s (None for dynamic sizes)."""
     import numpy as np
 
-    shape = tuple(model.inputs[0].shape[1:])
+    from tfprune.export.inputs import ModelInput
+    from tfprune.export.verify import _interpreter
+
+    runner = _interpreter(path, use_xnnpack=False).get_signature_runner()
+    return [
+        ModelInput(
+            name, name, tuple(None if size == -1 else int(size) for size in details["shape_signature"]),
+            np.dtype(details["dtype"]).name,
+        )
+        for name, details in sorted(runner.get_input_details().items())
+    ]
+
+
+def _example_sizes(item):
+    return ",".join(str(32 if size is None else size) for size in item.shape[1:])
+
+
+def _check_sample_inputs_file(path):
+    if not path.endswith((".npy", ".npz")):
+        raise UsageError(
+            f"--sample-inputs '{path}' is not a .npy or .npz file; save the inputs with np.save "
+            "(one input) or np.savez (one array per input name)."
+        )
+    if not os.path.isfile(path):
+        raise UsageError(f"--sample-inputs file '{path}' does not exist.")
+
+
+def _sample_inputs(path, inputs, model_name):
+    """The arrays of a --sample-inputs file: one array, or a dict input name -> array."""
+    import numpy as np
+
+    from tfprune import export
+    from tfprune.export.inputs import as_batches
+
+    names = [item.name for item in inputs]
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            data = loaded
+        else:
+            with loaded:
+                data = {key: loaded[key] for key in loaded.files}
+    except Exception as error:  # NumPy raises several types for files it cannot read
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"Cannot read --sample-inputs '{path}' as NumPy data: {first_line}") from None
+    if isinstance(data, np.ndarray) and len(inputs) > 1:
+        arguments = ", ".join(f"{name}=..." for name in names)
+        raise UsageError(
+            f"--sample-inputs '{path}' holds one array, but model '{model_name}' has {len(inputs)} "
+            f"inputs {names}; save one array per input name in an .npz file, "
+            f"np.savez('inputs.npz', {arguments})."
+        )
+    if isinstance(data, dict) and len(inputs) == 1 and len(data) == 1:
+        (data,) = data.values()  # one array, whatever np.savez named it
+    as_batches(data, inputs, "--sample-inputs", export.MAX_VERIFICATION_SAMPLES)  # refused here by name
+    return data
+
+
+def _calibration_data(args, inputs, shapes, model_name):
+    import numpy as np
+
+    from tfprune.export.inputs import random_batch
+
+    source = args.calibration or ("samples" if args.sample_inputs is not None else "random")
+    if source == "samples":
+        return _sample_inputs(args.sample_inputs, inputs, model_name)
     if source == "digits":
         from tfprune import datasets
 
-        if len(shape) != 3:
-            raise UsageError(f"--calibration digits needs an image model (H, W, C); input shape is {shape}.")
-        (images, _), _ = datasets.digits(
-            image_size=shape[0], channels=shape[2], as_numpy=True
-        )
-        return images[:200]
-    return np.random.default_rng(0).uniform(0.0, 1.0, size=(100, *shape)).astype("float32")
+        shape = shapes.get(inputs[0].name, inputs[0].shape[1:])
+        if len(inputs) != 1 or len(shape) != 3:
+            raise UsageError(
+                "--calibration digits needs an image model with one (height, width, channels) input; "
+                f"model '{model_name}' has inputs {[item.shape for item in inputs]}."
+            )
+        _require_known_sizes(inputs, shapes, f"Model '{model_name}'", "make calibration inputs")
+        if shape[0] != shape[1]:
+            raise UsageError(
+                f"--calibration digits makes square images; input '{inputs[0].name}' is {shape[0]}x"
+                f"{shape[1]}. Use --calibration random or --sample-inputs FILE."
+            )
+        (images, _), _ = datasets.digits(image_size=shape[0], channels=shape[2], as_numpy=True)
+        if inputs[0].dtype == "uint8":
+            images = np.round(255 * images)  # the digits are floats in [0, 1]
+        return images[:200].astype(inputs[0].dtype)
+    _require_known_sizes(inputs, shapes, f"Model '{model_name}'", "make calibration inputs")
+    return random_batch(inputs, 100, shapes, seed=1)
 
 
 def _run_bench(args):
@@ -499,7 +709,12 @@ def _run_bench(args):
     from tfprune import export
 
     with _without_litert_info():
-        report = export.benchmark(args.model, threads=tuple(args.threads), runs=args.runs)
+        inputs = _file_inputs(args.model)
+        shapes = _input_shapes(args.input_shape or (), inputs, f"file '{args.model}'")
+        _require_known_sizes(inputs, shapes, f"File '{args.model}'", "time them", bench=True)
+        report = export.benchmark(
+            args.model, threads=tuple(args.threads), runs=args.runs, input_shapes=shapes
+        )
     _emit(report, args.json)
 
 

@@ -1,7 +1,8 @@
 """Runs the TFLite conversion for a model of another Keras backend (private).
 
 `python -m tfprune.export._worker DIRECTORY` with KERAS_BACKEND=tensorflow:
-reads `model.keras`, `arguments.json` and, for int8, `calibration.npy` from
+reads `model.keras`, `arguments.json` and, for int8, `calibration.npz` (one
+array per batch and input; the input names are in `arguments.json`) from
 DIRECTORY and writes `model.tflite` (and `dense.tflite` when `sparse`).
 A conversion the converter refuses exits with code 2 and its one-sentence
 reason as the last line of stderr; any other failure exits with code 1.
@@ -20,8 +21,14 @@ def main(directory):
 
     with open(os.path.join(directory, "arguments.json")) as file:
         arguments = json.load(file)
-    calibration_path = os.path.join(directory, "calibration.npy")
-    calibration = np.load(calibration_path) if os.path.exists(calibration_path) else None
+    calibration = None
+    if "calibration_inputs" in arguments:
+        with np.load(os.path.join(directory, "calibration.npz"), allow_pickle=False) as arrays:
+            calibration = [
+                {name: arrays[f"batch{index}_input{position}"]
+                 for position, name in enumerate(arguments["calibration_inputs"])}
+                for index in range(arguments["calibration_batches"])
+            ]  # fmt: skip
     try:
         model = keras.models.load_model(os.path.join(directory, "model.keras"))
     except Exception as error:  # noqa: BLE001 - reported to the parent as one line

@@ -16,11 +16,21 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import keras
 import numpy as np
 
 from tfprune._utils import LazyModule, atomic_path, check_verbose, require_graph_model
+from tfprune.export.inputs import (
+    as_batches,
+    call_arguments,
+    input_structure,
+    model_inputs,
+    random_batch,
+    sample_count,
+    unknown_sizes,
+)
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
@@ -82,37 +92,59 @@ def to_tflite(
     tfprune's training-time layers are stripped first (`tfprune.strip`), so an
     STR or mask-wrapped model exports as plain Keras layers with its zeros
     baked in; a mixed-precision model is exported in float32 (TFLite lacks
-    float16 kernels; use `quantize="float16"` for half-size weights). Only TFLite built-in ops are allowed, so the file runs on the
-    plain LiteRT runtime of a phone. The file is written atomically: an
-    existing file at `path` is only replaced once conversion and the
-    interpreter check succeeded.
+    float16 kernels; use `quantize="float16"` for half-size weights). Only
+    TFLite built-in ops are allowed, so the file runs on the plain LiteRT
+    runtime of a phone. The file is written atomically: an existing file at
+    `path` is only replaced once conversion and the interpreter check
+    succeeded.
+
+    Models with several inputs (keras-hub's text models take `token_ids`,
+    `padding_mask` and `segment_ids`) export as they are: the file's
+    signature has one input per model input, named by the model's input
+    dict key or else by its `keras.Input` layer's name (a character a
+    TensorFlow signature refuses becomes `_`), and inputs, outputs and data
+    are matched by these names, never by position. Integer inputs (token
+    ids, uint8 pixels) keep their dtype. Sizes the model leaves unknown (the
+    batch, a sequence length, an image's height and width) stay dynamic in
+    the file (-1 in the report's input shapes): the LiteRT interpreter sizes
+    its tensors to each call's inputs (its signature runner does it itself;
+    with the tensor API call `resize_tensor_input`, then `allocate_tensors`).
+    Verification runs the file on the sample inputs' sizes.
 
     Quantization modes:
     - `None`: float32 weights and activations.
     - `"dynamic"`: int8 weights, float activations quantized on the fly.
     - `"float16"`: float16 weights, computed in float32.
     - `"int8"`: full-integer model calibrated on `representative_data`. All
-      ops run in int8, but the input and output tensors stay float32 (the
-      file starts with QUANTIZE and ends with DEQUANTIZE), so callers feed
-      the same inputs as to the Keras model.
+      ops run in int8, but float input and output tensors stay float32 (the
+      file starts with QUANTIZE and ends with DEQUANTIZE) and integer inputs
+      keep their dtype, so callers feed the same inputs as to the Keras model.
 
     Verification runs the file in the LiteRT interpreter (`ai_edge_litert`,
     with its default XNNPACK delegate, falling back to the built-in kernels if
     XNNPACK refuses the file) on `sample_inputs`, or else on the
-    `representative_data` samples, or else on 16 uniform [0, 1) random inputs,
-    and compares the outputs with the input model's.
+    `representative_data` samples, or else on 16 random inputs made per
+    input: inputs whose name contains "mask" (padding masks) and bool inputs
+    are ones, other float inputs uniform in [0, 1), uint8 inputs (pixels)
+    uniform over 0..255, and other integer inputs (token or segment ids)
+    zeros, the only value below every vocabulary size (which the model does
+    not tell in general). Pass real `sample_inputs` for a stronger check,
+    and for any model with an unknown size other than the batch.
 
     Args:
-        model: A built Sequential or functional `keras.Model` with one input.
-            Not modified.
+        model: A built Sequential or functional `keras.Model`, with one or
+            several inputs. Not modified.
         path: String or path-like. The `.tflite` file to write; its directory
             must exist.
         quantize: One of `None`, `"dynamic"`, `"float16"`, `"int8"`. Defaults
             to `None`.
         representative_data: Calibration inputs, required for `"int8"`: a
-            NumPy array (samples first) or a `tf.data.Dataset` of inputs,
-            batched or not, or of `(inputs, labels)` tuples. At most the first
-            256 samples are used, one at a time. Defaults to `None`.
+            NumPy array (samples first; one-input models), a dict input name
+            -> array, a list of arrays in `model.inputs` order, or a
+            `tf.data.Dataset` of such inputs, batched or not, or of
+            `(inputs, labels)` tuples as `fit` takes (elements may change
+            shape from batch to batch, as padded text does). At most the
+            first 256 samples are used, one at a time. Defaults to `None`.
         sparse: Bool. Turns on the converter's sparsity encoding
             (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`), which stores mostly
             zero weights compactly (for example after STR training); the
@@ -120,10 +152,9 @@ def to_tflite(
         verify: Bool. Run the file in the interpreter and report the error.
             Defaults to `True`.
         overwrite: Bool. Replace an existing file at `path`. Defaults to `True`.
-        sample_inputs: Verification inputs: a NumPy array (samples first) or a
-            `tf.data.Dataset` like `representative_data` (at most 4096 samples
-            are taken from a dataset). Defaults to `None`.
-
+        sample_inputs: Verification inputs, in any form `representative_data`
+            takes (at most 4096 samples are taken from a dataset). Defaults
+            to `None`.
         verbose: `"auto"` (1), 0, 1 or 2, as in Keras's `fit`: at 1 or 2 one
             line per stage (converting, verifying, written) goes to stdout, as
             conversion can take half a minute. Defaults to `"auto"`.
@@ -134,26 +165,40 @@ def to_tflite(
 
     Raises:
         TypeError: If `model` is not a graph Keras model, or the data are not
-            arrays or datasets.
+            arrays, dicts of arrays or datasets (or a single array for a
+            model with several inputs).
         ValueError: For an unknown `quantize` or `verbose`, `"int8"` without
-            `representative_data`, a model with several inputs, data whose
-            shape does not fit the model's input, an output directory that
-            does not exist or is not writable, or a model that uses ops
-            TFLite has no built-in kernel for.
+            `representative_data`, data whose names or shapes do not fit the
+            model's inputs, verification of a model with an unknown size
+            other than the batch without `sample_inputs`, an output
+            directory that does not exist or is not writable, or a model that
+            uses ops TFLite has no built-in kernel for.
         FileExistsError: If `path` exists and `overwrite` is False.
 
     Example:
 
+    A text classifier with token ids and a padding mask of any length:
+
     >>> import keras, numpy as np, tfprune
-    >>> inputs = keras.Input((8, 8, 1))
-    >>> outputs = keras.layers.Dense(10)(keras.layers.Flatten()(inputs))
-    >>> model = keras.Model(inputs, outputs)
-    >>> report = tfprune.export.to_tflite(model, "model.tflite")  # doctest: +SKIP
-    >>> report.max_abs_error < 1e-5  # doctest: +SKIP
+    >>> keras.utils.set_random_seed(0)
+    >>> token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    >>> padding_mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    >>> embedded = keras.layers.Embedding(100, 8)(token_ids)
+    >>> mask = keras.ops.expand_dims(keras.ops.cast(padding_mask, "float32"), -1)
+    >>> pooled = keras.ops.sum(embedded * mask, axis=1)
+    >>> model = keras.Model({"token_ids": token_ids, "padding_mask": padding_mask},
+    ...                     keras.layers.Dense(2)(pooled))
+    >>> texts = {"token_ids": np.random.randint(0, 100, (32, 12)).astype("int32"),
+    ...          "padding_mask": np.ones((32, 12), "int32")}
+    >>> report = tfprune.export.to_tflite(model, "text.tflite", sample_inputs=texts, verbose=0)
+    >>> report.max_abs_error < 1e-5
     True
-    >>> images = np.random.rand(100, 8, 8, 1).astype("float32")
-    >>> report = tfprune.export.to_tflite(  # doctest: +SKIP
-    ...     model, "model_int8.tflite", quantize="int8", representative_data=images)
+    >>> [(tensor["name"], tensor["shape"]) for tensor in report.inputs]
+    [('padding_mask', [-1, -1]), ('token_ids', [-1, -1])]
+    >>> report = tfprune.export.to_tflite(model, "text_int8.tflite", quantize="int8",
+    ...                                   representative_data=texts, verbose=0)
+    >>> report.top1_agreement > 0.9, [tensor["dtype"] for tensor in report.inputs]
+    (True, ['int32', 'int32'])
     """
     caller = "tfprune.export.to_tflite"
     require_graph_model(model, caller)
@@ -166,33 +211,32 @@ def to_tflite(
     if quantize == "int8" and representative_data is None:
         raise ValueError(
             'quantize="int8" calibrates activation ranges, so it needs `representative_data` '
-            "(an array or tf.data.Dataset of a few hundred typical inputs). "
-            "Received: representative_data=None"
-        )
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"`{caller}` supports models with one input; model '{model.name}' has "
-            f"{len(model.inputs)}. Received: model with inputs {[tensor.shape for tensor in model.inputs]}"
+            "(an array, a dict input name -> array or a tf.data.Dataset of a few hundred typical "
+            "inputs). Received: representative_data=None"
         )
     path = _check_output_path(path, overwrite)
-    input_tensor = model.inputs[0]
+    inputs = model_inputs(model)
     calibration = None
     if representative_data is not None:
-        calibration = _as_samples(
-            representative_data, input_tensor, "representative_data", MAX_CALIBRATION_SAMPLES
-        )
+        calibration = as_batches(representative_data, inputs, "representative_data", MAX_CALIBRATION_SAMPLES)
     if sample_inputs is not None:
-        sample_inputs = _as_samples(
-            sample_inputs, input_tensor, "sample_inputs", MAX_VERIFICATION_SAMPLES
-        )
+        sample_inputs = as_batches(sample_inputs, inputs, "sample_inputs", MAX_VERIFICATION_SAMPLES)
     elif calibration is not None:
         sample_inputs = calibration
     elif verify:
-        sample_inputs = _random_inputs(input_tensor)
+        unknown = unknown_sizes(inputs)
+        if unknown:
+            raise ValueError(
+                f"Cannot make random verification inputs for input '{unknown[0].name}' of shape "
+                f"{unknown[0].shape}: the model leaves sizes other than the batch unknown. Pass "
+                "`sample_inputs` (an array, or a dict input name -> array) or set verify=False."
+            )
+        sample_inputs = [random_batch(inputs, RANDOM_SAMPLES)]
 
     say(f"{caller}: converting model '{model.name}' ({quantize or 'float32'}{', sparse' if sparse else ''}) ...",
         flush=True)  # fmt: skip
     plain = _in_float32(strip(model))
+    _check_same_inputs(inputs, model_inputs(plain), model.name)
     if keras.backend.backend() == "tensorflow":
         content, dense_size = convert_model(plain, quantize, calibration, sparse, model.name)
     else:
@@ -209,14 +253,28 @@ def to_tflite(
         **_tensor_summaries(content),
     )
     if verify:
-        say(f"{caller}: verifying on {len(sample_inputs)} inputs in the LiteRT interpreter ...", flush=True)
-        _verify(model, content, sample_inputs, report)
+        say(f"{caller}: verifying on {sample_count(sample_inputs)} inputs in the LiteRT interpreter ...",
+            flush=True)  # fmt: skip
+        _verify(model, inputs, content, sample_inputs, report)
     with atomic_path(path, overwrite=overwrite) as temporary:
         with open(temporary, "wb") as file:
             file.write(content)
     checked = "" if report.max_abs_error is None else f", max abs error {report.max_abs_error:.3g}"
     say(f"{caller}: wrote {path} ({report.size_bytes} bytes{checked})", flush=True)
     return report
+
+
+def _check_same_inputs(inputs, plain_inputs, model_name):
+    # `strip` and the float32 copy keep input names and structure; the data are
+    # matched to the file's inputs by name, so check rather than assume it.
+    if [(item.name, item.signature_name) for item in inputs] != [
+        (item.name, item.signature_name) for item in plain_inputs
+    ]:
+        raise RuntimeError(
+            f"Stripping model '{model_name}' renamed its inputs from {[item.name for item in inputs]} "
+            f"to {[item.name for item in plain_inputs]}, so data could not be matched to the file's "
+            "inputs; name each keras.Input after its key in the model's input dict."
+        )
 
 
 def _check_output_path(path, overwrite):
@@ -245,64 +303,6 @@ def _check_output_path(path, overwrite):
     return path
 
 
-def _as_samples(data, input_tensor, argument, limit):
-    """Returns `data` as an array of input samples (samples first) for `input_tensor`."""
-    if isinstance(data, tf.data.Dataset):
-        data = _dataset_samples(data, len(input_tensor.shape) - 1, limit, argument)
-    try:
-        array = np.asarray(data, dtype=input_tensor.dtype)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"`{argument}` must be a NumPy array of inputs (samples first) or a tf.data.Dataset. "
-            f"Received: {argument} of type {type(data).__name__} ({error})"
-        ) from None
-    expected = tuple(input_tensor.shape)
-    fits = array.ndim == len(expected) and all(
-        size is None or size == actual for size, actual in zip(expected[1:], array.shape[1:])
-    )
-    if not fits or len(array) == 0:
-        raise ValueError(
-            f"`{argument}` must hold at least one sample of the model's input shape {expected} "
-            f"(samples first). Received: {argument} with shape {array.shape}"
-        )
-    return array[:limit]
-
-
-def _dataset_samples(dataset, sample_rank, limit, argument):
-    samples = []
-    count = 0
-    for element in dataset:
-        if isinstance(element, (tuple, list)):
-            element = element[0]  # (inputs, labels) or (inputs, labels, sample_weights)
-        values = np.asarray(element)
-        if values.ndim == sample_rank:
-            values = values[None]
-        samples.append(values)
-        count += len(values)
-        if count >= limit:
-            break
-    if not samples:
-        raise ValueError(f"`{argument}` is an empty tf.data.Dataset; give it at least one input.")
-    try:
-        return np.concatenate(samples)
-    except ValueError:
-        raise ValueError(
-            f"The elements of `{argument}` have different shapes "
-            f"({sorted({values.shape for values in samples})}); give inputs of one shape."
-        ) from None
-
-
-def _random_inputs(input_tensor):
-    shape = tuple(input_tensor.shape[1:])
-    if None in shape or not np.issubdtype(np.dtype(input_tensor.dtype), np.floating):
-        raise ValueError(
-            f"Cannot make random verification inputs for input shape {tuple(input_tensor.shape)} "
-            f"and dtype {input_tensor.dtype}; pass `sample_inputs` or set verify=False."
-        )
-    random = np.random.default_rng(0)
-    return random.uniform(0.0, 1.0, size=(RANDOM_SAMPLES, *shape)).astype(input_tensor.dtype)
-
-
 def _in_float32(model):
     """Returns `model`, or a float32 copy if some layers compute in another dtype.
 
@@ -326,13 +326,15 @@ def _in_float32(model):
 
 def convert_model(plain, quantize, calibration, sparse, model_name):
     """TensorFlow backend: returns the `.tflite` bytes of `plain` and, with
-    `sparse`, the size of the same file without the sparsity encoding."""
+    `sparse`, the size of the same file without the sparsity encoding.
+    `calibration` is a list of batches (dicts input name -> array) or None."""
+    inputs = model_inputs(plain)
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(plain, plain.inputs[0], saved_model_dir)
-        content = _convert(saved_model_dir, quantize, calibration, sparse, model_name)
+        _write_saved_model(plain, inputs, saved_model_dir)
+        content = _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name)
         dense_size = None
         if sparse:
-            dense_size = len(_convert(saved_model_dir, quantize, calibration, False, model_name))
+            dense_size = len(_convert(saved_model_dir, inputs, quantize, calibration, False, model_name))
     return content, dense_size
 
 
@@ -343,10 +345,18 @@ def _convert_in_tensorflow_process(plain, quantize, calibration, sparse, model_n
     user would get."""
     with tempfile.TemporaryDirectory() as directory:
         plain.save(os.path.join(directory, "model.keras"))
+        arguments = {"quantize": quantize, "sparse": bool(sparse), "model_name": model_name}
         if calibration is not None:
-            np.save(os.path.join(directory, "calibration.npy"), calibration)
+            # Array names in an .npz file are file names: index them, keep the input names here.
+            arguments["calibration_inputs"] = names = list(calibration[0])
+            np.savez(
+                os.path.join(directory, "calibration.npz"),
+                **{f"batch{index}_input{position}": batch[name]
+                   for index, batch in enumerate(calibration) for position, name in enumerate(names)},
+            )  # fmt: skip
+            arguments["calibration_batches"] = len(calibration)
         with open(os.path.join(directory, "arguments.json"), "w") as file:
-            json.dump({"quantize": quantize, "sparse": bool(sparse), "model_name": model_name}, file)
+            json.dump(arguments, file)
         environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
         result = subprocess.run(
             [sys.executable, "-m", "tfprune.export._worker", directory],
@@ -372,25 +382,29 @@ def _convert_in_tensorflow_process(plain, quantize, calibration, sparse, model_n
     return content, dense_size
 
 
-def _write_saved_model(model, input_tensor, directory):
-    def serve(inputs):
-        outputs = keras.tree.flatten(model(inputs, training=False))
+def _write_saved_model(model, inputs, directory):
+    """Writes a SavedModel whose `serve` signature takes one tensor per input,
+    named by `ModelInput.signature_name`, and returns `output_0`, `output_1`, ..."""
+    structure = input_structure(model)
+
+    def serve(tensors):
+        arguments = call_arguments(
+            structure, inputs, {item.name: tensors[item.signature_name] for item in inputs}
+        )
+        outputs = keras.tree.flatten(model(arguments, training=False))
         return {f"output_{index}": output for index, output in enumerate(outputs)}
 
-    # The TFLite input is named after the Keras InputLayer; Keras has no public
-    # accessor for the layer that created an input tensor.
-    input_name = input_tensor._keras_history.operation.name
+    specs = {
+        item.signature_name: tf.TensorSpec(item.shape, item.dtype, name=item.signature_name)
+        for item in inputs
+    }
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        serve,
-        input_signature=[tf.TensorSpec(input_tensor.shape, input_tensor.dtype, name=input_name)],
-    )
+    archive.add_endpoint("serve", serve, input_signature=[specs])
     archive.write_out(directory, verbose=False)
 
 
-def _convert(saved_model_dir, quantize, calibration, sparse, model_name):
+def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.optimizations = []
@@ -398,14 +412,19 @@ def _convert(saved_model_dir, quantize, calibration, sparse, model_name):
     if calibration is not None and quantize == "int8":
 
         def representative_dataset():
-            for index in range(len(calibration)):
-                yield [calibration[index : index + 1]]
+            # One sample at a time, keyed by the signature's input names.
+            for batch in calibration:
+                for index in range(sample_count([batch])):
+                    yield {item.signature_name: batch[item.name][index : index + 1] for item in inputs}
 
         converter.representative_dataset = representative_dataset
     if sparse:
         converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     try:
-        return converter.convert()
+        with warnings.catch_warnings():
+            # int8 calibration runs TensorFlow's own deprecated tf.lite.Interpreter; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            return converter.convert()
     except Exception as error:  # tf.lite's ConverterError is not a public name
         missing = sorted(
             set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)))

@@ -1,0 +1,256 @@
+"""A model's inputs by name, and the data `to_tflite` feeds them.
+
+An input is named by its key when the model takes a dict (keras-hub's text
+models: `token_ids`, `padding_mask`, `segment_ids`), otherwise by its
+`keras.Input` layer's name. The `.tflite` file's signature uses the same
+names (a character a TensorFlow signature refuses becomes `_`), and data are
+matched to inputs by these names, never by position: only a list given for a
+model's inputs is read in `model.inputs` order.
+
+Data are held as a list of *batches*: dicts name -> NumPy array whose arrays
+have the same number of samples. A NumPy array or a dict is one batch; a
+`tf.data.Dataset` whose elements change shape (text padded per batch to its
+longest sequence) gives one batch per run of elements of the same shapes, so
+that every batch can be stacked and run at once.
+"""
+
+import dataclasses
+import re
+
+import keras
+import numpy as np
+
+from tfprune._utils import LazyModule
+
+tf = LazyModule("tensorflow")  # only for isinstance checks of tf.data datasets
+
+# Characters a TensorFlow signature name may hold (`[A-Za-z0-9_.\-/]`, not first `_-/`).
+_SIGNATURE_CHARACTER = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One input of a model.
+
+    Args:
+        name: String. The dict key the model is called with, or the name of
+            its `keras.Input` layer.
+        signature_name: String. The input's name in the `.tflite` signature.
+        shape: Tuple. The input's shape, batch axis first, None for unknown
+            sizes.
+        dtype: String. The input's dtype, e.g. "float32" or "int32".
+    """
+
+    name: str
+    signature_name: str
+    shape: tuple
+    dtype: str
+
+
+def model_inputs(model):
+    """Returns the `ModelInput`s of a built Sequential or functional model, in
+    `model.inputs` order."""
+    structure = input_structure(model)
+    named_by_key = isinstance(structure, dict)
+    inputs, signature_names = [], set()
+    for path, tensor in keras.tree.flatten_with_path(structure):
+        if named_by_key and len(path) == 1:
+            name = str(path[0])
+        else:
+            # Keras has no public accessor for the InputLayer that created a tensor.
+            name = tensor._keras_history.operation.name
+        signature_name = _SIGNATURE_CHARACTER.sub("_", name).lstrip("_-/") or "input"
+        while signature_name in signature_names:
+            signature_name += "_"
+        signature_names.add(signature_name)
+        inputs.append(ModelInput(name, signature_name, tuple(tensor.shape), str(tensor.dtype)))
+    names = [model_input.name for model_input in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"The inputs of model '{model.name}' do not have distinct names, so data cannot be "
+            f"matched to them; name each keras.Input. Received: inputs named {names}"
+        )
+    return inputs
+
+
+def input_structure(model):
+    """The structure (tensor, list or dict of input tensors) the model is called with."""
+    if isinstance(model, keras.Sequential):
+        return model.inputs[0]
+    return model.input
+
+
+def call_arguments(structure, inputs, batch):
+    """Packs the arrays of `batch` (a dict name -> array) into the model's input structure."""
+    return keras.tree.pack_sequence_as(structure, [batch[model_input.name] for model_input in inputs])
+
+
+def describe(inputs):
+    """`'token_ids' (None, None) int32, ...` for error messages."""
+    return ", ".join(f"'{item.name}' {item.shape} {item.dtype}" for item in inputs)
+
+
+def as_batches(data, inputs, argument, limit):
+    """Returns `data` as a list of batches (dicts name -> array) for `inputs`.
+
+    Args:
+        data: A NumPy array (one-input models), a dict name -> array, a list
+            or tuple of arrays in `model.inputs` order (several inputs), or a
+            `tf.data.Dataset` of such elements, batched or not, or of
+            `(inputs, labels)` tuples.
+        inputs: List of `ModelInput`.
+        argument: String. The argument's name in error messages.
+        limit: Int. At most this many samples are kept.
+    """
+    if isinstance(data, tf.data.Dataset):
+        batches = _dataset_batches(data, inputs, argument, limit)
+    else:
+        batches = [_checked(_named_arrays(data, inputs, argument), inputs, argument)]
+    kept, count = [], 0
+    for batch in batches:
+        size = min(len(next(iter(batch.values()))), limit - count)
+        kept.append({name: values[:size] for name, values in batch.items()})
+        count += size
+        if count >= limit:
+            break
+    return kept
+
+
+def sample_count(batches):
+    return sum(len(next(iter(batch.values()))) for batch in batches)
+
+
+def _named_arrays(data, inputs, argument):
+    """`data` as a dict name -> array, before any shape check."""
+    names = [model_input.name for model_input in inputs]
+    if isinstance(data, dict):
+        missing = [name for name in names if name not in data]
+        extra = sorted(str(key) for key in data if key not in names)
+        if missing or extra:
+            problem = f"no array for {missing}" if missing else f"keys that name no input: {extra}"
+            raise ValueError(
+                f"`{argument}` must map each input name of the model to an array: {names}; it has "
+                f"{problem}. Received: {argument} with keys {sorted(str(key) for key in data)}"
+            )
+        values = [data[name] for name in names]
+    elif len(inputs) == 1:
+        values = [data]
+    elif isinstance(data, (list, tuple)) and len(data) == len(inputs):
+        values = list(data)
+    else:
+        received = f"a {type(data).__name__} of length {len(data)}" if isinstance(data, (list, tuple)) \
+            else f"an object of type {type(data).__name__}"  # fmt: skip
+        raise TypeError(
+            f"The model has {len(inputs)} inputs ({describe(inputs)}); give `{argument}` as a dict "
+            f"name -> array with one array per input (or a list in model.inputs order). "
+            f"Received: {received}"
+        )
+    arrays = {}
+    for model_input, value in zip(inputs, values):
+        try:
+            arrays[model_input.name] = np.asarray(value, dtype=model_input.dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"`{argument}` must hold NumPy arrays of inputs (samples first) or be a tf.data.Dataset. "
+                f"Received: {argument} of type {type(data).__name__} ({error})"
+            ) from None
+    return arrays
+
+
+def _checked(arrays, inputs, argument):
+    for model_input in inputs:
+        array = arrays[model_input.name]
+        expected = model_input.shape
+        fits = array.ndim == len(expected) and all(
+            size is None or size == actual for size, actual in zip(expected[1:], array.shape[1:])
+        )
+        if not fits or len(array) == 0:
+            received = argument if len(inputs) == 1 else f"{argument}['{model_input.name}']"
+            raise ValueError(
+                f"`{argument}` must hold at least one sample of input '{model_input.name}' of "
+                f"shape {expected} (samples first). Received: {received} with shape {array.shape}"
+            )
+    counts = {name: len(array) for name, array in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"`{argument}` must hold the same number of samples for every input. "
+            f"Received: {argument} with sample counts {counts}"
+        )
+    return arrays
+
+
+def _dataset_batches(dataset, inputs, argument, limit):
+    batches, run, count = [], [], 0
+    for element in dataset:
+        if isinstance(element, tuple):
+            element = element[0]  # (inputs, labels) or (inputs, labels, sample_weights), as fit takes
+        arrays = {
+            name: values[None] if values.ndim == len(model_input.shape) - 1 else values
+            for model_input, (name, values) in zip(
+                inputs, _named_arrays(element, inputs, argument).items()
+            )
+        }  # unbatched elements get a batch axis
+        arrays = _checked(arrays, inputs, argument)
+        if run and _shapes(run[-1]) != _shapes(arrays):
+            batches.append(_concatenate(run))
+            run = []
+        run.append(arrays)
+        count += len(next(iter(arrays.values())))
+        if count >= limit:
+            break
+    if run:
+        batches.append(_concatenate(run))
+    if not batches:
+        raise ValueError(f"`{argument}` is an empty tf.data.Dataset; give it at least one input.")
+    return batches
+
+
+def _shapes(batch):
+    return {name: values.shape[1:] for name, values in batch.items()}
+
+
+def _concatenate(run):
+    return {name: np.concatenate([arrays[name] for arrays in run]) for name in run[0]}
+
+
+def unknown_sizes(inputs, shapes=None):
+    """The inputs whose sample shape (`shapes[name]` if given) has an unknown size."""
+    shapes = shapes or {}
+    return [item for item in inputs if None in shapes.get(item.name, item.shape[1:])]
+
+
+def random_batch(inputs, count, shapes=None, seed=0):
+    """Verification or calibration inputs that are valid for any model with these inputs.
+
+    Inputs whose name contains "mask" (padding masks) and bool inputs are
+    ones (True); other floats are uniform in [0, 1); uint8 inputs (image
+    pixels) are uniform over 0..255; other integer inputs (token ids, segment ids) are zeros, the one
+    value below every vocabulary size, which is not known from the model in
+    general.
+
+    Args:
+        inputs: List of `ModelInput`.
+        count: Int. Samples per input.
+        shapes: Optional dict name -> sample shape (without the batch axis)
+            for inputs with unknown sizes.
+        seed: Int. Seed of the random floats and pixels.
+
+    Returns:
+        A dict name -> array (one batch).
+    """
+    shapes = shapes or {}
+    random = np.random.default_rng(seed)
+    batch = {}
+    for model_input in inputs:
+        shape = (count, *shapes.get(model_input.name, model_input.shape[1:]))
+        dtype = np.dtype(model_input.dtype)
+        if "mask" in model_input.name.lower() or dtype == np.bool_:
+            values = np.ones(shape)
+        elif np.issubdtype(dtype, np.floating):
+            values = random.uniform(0.0, 1.0, size=shape)
+        elif dtype == np.uint8:
+            values = random.integers(0, 256, size=shape)
+        else:
+            values = np.zeros(shape)
+        batch[model_input.name] = values.astype(dtype)
+    return batch
