@@ -154,18 +154,26 @@ def doubled(x):
     return x * 2.0
 
 
-def test_unknown_activation_function_freezes_the_group_until_registered(monkeypatch):
-    model = build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer"))
-    assert_coupled(model, "applies activation 'doubled', which tfprune does not know to act on each channel alone")
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+def centred(x):
+    return x - keras.ops.mean(x, axis=-1, keepdims=True)
+
+
+def test_an_unknown_activation_function_is_checked_numerically_then_registered(monkeypatch):
+    # `doubled` acts on each channel alone: established numerically, prunable.
+    assert_independent(build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer")))
+    # `centred` subtracts the mean over the channels: frozen, saying which check failed.
+    model = build(lambda x: x, producer=layers.Dense(6, activation=centred, name="producer"))
+    assert_coupled(model, "applies activation 'centred', which tfprune does not know to act on each channel alone")
     reason = tfprune.graph.build(model)["producer"].reason
-    assert "(if it does: `tfprune.graph.register_activation(doubled)`)" in reason
+    assert "changes other output channels; if it does: `tfprune.graph.register_activation(centred)`)" in reason
     monkeypatch.setattr(handlers, "_ELEMENTWISE_FUNCTIONS", dict(handlers._ELEMENTWISE_FUNCTIONS))
     monkeypatch.setattr(handlers, "_MIXING_FUNCTIONS", dict(handlers._MIXING_FUNCTIONS))
-    tfprune.graph.register_activation(doubled)
-    assert_independent(build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer")))
-    tfprune.graph.register_activation(doubled, mixes_channels=True)
+    tfprune.graph.register_activation(doubled, mixes_channels=True)  # a registration wins over the check
     model = build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer"))
     assert_coupled(model, "'producer' applies activation 'doubled' over the channel axis")
+    tfprune.graph.register_activation(doubled)
+    assert_independent(build(lambda x: x, producer=layers.Dense(6, activation=doubled, name="producer")))
     with pytest.raises(TypeError, match=r"expects the activation function itself.*function='doubled'"):
         tfprune.graph.register_activation("doubled")
 
@@ -365,6 +373,8 @@ INDEPENDENT = [
     ("Logaddexp", 2, lambda x: ops.logaddexp(x, 0.0)),
     ("Where", 2, lambda x: ops.where(x > 0, x, 0.1 * x)),
     ("Transpose", 2, lambda x: ops.transpose(x, (0, 2, 1, 3))),
+    # Tokens to an image and back, with the width written out (the surgery rewrites it).
+    ("Reshape", 2, lambda x: ops.reshape(ops.reshape(x, (-1, 16, 6)), (-1, 4, 4, 6))),
     (layers.Permute, 2, layers.Permute((2, 1, 3))),
     # Comparisons and logic (a padding mask from token ids), cast back to numbers.
     ("Equal", 2, lambda x: ops.cast(ops.equal(x, 0.5), "float32")),
@@ -443,6 +453,7 @@ COUPLED = [
     (layers.Rescaling, layers.Rescaling(np.arange(1.0, 7.0)), "rescales with one value per channel", False),
     (layers.Reshape, layers.Reshape((4, 4, 2, 3)), "reshapes channels into several axes", False),
     ("Transpose", lambda x: ops.transpose(x, (0, 1, 3, 2)), "moves the channel axis", False),
+    ("Matmul", lambda x: ops.matmul(x, np.ones((6, 3), "float32")), "multiplies by a constant matrix", False),
     (layers.Permute, layers.Permute((1, 3, 2)), "moves the channel axis", False),
 ]
 

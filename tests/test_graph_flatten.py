@@ -319,3 +319,78 @@ def test_docstring_examples_run(module_name):
     extraglobs = {"tfprune": tfprune, "keras": keras}
     results = doctest.testmod(module, extraglobs=extraglobs, optionflags=doctest.ELLIPSIS)
     assert results.attempted > 0 and results.failed == 0
+
+
+class TokensToImage(layers.Layer):
+    """keras-hub-style (SegFormer's Mix-FFN): reshapes with the traced batch size and the width written out."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.expand = layers.Dense(units, name="expand")
+        self.depthwise = layers.DepthwiseConv2D(3, padding="same", name="depthwise")
+        self.project = layers.Dense(4, name="project")
+
+    def call(self, x):
+        x = self.expand(x)
+        batch, length, width = ops.shape(x)  # batch is None on symbolic tensors
+        side = int(length**0.5)
+        x = self.depthwise(ops.reshape(x, (batch, side, side, width)))
+        return self.project(ops.reshape(x, (batch, -1, width)))
+
+
+class MixBlock(layers.Layer):
+    """Returns `(x, None)` when asked for no attention scores, as keras-hub's DeiT blocks do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mix = TokensToImage(12, name="mix")
+
+    def call(self, x, return_scores=False):
+        return x + self.mix(x), (x if return_scores else None)
+
+
+class MixEncoder(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [MixBlock(name=f"block_{index}") for index in range(2)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x, _ = block(x)
+        return x
+
+
+def test_nested_blocks_returning_none_and_reshaping_with_the_traced_batch_size_are_inlined_and_pruned(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 4))
+    model = keras.Model(inputs, layers.Dense(3, name="head")(MixEncoder(name="encoder")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    reshapes = [op for op in flat.operations if type(op).__name__ == "Reshape"]
+    assert len(reshapes) == 4 and all(op.newshape[0] == -1 for op in reshapes)  # runs at any batch size
+    # and every size stays known (the -1 beside the batch entry was worked out).
+    assert [tuple(op._inbound_nodes[0].outputs[0].shape) for op in reshapes[:2]] == [(None, 4, 4, 12), (None, 16, 12)]
+    x = np.random.default_rng(0).normal(size=(3, 16, 4)).astype("float32")
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+    # The expansion width is written in the reshapes: pruning it rewrites them.
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after == {"encoder_block_0_mix_expand": 6, "encoder_block_1_mix_expand": 6}
+    assert [op.newshape for op in small.operations if type(op).__name__ == "Reshape"][:2] == [(-1, 4, 4, 6), (-1, 16, 6)]
+    assert small(x).shape == (3, 16, 3)
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)
+
+
+class DoubledInTraining(layers.Layer):
+    def call(self, x, training=None):
+        return ops.add(x, x) if training else x
+
+
+def test_a_layer_that_is_not_inlined_says_why_in_its_groups_reason():
+    inputs = keras.Input((4,))
+    x = layers.Dense(6, name="dense")(inputs)
+    x = NoisyInTraining(name="noisy")(Scaled(6, name="scaled")(x))
+    graph = tfprune.graph.build(keras.Model(inputs, layers.Dense(2, name="head")(x)), unknown="freeze")
+    assert "it could not be inlined and has no handler" in graph["dense"].reason  # Scaled holds a weight
+    flat = tfprune.graph.flatten(keras.Model(inputs, layers.Dense(2)(DoubledInTraining(name="doubled")(inputs))))
+    assert flat.get_layer("doubled")._tfprune_not_inlined == "its call branches on `training`"

@@ -188,3 +188,22 @@ def test_the_module_examples_run():
         handlers_inferred, extraglobs={"tfprune": tfprune, "keras": keras}, optionflags=doctest.ELLIPSIS
     )
     assert results.attempted >= 4 and results.failed == 0
+
+
+def test_a_matrix_product_passes_its_right_operands_channels_and_pins_the_contracted_ones():
+    # Hand-written attention: `scores @ values` keeps the values' channels.
+    keras.utils.set_random_seed(0)
+    left_inputs, right_inputs = keras.Input((3, 4), name="left"), keras.Input((6, 4), name="right")
+    left = layers.Dense(6, name="producer")(left_inputs)
+    right = layers.Dense(5, name="values")(right_inputs)
+    outputs = layers.Dense(2, name="head")(keras.ops.matmul(left, right))
+    model = keras.Model([left_inputs, right_inputs], outputs)
+    graph = tfprune.graph.build(model)
+    assert not graph["producer"].prunable and "contracts them in a matrix product" in graph["producer"].reason
+    assert graph["values"].prunable
+    kernel, bias = model.get_layer("values").get_weights()
+    kernel[:, [1, 3]], bias[[1, 3]] = 0.0, 0.0
+    model.get_layer("values").set_weights([kernel, bias])
+    small = tfprune.surgery.remove_channels(model, {"values": [1, 3]})
+    x = [np.random.default_rng(0).normal(size=(2, 3, 4)), np.random.default_rng(1).normal(size=(2, 6, 4))]
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)

@@ -125,6 +125,17 @@ def test_cost_model_matches_hand_counts():
         CostModel(model, graph, ["conv_a"], cost="flops")
 
 
+def test_cost_model_counts_a_product_of_two_activations_as_a_fixed_cost():
+    # `keras.ops.matmul` is counted by `analyze` but is no layer: its MACs do not shrink here.
+    inputs = keras.Input((3, 4))
+    left = keras.layers.Dense(6, name="left")(inputs)
+    right = keras.ops.transpose(keras.layers.Dense(6, name="right")(inputs), (0, 2, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.ops.matmul(left, right)))
+    graph = tfprune.graph.build(model)
+    macs = CostModel(model, graph, [group.name for group in graph.groups if group.prunable])
+    assert macs.total == tfprune.analyze(model).macs == 3 * 4 * 6 * 2 + 3 * 6 * 3 + 3 * 3 * 2
+
+
 def test_cost_model_is_exact_for_surgery_on_mobilenet_v3():
     model = tfprune.models.mobilenet_v3("small", input_shape=(32, 32, 3), classes=10, seed=0)
     graph = tfprune.graph.build(model)

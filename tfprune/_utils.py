@@ -213,6 +213,12 @@ def copy_layer(layer):
             dtype=layer.dtype_policy,
             trainable=layer.trainable,
         )
+    elif type(layer) is keras.layers.Activation:
+        # From the function object too: an activation function that is not a
+        # registered serializable (keras-hub CLIP's quick_gelu) fails the config round trip.
+        copy = keras.layers.Activation(
+            layer.activation, name=layer.name, dtype=layer.dtype_policy, trainable=layer.trainable
+        )
     else:
         copy, repaired = _from_own_config(layer)
         if copy is None:

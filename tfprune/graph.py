@@ -510,6 +510,7 @@ def _shadow(layer, copies, name=None):
     for key, value in layer.__dict__.items():
         object.__setattr__(shadow, key, _swapped(value, copies, owner))
     object.__setattr__(shadow, "name", owner[0])
+    object.__setattr__(shadow, "_tfprune_is_shadow", True)
     object.__setattr__(shadow, "_tfprune_own_name", own_name)
     # The shadow's calls must not be recorded in the original layer's node lists.
     object.__setattr__(shadow, "_inbound_nodes", [])
@@ -574,23 +575,91 @@ def _inline(functional, inputs, copies, composites, changed):
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
 
 
+_LAYER_CALL = keras.layers.Layer.__call__
+_RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._keras_history.operation)
+_RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
+_NESTING = [0]  # depth of `_traced` calls in progress
+
+
+def _static_reshape_call(self, x, *args, **kwargs):
+    """`keras.ops.reshape` while a composite is traced: a traced batch size becomes -1.
+
+    A layer's `call` often reshapes with `B = ops.shape(x)[0]`, which is None
+    on symbolic tensors: the recorded `Reshape` would hold None (it cannot
+    run) and its output would lose every size the -1 beside it stands for.
+    When the input's other sizes are known, the -1 is worked out and the
+    batch entry becomes the -1 instead.
+    """
+    self.newshape = _batch_free_shape(tuple(x.shape), self.newshape)
+    return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
+
+
+def _batch_free_shape(input_shape, newshape):
+    if not isinstance(newshape, (list, tuple)) or not newshape or newshape[0] is not None:
+        return newshape
+    if input_shape[0] is not None or any(size is None for size in newshape[1:]):
+        return newshape
+    rest = list(newshape[1:])
+    if -1 in rest:
+        known = [size for size in input_shape[1:] if size is not None]
+        if len(known) != len(input_shape) - 1:
+            return newshape  # the -1 cannot be worked out
+        given = int(np.prod([size for size in rest if size != -1]))
+        rest[rest.index(-1)] = int(np.prod(known)) // max(given, 1)
+    return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
+
+
+def _nested_shadow_call(self, *args, **kwargs):
+    """`Layer.__call__` while a composite is traced: a nested composite is inlined at once.
+
+    Calling it as a layer would make Keras record it as one operation, which
+    refuses outputs that are not tensors (keras-hub's DeiT blocks return
+    `(x, None)`); its own `call`, run on the symbolic tensors, does not.
+    """
+    if getattr(self, "_tfprune_is_shadow", False):
+        return _traced(self, [False])(*args, **kwargs)
+    return _LAYER_CALL(self, *args, **kwargs)
+
+
 def _traced(shadow, changed):
     """Calls the composite's `call` symbolically (inlining it), or the layer as one unit.
 
     A `call` that branches on `training` in Python would be recorded with one
     branch only; such a layer (its traces in training and in inference differ)
-    stays one unit.
+    stays one unit. While it is traced, composites nested in it are inlined
+    in the same way (`_nested_shadow_call`).
     """
 
     def call(*args, **kwargs):
+        _NESTING[0] += 1
+        if _NESTING[0] == 1:
+            keras.layers.Layer.__call__ = _nested_shadow_call
+            _RESHAPE_OPERATION.symbolic_call = _static_reshape_call
+        try:
+            return traced_call(*args, **kwargs)
+        finally:
+            _NESTING[0] -= 1
+            if _NESTING[0] == 0:
+                keras.layers.Layer.__call__ = _LAYER_CALL
+                _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
+
+    def as_one_unit(*args, **kwargs):
+        return _LAYER_CALL(shadow, *args, **kwargs)
+
+    def traced_call(*args, **kwargs):
         try:
             outputs = shadow.call(*args, **kwargs)
-            if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)) or (
-                _branches_on_training(shadow, args, kwargs, outputs)
-            ):
-                return shadow(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - not traceable: keep the layer as one unit
-            return shadow(*args, **kwargs)
+            why = None
+            if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
+                why = "its traced call gives other outputs than its output spec"
+            elif _branches_on_training(shadow, args, kwargs, outputs):
+                why = "its call branches on `training`"
+        except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
+            why = f"its call fails on symbolic tensors: {type(error).__name__}: {_first_line(error)}"
+        if why is not None:
+            # Said where the layer is met again, when its channels are frozen.
+            object.__setattr__(shadow, "_tfprune_not_inlined", why)
+            return as_one_unit(*args, **kwargs)
         changed[0] = True
         return outputs
 
@@ -601,11 +670,21 @@ def _same_specs(traced, expected):
     """Same structure, shapes, dtypes and sparseness (Keras marks `x * 2.0` traced op by op sparse)."""
     traced, expected = keras.tree.flatten(traced), keras.tree.flatten(expected)
     return len(traced) == len(expected) and all(
-        isinstance(got, keras.KerasTensor)
-        and tuple(got.shape) == tuple(want.shape)
+        (got is None and want is None)  # an optional output left out: `return x, None`
+        or isinstance(got, keras.KerasTensor)
+        and _compatible(tuple(got.shape), tuple(want.shape))
         and got.dtype == want.dtype
         and bool(got.sparse) == bool(getattr(want, "sparse", False))
         for got, want in zip(traced, expected)
+    )
+
+
+def _compatible(traced, expected):
+    """Equal shapes, but for sizes one side does not know (never the channel axis)."""
+    return (
+        len(traced) == len(expected)
+        and traced[-1:] == expected[-1:]
+        and all(got == want or got is None or want is None for got, want in zip(traced, expected))
     )
 
 
@@ -698,7 +777,7 @@ def _trace_node(node, tracer, unknown):
             )
         handler = handlers.Freeze(
             (f"tfprune cannot see inside layer '{operation.name}' ({type(operation).__name__}): it could not "
-            "be inlined and has no handler"
+            f"be inlined{_not_inlined(operation)} and has no handler"
             if _is_foreign_layer(operation)
             else f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
             + f", and no channel rule could be established numerically ({rule})"
@@ -706,6 +785,16 @@ def _trace_node(node, tracer, unknown):
     outputs = handler.trace(node, tracer)
     for tensor, channels in zip(node.outputs, outputs):
         tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)
+
+
+def _not_inlined(operation):
+    why = getattr(operation, "_tfprune_not_inlined", None)
+    return f" ({why})" if why else ""
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _is_foreign_layer(operation):

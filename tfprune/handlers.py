@@ -471,10 +471,15 @@ def channel_mixing_activation(layer):
         return None
     if activation in _MIXING_FUNCTIONS:
         return f"'{layer.name}' applies activation '{_MIXING_FUNCTIONS[activation]}' over the channel axis"
+    from tfprune import handlers_inferred  # imports this module
+
+    why = handlers_inferred.activation_reason(activation)
+    if why is None:  # established numerically: each channel alone
+        return None
     name = getattr(activation, "__name__", type(activation).__name__)
     return (
         f"'{layer.name}' applies activation '{name}', which tfprune does not know to act on "
-        f"each channel alone (if it does: `tfprune.graph.register_activation({name})`)"
+        f"each channel alone ({why}; if it does: `tfprune.graph.register_activation({name})`)"
     )
 
 
@@ -719,6 +724,49 @@ class _Permute(Handler):
         if last:
             return [tracer.channels(node.input_tensors[0])]
         return Freeze(f"'{operation.name}' moves the channel axis").trace(node, tracer)
+
+
+class _ReshapeOperation(_Reshape):
+    """`keras.ops.reshape`: as the Reshape layer, and channels pass when the last axis keeps its size.
+
+    In row-major order an element at channel `c` of a last axis of size `C`
+    lands at flat index `k * C + c`, so a reshape whose output's last axis
+    also has size `C` puts it at channel `c` again, whatever the other axes
+    become (a sequence of tokens reshaped to an image and back). The target
+    shape holds the width when it is written out (`(B, H, W, C)`): the
+    surgery writes the new width there (`resize_operation`).
+    """
+
+    def trace(self, node, tracer):
+        source, target = node.input_tensors[0], node.outputs[0]
+        width = source.shape[-1] if len(source.shape) else None
+        if width is not None and len(target.shape) and target.shape[-1] == width:
+            return [tracer.channels(source)]
+        return super().trace(node, tracer)
+
+    def resize_operation(self, operation, output_width):
+        """A new operation for a new output width, or None to keep this one."""
+        shape = operation.newshape
+        if not isinstance(shape, (list, tuple)) or not shape or shape[-1] == -1:
+            return None
+        return type(operation)(newshape=type(shape)([*shape[:-1], output_width]), name=operation.name)
+
+
+class _Matmul(Handler):
+    """`a @ b` (hand-written attention): `b`'s last axis passes, `a`'s is contracted.
+
+    The output's last axis is `b`'s last axis, so its channels go through;
+    `a`'s channels are summed over with `b`'s second-to-last axis, which
+    tfprune does not follow, so they are pinned.
+    """
+
+    def trace(self, node, tracer):
+        name = node.operation.name
+        if len(node.input_tensors) != 2 or len(node.input_tensors[1].shape) < 2:
+            return Freeze(f"'{name}' multiplies by a constant matrix or a vector").trace(node, tracer)
+        left, right = node.input_tensors
+        tracer.pin(tracer.channels(left), f"'{name}' contracts them in a matrix product")
+        return [tracer.channels(right)]
 
 
 class _Rescaling(Handler):
@@ -1196,6 +1244,8 @@ for _name, _verb in (
 _LAYER_HANDLERS["Concatenate"] = _Concatenate()
 _LAYER_HANDLERS["Pad"] = _Pad()
 _LAYER_HANDLERS["Transpose"] = _Permute()
+_LAYER_HANDLERS["Reshape"] = _ReshapeOperation()
+_LAYER_HANDLERS["Matmul"] = _Matmul()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")

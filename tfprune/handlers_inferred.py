@@ -184,3 +184,57 @@ def _perturbed(values):
     if np.issubdtype(values.dtype, np.integer):
         return values + 1
     return values * 1.5 + 0.25
+
+
+_FUNCTION_RULES = {}  # activation function -> None (elementwise) or the reason it is not
+
+
+def activation_reason(function):
+    """Why an activation function is not known to act on each channel alone, or None.
+
+    The function is run on random `(2, 3, 8)` arrays of two distributions and
+    must be deterministic, leave other channels alone when one channel
+    changes, and give the kept channels' values at a smaller width (the
+    checks of `infer`); the answer is cached per function.
+
+    Args:
+        function: The callable a layer keeps as its `activation`.
+
+    Returns:
+        None when the checks hold, else a sentence saying which failed.
+
+    Example:
+
+    >>> activation_reason(lambda x: x * keras.ops.sigmoid(1.702 * x)) is None
+    True
+    >>> activation_reason(lambda x: x - keras.ops.mean(x, axis=-1, keepdims=True))
+    'changing its input channel ... changes other output channels'
+    """
+    try:
+        return _FUNCTION_RULES[function]
+    except (KeyError, TypeError):  # not cached, or not hashable
+        pass
+    inputs = keras.Input((3, 8))
+    try:
+        outputs = _Applied(function)(inputs)
+        node = outputs._keras_history.operation._inbound_nodes[0]
+        handler, why = infer(node, object())
+        reason = None if handler is not None else why
+    except Exception as error:  # the function cannot even run symbolically
+        reason = f"it failed when run on a probe input ({type(error).__name__}: {_first_line(error)})"
+    try:
+        _FUNCTION_RULES[function] = reason
+    except TypeError:
+        pass
+    return reason
+
+
+class _Applied(keras.Operation):
+    """An activation function as an operation of its own (so it has a call node to check)."""
+
+    def __init__(self, function):
+        super().__init__(name="activation")
+        self.function = function
+
+    def call(self, inputs):
+        return self.function(inputs)

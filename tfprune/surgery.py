@@ -315,8 +315,14 @@ def _rewrite(model, graph, removals):
 
     def replace(layer):
         node = calls.get(layer.name)
-        if node is None or node.is_input or not isinstance(layer, keras.layers.Layer):
+        if node is None or node.is_input:
             return None
+        if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation holding a width
+            resize = getattr(handlers.handler_for(layer), "resize_operation", None)
+            width = new_width(node.outputs[0]) if len(node.outputs[0].shape) else None
+            if resize is None or width is None or width == node.outputs[0].shape[-1]:
+                return None
+            return resize(layer, width)
         output_width = new_width(node.outputs[0])
         if output_width == 0 and node.outputs[0].shape[-1]:
             group = next((group.name for group in graph.groups if any(

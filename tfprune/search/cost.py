@@ -200,8 +200,9 @@ def _weight_costs(model, cost):
     for record in analyze(model).layers:
         if not record.macs:
             continue
-        layer = model.get_layer(record.name)
-        kernels = [weight for weight in layer.weights if weight.path.endswith("kernel")]
+        layer = next((layer for layer in model.layers if layer.name == record.name), None)
+        # A keras.ops product of two activations (`a @ b`) has no layer: a fixed cost.
+        kernels = [weight for weight in layer.weights if weight.path.endswith("kernel")] if layer else []
         if not kernels:
             yield f"{record.name}/<no kernel>", float(record.macs)
             continue
