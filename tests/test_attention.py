@@ -1,5 +1,7 @@
 """Attention heads as a prunable channel group: graph, surgery, criteria, MACs (issue 20, first part)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -240,6 +242,25 @@ def test_prune_half_of_the_heads_and_mlp_units_runs_reloads_and_exports(tmp_path
     assert result.macs_reduction > 0.2
     x = sample(model)
     assert_reloads_and_exports(small, x, tmp_path)
+
+
+def test_default_round_to_does_not_round_heads(tmp_path):
+    model = transformer(num_heads=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # heads and MLP units lose what was asked: no warning
+        small, result = tfprune.prune(model, "l1", rate=0.5)  # round_to=8
+    assert result.widths_after == {"mha_heads": 2, "mlp_in": 16}
+    assert small.get_layer("mha").num_heads == 2
+    assert_reloads_and_exports(small, sample(model), tmp_path)
+    # 0.3 of 12 heads asks 3.6: 3 go (25%), never more than asked; 16 heads at 0.5 lose 8.
+    for num_heads, rate, kept in ((12, 0.3, 9), (16, 0.5, 8)):
+        _, result = tfprune.prune(transformer(num_heads=num_heads, key_dim=2), "l1", rate=rate, targets="heads")
+        assert result.widths_after == {"mha_heads": kept}
+    # A rate that asks less than one head says so, and the result says nothing changed.
+    with pytest.warns(UserWarning, match=r"removed no channel.*'mha_heads' \(0 of 0.4 heads removed: the rate asks "
+                                         r"for less than one of its 4 heads\)"):  # fmt: skip
+        _, result = tfprune.prune(model, "l1", rate=0.1, targets="heads")
+    assert result.unchanged
 
 
 def test_head_magnitude_is_the_norm_of_its_projection_weights():

@@ -84,7 +84,7 @@ def test_channel_pruning_on_vgg_and_resnet_beats_no_refit(build):
     no_refit, _ = tfprune.pruners.ChannelPruning(rate=0.5, refit=False, verbose=0).prune(
         model, images
     )
-    assert all(group.after == group.before - round(group.before / 2) for group in result.groups)
+    assert all(group.after == group.before - group.before // 2 for group in result.groups)
     assert result.params_after < result.params_before
     error = np.linalg.norm(small.predict(images, verbose=0) - reference)
     assert error < np.linalg.norm(no_refit.predict(images, verbose=0) - reference)
@@ -137,10 +137,10 @@ def test_dropnet_fit_prunes_the_remaining_channels_each_round_and_trains():
     labels = np.arange(32) % 4
     pruner = tfprune.pruners.DropNet(fraction=0.25, scope="group")
     small = pruner.fit(model, images, labels, rounds=2, epochs=1, batch_size=16, verbose=0)
-    # conv0: 8 -> 6 -> 6 - round(1.5) = 4; conv1: 12 -> 9 -> 9 - round(2.25) = 7
-    assert [result.widths_after["conv0"] for result in pruner.results] == [6, 4]
+    # conv0: 8 -> 6 -> 6 - floor(1.5) = 5; conv1: 12 -> 9 -> 9 - floor(2.25) = 7 (never more than the fraction)
+    assert [result.widths_after["conv0"] for result in pruner.results] == [6, 5]
     assert [result.widths_after["conv1"] for result in pruner.results] == [9, 7]
-    assert small.get_layer("conv0").filters == 4
+    assert small.get_layer("conv0").filters == 5
     assert len(pruner.histories) == 2 and all(len(h.history["loss"]) == 1 for h in pruner.histories)
     assert (
         small.compiled and small.get_compile_config()["loss"] == "sparse_categorical_crossentropy"

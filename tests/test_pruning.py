@@ -1,3 +1,4 @@
+import doctest
 import functools
 import warnings
 
@@ -176,19 +177,33 @@ def test_guard_keeps_min_channels_and_warns_with_the_group_name():
 
 
 def test_max_group_rate_caps_every_group():
-    # 0.9 of conv3's 4 channels rounds to all 4: the guard warns and max_group_rate caps it
-    with pytest.warns(UserWarning, match=r"all 4 channels of group 'conv3'; keeping 2"):
+    # 0.9 of 8, 6, 4 channels asks 7.2, 5.4, 3.6: floor 7, 5, 3; max_group_rate=0.5 keeps half of each
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # more than half of what was asked goes: no warning
         _, result = prune(_small_model(), "l1", rate=0.9, scope="group", max_group_rate=0.5)
     assert result.widths_after == {"conv1": 4, "conv2": 3, "conv3": 2}
+    assert all(group.guarded for group in result.groups)
+    # 10 * (1 - 0.7) is 3.0000000000000004 in floats: the group still keeps 3, not 4
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Dense(10, name="wide")(inputs)))
+    _, result = prune(model, "l1", rate=0.9, max_group_rate=0.7)
+    assert result.widths_after == {"wide": 3}
 
 
 def test_round_to_gives_multiples():
-    _, result = prune(_small_model(), "l1", rate=0.3, scope="group", round_to=4)
-    # removes round(0.3 * size) = 2, 2, 1 -> widths 6, 4, 3 -> rounded up to multiples of 4: 8, 4, 4
-    assert result.widths_after == {"conv1": 8, "conv2": 4, "conv3": 4}
+    # 0.5 of 8, 6, 4 removes 4, 3, 2 -> widths 4, 3, 2 -> multiples of 4: 4, 4, 4 (conv3 stays whole)
+    with pytest.warns(UserWarning, match=r"less than half of what rate=0.5 asks from 1 of the 3 targeted groups "
+                                         r"of model '\w+': 'conv3' \(0 of 2 channels removed: round_to=4\)"):  # fmt: skip
+        _, result = prune(_small_model(), "l1", rate=0.5, scope="group", round_to=4)
+    assert result.widths_after == {"conv1": 4, "conv2": 4, "conv3": 4} and not result.unchanged
+    # 0.3 asks 2.4, 1.8, 1.2: removes floor = 2, 1, 1 -> widths 6, 5, 3 -> 8, 8, 4: nothing is removed
+    with pytest.warns(UserWarning, match=r"removed no channel.*'conv1' \(0 of 2.4 channels removed: round_to=4\)"):
+        _, result = prune(_small_model(), "l1", rate=0.3, scope="group", round_to=4)
+    assert result.widths_after == {"conv1": 8, "conv2": 6, "conv3": 4} and result.unchanged
+    # 0.6 asks 4.8, 3.6, 2.4: removes 4, 3, 2 -> widths 4, 3, 2 -> 4, 4, 2
     _, result = prune(_small_model(), "l1", rate=0.6, scope="group", round_to=2)
-    # removes 5, 4, 2 -> widths 3, 2, 2 -> 4, 2, 2
-    assert result.widths_after == {"conv1": 4, "conv2": 2, "conv3": 2}
+    assert result.widths_after == {"conv1": 4, "conv2": 4, "conv3": 2}
+    assert all(group.before - group.after <= 0.6 * group.before for group in result.groups)
 
 
 def test_default_round_to_rounds_widths_up_to_multiples_of_8():
@@ -197,10 +212,12 @@ def test_default_round_to_rounds_widths_up_to_multiples_of_8():
     for name, filters in (("wide", 64), ("mid", 20), ("narrow", 8)):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=name)(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
-    _, result = tfprune.prune(model, "l1", rate=0.3)
+    with pytest.warns(UserWarning, match=r"from 1 of the 3 targeted groups.*'narrow' \(0 of 2.4 channels "
+                                         r"removed: round_to=8\); pass a smaller round_to"):  # fmt: skip
+        _, result = tfprune.prune(model, "l1", rate=0.3)
     # 64 - 19 = 45 -> 48; 20 - 6 = 14 -> 16; 8 - 2 = 6 -> 8 (a group of 8 stays whole)
     assert result.widths_after == {"wide": 48, "mid": 16, "narrow": 8}
-    assert all(group.after >= group.before - round(0.3 * group.before) for group in result.groups)
+    assert all(group.after >= group.before - 0.3 * group.before for group in result.groups)
     _, exact = tfprune.prune(model, "l1", rate=0.3, round_to=1)
     assert exact.widths_after == {"wide": 45, "mid": 14, "narrow": 6}
 
@@ -487,8 +504,206 @@ def test_a_prune_that_removes_nothing_warns():
     with pytest.warns(UserWarning, match=r"removed no channel from model '\w+': no score of its 18 targeted channels is <= threshold=-1.0"):
         small, result = prune(model, "l1", threshold=-1.0)
     assert small.count_params() == model.count_params() and result.params_after == result.params_before
-    with pytest.warns(UserWarning, match=r"removed no channel.*rate=0.01 of its 18 targeted channels removes none"):
-        prune(model, "l1", rate=0.01, scope="group")
+    with pytest.warns(UserWarning, match=r"removed no channel.*rate=0.01 of its 18 targeted channels removes none "
+                                         r"\('conv1' \(0 of 0.08 channels removed: the rate asks for less than one "
+                                         r"of its 8 channels\); .*pass a larger rate"):  # fmt: skip
+        _, result = prune(model, "l1", rate=0.01, scope="group")
+    assert result.unchanged and "unchanged: no channel was removed" in str(result)
+    assert result.to_dict()["unchanged"] is True
+    _, result = prune(model, "l1", rate=0.5)
+    assert not result.unchanged and "unchanged" not in str(result) and result.to_dict()["unchanged"] is False
+
+
+def _dense_chain(*widths):
+    inputs = keras.Input((4,))
+    x = inputs
+    for index, width in enumerate(widths):
+        x = keras.layers.Dense(width, activation="relu", name=f"dense{index}")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+def test_removal_counts_round_down_so_no_group_loses_more_than_the_rate():
+    # 0.5 of 5 and 7 channels asks 2.5 and 3.5: 2 and 3 go (rounding half up took 3 and 4, 60% and 57%)
+    _, result = prune(_dense_chain(5, 7), "l1", rate=0.5)
+    assert result.widths_after == {"dense0": 3, "dense1": 4}
+    # 0.29 * 100 is 28.999999999999996 in floats: still 29 channels
+    _, result = prune(_dense_chain(100), "l1", rate=0.29)
+    assert result.widths_after == {"dense0": 71}
+    # A global ranking: 0.25 of 18 channels asks 4.5, so the 4 lowest scores go (0.05, 0.1, 0.15, 0.2)
+    _, result = prune(_small_model(), _hand_criterion, rate=0.25, scope="global")
+    assert result.widths_after == {"conv1": 6, "conv2": 4, "conv3": 4} and result.threshold == pytest.approx(0.2)
+    for rate in (0.1, 0.3, 0.5, 0.7, 0.9):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="tfprune.prune removed less than half")  # 0.1 of 5, 7, 9
+            _, result = prune(_dense_chain(5, 7, 9, 12), "l1", rate=rate)
+        assert all(group.before - group.after <= rate * group.before for group in result.groups), rate
+
+
+def _tfprune_warnings(records):
+    return [str(record.message) for record in records if "tfprune.prune removed" in str(record.message)]
+
+
+def test_a_group_losing_less_than_half_of_what_was_asked_is_named_in_one_warning_with_its_cause():
+    model = _small_model()
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        _, result = prune(model, "l1", rate=0.5, min_channels=4)
+    # conv3 (4 channels) may not lose its 2; conv2 keeps 4 of 6 (2 of the 3 asked go: more than half)
+    assert result.widths_after == {"conv1": 4, "conv2": 4, "conv3": 4}
+    (message,) = _tfprune_warnings(records)
+    assert message == (
+        f"tfprune.prune removed less than half of what rate=0.5 asks from 1 of the 3 targeted groups of model "
+        f"'{model.name}': 'conv3' (0 of 2 channels removed: min_channels=4); pass a lower min_channels if they "
+        "should shrink."
+    )
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        prune(model, "l1", rate=0.5, max_group_rate=0.2)
+    (message,) = _tfprune_warnings(records)
+    assert "from 3 of the 3 targeted groups" in message and "'conv1' (1 of 4 channels removed: max_group_rate=0.2)" in message
+    assert message.endswith("pass a larger max_group_rate if they should shrink.")
+    # 0.2 of conv3's 4 channels is less than one channel
+    with pytest.warns(UserWarning, match=r"from 1 of the 3 targeted groups.*'conv3' \(0 of 0.8 channels removed: the "
+                                         r"rate asks for less than one of its 4 channels\); pass a larger rate"):  # fmt: skip
+        prune(model, "l1", rate=0.2, scope="group")
+    # Several causes and more than three groups: the first three are shown.
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        tfprune.prune(_dense_chain(5, 7, 9, 10), "l1", rate=0.5, round_to=4, min_channels=6)
+    (message,) = _tfprune_warnings(records)
+    assert "from 4 of the 4 targeted groups" in message and message.count("removed:") == 3 and "; ...;" in message
+    assert "'dense0' (0 of 2.5 channels removed: min_channels=6)" in message
+    assert "pass a smaller round_to (1 for exact rates) or a lower min_channels" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # exact rates on groups large enough: no warning
+        prune(model, "l1", rate=0.5)
+
+
+def test_prune_result_str_says_incomplete_when_some_macs_were_not_counted():
+    model = _model_with_an_unknown_layer()  # the MACs of its custom layer cannot be counted
+    _, result = prune(model, "l1", rate=0.5, unknown="freeze")
+    assert not result.complete and result.uncounted_layers == ("doubler",)
+    assert "INCOMPLETE: the MACs leave out 1 layer(s) tfprune cannot count ('doubler')" in str(result)
+    assert result.to_dict()["complete"] is False and result.to_dict()["uncounted_layers"] == ["doubler"]
+    _, counted = prune(_small_model(), "l1", rate=0.5)
+    assert counted.complete and counted.uncounted_layers == () and "INCOMPLETE" not in str(counted)
+    assert counted.to_dict()["complete"] is True
+
+
+@keras.saving.register_keras_serializable(package="tfprune_test_pruning")
+class _RowMixer(keras.layers.Layer):
+    """Mixes rows of `width` values with a learned matrix: it holds a width of its own."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+
+    def build(self, input_shape):
+        self.mix = self.add_weight(shape=(self.width, self.width), initializer="identity", name="mix")
+
+    def call(self, x):
+        rows = keras.ops.reshape(x, (-1, self.width))
+        return keras.ops.reshape(keras.ops.matmul(rows, self.mix), (-1,) + tuple(x.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape  # so symbolic calls (the surgery's) never run `call`
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="tfprune_test_pruning")
+class _Scale(keras.layers.Layer):
+    """One scale per channel; its get_config forgets `width`, right only while it is the default."""
+
+    def __init__(self, width=16, initial=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.initial = initial
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            shape=(self.width,), initializer=keras.initializers.Constant(self.initial), name="scale"
+        )
+
+    def call(self, x):
+        return x * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "initial": self.initial}
+
+
+class _ScaleHandler(tfprune.graph.Handler):
+    def trace(self, node, tracer):
+        channels = tracer.channels(node.input_tensors[0])
+        tracer.use(node.operation, node.operation.scale, -1, channels, "param")
+        return [channels]
+
+    def resize(self, config, output_width):
+        return {**config, "width": output_width}
+
+
+def _model_around(layer, input_shape):
+    inputs = keras.Input(input_shape)
+    x = layer(keras.layers.Dense(16, name="proj")(inputs))
+    if len(input_shape) > 1:
+        x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+def test_a_pruned_model_that_cannot_run_is_refused_naming_the_layer(monkeypatch):
+    # Declared channel-preserving, the mixer reshapes to rows of its recorded width: 5 tokens x 12
+    # channels do not make rows of 16, which only shows when the pruned model runs.
+    monkeypatch.setitem(tfprune.handlers._HANDLERS, _RowMixer, tfprune.graph.Preserve())
+    model = _model_around(_RowMixer(16, name="mixer"), (5, 16))
+    with pytest.raises(ValueError, match=r"^tfprune.prune refuses to return the pruned model '\w+': layer 'mixer' "
+                                         r"\(_RowMixer\) fails on a probe input that the input model runs "
+                                         r"\(\w+: .*\), so its code or config likely holds a channel count "
+                                         r"the pruning changed; .*ignore=\('mixer',\)\)\.$"):  # fmt: skip
+        prune(model, "l1", rate=0.25, targets=lambda group: group.name == "proj")
+
+
+def test_a_pruned_model_whose_config_does_not_rebuild_is_refused_naming_the_layer(monkeypatch, tmp_path):
+    monkeypatch.setitem(tfprune.handlers._HANDLERS, _Scale, _ScaleHandler())
+    model = _model_around(_Scale(name="scale"), (16,))
+    model.save(tmp_path / "model.keras")  # the input model reloads: its width is the default
+    keras.models.load_model(tmp_path / "model.keras")
+    with pytest.raises(ValueError, match=r"^tfprune.prune refuses to return the pruned model '\w+': it would not "
+                                         r"reload, as layer 'scale' \(_Scale\) rebuilds weights of shapes \[\(16,\)\] "
+                                         r"from its config where the pruned layer holds \[\(12,\)\] \(its config does "
+                                         r"not record the width the pruning gave it\); .*ignore=\('scale',\)\)\.$"):  # fmt: skip
+        prune(model, "l1", rate=0.25, targets=lambda group: group.name == "proj")
+
+
+def test_probe_inputs_follow_the_input_spec_and_good_pruned_models_pass(tmp_path):
+    images = keras.Input((None, None, 3), name="image")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, name="conv")(images))
+    y = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 8, name="embed")(tokens))
+    model = keras.Model({"image": images, "tokens": tokens}, keras.layers.Dense(2, name="head")(x + y))
+    probe = tfprune.pruning._probe_inputs(model)
+    assert set(probe) == {"image", "tokens"} and probe["image"].shape == (1, 32, 32, 3)
+    assert probe["tokens"].dtype == np.int32 and probe["tokens"].shape == (1, 8)
+    assert (probe["tokens"] == 0).all() and 0 <= probe["image"].min() and probe["image"].max() < 1
+    inputs = keras.Input(batch_shape=(4, None, 5))
+    fixed_batch = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert tfprune.pruning._probe_inputs(fixed_batch).shape == (4, 8, 5)
+    # A custom layer that is not registered (frozen, unpruned) does not fail the check either.
+    for good in (model, _model_with_an_unknown_layer()):
+        small, result = prune(good, "l1", rate=0.5, unknown="freeze")
+        assert not result.unchanged
+        small.save(tmp_path / "small.keras")
+        keras.models.load_model(tmp_path / "small.keras", custom_objects={"_Doubler": _Doubler})
+
+
+def test_a_probe_the_input_model_cannot_take_either_does_not_refuse():
+    # A 40x40 kernel cannot run on the 32x32 probe, pruned or not: not the pruning's fault.
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 40, name="wide_kernel")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    small, result = prune(model, "l1", rate=0.5)
+    assert result.widths_after == {"wide_kernel": 4}
+    assert small(np.zeros((1, 48, 48, 3), "float32")).shape == (1, 2)
 
 
 class _Doubler(keras.layers.Layer):
@@ -537,3 +752,8 @@ def test_search_classes_accept_the_unknown_option_they_advise():
         assert [group.name for group in search.groups] == ["second"]
     result = tfprune.search.DMCP(model, target=0.9, unknown="freeze").prune()
     assert result.model.get_layer("hidden").units == 8 and result.model.get_layer("second").units <= 5
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(tfprune.pruning, optionflags=doctest.ELLIPSIS)
+    assert results.attempted >= 10 and results.failed == 0

@@ -8,8 +8,6 @@ the model pruned so far and the targets are the ORIGINAL model's outputs, so
 each step also corrects the error of the steps before it.
 """
 
-import math
-
 import keras
 import numpy as np
 
@@ -27,7 +25,7 @@ from tfprune.criteria.reconstruction import (
 
 # `prune`'s argument checks and target selection, shared so that `targets`
 # means the same thing here.
-from tfprune.pruning import GroupWidth, PruneResult, _check_arguments, _targeted_groups
+from tfprune.pruning import GroupWidth, PruneResult, _check_arguments, _floor, _targeted_groups
 
 
 class ChannelPruning:
@@ -145,7 +143,8 @@ class ChannelPruning:
         progress = keras.utils.Progbar(len(groups), verbose=self.verbose, unit_name="group")
         for group in groups:
             layer_names = [name for name, _ in consumers[group.name]]
-            requested = group.size - math.floor(self.rate * group.size + 0.5)  # rounds halves up
+            # Rounded down: a group never loses more than the rate.
+            requested = group.size - _floor(self.rate * group.size)
             width = max(min(self.min_channels, group.size), requested)
             records.append(GroupWidth(group.name, group.size, width, width > requested))
             if width < group.size:
@@ -173,6 +172,7 @@ class ChannelPruning:
             params_after=after.params,
             macs_before=before.macs,
             macs_after=after.macs,
+            uncounted_layers=tuple(dict.fromkeys(before.uncounted_layers + after.uncounted_layers)),
         )
         return current, result
 
