@@ -506,6 +506,7 @@ def test_every_registered_handler_is_audited():
     audited |= {layers.MultiHeadAttention, layers.Embedding, layers.ReversibleEmbedding, "GetItem"}
     # Preprocessing and augmentation layers: tests/test_handlers_inferred.py
     audited |= {getattr(layers, name) for name in (*PER_CHANNEL_LAYERS, *COLOUR_LAYERS)}
+    audited |= {"Matmul", "DotProductAttention"}  # with two tensors: tests/test_handlers_inferred.py
     assert set(handlers._HANDLERS) - audited == set()
 
 

@@ -207,3 +207,22 @@ def test_a_matrix_product_passes_its_right_operands_channels_and_pins_the_contra
     small = tfprune.surgery.remove_channels(model, {"values": [1, 3]})
     x = [np.random.default_rng(0).normal(size=(2, 3, 4)), np.random.default_rng(1).normal(size=(2, 6, 4))]
     np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_dot_product_attention_pins_query_key_and_value_and_the_rest_prunes():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 8))
+    query, key, values = (layers.Dense(4, name=name)(inputs)[:, :, None, :] for name in ("q", "k", "values"))
+    attended = keras.ops.dot_product_attention(query, key, values)  # one head of 4 channels
+    hidden = layers.Dense(6, name="hidden")(attended[:, :, 0])
+    model = keras.Model(inputs, layers.Dense(3, name="head")(hidden))
+    graph = tfprune.graph.build(model)
+    for name in ("q", "k", "values"):
+        assert not graph[name].prunable and "contracts them in attention" in graph[name].reason
+    assert graph["hidden"].prunable  # what reads the attention's output still prunes
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, [0, 5]], bias[[0, 5]] = 0.0, 0.0
+    model.get_layer("hidden").set_weights([kernel, bias])
+    small = tfprune.surgery.remove_channels(model, {"hidden": [0, 5]})
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)

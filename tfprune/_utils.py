@@ -168,6 +168,31 @@ class SharedLayerWarning(UserWarning):
     """A layer could not be copied, so a new model shares it with the original."""
 
 
+def loads_back(function):
+    """Whether a `.keras` file can name `function` and load it back (in safe mode).
+
+    Keras's own activations and functions registered with
+    `keras.saving.register_keras_serializable` do; a plain function of
+    another library does not.
+
+    Args:
+        function: A callable, such as a layer's `activation`.
+
+    Returns:
+        Bool.
+
+    Example:
+
+    >>> loads_back(keras.activations.relu), loads_back(lambda x: x)
+    (True, False)
+    """
+    try:
+        config = keras.saving.serialize_keras_object(function)
+        return keras.saving.deserialize_keras_object(config) is function
+    except Exception:  # noqa: BLE001 - any failure means it would not load back
+        return False
+
+
 def copy_layer(layer):
     """Returns an unbuilt-or-built copy of `layer` with its own weights, or None.
 

@@ -61,6 +61,7 @@ carries, the positions of removed ids are cut from it.
 """
 
 import dataclasses
+import inspect
 import warnings
 
 import keras
@@ -436,7 +437,8 @@ def is_composite(layer):
     sub-layers may have some) and no channel handler (a registered handler
     always wins) that is not one of Keras's or tfprune's own layers: its
     `call` is then made of other layers and `keras.ops`. A `keras.layers.Lambda` counts as one too: its
-    function is traced like a `call`.
+    function is traced like a `call`; so does a `keras.layers.Activation` whose
+    function a `.keras` file could not name (one not registered with Keras).
 
     Args:
         layer: A `keras.layers.Layer`.
@@ -453,6 +455,9 @@ def is_composite(layer):
     >>> tfprune.graph.is_composite(Twice()), tfprune.graph.is_composite(keras.layers.Dense(2))
     (True, False)
     """
+    if type(layer) is keras.layers.Activation and not _utils.loads_back(layer.activation):
+        # keras-hub CLIP's quick_gelu: a `.keras` file could not name it; traced, its ops can.
+        return True
     if isinstance(layer, keras.Model) or handler_for(layer) is not None:
         return False
     if type(layer) is keras.layers.Lambda:
@@ -554,8 +559,23 @@ def _unique(name, copies):
     return candidate
 
 
-def _inline(functional, inputs, copies, composites, changed):
-    """Runs `functional` on `inputs` with copies of its layers, inlining what it can."""
+def _inline(functional, inputs, copies, composites, changed, prefix=None):
+    """Runs `functional` on `inputs` with copies of its layers, inlining what it can.
+
+    `prefix` is the name of the nested model being inlined: a layer of it
+    whose name another layer already has is renamed `<prefix>_<name>` (two
+    encoders of one model each have a `layer_norm`).
+    """
+
+    def claimed(layer):
+        if prefix is None:
+            return layer.name
+        if id(layer) not in copies.setdefault("claimed", {}):
+            taken = copies.setdefault("names", set())
+            name = layer.name if layer.name not in taken else _unique(f"{prefix}_{layer.name}", copies)
+            taken.add(name)
+            copies["claimed"][id(layer)] = name
+        return copies["claimed"][id(layer)]
 
     def operation_fn(operation):
         if isinstance(operation, keras.Sequential) or (
@@ -563,16 +583,26 @@ def _inline(functional, inputs, copies, composites, changed):
         ):
             changed[0] = True
             inner = _utils.functional_view(operation)
-            return lambda inputs, *args, **kwargs: _inline(inner, inputs, copies, composites, changed)
+            return lambda inputs, *args, **kwargs: _inline(
+                inner, inputs, copies, composites, changed, prefix=operation.name
+            )
         if not isinstance(operation, keras.layers.Layer):
             return operation  # a keras.ops operation: stateless
+        name = claimed(operation)
         if composites and is_composite(operation):
-            if isinstance(operation, keras.layers.Lambda):
-                return _traced(_copy(operation, copies), changed)
-            return _traced(_shadow(operation, copies), changed)
-        return _copy(operation, copies)
+            if isinstance(operation, (keras.layers.Lambda, keras.layers.Activation)):
+                return _traced(_renamed(_copy(operation, copies), name, operation), changed)
+            return _traced(_shadow(operation, copies, name=name), changed)
+        return _renamed(_copy(operation, copies), name, operation)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def _renamed(copy, name, original):
+    if copy.name != name and copy is not original:  # the user's own layer is never renamed
+        object.__setattr__(copy, "_tfprune_own_name", getattr(copy, "_tfprune_own_name", copy.name))
+        object.__setattr__(copy, "name", name)
+    return copy
 
 
 _LAYER_CALL = keras.layers.Layer.__call__
@@ -590,7 +620,15 @@ def _static_reshape_call(self, x, *args, **kwargs):
     When the input's other sizes are known, the -1 is worked out and the
     batch entry becomes the -1 instead.
     """
-    self.newshape = _batch_free_shape(tuple(x.shape), self.newshape)
+    newshape = _batch_free_shape(tuple(x.shape), self.newshape)
+    if isinstance(newshape, (list, tuple)) and any(size is None for size in newshape):
+        # A reshape to sizes only known when it runs: recorded, it could not run.
+        raise ValueError(
+            f"it reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or sequence "
+            "length is unknown until it runs"
+        )
+    if newshape is not self.newshape:  # a new operation, so that its config holds the new shape
+        self = type(self)(newshape=newshape, name=self.name)
     return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
 
 
@@ -616,7 +654,8 @@ def _nested_shadow_call(self, *args, **kwargs):
     refuses outputs that are not tensors (keras-hub's DeiT blocks return
     `(x, None)`); its own `call`, run on the symbolic tensors, does not.
     """
-    if getattr(self, "_tfprune_is_shadow", False):
+    symbolic = any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs)))
+    if symbolic and getattr(self, "_tfprune_is_shadow", False):
         return _traced(self, [False])(*args, **kwargs)
     return _LAYER_CALL(self, *args, **kwargs)
 
@@ -648,6 +687,9 @@ def _traced(shadow, changed):
 
     def traced_call(*args, **kwargs):
         try:
+            # As `Layer.__call__` does: `training`/`mask` only reach a call that takes them.
+            kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")
+                      or key in inspect.signature(shadow.call).parameters}  # fmt: skip
             outputs = shadow.call(*args, **kwargs)
             why = None
             if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
@@ -671,11 +713,22 @@ def _same_specs(traced, expected):
     traced, expected = keras.tree.flatten(traced), keras.tree.flatten(expected)
     return len(traced) == len(expected) and all(
         (got is None and want is None)  # an optional output left out: `return x, None`
+        or _same_constant(got, want)
         or isinstance(got, keras.KerasTensor)
         and _compatible(tuple(got.shape), tuple(want.shape))
         and got.dtype == want.dtype
         and bool(got.sparse) == bool(getattr(want, "sparse", False))
         for got, want in zip(traced, expected)
+    )
+
+
+def _same_constant(traced, expected):
+    """A constant output of the declared shape (keras-hub's DeiT returns empty stacks it was not asked for)."""
+    return (
+        not isinstance(traced, keras.KerasTensor)
+        and hasattr(traced, "shape")
+        and None not in tuple(expected.shape)
+        and tuple(traced.shape) == tuple(expected.shape)
     )
 
 
@@ -769,8 +822,8 @@ def _trace_node(node, tracer, unknown):
         if unknown == "raise":
             kind = type(operation).__name__
             warnings.warn(
-                f"tfprune cannot see inside layer '{operation.name}' ({kind}), so the channels "
-                f"around it are frozen (they cannot shrink); to prune through it, register a "
+                f"tfprune cannot see inside layer '{operation.name}' ({kind}){_not_inlined(operation)}, "
+                f"so the channels around it are frozen (they cannot shrink); to prune through it, register a "
                 f"handler, e.g. `tfprune.graph.register_handler({kind}, tfprune.graph.Preserve())` "
                 "if its output channel c is its input channel c.",
                 stacklevel=4,

@@ -392,7 +392,10 @@ class Freeze(Handler):
             tracer.pin(tracer.channels(tensor), self.reason)
         outputs = []
         for tensor in node.outputs:
-            channels = tracer.new_channels(_width(tensor), node.operation.name)
+            # A last axis of unknown size (a sequence, as for token ids) is no weight's
+            # axis: one pinned channel stands for it, as for such model inputs.
+            width = _width(tensor)
+            channels = tracer.new_channels(1 if width is None else width, node.operation.name)
             tracer.pin(channels, self.reason)
             outputs.append(channels)
         return outputs
@@ -767,6 +770,25 @@ class _Matmul(Handler):
         left, right = node.input_tensors
         tracer.pin(tracer.channels(left), f"'{name}' contracts them in a matrix product")
         return [tracer.channels(right)]
+
+
+class _DotProductAttention(Handler):
+    """`keras.ops.dot_product_attention(query, key, value)`: all three head widths stay.
+
+    The output is a weighted sum of the values, head by head, so its last
+    axis is the value's; the query's and key's are contracted with each
+    other. Keras works out the output's width from the query's, so the value's
+    cannot shrink alone either: every channel is pinned, and the output
+    carries the value's (pinned) channels on to what reads it.
+    """
+
+    def trace(self, node, tracer):
+        query, key, value = (list(node.input_tensors) + [None] * 3)[:3]
+        if value is None or _width(value) != _width(node.outputs[0]):
+            return Freeze(f"'{node.operation.name}' has no value input of its output's width").trace(node, tracer)
+        for tensor in (query, key, value):
+            tracer.pin(tracer.channels(tensor), f"'{node.operation.name}' contracts them in attention")
+        return [tracer.channels(value)]
 
 
 class _Rescaling(Handler):
@@ -1246,6 +1268,7 @@ _LAYER_HANDLERS["Pad"] = _Pad()
 _LAYER_HANDLERS["Transpose"] = _Permute()
 _LAYER_HANDLERS["Reshape"] = _ReshapeOperation()
 _LAYER_HANDLERS["Matmul"] = _Matmul()
+_LAYER_HANDLERS["DotProductAttention"] = _DotProductAttention()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")

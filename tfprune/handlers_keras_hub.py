@@ -7,55 +7,132 @@ handler to let their channels shrink. `tfprune.handlers.handler_for` looks
 them up here by class, only for layers of a model that uses keras-hub.
 """
 
+import keras
+
 from tfprune.handlers import Freeze, Handler, _width
 
 __all__ = ["handler_for"]
 
 
-class _ViTPatchingAndEmbedding(Handler):
-    """keras-hub's `ViTPatchingAndEmbedding`: the ViT's hidden width starts here.
+def _sub_layers(layer):
+    """The layers held in `layer`'s attributes (and theirs), depth first."""
+    found, stack = [], [value for value in vars(layer).values()]
+    while stack:
+        value = stack.pop(0)
+        if isinstance(value, keras.layers.Layer) and all(value is not seen for seen in found):
+            found.append(value)
+            stack.extend(vars(value).values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return found
 
-    A patch convolution (`patch_embedding`, `hidden_dim` filters), an
-    optional class token and a learned position embedding, all of the hidden
-    width: the output channels are the convolution's filters, the class
-    token's and the position table's last axis. Resizing sets `hidden_dim`.
+
+def _own_tables(layer, width, skip=()):
+    """Float weights of `layer` (sub-layers included) whose last axis has `width` entries."""
+    skipped = {id(weight) for weight in skip}
+    return [
+        weight for weight in layer.weights
+        if id(weight) not in skipped and len(weight.shape) and weight.shape[-1] == width
+        and "float" in str(weight.dtype)
+    ]  # fmt: skip
+
+
+class _PatchEmbedding(Handler):
+    """keras-hub's patch embeddings: a vision transformer's hidden width starts here.
+
+    One patch convolution (its filters are the hidden width), then class,
+    distillation or register tokens, a learned position table, a mask token
+    or a LayerNormalization, all of the hidden width: the output channels are
+    the convolution's filters and the last axis of every such table.
+    Resizing sets the config entry `width_key`. The same shape of layer is
+    found in ViT, DeiT, CLIP, SigLIP, MetaCLIP 2, DINOv2, PaliGemma's and
+    Gemma 3's vision towers, ViTDet and SegFormer's MiT.
+
+    Args:
+        width_key: String. The constructor argument holding the hidden width.
     """
+
+    def __init__(self, width_key):
+        self.width_key = width_key
 
     def trace(self, node, tracer):
         layer = node.operation
-        if layer.data_format != "channels_last":
+        width = _width(node.outputs[0])
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
             return Freeze(f"'{layer.name}' uses data_format={layer.data_format!r}").trace(node, tracer)
+        convolutions = [
+            sub for sub in _sub_layers(layer)
+            if isinstance(sub, keras.layers.Conv2D) and sub.filters == width and sub.data_format == "channels_last"
+        ]  # fmt: skip
+        if len(convolutions) != 1:
+            return Freeze(f"'{layer.name}' has no single patch convolution of its output width").trace(node, tracer)
+        (convolution,) = convolutions
         inputs = tracer.channels(node.input_tensors[0])
-        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
-        convolution = layer.patch_embedding
+        outputs = tracer.new_channels(width, layer.name)
         tracer.use(layer, convolution.kernel, -2, inputs, "input")
         tracer.use(layer, convolution.kernel, -1, outputs, "output")
         tracer.use(layer, getattr(convolution, "bias", None), 0, outputs, "output")
-        tracer.use(layer, getattr(layer, "class_token", None), -1, outputs, "param")
-        tracer.use(layer, layer.position_embedding.embeddings, -1, outputs, "param")
+        for table in _own_tables(layer, width, skip=convolution.weights):
+            tracer.use(layer, table, -1, outputs, "param")
+        for sub in _sub_layers(layer):
+            if isinstance(sub, (keras.layers.LayerNormalization, keras.layers.RMSNormalization)):
+                tracer.normalize(outputs, layer.name)
         return [outputs]
 
     def resize(self, config, output_width):
-        return {**config, "hidden_dim": output_width}
+        return {**config, self.width_key: output_width}
 
 
-class _PositionEmbedding(Handler):
-    """keras-hub's `PositionEmbedding`: a learned table, one row per position, of its input's width.
+class _PerChannelTables(Handler):
+    """keras-hub layers that add or multiply learned per-channel tables.
 
-    Its output has the input's shape and channels (it is added to the token
-    embeddings afterwards); the table's last axis is sliced with them.
+    The output has the input's shape and channels; every table's last axis
+    is sliced with them: position embeddings (`PositionEmbedding`, ViTDet's
+    `AddPositionalEmbedding`) and channel scales (MobileNetV5's
+    `LayerScale2d`). With `normalizes`, the layer also normalises over the
+    channels (MobileNetV5's `RmsNorm2d`), so the group is a hidden width
+    (`targets="hidden"`).
+
+    Args:
+        width_key: String or None. The constructor argument holding the width.
+        normalizes: Bool. Whether the layer normalises over the channels.
     """
+
+    def __init__(self, width_key=None, normalizes=False):
+        self.width_key = width_key
+        self.normalizes = normalizes
 
     def trace(self, node, tracer):
         layer = node.operation
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return Freeze(f"'{layer.name}' uses data_format={layer.data_format!r}").trace(node, tracer)
         channels = tracer.channels(node.input_tensors[0])
-        tracer.use(layer, layer.position_embeddings, -1, channels, "param")
+        for table in _own_tables(layer, len(channels)):
+            tracer.use(layer, table, -1, channels, "param")
+        if self.normalizes:
+            tracer.normalize(channels, layer.name)
         return [channels]
 
+    def resize(self, config, output_width):
+        return {**config, self.width_key: output_width} if self.width_key else config
 
+
+_MODELS = "keras_hub.src.models."
 _BY_CLASS = {
-    ("keras_hub.src.models.vit.vit_layers", "ViTPatchingAndEmbedding"): _ViTPatchingAndEmbedding(),
-    ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PositionEmbedding(),
+    (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "deit.deit_layers", "DeiTEmbeddings"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "clip.clip_layers", "CLIPVisionEmbedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "siglip.siglip_layers", "SigLIPVisionEmbedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "metaclip_2.metaclip_2_layers", "MetaCLIP2VisionEmbedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "dinov2.dinov2_layers", "DINOV2Embedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "pali_gemma.pali_gemma_vit", "PaliGemmaVitEmbeddings"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "gemma3.gemma3_vision_encoder", "Gemma3VisionEmbedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "vit_det.vit_layers", "ViTDetPatchingAndEmbedding"): _PatchEmbedding("embed_dim"),
+    (_MODELS + "mit.mit_layers", "OverlappingPatchingAndEmbedding"): _PatchEmbedding("project_dim"),
+    (_MODELS + "vit_det.vit_layers", "AddPositionalEmbedding"): _PerChannelTables("embed_dim"),
+    (_MODELS + "mobilenetv5.mobilenetv5_layers", "LayerScale2d"): _PerChannelTables("dim"),
+    (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
+    ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
 }
 
 
