@@ -154,6 +154,17 @@ def test_prune_writes_a_smaller_model_and_reports_json(tmp_path, model_file, cap
     assert result["params_after"] == small.count_params() < result["params_before"]
 
 
+def test_prune_that_removes_nothing_writes_nothing_and_exits_1(tmp_path, model_file, capsys):
+    # 8 channels, rate 0.1: less than one channel, so the prune removes none.
+    output = tmp_path / "small.keras"
+    arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.1", "-o", str(output), "--json"]
+    assert cli.main(arguments) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["unchanged"] is True
+    assert "removed no channel" in captured.err and "nothing was written" in captured.err
+    assert not output.exists()
+
+
 def test_prune_default_scope_keeps_every_block_of_a_two_block_cnn(tmp_path, capsys):
     # conv1's filters (3x3x3) have far smaller L1 sums than conv2's (3x3x16): a
     # global l1 ranking at 0.5 takes every conv1 channel, so it is refused, and
@@ -258,10 +269,11 @@ def test_warnings_are_one_tidy_line_without_source_paths(tmp_path, model_file, c
     # round_to=8 keeps the 8 channels of the only prunable group: prune warns that it removed none.
     output = tmp_path / "same.keras"
     arguments = ["prune", str(model_file), "--criterion", "l1", "--rate", "0.3", "--round-to", "8", "-o", str(output)]
-    assert cli.main(arguments) == 0
+    assert cli.main(arguments) == 1
     lines = _error_line(capsys)
-    assert len(lines) == 1, lines
+    assert len(lines) == 2, lines  # the warning, then why nothing was written
     assert lines[0].startswith("tfprune: warning: tfprune.prune removed no channel from model")
+    assert lines[1].startswith("tfprune: removed no channel from")
     assert ".py" not in lines[0] and "UserWarning" not in lines[0]
 
 
@@ -286,7 +298,7 @@ def test_prune_of_a_model_with_an_unknown_operation_suggests_a_flag_it_accepts(t
     assert cli.main(arguments) == 2
     (line,) = _error_line(capsys)
     assert "operation 'flip' of type Flip; pass --unknown freeze" in line
-    assert cli.main([*arguments, "--unknown", "freeze"]) == 0
+    assert cli.main([*arguments, "--unknown", "freeze", "--round-to", "1"]) == 0
     assert keras.saving.load_model(output).get_layer("hidden").units == 6  # frozen by the unknown op
 
 

@@ -56,7 +56,8 @@ def main(argv=None):
             defaults to `sys.argv[1:]`.
 
     Returns:
-        Int. The exit code: 0 on success, 2 on bad input.
+        Int. The exit code: 0 on success, 2 on bad input, 1 when `tfprune
+        prune` removed no channel (it then writes no file).
 
     Example:
 
@@ -145,7 +146,8 @@ def build_parser():
     prune = subcommands.add_parser(
         "prune",
         help="remove channels from a .keras model",
-        description="Score channels with a criterion and physically remove the lowest ones.",
+        description="Score channels with a criterion and physically remove the lowest ones. "
+        "Exits with 1 and writes nothing when no channel would be removed.",
     )
     prune.add_argument("model", help="input .keras file")
     prune.add_argument("--criterion", required=True, help="importance criterion, e.g. sparsity_gamma, l1")
@@ -475,6 +477,15 @@ def _run_prune(args):
             f"tfprune has no channel handler for operation '{operation.name}' of type "
             f"{type(operation).__name__}; pass --unknown freeze to leave the channels around it unpruned."
         ) from None
+    if result.unchanged:
+        # An unchanged copy is no result: nothing is written, and the exit code says so.
+        _emit(result, args.json)
+        print(
+            f"tfprune: removed no channel from {args.model} (see the warning above), so nothing was "
+            f"written to {args.output}; raise --rate or lower --round-to.",
+            file=sys.stderr,
+        )
+        return 1
     _save_model(pruned, args.output, args.force)
     _emit(result, args.json)
 
