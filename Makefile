@@ -43,7 +43,8 @@ JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_
 	tests/test_magnitude_schedules.py tests/test_sparsity.py tests/test_sparsity_budget.py tests/test_bn_sparsity.py \
 	tests/test_graph.py tests/test_surgery.py tests/test_channel_coupling.py tests/test_criteria.py \
 	tests/test_criteria_data.py tests/test_pruning.py tests/test_search_abc.py tests/test_search_dmcp.py \
-	tests/test_pruners.py tests/test_analysis.py tests/test_graph_flatten.py tests/test_attention.py
+	tests/test_pruners.py tests/test_analysis.py tests/test_graph_flatten.py tests/test_attention.py \
+	tests/test_handlers_inferred.py
 JAX_ENV := KERAS_BACKEND=jax
 TORCH_ENV := KERAS_BACKEND=torch
 
