@@ -394,3 +394,50 @@ def test_a_layer_that_is_not_inlined_says_why_in_its_groups_reason():
     assert "it could not be inlined and has no handler" in graph["dense"].reason  # Scaled holds a weight
     flat = tfprune.graph.flatten(keras.Model(inputs, layers.Dense(2)(DoubledInTraining(name="doubled")(inputs))))
     assert flat.get_layer("doubled")._tfprune_not_inlined == "its call branches on `training`"
+
+
+class Windows(layers.Layer):
+    """Swin-style: splits the image into windows with the batch size read from `ops.shape`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.expand = layers.Dense(12, name="expand")
+        self.project = layers.Dense(4, name="project")
+
+    def call(self, x):
+        batch, height, width, channels = ops.shape(x)
+        windows = ops.reshape(x, (batch * 4, height // 2, width // 2, channels))  # not a real partition
+        windows = self.project(ops.relu(self.expand(windows)))
+        batch = ops.shape(windows)[0] // 4
+        return x + ops.reshape(windows, (batch, height, width, 4))
+
+
+class ZerosOfBatch(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(4, name="dense")
+
+    def call(self, x):
+        return self.dense(x) + ops.zeros((ops.shape(x)[0], 4))
+
+
+def test_a_block_computing_with_the_batch_size_is_inlined_with_minus_one_in_its_reshapes(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 4))
+    model = keras.Model(inputs, layers.Conv2D(3, 1, name="head")(Windows(name="windows")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    assert [op.newshape[0] for op in flat.operations if type(op).__name__ == "Reshape"] == [-1, -1]
+    x = np.random.default_rng(0).normal(size=(3, 4, 4, 4)).astype("float32")  # any batch size runs
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after == {"windows_expand": 6}
+    assert small(x).shape == (3, 4, 4, 3)
+
+
+def test_a_block_using_the_batch_size_otherwise_stays_whole_saying_why():
+    inputs = keras.Input((4,))
+    flat = tfprune.graph.flatten(keras.Model(inputs, ZerosOfBatch(name="zeros")(inputs)))
+    assert flat.get_layer("zeros")._tfprune_not_inlined == (
+        "its call makes a tensor of the batch size, which is unknown until it runs"
+    )

@@ -482,9 +482,18 @@ def _flatten_once(functional, copies, composites, name):
     try:
         flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
     except ValueError as error:
+        shared = [layer for key, layer in copies.items() if isinstance(key, int)
+                  and isinstance(layer, keras.layers.Layer) and str(layer.name) in str(error)
+                  and not getattr(layer, "_tfprune_is_shadow", False) and id(layer) == key]  # fmt: skip
+        why = (
+            f"layer '{shared[0].name}' ({type(shared[0]).__name__}) cannot be copied, as its config does "
+            "not load back, so each block keeps the original with its one name"
+            if shared
+            else "rename one of them"
+        )
         raise ValueError(
             f"`tfprune.graph.flatten`: inlining model '{name}' gives two layers the same name "
-            f"({error}); rename one of them."
+            f"({' '.join(str(error).split())}); {why}."
         ) from error
     return flat, changed[0]
 
@@ -608,7 +617,41 @@ def _renamed(copy, name, original):
 _LAYER_CALL = keras.layers.Layer.__call__
 _RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._keras_history.operation)
 _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
+_SHAPE = keras.ops.shape
 _NESTING = [0]  # depth of `_traced` calls in progress
+
+
+class _TracedBatch:
+    """The batch size that `keras.ops.shape` gives while a composite is traced.
+
+    It is unknown, but code computes with it (`B * windows`, `B // windows`,
+    then reshapes to it): such arithmetic keeps the marker, and a reshape
+    whose first entry is the marker records -1 there (`_batch_free_shape`).
+    Used as a number anywhere else it raises, so the layer is kept whole.
+    """
+
+    def _same(self, other):
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self
+        return NotImplemented
+
+    __mul__ = __rmul__ = __floordiv__ = _same
+
+    def __index__(self):
+        raise TypeError("the batch size is unknown while tfprune traces the layer")
+
+    __int__ = __index__
+
+    def __repr__(self):
+        return "batch"
+
+
+def _traced_shape(x):
+    """`keras.ops.shape` while a composite is traced: an unknown batch size is a `_TracedBatch`."""
+    shape = _SHAPE(x)
+    if isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
+        return (_TracedBatch(), *shape[1:])
+    return shape
 
 
 def _static_reshape_call(self, x, *args, **kwargs):
@@ -621,7 +664,7 @@ def _static_reshape_call(self, x, *args, **kwargs):
     batch entry becomes the -1 instead.
     """
     newshape = _batch_free_shape(tuple(x.shape), self.newshape)
-    if isinstance(newshape, (list, tuple)) and any(size is None for size in newshape):
+    if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
         # A reshape to sizes only known when it runs: recorded, it could not run.
         raise ValueError(
             f"it reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or sequence "
@@ -633,9 +676,11 @@ def _static_reshape_call(self, x, *args, **kwargs):
 
 
 def _batch_free_shape(input_shape, newshape):
-    if not isinstance(newshape, (list, tuple)) or not newshape or newshape[0] is not None:
+    if not isinstance(newshape, (list, tuple)) or not newshape:
         return newshape
-    if input_shape[0] is not None or any(size is None for size in newshape[1:]):
+    if not (newshape[0] is None or isinstance(newshape[0], _TracedBatch)):
+        return newshape
+    if input_shape[0] is not None or any(_unknown(size) for size in newshape[1:]):
         return newshape
     rest = list(newshape[1:])
     if -1 in rest:
@@ -645,6 +690,10 @@ def _batch_free_shape(input_shape, newshape):
         given = int(np.prod([size for size in rest if size != -1]))
         rest[rest.index(-1)] = int(np.prod(known)) // max(given, 1)
     return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
+
+
+def _unknown(size):
+    return size is None or isinstance(size, _TracedBatch)
 
 
 def _nested_shadow_call(self, *args, **kwargs):
@@ -674,6 +723,7 @@ def _traced(shadow, changed):
         if _NESTING[0] == 1:
             keras.layers.Layer.__call__ = _nested_shadow_call
             _RESHAPE_OPERATION.symbolic_call = _static_reshape_call
+            keras.ops.shape = _traced_shape
         try:
             return traced_call(*args, **kwargs)
         finally:
@@ -681,6 +731,7 @@ def _traced(shadow, changed):
             if _NESTING[0] == 0:
                 keras.layers.Layer.__call__ = _LAYER_CALL
                 _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
+                keras.ops.shape = _SHAPE
 
     def as_one_unit(*args, **kwargs):
         return _LAYER_CALL(shadow, *args, **kwargs)
@@ -697,7 +748,11 @@ def _traced(shadow, changed):
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
-            why = f"its call fails on symbolic tensors: {type(error).__name__}: {_first_line(error)}"
+            why = (
+                "its call makes a tensor of the batch size, which is unknown until it runs"
+                if "_TracedBatch" in str(error) or "the batch size is unknown" in str(error)
+                else f"its call fails on symbolic tensors: {type(error).__name__}: {_first_line(error)}"
+            )
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
