@@ -134,3 +134,19 @@ def test_help_names_the_new_flags(capsys):
         cli.main(["export", "--help"])
     text = capsys.readouterr().out
     assert "--sample-inputs" in text and "token_ids=128 padding_mask=128" in text
+
+
+def test_export_and_bench_take_the_same_input_shape_flag():
+    parsers = next(action.choices for action in cli.build_parser()._actions if action.dest == "command")
+    flags = {}
+    for command in ("export", "bench"):
+        (action,) = [a for a in parsers[command]._actions if "--input-shape" in a.option_strings]
+        flags[command] = (type(action), action.nargs, action.type, action.default, action.metavar)
+        # Both explain the format: one shape for every input, or NAME=SIZES per input.
+        assert "224,224,3 for every input, or NAME=SIZES per input (token_ids=12 padding_mask=12)" in action.help
+    assert flags["export"] == flags["bench"]
+    parser = cli._Parser(prog="test")
+    cli._add_input_shape_flag(parser, "the inputs", "model")
+    assert parser.parse_args(["--input-shape", "4,4,3", "token_ids=12"]).input_shape == [
+        (None, (4, 4, 3)), ("token_ids", (12,))
+    ]

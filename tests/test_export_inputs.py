@@ -152,6 +152,49 @@ def test_random_inputs_are_valid_for_any_vocabulary():
     assert batch["pixels"].dtype == np.uint8 and batch["pixels"].max() > 200
 
 
+def test_model_inputs_are_named_by_key_or_input_layer_with_distinct_signature_names():
+    by_key = model_inputs(_text_model())
+    assert {(item.name, item.shape, item.dtype) for item in by_key} == {
+        ("token_ids", (None, None), "int32"), ("padding_mask", (None, None), "int32"), ("features", (None, 3), "float32")
+    }  # fmt: skip
+    assert all(item.signature_name == item.name for item in by_key)
+    # Characters a signature refuses become `_`, a leading `_` goes, and a clash gets `_` appended.
+    spaced, underscored, hidden = (keras.Input((2,), name=name) for name in ("pixel values", "pixel_values", "_hidden"))
+    model = keras.Model([spaced, underscored, hidden], keras.layers.Add()([spaced, underscored, hidden]))
+    assert [(item.name, item.signature_name) for item in model_inputs(model)] == [
+        ("pixel values", "pixel_values"), ("pixel_values", "pixel_values_"), ("_hidden", "hidden")
+    ]  # fmt: skip
+    sequential = keras.Sequential([keras.Input((4,), name="features"), keras.layers.Dense(2)])
+    assert model_inputs(sequential) == [ModelInput("features", "features", (None, 4), "float32")]
+
+
+def test_model_inputs_refuses_inputs_of_the_same_name():
+    # A dict key and a nested keras.Input both named 'x': data could not tell them apart.
+    keyed, nested = keras.Input((2,), name="y"), keras.Input((2,), name="x")
+    with pytest.warns(UserWarning, match="all keys in the dict must match"):  # Keras's own advice
+        model = keras.Model({"x": keyed, "more": [nested]}, keras.layers.Add()([keyed, nested]))
+    with pytest.raises(ValueError, match=r"do not have distinct names.*Received: inputs named \['x', 'x'\]"):
+        model_inputs(model)
+
+
+def test_as_batches_keeps_at_most_the_limit_in_the_inputs_dtypes():
+    inputs = model_inputs(_text_model())
+    texts = {name: values.astype("int64") for name, values in _texts(10, 6).items()}
+    (batch,) = as_batches(texts, inputs, "data", 4)
+    assert {name: (values.shape, str(values.dtype)) for name, values in batch.items()} == {
+        "token_ids": ((4, 6), "int32"), "padding_mask": ((4, 6), "int32"), "features": ((4, 3), "float32")
+    }  # fmt: skip
+    np.testing.assert_array_equal(batch["token_ids"], texts["token_ids"][:4])
+    with pytest.raises(ValueError, match=r"`data` is an empty tf.data.Dataset"):
+        as_batches(tf.data.Dataset.from_tensor_slices(texts).take(0), inputs, "data", 4)
+
+
+def test_random_batch_refuses_unknown_sizes_it_is_not_given():
+    inputs = model_inputs(_text_model())
+    with pytest.raises(ValueError, match=r"shape for \['padding_mask'\]\. Received: .*shapes=\{'token_ids': \(5,\)\}"):
+        random_batch(inputs, 2, shapes={"token_ids": (5,)})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -198,10 +241,10 @@ def test_benchmark_needs_the_sizes_a_file_leaves_dynamic(text_export):
 
 
 def test_docstring_examples_run(tmp_path, monkeypatch):
-    from tfprune.export import convert, verify
+    from tfprune.export import convert, inputs, verify
 
     monkeypatch.chdir(tmp_path)
-    for module in (convert, verify):
+    for module in (convert, inputs, verify):
         results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert results.failed == 0 and results.attempted > 0, module.__name__
 

@@ -176,6 +176,19 @@ def test_guard_keeps_min_channels_and_warns_with_the_group_name():
     assert {g.name: g.guarded for g in result.groups}["conv3"] is True
 
 
+def test_guard_warning_reports_the_width_kept_after_rounding():
+    def lowest_in_dense1(model, graph, data=None, seed=None):
+        return {"dense0": np.full(16, 2.0), "dense1": np.full(16, 1.0)}
+
+    lowest_in_dense1.comparable_across_groups = True
+    # Half of 32 channels, all in dense1: min_channels keeps 1, round_to=8 makes it 8.
+    with pytest.warns(UserWarning, match=r"remove all 16 channels of group 'dense1'; keeping 8 "
+                                         r"\(min_channels=1, round_to=8\)") as caught:  # fmt: skip
+        small, _ = tfprune.prune(_dense_chain(16, 16), lowest_in_dense1, rate=0.5)
+    assert small.get_layer("dense1").units == 8
+    assert not any("keeping 1 " in str(warning.message) for warning in caught)
+
+
 def test_max_group_rate_caps_every_group():
     # 0.9 of 8, 6, 4 channels asks 7.2, 5.4, 3.6: floor 7, 5, 3; max_group_rate=0.5 keeps half of each
     with warnings.catch_warnings():

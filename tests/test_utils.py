@@ -1,3 +1,4 @@
+import doctest
 import os
 
 import keras
@@ -80,3 +81,29 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         with _utils.atomic_path(target, overwrite=False):
             pass
+
+
+def test_first_line_drops_colours_tensorflow_prefixes_and_keras_call_banner():
+    # As TensorFlow and Keras print an op error inside a layer call.
+    error = ValueError(
+        "\x1b[1mException encountered when calling Dense.call().\x1b[0m\n\n"
+        "\x1b[1m{{function_node __wrapped__MatMul_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+        "Matrix size-incompatible: In[0]: [2,3], In[1]: [4,2] [Op:MatMul]\x1b[0m\n\n"
+        "Arguments received by Dense.call():\n  • inputs=tf.Tensor(shape=(2, 3), dtype=float32)"
+    )
+    assert _utils.first_line(error) == (
+        "ValueError: Matrix size-incompatible: In[0]: [2,3], In[1]: [4,2] [Op:MatMul]"
+    )
+    # The banner alone is still quoted; an empty message gives the type's name.
+    assert _utils.first_line(RuntimeError("Exception encountered when calling X.call().")) == (
+        "RuntimeError: Exception encountered when calling X.call()."
+    )
+    assert _utils.first_line(KeyError()) == "KeyError"
+    assert _utils.first_line(TypeError("Expected a list:\nmore")) == "TypeError: Expected a list:"
+    assert _utils.first_line(ValueError("x" * 500)) == "ValueError: " + "x" * 288
+    assert _utils.first_line(ValueError("x" * 500), limit=20) == "ValueError: xxxxxxxx"
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(_utils, optionflags=doctest.ELLIPSIS)
+    assert results.failed == 0 and results.attempted > 0

@@ -5,6 +5,7 @@ import importlib
 import inspect
 import numbers
 import os
+import re
 import tempfile
 import warnings
 
@@ -72,6 +73,41 @@ def check_verbose(verbose, caller):
 def is_integer(value):
     """True for an integer, Python or NumPy (`3`, `np.int64(3)`), not a bool (nor `3.0`)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+# Terminal colours (Keras prints its errors in bold) and TensorFlow's
+# "{{function_node __wrapped__MatMul_device_/job:...}}" prefix of op errors.
+_MESSAGE_NOISE = re.compile(r"\x1b\[[0-9;]*m|\{\{function_node [^}]*\}\}\s*")
+
+
+def first_line(error, limit=300):
+    """One line naming an exception, to quote inside another message.
+
+    The line is `Type: first line of the message`, without terminal colours
+    or TensorFlow's `{{function_node ...}}` prefix; Keras's "Exception
+    encountered when calling X.call()." line is passed over for the cause
+    after it.
+
+    Args:
+        error: The exception.
+        limit: Int. At most this many characters are returned. Defaults to
+            `300`.
+
+    Returns:
+        String. The exception's type name alone when its message is empty.
+
+    Example:
+
+    >>> first_line(ValueError("Expected 3 channels.\\nDetails follow."))
+    'ValueError: Expected 3 channels.'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    text = _MESSAGE_NOISE.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Exception encountered")] or lines
+    name = type(error).__name__
+    return (f"{name}: {lines[0]}" if lines else name)[:limit]
 
 
 def require_graph_model(model, caller):

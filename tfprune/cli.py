@@ -226,17 +226,7 @@ def build_parser():
     export.add_argument("model", help="input .keras file")
     export.add_argument("--quantize", choices=("dynamic", "float16", "int8"), default=None)
     export.add_argument("--sparse", action="store_true", help="use the converter's sparsity encoding")
-    export.add_argument(
-        "--input-shape",
-        nargs="+",
-        action="extend",
-        type=_shape_specification,
-        default=None,
-        metavar="[NAME=]SIZES",
-        help="sizes of the random verification and calibration inputs, without the batch axis: "
-        "224,224,3 for every input, or NAME=SIZES per input (token_ids=12 padding_mask=12); "
-        "needed when the model leaves a size other than the batch unknown",
-    )
+    _add_input_shape_flag(export, "the random verification and calibration inputs", "model")
     export.add_argument(
         "--sample-inputs",
         metavar="FILE",
@@ -263,19 +253,25 @@ def build_parser():
     bench.add_argument("model", help="input .tflite file")
     bench.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=_positive_int, default=50)
-    bench.add_argument(
+    _add_input_shape_flag(bench, "the inputs timed (the batch is 1)", "file")
+    _add_json_flag(bench)
+    bench.set_defaults(handler=_run_bench)
+    return parser
+
+
+def _add_input_shape_flag(parser, inputs, owner):
+    """`--input-shape [NAME=]SIZES ...`, as `export` and `bench` take it."""
+    parser.add_argument(
         "--input-shape",
         nargs="+",
         action="extend",
         type=_shape_specification,
         default=None,
         metavar="[NAME=]SIZES",
-        help="sizes of the inputs timed, without the batch axis (the batch is 1), as for export; needed when the "
-        "file leaves a size other than the batch dynamic (a sequence length, an image's height and width)",
+        help=f"sizes of {inputs}, without the batch axis: 224,224,3 for every input, or NAME=SIZES "
+        f"per input (token_ids=12 padding_mask=12); needed when the {owner} leaves a size other "
+        "than the batch unknown (a sequence length, an image's height and width)",
     )
-    _add_json_flag(bench)
-    bench.set_defaults(handler=_run_bench)
-    return parser
 
 
 def _add_json_flag(parser):
@@ -605,9 +601,9 @@ def _input_shapes(specifications, inputs, owner):
 
 
 def _require_known_sizes(inputs, shapes, owner, purpose="make verification inputs", bench=False):
-    from tfprune.export.inputs import unknown_sizes
+    from tfprune.export.inputs import _unknown_sizes
 
-    unknown = unknown_sizes(inputs, shapes)
+    unknown = _unknown_sizes(inputs, shapes)
     if unknown:
         names = ", ".join(f"'{item.name}' {item.shape}" for item in unknown)
         if len(inputs) == 1:

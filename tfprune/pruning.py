@@ -40,7 +40,6 @@ import functools
 import inspect
 import json
 import math
-import re
 import warnings
 
 import keras
@@ -52,6 +51,7 @@ from tfprune import surgery
 from tfprune._utils import (
     check_verbose,
     clone_graph,
+    first_line,
     functional_view,
     is_integer,
     is_number,
@@ -504,12 +504,7 @@ def _guarded_width(name, size, remove, min_channels, max_group_rate, round_to):
     # The tolerance keeps float products whole, so a group never loses more than max_group_rate.
     by_rate = 0 if max_group_rate is None else min(size, math.ceil(size * (1 - max_group_rate) - 1e-9))
     width = size - remove
-    if width == 0:
-        warnings.warn(
-            f"Pruning would remove all {size} channels of group '{name}'; keeping {max(by_count, by_rate)} "
-            "(min_channels/max_group_rate).",
-            stacklevel=3,
-        )
+    removes_all = width == 0
     causes = []
     if width < by_count:
         causes.append(f"min_channels={min_channels}")
@@ -523,6 +518,13 @@ def _guarded_width(name, size, remove, min_channels, max_group_rate, round_to):
         if rounded > width:
             causes.append(f"round_to={round_to}")
         width = rounded
+    if removes_all:
+        # The width kept after rounding, which is what the pruned model has.
+        warnings.warn(
+            f"Pruning would remove all {size} channels of group '{name}'; keeping {width} "
+            f"({', '.join(causes)}).",
+            stacklevel=3,
+        )
     return width, guarded, tuple(causes)
 
 
@@ -630,10 +632,10 @@ def _probe_inputs(model):
             for axis, size in enumerate(shape)
         )
 
-    shapes = {item.name: known(item.shape)[1:] for item in input_data.unknown_sizes(items)}
+    shapes = {item.name: known(item.shape)[1:] for item in input_data._unknown_sizes(items)}
     count = next((item.shape[0] for item in items if item.shape[0] is not None), 1)
     batch = input_data.random_batch(items, count, shapes)
-    return input_data.call_arguments(input_data.input_structure(model), items, batch)
+    return input_data._call_arguments(input_data._input_structure(model), items, batch)
 
 
 def _failing_operation(model, inputs):
@@ -680,15 +682,6 @@ def _custom_objects(model):
     return objects
 
 
-def _first_line(error):
-    """`Type: first line of the message`, without terminal colours or TensorFlow's op prefix."""
-    text = re.sub(r"\x1b\[[0-9;]*m|\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # Keras puts "Exception encountered when calling X.call()." before the cause.
-    lines = [line for line in lines if not line.startswith("Exception encountered")] or lines
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
-
-
 def _rebuilt(item, custom_objects):
     """`item` (a layer or model) re-created as `keras.saving.load_model` would: config -> JSON -> object."""
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(item)))
@@ -727,10 +720,10 @@ def _reload_problem(model):
         try:
             copy = _rebuilt(layer, custom_objects)
         except Exception as error:  # noqa: BLE001
-            return layer, f"raises {_first_line(error)} when re-created from its config"
+            return layer, f"raises {first_line(error)} when re-created from its config"
         if copy.built and _weight_shapes(copy) != _weight_shapes(layer):
             return layer, _mismatch(_weight_shapes(copy), layer)
-    return None, f"its config raises {_first_line(model_error)} when rebuilt"
+    return None, f"its config raises {first_line(model_error)} when rebuilt"
 
 
 def _check_runs_and_reloads(pruned, given):
@@ -745,7 +738,7 @@ def _check_runs_and_reloads(pruned, given):
         operation = _failing_operation(pruned, inputs)
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(operation, 'it')} "
-            f"fails on a probe input that the input model runs ({_first_line(error)}), so its code or "
+            f"fails on a probe input that the input model runs ({first_line(error)}), so its code or "
             "config likely holds a channel count the pruning changed; give it a handler that resizes "
             f"it (tfprune.graph.register_handler) or leave its channels alone ({_ignore(operation)})."
         )

@@ -23,13 +23,13 @@ import numpy as np
 
 from tfprune._utils import LazyModule, atomic_path, check_verbose, require_graph_model
 from tfprune.export.inputs import (
+    _call_arguments,
+    _input_structure,
+    _sample_count,
+    _unknown_sizes,
     as_batches,
-    call_arguments,
-    input_structure,
     model_inputs,
     random_batch,
-    sample_count,
-    unknown_sizes,
 )
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
@@ -224,7 +224,7 @@ def to_tflite(
     elif calibration is not None:
         sample_inputs = calibration
     elif verify:
-        unknown = unknown_sizes(inputs)
+        unknown = _unknown_sizes(inputs)
         if unknown:
             raise ValueError(
                 f"Cannot make random verification inputs for input '{unknown[0].name}' of shape "
@@ -253,7 +253,7 @@ def to_tflite(
         **_tensor_summaries(content),
     )
     if verify:
-        say(f"{caller}: verifying on {sample_count(sample_inputs)} inputs in the LiteRT interpreter ...",
+        say(f"{caller}: verifying on {_sample_count(sample_inputs)} inputs in the LiteRT interpreter ...",
             flush=True)  # fmt: skip
         _verify(model, inputs, content, sample_inputs, report)
     with atomic_path(path, overwrite=overwrite) as temporary:
@@ -385,10 +385,10 @@ def _convert_in_tensorflow_process(plain, quantize, calibration, sparse, model_n
 def _write_saved_model(model, inputs, directory):
     """Writes a SavedModel whose `serve` signature takes one tensor per input,
     named by `ModelInput.signature_name`, and returns `output_0`, `output_1`, ..."""
-    structure = input_structure(model)
+    structure = _input_structure(model)
 
     def serve(tensors):
-        arguments = call_arguments(
+        arguments = _call_arguments(
             structure, inputs, {item.name: tensors[item.signature_name] for item in inputs}
         )
         outputs = keras.tree.flatten(model(arguments, training=False))
@@ -414,7 +414,7 @@ def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name)
         def representative_dataset():
             # One sample at a time, keyed by the signature's input names.
             for batch in calibration:
-                for index in range(sample_count([batch])):
+                for index in range(_sample_count([batch])):
                     yield {item.signature_name: batch[item.name][index : index + 1] for item in inputs}
 
         converter.representative_dataset = representative_dataset

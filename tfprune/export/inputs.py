@@ -48,9 +48,31 @@ class ModelInput:
 
 
 def model_inputs(model):
-    """Returns the `ModelInput`s of a built Sequential or functional model, in
-    `model.inputs` order."""
-    structure = input_structure(model)
+    """The inputs of a model, by the names data are matched to them with.
+
+    An input is named by its key when the model is called with a dict,
+    otherwise by its `keras.Input` layer's name. Its signature name is that
+    name with every character a TensorFlow signature refuses replaced by
+    `_` (and `_` appended until it differs from the ones before).
+
+    Args:
+        model: A built Sequential or functional Keras model.
+
+    Returns:
+        A list of `ModelInput`, in `model.inputs` order.
+
+    Raises:
+        ValueError: If two inputs have the same name, so that data could not
+            be matched to them.
+
+    Example:
+
+    >>> ids = keras.Input((None,), dtype="int32", name="token ids")
+    >>> model = keras.Model(ids, keras.layers.Embedding(10, 4)(ids))
+    >>> model_inputs(model)
+    [ModelInput(name='token ids', signature_name='token_ids', shape=(None, None), dtype='int32')]
+    """
+    structure = _input_structure(model)
     named_by_key = isinstance(structure, dict)
     inputs, signature_names = [], set()
     for path, tensor in keras.tree.flatten_with_path(structure):
@@ -73,34 +95,59 @@ def model_inputs(model):
     return inputs
 
 
-def input_structure(model):
-    """The structure (tensor, list or dict of input tensors) the model is called with."""
+def _input_structure(model):
+    """The structure (tensor, list or dict of input tensors) `model` is called with."""
     if isinstance(model, keras.Sequential):
         return model.inputs[0]
     return model.input
 
 
-def call_arguments(structure, inputs, batch):
+def _call_arguments(structure, inputs, batch):
     """Packs the arrays of `batch` (a dict name -> array) into the model's input structure."""
     return keras.tree.pack_sequence_as(structure, [batch[model_input.name] for model_input in inputs])
 
 
-def describe(inputs):
+def _describe(inputs):
     """`'token_ids' (None, None) int32, ...` for error messages."""
     return ", ".join(f"'{item.name}' {item.shape} {item.dtype}" for item in inputs)
 
 
 def as_batches(data, inputs, argument, limit):
-    """Returns `data` as a list of batches (dicts name -> array) for `inputs`.
+    """`data` as a list of batches (dicts name -> array) for `inputs`.
+
+    Each array is converted to its input's dtype. The elements of a
+    `tf.data.Dataset` are grouped into one batch per run of elements of the
+    same shapes.
 
     Args:
         data: A NumPy array (one-input models), a dict name -> array, a list
             or tuple of arrays in `model.inputs` order (several inputs), or a
             `tf.data.Dataset` of such elements, batched or not, or of
             `(inputs, labels)` tuples.
-        inputs: List of `ModelInput`.
+        inputs: List of `ModelInput`, from `model_inputs`.
         argument: String. The argument's name in error messages.
         limit: Int. At most this many samples are kept.
+
+    Returns:
+        A list of dicts input name -> array, the arrays of each dict with the
+        same number of samples, `limit` samples at most in all.
+
+    Raises:
+        TypeError: If `data` is not one of the above, or does not hold one
+            array per input.
+        ValueError: If a dict's keys are not the inputs' names, an array
+            does not have its input's shape or holds no sample, the inputs'
+            arrays have different numbers of samples, or a dataset is empty.
+
+    Example:
+
+    >>> inputs = [ModelInput("image", "image", (None, 2, 2), "float32")]
+    >>> [batch["image"].shape for batch in as_batches(np.zeros((5, 2, 2)), inputs, "data", 3)]
+    [(3, 2, 2)]
+    >>> as_batches(np.zeros((5, 3)), inputs, "data", 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: `data` must hold at least one sample of input 'image' of shape (None, 2, 2) (samples first). Received: data with shape (5, 3)
     """
     if isinstance(data, tf.data.Dataset):
         batches = _dataset_batches(data, inputs, argument, limit)
@@ -116,7 +163,8 @@ def as_batches(data, inputs, argument, limit):
     return kept
 
 
-def sample_count(batches):
+def _sample_count(batches):
+    """The number of samples in a list of batches (dicts name -> array)."""
     return sum(len(next(iter(batch.values()))) for batch in batches)
 
 
@@ -141,7 +189,7 @@ def _named_arrays(data, inputs, argument):
         received = f"a {type(data).__name__} of length {len(data)}" if isinstance(data, (list, tuple)) \
             else f"an object of type {type(data).__name__}"  # fmt: skip
         raise TypeError(
-            f"The model has {len(inputs)} inputs ({describe(inputs)}); give `{argument}` as a dict "
+            f"The model has {len(inputs)} inputs ({_describe(inputs)}); give `{argument}` as a dict "
             f"name -> array with one array per input (or a list in model.inputs order). "
             f"Received: {received}"
         )
@@ -213,8 +261,8 @@ def _concatenate(run):
     return {name: np.concatenate([arrays[name] for arrays in run]) for name in run[0]}
 
 
-def unknown_sizes(inputs, shapes=None):
-    """The inputs whose sample shape (`shapes[name]` if given) has an unknown size."""
+def _unknown_sizes(inputs, shapes=None):
+    """The `ModelInput`s whose sample shape (`shapes[name]` if given) has an unknown size."""
     shapes = shapes or {}
     return [item for item in inputs if None in shapes.get(item.name, item.shape[1:])]
 
@@ -229,16 +277,37 @@ def random_batch(inputs, count, shapes=None, seed=0):
     general.
 
     Args:
-        inputs: List of `ModelInput`.
+        inputs: List of `ModelInput`, from `model_inputs`.
         count: Int. Samples per input.
         shapes: Optional dict name -> sample shape (without the batch axis)
             for inputs with unknown sizes.
-        seed: Int. Seed of the random floats and pixels.
+        seed: Int. Seed of the random floats and pixels. Defaults to `0`.
 
     Returns:
         A dict name -> array (one batch).
+
+    Raises:
+        ValueError: If an input has a size other than the batch unknown and
+            `shapes` gives none for it.
+
+    Example:
+
+    >>> inputs = [ModelInput("token_ids", "token_ids", (None, None), "int32"),
+    ...           ModelInput("padding_mask", "padding_mask", (None, None), "bool")]
+    >>> batch = random_batch(inputs, 2, shapes={"token_ids": (3,), "padding_mask": (3,)})
+    >>> batch["token_ids"], batch["padding_mask"]
+    (array([[0, 0, 0],
+           [0, 0, 0]], dtype=int32), array([[ True,  True,  True],
+           [ True,  True,  True]]))
     """
     shapes = shapes or {}
+    unknown = _unknown_sizes(inputs, shapes)
+    if unknown:
+        raise ValueError(
+            f"Random inputs need a size for every unknown axis but the batch; give `shapes` a "
+            f"sample shape for {[item.name for item in unknown]}. Received: inputs "
+            f"{_describe(inputs)} and shapes={shapes!r}"
+        )
     random = np.random.default_rng(seed)
     batch = {}
     for model_input in inputs:

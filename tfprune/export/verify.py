@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from tfprune._utils import LazyModule
-from tfprune.export.inputs import call_arguments, input_structure, sample_count
+from tfprune.export.inputs import _call_arguments, _input_structure, _sample_count
 
 litert = LazyModule("ai_edge_litert.interpreter")  # imported when a file is first run
 
@@ -204,12 +204,12 @@ def _tensor_summaries(content):
 
 
 def _keras_outputs(model, inputs, batch):
-    structure = input_structure(model)
+    structure = _input_structure(model)
     size = inputs[0].shape[0] or 256
     parts = []
-    for start in range(0, sample_count([batch]), size):
+    for start in range(0, _sample_count([batch]), size):
         chunk = {name: values[start : start + size] for name, values in batch.items()}
-        outputs = keras.tree.flatten(model(call_arguments(structure, inputs, chunk), training=False))
+        outputs = keras.tree.flatten(model(_call_arguments(structure, inputs, chunk), training=False))
         parts.append([keras.ops.convert_to_numpy(output) for output in outputs])
     return [np.concatenate(outputs) for outputs in zip(*parts)]
 
@@ -242,7 +242,7 @@ def _verify(model, inputs, content, batches, report):
             if reference.ndim == 2 and reference.shape[1] > 1:
                 same = np.argmax(actual, axis=-1) == np.argmax(reference, axis=-1)
                 matches.setdefault(index, []).append(same)
-    report.num_samples = sample_count(batches)
+    report.num_samples = _sample_count(batches)
     report.max_abs_error = max(errors)
     agreements = [float(np.mean(np.concatenate(same))) for same in matches.values()]
     report.top1_agreement = min(agreements) if agreements else None
