@@ -335,7 +335,7 @@ class TokensToImage(layers.Layer):
         batch, length, width = ops.shape(x)  # batch is None on symbolic tensors
         side = int(length**0.5)
         x = self.depthwise(ops.reshape(x, (batch, side, side, width)))
-        return self.project(ops.reshape(x, (batch, -1, width)))
+        return self.project(ops.reshape(x, (batch, length, width)))
 
 
 class MixBlock(layers.Layer):
@@ -386,6 +386,11 @@ class DoubledInTraining(layers.Layer):
         return ops.add(x, x) if training else x
 
 
+class CentredInTraining(layers.Layer):
+    def call(self, x, training=None):
+        return x - ops.mean(x, axis=-1, keepdims=True) if training else x
+
+
 def test_a_layer_that_is_not_inlined_says_why_in_its_groups_reason():
     inputs = keras.Input((4,))
     x = layers.Dense(6, name="dense")(inputs)
@@ -394,6 +399,13 @@ def test_a_layer_that_is_not_inlined_says_why_in_its_groups_reason():
     assert "it could not be inlined and has no handler" in graph["dense"].reason  # Scaled holds a weight
     flat = tfprune.graph.flatten(keras.Model(inputs, layers.Dense(2)(DoubledInTraining(name="doubled")(inputs))))
     assert flat.get_layer("doubled")._tfprune_not_inlined == "its call branches on `training`"
+    # Not inlined and mixing channels in training: frozen, and the group says why.
+    x = CentredInTraining(name="centred")(layers.Dense(6, name="first")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="last")(x))
+    with pytest.warns(UserWarning, match=r"cannot see inside layer 'centred' \(CentredInTraining\) \(its call branches"):
+        graph = tfprune.graph.build(tfprune.graph.flatten(model))
+    assert "it could not be inlined (its call branches on `training`)" in graph["first"].reason
+    assert "changes other output channels in training mode" in graph["first"].reason
 
 
 class Windows(layers.Layer):
@@ -441,3 +453,44 @@ def test_a_block_using_the_batch_size_otherwise_stays_whole_saying_why():
     assert flat.get_layer("zeros")._tfprune_not_inlined == (
         "its call makes a tensor of the batch size, which is unknown until it runs"
     )
+
+
+class FoldsThenReadsTheBatch(layers.Layer):
+    """Folds 4 tokens into the batch, then reshapes back with `ops.shape` of the input:
+    a recorded -1 in place of that batch size would be worked out wrongly."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(2, name="dense")
+
+    def call(self, x):
+        batch = ops.shape(x)[0]
+        folded = self.dense(ops.reshape(x, (-1, 4, 8)))
+        return ops.reshape(folded, (batch, -1, 2))
+
+
+def test_a_trace_that_computes_other_values_is_not_used():
+    inputs = keras.Input((16, 8))
+    model = keras.Model(inputs, FoldsThenReadsTheBatch(name="fold")(inputs))
+    flat = tfprune.graph.flatten(model)
+    assert "sizes read from a tensor whose batch or sequence length is unknown" in (
+        flat.get_layer("fold")._tfprune_not_inlined
+    )
+    x = np.random.default_rng(0).normal(size=(3, 16, 8)).astype("float32")
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+
+
+def test_tracing_restores_keras_and_touches_no_other_thread():
+    from tfprune import graph
+
+    inputs = keras.Input((4,))
+    flat = tfprune.graph.flatten(keras.Model(inputs, ZerosOfBatch(name="zeros")(inputs)))  # its trace fails
+    assert flat.get_layer("zeros")._tfprune_not_inlined
+    assert keras.layers.Layer.__call__ is graph._LAYER_CALL and keras.ops.shape is graph._SHAPE
+    # While another thread traces, the patched functions act as Keras's own here.
+    graph._TRACER_THREAD[0] = -1
+    try:
+        assert graph._traced_shape(keras.KerasTensor((None, 4)))[0] is None
+        assert keras.ops.reshape(keras.KerasTensor((None, 4)), (-1, 2, 2)).shape == (None, 2, 2)
+    finally:
+        graph._TRACER_THREAD[0] = None

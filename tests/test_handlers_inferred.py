@@ -3,6 +3,7 @@ preprocessing layers, activation functions called as functions, and channel
 rules established numerically (`tfprune.handlers_inferred`)."""
 
 import doctest
+import inspect
 import re
 
 import keras
@@ -14,28 +15,28 @@ import tfprune
 from tfprune import handlers_inferred
 
 PER_CHANNEL_LAYERS = {
-    "Resizing": lambda: layers.Resizing(12, 12),
-    "CenterCrop": lambda: layers.CenterCrop(12, 12),
-    "RandomFlip": lambda: layers.RandomFlip(),
-    "RandomRotation": lambda: layers.RandomRotation(0.1),
-    "RandomZoom": lambda: layers.RandomZoom(0.1),
-    "RandomTranslation": lambda: layers.RandomTranslation(0.1, 0.1),
-    "RandomCrop": lambda: layers.RandomCrop(12, 12),
-    "RandomContrast": lambda: layers.RandomContrast(0.2),
-    "RandomBrightness": lambda: layers.RandomBrightness(0.2, value_range=(-10.0, 10.0)),
-    "RandomGaussianBlur": lambda: layers.RandomGaussianBlur(),
-    "RandomErasing": lambda: layers.RandomErasing(),
-    "RandomSharpness": lambda: layers.RandomSharpness(0.2),
-    "RandomPerspective": lambda: layers.RandomPerspective(),
-    "RandomShear": lambda: layers.RandomShear(0.2),
-    "Solarization": lambda: layers.Solarization(),
-    "AutoContrast": lambda: layers.AutoContrast(),
-    "MixUp": lambda: layers.MixUp(),
-    "CutMix": lambda: layers.CutMix(),
-    "RandomInvert": lambda: layers.RandomInvert(value_range=(-10.0, 10.0)),
-    "RandomElasticTransform": lambda: layers.RandomElasticTransform(),
-    "RandomPosterization": lambda: layers.RandomPosterization(4, value_range=(-10.0, 10.0)),
-    "Permute": lambda: layers.Permute((2, 1, 3)),
+    "Resizing": lambda **kw: layers.Resizing(12, 12, **kw),
+    "CenterCrop": lambda **kw: layers.CenterCrop(12, 12, **kw),
+    "RandomFlip": lambda **kw: layers.RandomFlip(**kw),
+    "RandomRotation": lambda **kw: layers.RandomRotation(0.1, **kw),
+    "RandomZoom": lambda **kw: layers.RandomZoom(0.1, **kw),
+    "RandomTranslation": lambda **kw: layers.RandomTranslation(0.1, 0.1, **kw),
+    "RandomCrop": lambda **kw: layers.RandomCrop(12, 12, **kw),
+    "RandomContrast": lambda **kw: layers.RandomContrast(0.2, **kw),
+    "RandomBrightness": lambda **kw: layers.RandomBrightness(0.2, value_range=(-10.0, 10.0), **kw),
+    "RandomGaussianBlur": lambda **kw: layers.RandomGaussianBlur(**kw),
+    "RandomErasing": lambda **kw: layers.RandomErasing(**kw),
+    "RandomSharpness": lambda **kw: layers.RandomSharpness(0.2, **kw),
+    "RandomPerspective": lambda **kw: layers.RandomPerspective(**kw),
+    "RandomShear": lambda **kw: layers.RandomShear(0.2, **kw),
+    "Solarization": lambda **kw: layers.Solarization(**kw),
+    "AutoContrast": lambda **kw: layers.AutoContrast(**kw),
+    "MixUp": lambda **kw: layers.MixUp(**kw),
+    "CutMix": lambda **kw: layers.CutMix(**kw),
+    "RandomInvert": lambda **kw: layers.RandomInvert(value_range=(-10.0, 10.0), **kw),
+    "RandomElasticTransform": lambda **kw: layers.RandomElasticTransform(**kw),
+    "RandomPosterization": lambda **kw: layers.RandomPosterization(4, value_range=(-10.0, 10.0), **kw),
+    "Permute": lambda **kw: layers.Permute((2, 1, 3), **kw),
 }
 
 
@@ -76,6 +77,23 @@ def test_augmentation_and_preprocessing_layers_pass_channels_through(name):
 
 COLOUR_LAYERS = ("RandomHue", "RandomSaturation", "RandomGrayscale", "RandomColorJitter",
                  "RandomColorDegeneration", "AugMix", "RandAugment")  # fmt: skip
+
+
+# Their random fill values are drawn per channel, so fewer channels draw other values.
+_DRAWS_PER_CHANNEL = ("RandomErasing",)
+
+
+@pytest.mark.parametrize("name", sorted(PER_CHANNEL_LAYERS))
+def test_augmentation_layers_act_on_each_channel_in_training_too(name):
+    # With the same seed, the layer given fewer channels gives the kept channels' output.
+    make = PER_CHANNEL_LAYERS[name]
+    if "seed" not in inspect.signature(type(make()).__init__).parameters or name in _DRAWS_PER_CHANNEL:
+        pytest.skip(f"{name} draws nothing at random, or draws per channel")
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (2, 16, 16, 6)).astype("float32")
+    kept = [0, 2, 3, 5]
+    full = keras.ops.convert_to_numpy(make(seed=7)(x, training=True))
+    narrow = keras.ops.convert_to_numpy(make(seed=7)(x[..., kept], training=True))
+    np.testing.assert_allclose(narrow, full[..., kept], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", COLOUR_LAYERS)
@@ -226,3 +244,35 @@ def test_dot_product_attention_pins_query_key_and_value_and_the_rest_prunes():
     small = tfprune.surgery.remove_channels(model, {"hidden": [0, 5]})
     x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
     np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [11, 18, 40])
+@pytest.mark.parametrize("function, reason", [
+    (lambda x: x - x[..., -1:], r"changing its input channel \d+ changes other output channels"),
+    (lambda x: x * keras.ops.cast(x[..., :1] > 0, x.dtype), r"changes other output channels|fewer channels"),
+])  # fmt: skip
+def test_coupling_through_the_first_or_last_channel_is_never_inferred(function, reason, width):
+    node = handlers_inferred._Applied(function)(keras.Input((5, width)))._keras_history.operation._inbound_nodes[0]
+    handler, why = handlers_inferred.infer(node, tfprune.handlers.ELEMENTWISE)
+    assert handler is None and re.search(reason, why), why
+    assert handlers_inferred.activation_reason(function) is not None
+
+
+class _SeededNoise(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = keras.random.SeedGenerator(1)
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_an_operation_with_state_is_not_run_so_the_model_is_untouched():
+    layer = _SeededNoise()
+    node = layer(keras.Input((3, 4)))._keras_history.operation._inbound_nodes[0]
+    state = [keras.ops.convert_to_numpy(variable).copy() for variable in layer.variables]
+    assert handlers_inferred.infer(node, tfprune.handlers.ELEMENTWISE) == (
+        None, "it holds state that running it would change"
+    )
+    for variable, value in zip(layer.variables, state):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)

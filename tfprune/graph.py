@@ -62,6 +62,7 @@ carries, the positions of removed ids are cut from it.
 
 import dataclasses
 import inspect
+import threading
 import warnings
 
 import keras
@@ -619,6 +620,12 @@ _RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._ke
 _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
 _SHAPE = keras.ops.shape
 _NESTING = [0]  # depth of `_traced` calls in progress
+_TRACE_LOCK = threading.RLock()
+_TRACER_THREAD = [None]  # the thread whose trace the patches serve
+
+
+def _tracing_here():
+    return _TRACER_THREAD[0] == threading.get_ident()
 
 
 class _TracedBatch:
@@ -649,7 +656,7 @@ class _TracedBatch:
 def _traced_shape(x):
     """`keras.ops.shape` while a composite is traced: an unknown batch size is a `_TracedBatch`."""
     shape = _SHAPE(x)
-    if isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
+    if _tracing_here() and isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
         return (_TracedBatch(), *shape[1:])
     return shape
 
@@ -660,9 +667,13 @@ def _static_reshape_call(self, x, *args, **kwargs):
     A layer's `call` often reshapes with `B = ops.shape(x)[0]`, which is None
     on symbolic tensors: the recorded `Reshape` would hold None (it cannot
     run) and its output would lose every size the -1 beside it stands for.
-    When the input's other sizes are known, the -1 is worked out and the
-    batch entry becomes the -1 instead.
+    When the batch entry is the only unknown one it becomes -1; beside
+    another -1 the trace is refused (the -1 could only be worked out by
+    taking the input's first axis for the batch, which it is not once the
+    code folded windows into it).
     """
+    if not _tracing_here():
+        return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
     newshape = _batch_free_shape(tuple(x.shape), self.newshape)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
         # A reshape to sizes only known when it runs: recorded, it could not run.
@@ -684,11 +695,9 @@ def _batch_free_shape(input_shape, newshape):
         return newshape
     rest = list(newshape[1:])
     if -1 in rest:
-        known = [size for size in input_shape[1:] if size is not None]
-        if len(known) != len(input_shape) - 1:
-            return newshape  # the -1 cannot be worked out
-        given = int(np.prod([size for size in rest if size != -1]))
-        rest[rest.index(-1)] = int(np.prod(known)) // max(given, 1)
+        # Working the -1 out would take the input's first axis for the batch, which
+        # it is not when the code folded windows or heads into it: not recorded.
+        return newshape
     return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
 
 
@@ -703,10 +712,20 @@ def _nested_shadow_call(self, *args, **kwargs):
     refuses outputs that are not tensors (keras-hub's DeiT blocks return
     `(x, None)`); its own `call`, run on the symbolic tensors, does not.
     """
-    symbolic = any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs)))
-    if symbolic and getattr(self, "_tfprune_is_shadow", False):
-        return _traced(self, [False])(*args, **kwargs)
+    if getattr(self, "_tfprune_is_shadow", False) and _tracing_here():
+        symbolic = any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs)))
+        if symbolic:
+            return _traced(self, [False])(*args, **kwargs)
+        # On the probe's arrays (`_same_on_a_probe`): its own code, never `build`
+        # (a shadow's `build` would make new sub-layers).
+        return self.call(*args, **_accepted(self, kwargs))
     return _LAYER_CALL(self, *args, **kwargs)
+
+
+def _accepted(layer, kwargs):
+    """`kwargs` without `training`/`mask` where `layer.call` does not take them, as `Layer.__call__` does."""
+    parameters = inspect.signature(layer.call).parameters
+    return {key: value for key, value in kwargs.items() if key not in ("training", "mask") or key in parameters}
 
 
 def _traced(shadow, changed):
@@ -719,28 +738,31 @@ def _traced(shadow, changed):
     """
 
     def call(*args, **kwargs):
-        _NESTING[0] += 1
-        if _NESTING[0] == 1:
-            keras.layers.Layer.__call__ = _nested_shadow_call
-            _RESHAPE_OPERATION.symbolic_call = _static_reshape_call
-            keras.ops.shape = _traced_shape
-        try:
-            return traced_call(*args, **kwargs)
-        finally:
-            _NESTING[0] -= 1
-            if _NESTING[0] == 0:
-                keras.layers.Layer.__call__ = _LAYER_CALL
-                _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
-                keras.ops.shape = _SHAPE
+        # The patches are process-wide: one thread traces at a time, and the
+        # patched functions act only in that thread (`_tracing_here`).
+        with _TRACE_LOCK:
+            _NESTING[0] += 1
+            if _NESTING[0] == 1:
+                _TRACER_THREAD[0] = threading.get_ident()
+                keras.layers.Layer.__call__ = _nested_shadow_call
+                _RESHAPE_OPERATION.symbolic_call = _static_reshape_call
+                keras.ops.shape = _traced_shape
+            try:
+                return traced_call(*args, **kwargs)
+            finally:
+                _NESTING[0] -= 1
+                if _NESTING[0] == 0:
+                    keras.layers.Layer.__call__ = _LAYER_CALL
+                    _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
+                    keras.ops.shape = _SHAPE
+                    _TRACER_THREAD[0] = None
 
     def as_one_unit(*args, **kwargs):
         return _LAYER_CALL(shadow, *args, **kwargs)
 
     def traced_call(*args, **kwargs):
         try:
-            # As `Layer.__call__` does: `training`/`mask` only reach a call that takes them.
-            kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")
-                      or key in inspect.signature(shadow.call).parameters}  # fmt: skip
+            kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             why = None
             if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
