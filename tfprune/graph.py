@@ -773,7 +773,7 @@ def _traced(shadow, changed):
             why = (
                 "its call makes a tensor of the batch size, which is unknown until it runs"
                 if "_TracedBatch" in str(error) or "the batch size is unknown" in str(error)
-                else f"its call fails on symbolic tensors: {type(error).__name__}: {_first_line(error)}"
+                else f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
             )
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
@@ -920,11 +920,6 @@ def _trace_node(node, tracer, unknown):
 def _not_inlined(operation):
     why = getattr(operation, "_tfprune_not_inlined", None)
     return f" ({why})" if why else ""
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def _is_foreign_layer(operation):

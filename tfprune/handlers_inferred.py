@@ -29,6 +29,8 @@ import weakref
 import keras
 import numpy as np
 
+from tfprune import _utils
+
 # Size given to unknown axes (other than the batch) of the probe inputs.
 UNKNOWN_AXIS_SIZE = 8
 _BATCH = 2
@@ -70,7 +72,7 @@ def infer(node, elementwise):
             try:
                 reason = _check(node, channel_inputs, values, training, rng)
             except Exception as error:  # the operation itself failed on a probe: no rule
-                reason = f"it failed when run on a probe input ({type(error).__name__}: {_first_line(error)})"
+                reason = f"it failed when run on a probe input ({_utils.first_line(error, limit=160)})"
             if reason is not None:
                 mode = {None: "", False: " in inference mode", True: " in training mode"}[training]
                 return None, reason + mode
@@ -81,11 +83,6 @@ def infer(node, elementwise):
         + (" in inference and training mode" if len(modes) == 2 else "")
     )
     return elementwise, rule
-
-
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else ""
 
 
 def _unsupported(node):
@@ -229,7 +226,7 @@ def activation_reason(function):
         handler, why = infer(node, object())
         reason = None if handler is not None else why
     except Exception as error:  # the function cannot even run symbolically
-        reason = f"it failed when run on a probe input ({type(error).__name__}: {_first_line(error)})"
+        reason = f"it failed when run on a probe input ({_utils.first_line(error, limit=160)})"
     try:
         _FUNCTION_RULES[function] = reason
     except TypeError:
