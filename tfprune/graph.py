@@ -649,8 +649,8 @@ class _TracedBatch:
 
     __int__ = __index__
 
-    def __repr__(self):
-        return "batch"
+    def __repr__(self):  # backends quote it when they refuse it as a size
+        return "<batch size, unknown while traced>"
 
 
 def _traced_shape(x):
@@ -659,6 +659,10 @@ def _traced_shape(x):
     if _tracing_here() and isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
         return (_TracedBatch(), *shape[1:])
     return shape
+
+
+class _UnknownReshape(ValueError):
+    """A traced reshape whose target sizes are only known when the model runs."""
 
 
 def _static_reshape_call(self, x, *args, **kwargs):
@@ -677,9 +681,9 @@ def _static_reshape_call(self, x, *args, **kwargs):
     newshape = _batch_free_shape(tuple(x.shape), self.newshape)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
         # A reshape to sizes only known when it runs: recorded, it could not run.
-        raise ValueError(
-            f"it reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or sequence "
-            "length is unknown until it runs"
+        raise _UnknownReshape(
+            f"its call reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or "
+            "sequence length is unknown until it runs"
         )
     if newshape is not self.newshape:  # a new operation, so that its config holds the new shape
         self = type(self)(newshape=newshape, name=self.name)
@@ -770,11 +774,12 @@ def _traced(shadow, changed):
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
-            why = (
-                "its call makes a tensor of the batch size, which is unknown until it runs"
-                if "_TracedBatch" in str(error) or "the batch size is unknown" in str(error)
-                else f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
-            )
+            if isinstance(error, _UnknownReshape):
+                why = str(error)
+            elif any(mark in str(error) for mark in ("_TracedBatch", "unknown while traced", "batch size is unknown")):
+                why = "its call makes a tensor of the batch size, which is unknown until it runs"
+            else:
+                why = f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
