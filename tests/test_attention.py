@@ -437,6 +437,24 @@ def test_token_ids_of_any_length_with_a_padding_mask_prune_and_run(tmp_path):
                                outputs(small, tokens), atol=1e-6)  # fmt: skip
 
 
+def test_a_float_mask_of_any_length_and_a_per_sample_scalar_input_are_no_channels():
+    # Input((None,)) float (a padding mask) and Input(()) (a diffusion timestep) carry
+    # no weight's channels: they stand as one pinned channel, and the rest prunes.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    mask = keras.Input((None,), dtype="float32", name="mask")
+    scale = keras.Input((), dtype="float32", name="scale")
+    x = layers.Embedding(20, 8, name="tokens")(ids) * keras.ops.expand_dims(mask, -1)
+    x = layers.Dense(16, activation="relu", name="fc")(x) * keras.ops.reshape(scale, (-1, 1, 1))
+    model = keras.Model([ids, mask, scale], layers.Dense(2, name="head")(x[:, 0]))
+    graph = tfprune.graph.build(model)
+    assert not graph["mask"].prunable and not graph["scale"].prunable
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after["fc"] == 8
+    sample = [np.ones((2, 5), "int32"), np.ones((2, 5), "float32"), np.full((2,), 0.5, "float32")]
+    assert outputs(small, sample).shape == (2, 2)
+
+
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_reversible_embedding_shares_the_hidden_width_with_its_logits(tie_weights, tmp_path):
     # A language model's token table is also its output projection (reverse=True).

@@ -355,11 +355,11 @@ class _Input(Handler):
     def trace(self, node, tracer):
         outputs = []
         for tensor in node.outputs:
-            width = tensor.shape[-1]
-            if width is None and "int" in str(tensor.dtype):
-                # Token ids of any length (`Input((None,), dtype="int32")`): their last
-                # axis is the sequence, which no weight is sliced along; one pinned
-                # channel stands for it (an Embedding makes channels of its own).
+            width = tensor.shape[-1] if len(tensor.shape) > 1 else 1
+            if width is None:
+                # A last axis of any length (token ids or a padding mask over a sequence,
+                # `Input((None,))`) is no weight's axis: one pinned channel stands for it
+                # (an Embedding makes channels of its own). So does a per-sample scalar.
                 width = 1
             channels = tracer.new_channels(width, node.operation.name)
             tracer.pin(channels, f"its channels are model input '{node.operation.name}'")
@@ -701,7 +701,8 @@ class _Reshape(Handler):
         source_shape, target_shape = tuple(source.shape[1:]), tuple(target.shape[1:])
         if None in source_shape or None in target_shape:
             return Freeze(f"'{node.operation.name}' reshapes a tensor of unknown size").trace(node, tracer)
-        ids = np.broadcast_to(channels, source_shape).reshape(target_shape)
+        # A per-sample scalar (`Input(())`) is its one channel.
+        ids = (np.broadcast_to(channels, source_shape) if source_shape else channels.reshape(())).reshape(target_shape)
         last_axis = ids.reshape(-1, target_shape[-1] if target_shape else 1)
         if target_shape and (last_axis == last_axis[0]).all():
             return [last_axis[0].copy()]
