@@ -8,7 +8,8 @@ most `--jobs` at a time, killed after `--timeout` seconds, so a crash or a
 hang of one does not stop the sweep), through these steps:
 
 1. build it and run it on its own `sample()`;
-2. `tfprune.prune(model, "l1", rate=0.3, targets=entry.targets, verbose=0)`;
+2. `tfprune.prune(model, "l1", **entry.prune_arguments(), verbose=0)` (rate 0.3,
+   the entry's targets, `round_to=1` as the tiny widths need);
    when that refuses, the same call with `unknown="freeze"` (the "freeze"
    column);
 3. the fraction of parameters removed; run the pruned model on the sample;
@@ -45,7 +46,6 @@ from benchmarks.common import command_line, machine, write_section
 
 SECTION = "## keras-hub sweep"
 HERE = pathlib.Path(__file__).resolve().parent
-RATE = 0.3
 QUICK = ("ResNetBackbone",)
 OWN_REFUSALS = (
     ValueError,
@@ -149,9 +149,7 @@ def _prune(model, entry, unknown):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        small, _ = tfprune.prune(
-            model, "l1", rate=RATE, targets=entry.targets, verbose=0, unknown=unknown
-        )
+        small, _ = tfprune.prune(model, "l1", **entry.prune_arguments(), verbose=0, unknown=unknown)
     messages = []
     for warning in caught:
         line = f"{warning.category.__name__}: {_first_line(warning.message)}"
@@ -428,7 +426,7 @@ def main(argv=None):
 
         write_section(SECTION, (
             f"{SECTION}\n\n`{command_line('benchmarks.keras_hub_sweep', argv)}` on {machine()}, keras-hub "
-            f"{keras_hub.__version__}: `tfprune.prune(model, \"l1\", rate={RATE})` on a tiny random "
+            f"{keras_hub.__version__}: `tfprune.prune(model, \"l1\", rate={sweep.RATE}, round_to={sweep.ROUND_TO})` on a tiny random "
             "configuration of every keras-hub model class (tests/zoo/keras_hub_sweep.py); \"reload diff\" is "
             "the largest difference after a .keras round trip, \"export error\" LiteRT's verified largest "
             "error, \"freeze\" the same call with `unknown=\"freeze\"` where the default refuses.\n\n"

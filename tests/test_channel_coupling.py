@@ -532,3 +532,20 @@ def test_squeezing_the_channel_axis_freezes_it():
     model = keras.Model(inputs, layers.Dense(2, name="consumer")(ops.squeeze(x, -1)))
     group = tfprune.graph.build(model)["one"]
     assert not group.prunable and "removes the last axis" in group.reason
+
+
+def test_split_into_equal_sections_removes_the_same_channel_from_every_section():
+    # CSPNet: `ops.split(x, 2)` over channels. Channel j of each half is one channel of
+    # the group, so the halves stay equal and the split call is unchanged.
+    def halves(x):
+        first, second = ops.split(x, 2, axis=-1)
+        return ops.concatenate([first * 2.0, second], axis=-1)
+
+    model = build(halves)
+    group = tfprune.graph.build(model)["producer"]
+    assert group.prunable and group.size == 3, group.reason
+    kill(model, group, (1,))
+    small = tfprune.surgery.remove_channels(model, {"producer": [1]})
+    assert small.get_layer("producer").units == 4 and small.get_layer("consumer").kernel.shape == (4, 4)
+    x = sample(model)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=TOLERANCE, rtol=TOLERANCE)

@@ -1025,9 +1025,11 @@ class _Pad(Handler):
 class _Split(Handler):
     """`keras.ops.split`: over another axis every piece keeps the channels.
 
-    Over the channel axis the pieces are fixed slices of the input channels
-    (CSPNet splits a stage in two halves); the sizes are part of the call,
-    so those channels are frozen and each piece carries its slice.
+    Over the channel axis into `n` equal sections (CSPNet splits a stage in
+    two halves), channel `j` of every section is one channel: they are
+    removed together, so the sections stay equal and the call is unchanged.
+    Split at given indices, the sizes are part of the call, so those
+    channels are frozen and each piece carries its slice.
     """
 
     def trace(self, node, tracer):
@@ -1036,6 +1038,11 @@ class _Split(Handler):
         channels = tracer.channels(source)
         if operation.axis % len(source.shape) != len(source.shape) - 1:
             return [channels for _ in node.outputs]
+        sections = operation.indices_or_sections
+        if isinstance(sections, (int, np.integer)) and not isinstance(sections, bool):
+            pieces = [piece.copy() for piece in np.split(channels, int(sections))]
+            tracer.couple(*pieces)
+            return pieces
         tracer.pin(channels, f"'{operation.name}' splits the channel axis into fixed pieces")
         bounds = np.cumsum([0] + [_width(tensor) for tensor in node.outputs])
         return [channels[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]

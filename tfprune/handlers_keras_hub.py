@@ -89,7 +89,7 @@ class _PerChannelTables(Handler):
     The output has the input's shape and channels; every table's last axis
     is sliced with them: position embeddings (`PositionEmbedding`, ViTDet's
     `AddPositionalEmbedding`) and channel scales (MobileNetV5's
-    `LayerScale2d`). With `normalizes`, the layer also normalises over the
+    `LayerScale2d`, DINOv2's and DINOv3's `LayerScale`). With `normalizes`, the layer also normalises over the
     channels (MobileNetV5's `RmsNorm2d`), so the group is a hidden width
     (`targets="hidden"`).
 
@@ -131,6 +131,8 @@ _BY_CLASS = {
     (_MODELS + "mit.mit_layers", "OverlappingPatchingAndEmbedding"): _PatchEmbedding("project_dim"),
     (_MODELS + "vit_det.vit_layers", "AddPositionalEmbedding"): _PerChannelTables("embed_dim"),
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "LayerScale2d"): _PerChannelTables("dim"),
+    (_MODELS + "dinov2.dinov2_layers", "DINOV2LayerScale"): _PerChannelTables("hidden_dim"),
+    (_MODELS + "dinov3.dinov3_layers", "DINOV3LayerScale"): _PerChannelTables("hidden_dim"),
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
 }

@@ -77,7 +77,7 @@ def _cspnet(keras_hub):
 
 def _vit(keras_hub):
     return keras_hub.models.ViTBackbone(
-        image_shape=IMAGE_SHAPE, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+        image_shape=IMAGE_SHAPE, patch_size=8, num_layers=2, num_heads=4, hidden_dim=16, mlp_dim=32
     )
 
 

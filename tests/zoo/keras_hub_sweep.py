@@ -17,8 +17,7 @@ generic base class (`BASE_CLASSES`) or a component model exported for
 assembling a backbone (`COMPONENTS`); `uncovered(keras_hub)` lists what is
 in none of them.
 
-The vision configurations of `keras_hub_models.py` and the Bert backbone of
-`test_keras_hub_zoo.py` are reused, not repeated. The runner is
+The vision configurations of `keras_hub_models.py` are reused, not repeated. The runner is
 `benchmarks/keras_hub_sweep.py`.
 """
 
@@ -32,7 +31,11 @@ VOCAB = 50
 LENGTH = 12
 HIDDEN = 16
 INTERMEDIATE = 32
-HEADS = 2
+HEADS = 4  # rate 0.3 takes one of 4 heads (of 2 it would take none)
+RATE = 0.3
+# Widths here are 16-32: rounding to the default multiple of 8 would turn a rate of 0.3
+# (4.8 of 16 channels) into no channel at all, which real widths (64-4096) never see.
+ROUND_TO = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Entry:
     kind: str
     targets: str = "all"
     note: str = ""
+
+    def prune_arguments(self):
+        """Returns the keyword arguments of `tfprune.prune` for this configuration (rate, targets, round_to)."""
+        return {"rate": RATE, "targets": self.targets, "round_to": ROUND_TO}
 
     def sample(self, count=2, seed=0):
         """Returns `count` inputs in the model's input spec: an array, or a dict for several inputs."""
@@ -306,14 +313,12 @@ def _parseq(hub):
 # ---------------------------------------------------------------- text backbones
 
 
-def _bert(hub):
-    from test_keras_hub_zoo import _bert as bert
-
-    return bert(hub)
-
-
 _ENCODER = dict(vocabulary_size=VOCAB, num_layers=2, num_heads=HEADS, hidden_dim=HIDDEN,
                 intermediate_dim=INTERMEDIATE)  # fmt: skip
+
+
+def _bert(hub):
+    return hub.models.BertBackbone(**_ENCODER, max_sequence_length=LENGTH)
 
 
 def _albert(hub):

@@ -49,7 +49,7 @@ def test_every_configuration_prunes_into_a_working_model_or_is_refused_in_one_li
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            small, result = tfprune.prune(model, "l1", rate=0.3, targets=entry.targets, verbose=0)
+            small, result = tfprune.prune(model, "l1", **entry.prune_arguments(), verbose=0)
         except ValueError as refusal:
             assert _one_line(str(refusal)), str(refusal)
             return

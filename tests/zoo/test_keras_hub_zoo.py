@@ -65,8 +65,8 @@ def test_vit_backbone_prunes_half_its_heads_and_mlp_units_reloads_and_exports(tm
     with pytest.warns(tfprune.graph.ConfigRepairWarning, match="'num_patches', 'num_positions'"):
         small, result = tfprune.prune(model, criterion="l1", rate=0.5, round_to=1, verbose=0)
     assert result.widths_after == {
-        "vit_encoder_transformer_block_1_mha_heads": 1, "vit_encoder_transformer_block_1_mlp_dense_1": 16,
-        "vit_encoder_transformer_block_2_mha_heads": 1, "vit_encoder_transformer_block_2_mlp_dense_1": 16,
+        "vit_encoder_transformer_block_1_mha_heads": 2, "vit_encoder_transformer_block_1_mlp_dense_1": 16,
+        "vit_encoder_transformer_block_2_mha_heads": 2, "vit_encoder_transformer_block_2_mlp_dense_1": 16,
     }  # fmt: skip
     pruned = outputs(small, x)
     assert all(np.isfinite(value).all() for value in pruned)
@@ -79,6 +79,28 @@ def test_vit_backbone_prunes_half_its_heads_and_mlp_units_reloads_and_exports(tm
     for got, want in zip(outputs(reloaded, x), pruned):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert "num_patches" in model.get_layer("vit_patching_and_embedding").get_config()  # untouched
+
+
+@pytest.mark.parametrize("version", ["dinov2", "dinov3"])
+def test_dino_layer_scale_is_sliced_with_the_channels_it_scales(version, tmp_path):
+    # DINOv2/v3 scale each channel of a residual branch by a learned table (`lambda1`).
+    module = __import__(f"keras_hub.src.models.{version}.{version}_layers", fromlist=["_"])
+    scale = getattr(module, f"{version.upper()}LayerScale")(hidden_dim=12, init_values=0.5, name="scale")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 8))
+    x = keras.layers.Dense(12, name="fc")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(scale(x)))
+    kernel, bias = model.get_layer("fc").get_weights()
+    kernel[:, ::2], bias[::2] = 0.0, 0.0  # six dead channels: removing them changes nothing
+    model.get_layer("fc").set_weights([kernel, bias])
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after == {"fc": 6}
+    np.testing.assert_allclose(outputs(small, x)[0], outputs(model, x)[0], atol=1e-6)
+    assert small.get_layer("scale").get_config()["hidden_dim"] == 6
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "small.keras"), x)[0],
+                               outputs(small, x)[0], atol=1e-6)  # fmt: skip
 
 
 def test_image_classifier_prunes_its_backbone_and_still_trains(tmp_path):
