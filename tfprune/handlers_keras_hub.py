@@ -9,7 +9,7 @@ them up here by class, only for layers of a model that uses keras-hub.
 
 import keras
 
-from tfprune.handlers import Freeze, Handler, _width
+from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width
 
 __all__ = ["handler_for"]
 
@@ -135,6 +135,10 @@ _BY_CLASS = {
     (_MODELS + "dinov3.dinov3_layers", "DINOV3LayerScale"): _PerChannelTables("hidden_dim"),
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
+    # MultiHeadAttention with a key/value cache for decoding: called without one (as in a
+    # functional graph) it computes what MultiHeadAttention does, with the same weights.
+    ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
+    (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
 }
 
 

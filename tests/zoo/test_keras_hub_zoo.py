@@ -246,3 +246,28 @@ def test_gpt2_backbone_is_refused_naming_its_decoder_layer():
     with pytest.warns(UserWarning, match="cannot see inside layer 'transformer_layer_0' \\(TransformerDecoder\\)"):
         with pytest.raises(ValueError, match="cannot see inside layer 'transformer_layer_0' \\(TransformerDecoder\\)"):
             tfprune.prune(model, "l1", rate=0.5, verbose=0)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"),
+    ("keras_hub.src.models.whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"),
+])  # fmt: skip
+def test_cached_attention_layers_lose_heads_like_multi_head_attention(module, name, tmp_path):
+    # Called without a cache (as in a functional graph) they are MultiHeadAttention.
+    keras.utils.set_random_seed(0)
+    attention = getattr(__import__(module, fromlist=[name]), name)(num_heads=4, key_dim=4, name="mha")
+    tokens = keras.Input((6, 16))
+    x = keras.layers.Dense(16, name="embed")(tokens)
+    x = keras.layers.Add()([x, attention(x, x)])
+    model = keras.Model(tokens, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(x)))
+    assert tfprune.graph.build(model)["mha_heads"].prunable
+    kernel = keras.ops.convert_to_numpy(attention._output_dense.kernel).copy()
+    kernel[[1, 3]] = 0.0  # heads 1 and 3 add nothing to the output
+    attention._output_dense.kernel.assign(kernel)
+    small = tfprune.surgery.remove_channels(model, {"mha_heads": [1, 3]})
+    assert type(small.get_layer("mha")).__name__ == name and small.get_layer("mha").num_heads == 2
+    x = np.random.default_rng(0).normal(size=(2, 6, 16)).astype("float32")
+    np.testing.assert_allclose(outputs(small, x)[0], outputs(model, x)[0], atol=1e-5)
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "small.keras"), x)[0],
+                               outputs(small, x)[0], atol=1e-6)  # fmt: skip
