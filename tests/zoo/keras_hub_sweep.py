@@ -586,8 +586,16 @@ TEXT_SEGMENTS = _text(segments=True)
 CONFIGURATIONS = {}
 
 
+# Families whose channels are all a normalised hidden width (`targets="all"` leaves those
+# out, as removing one changes the normalisation's statistics): they prune on "hidden".
+FAMILY_TARGETS = {
+    "mobilenetv5": "hidden",  # every convolution feeds an RmsNorm2d over its channels
+}
+
+
 def _add(name, build, inputs, family, kind, **kwargs):
     assert name not in CONFIGURATIONS, name
+    kwargs.setdefault("targets", FAMILY_TARGETS.get(family, "all"))
     CONFIGURATIONS[name] = Entry(build=build, inputs=inputs, family=family, kind=kind, **kwargs)
 
 
