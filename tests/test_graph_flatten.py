@@ -309,7 +309,8 @@ def test_nested_composites_get_unique_names_from_their_owners():
 
 @pytest.mark.parametrize(  # graph: test_surgery
     "module_name",
-    ["tfprune.magnitude.policy", "tfprune.tfmot.sparsity.keras", "tfprune.handlers_keras_hub", "tfprune.criteria.base"],
+    ["tfprune.magnitude.policy", "tfprune.tfmot.sparsity.keras", "tfprune.handlers_keras_hub", "tfprune.criteria.base",
+     "tfprune._batch_axis"],
 )
 def test_docstring_examples_run(module_name):
     import doctest
@@ -457,27 +458,59 @@ def test_a_block_using_the_batch_size_otherwise_stays_whole_saying_why():
 
 class FoldsThenReadsTheBatch(layers.Layer):
     """Folds 4 tokens into the batch, then reshapes back with `ops.shape` of the input:
-    a recorded -1 in place of that batch size would be worked out wrongly."""
+    the -1 beside that batch size is 16 only because each sample fills 4 rows of
+    the folded tensor (a -1 in place of the batch alone would be worked out as 4)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, stack=False, **kwargs):
         super().__init__(**kwargs)
+        self.stack = stack
         self.dense = layers.Dense(2, name="dense")
 
     def call(self, x):
         batch = ops.shape(x)[0]
-        folded = self.dense(ops.reshape(x, (-1, 4, 8)))
-        return ops.reshape(folded, (batch, -1, 2))
+        folded = ops.reshape(x, (-1, 4, 8))
+        if self.stack:  # joins two batches along the first axis: its rows per sample are not known
+            folded = ops.concatenate([folded, folded], axis=0)
+        return ops.reshape(self.dense(folded), (batch, -1, 2))
 
 
-def test_a_trace_that_computes_other_values_is_not_used():
+def test_a_reshape_beside_the_batch_size_is_worked_out_from_the_rows_each_sample_fills():
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 8))
     model = keras.Model(inputs, FoldsThenReadsTheBatch(name="fold")(inputs))
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    assert [tuple(op.newshape) for op in flat.operations if type(op).__name__ == "Reshape"] == [
+        (-1, 4, 8), (-1, 16, 2)
+    ]  # fmt: skip
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 16, 8)).astype("float32")
+        np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+
+
+def test_a_reshape_beside_a_batch_size_of_unknown_rows_is_not_traced():
+    inputs = keras.Input((16, 8))
+    model = keras.Model(inputs, FoldsThenReadsTheBatch(stack=True, name="fold")(inputs))
     flat = tfprune.graph.flatten(model)
     assert "sizes read from a tensor whose batch or sequence length is unknown" in (
         flat.get_layer("fold")._tfprune_not_inlined
     )
     x = np.random.default_rng(0).normal(size=(3, 16, 8)).astype("float32")
     np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+
+
+def test_rows_per_sample_follow_reshapes_and_stop_at_operations_on_the_first_axis():
+    from tfprune import _batch_axis
+
+    x = keras.Input((8, 8, 3))
+    windows = ops.reshape(x, (-1, 4, 4, 3))  # 4 windows per sample
+    moved = ops.transpose(windows, (0, 2, 1, 3))  # the first axis stays
+    back = ops.reshape(layers.Dense(6)(moved), (-1, 16, 6))
+    joined = ops.concatenate([windows, windows], axis=0)
+    assert [_batch_axis.factor(tensor, {}) for tensor in (x, windows, moved, back)] == [1, 4, 4, 4]
+    assert _batch_axis.factor(ops.reshape(windows, (-1, 8, 8, 3)), {}) == 1
+    assert _batch_axis.factor(joined, {}) is None
+    assert _batch_axis.factor(ops.transpose(windows, (1, 0, 2, 3)), {}) is None
 
 
 def test_tracing_restores_keras_and_touches_no_other_thread():

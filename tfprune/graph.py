@@ -68,7 +68,7 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers, handlers_inferred
+from tfprune import _batch_axis, _utils, handlers, handlers_inferred
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -620,6 +620,7 @@ _RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._ke
 _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
 _SHAPE = keras.ops.shape
 _NESTING = [0]  # depth of `_traced` calls in progress
+_BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
 _TRACE_LOCK = threading.RLock()
 _TRACER_THREAD = [None]  # the thread whose trace the patches serve
 
@@ -635,14 +636,27 @@ class _TracedBatch:
     then reshapes to it): such arithmetic keeps the marker, and a reshape
     whose first entry is the marker records -1 there (`_batch_free_shape`).
     Used as a number anywhere else it raises, so the layer is kept whole.
+
+    Args:
+        rows: `fractions.Fraction` or None. How many rows of a tensor's first
+            axis this size is per sample (`_batch_axis.factor`): 1 for the
+            batch, 4 for `B * 4`; None when unknown.
     """
 
-    def _same(self, other):
+    def __init__(self, rows=None):
+        self.rows = rows
+
+    def __mul__(self, other):
         if isinstance(other, int) and not isinstance(other, bool):
-            return self
+            return _TracedBatch(None if self.rows is None else self.rows * other)
         return NotImplemented
 
-    __mul__ = __rmul__ = __floordiv__ = _same
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool) and other:
+            return _TracedBatch(None if self.rows is None else self.rows / other)
+        return NotImplemented
 
     def __index__(self):
         raise TypeError("the batch size is unknown while tfprune traces the layer")
@@ -657,7 +671,7 @@ def _traced_shape(x):
     """`keras.ops.shape` while a composite is traced: an unknown batch size is a `_TracedBatch`."""
     shape = _SHAPE(x)
     if _tracing_here() and isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
-        return (_TracedBatch(), *shape[1:])
+        return (_TracedBatch(_batch_axis.factor(x, _BATCH_ROWS)), *shape[1:])
     return shape
 
 
@@ -671,14 +685,15 @@ def _static_reshape_call(self, x, *args, **kwargs):
     A layer's `call` often reshapes with `B = ops.shape(x)[0]`, which is None
     on symbolic tensors: the recorded `Reshape` would hold None (it cannot
     run) and its output would lose every size the -1 beside it stands for.
-    When the batch entry is the only unknown one it becomes -1; beside
-    another -1 the trace is refused (the -1 could only be worked out by
-    taking the input's first axis for the batch, which it is not once the
-    code folded windows into it).
+    When the batch entry is the only unknown one it becomes -1. Beside
+    another -1 (`(B, -1, C)`), that -1 is worked out from how many rows of
+    the input's first axis a sample fills (not always one: code folds windows
+    or heads into it), read from the input's history (`_batch_axis`); when
+    that is unknown the trace is refused.
     """
     if not _tracing_here():
         return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
-    newshape = _batch_free_shape(tuple(x.shape), self.newshape)
+    newshape = _batch_free_shape(x, self.newshape)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
         # A reshape to sizes only known when it runs: recorded, it could not run.
         raise _UnknownReshape(
@@ -690,7 +705,8 @@ def _static_reshape_call(self, x, *args, **kwargs):
     return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
 
 
-def _batch_free_shape(input_shape, newshape):
+def _batch_free_shape(x, newshape):
+    input_shape = tuple(x.shape)
     if not isinstance(newshape, (list, tuple)) or not newshape:
         return newshape
     if not (newshape[0] is None or isinstance(newshape[0], _TracedBatch)):
@@ -699,9 +715,18 @@ def _batch_free_shape(input_shape, newshape):
         return newshape
     rest = list(newshape[1:])
     if -1 in rest:
-        # Working the -1 out would take the input's first axis for the batch, which
-        # it is not when the code folded windows or heads into it: not recorded.
-        return newshape
+        # `(B, -1, C)`: the -1 is what each sample's rows of the input hold, over
+        # the sizes given beside it; it is known only when both how many rows of
+        # the input and how many of the output a sample fills are (`_batch_axis`).
+        rows_in = _batch_axis.factor(x, _BATCH_ROWS)
+        rows_out = getattr(newshape[0], "rows", None)
+        if rows_in is None or rows_out is None or rest.count(-1) > 1 or None in input_shape[1:]:
+            return newshape
+        given = int(np.prod([entry for entry in rest if entry != -1]))
+        size = rows_in * int(np.prod(input_shape[1:])) / (rows_out * given)
+        if size.denominator != 1 or size < 1:
+            return newshape
+        rest[rest.index(-1)] = int(size)
     return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
 
 
@@ -760,6 +785,7 @@ def _traced(shadow, changed):
                     _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
                     keras.ops.shape = _SHAPE
                     _TRACER_THREAD[0] = None
+                    _BATCH_ROWS.clear()
 
     def as_one_unit(*args, **kwargs):
         return _LAYER_CALL(shadow, *args, **kwargs)
