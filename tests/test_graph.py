@@ -1,5 +1,7 @@
 """Tests for tfprune.graph: channel groups derived from the functional graph."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -246,7 +248,26 @@ def test_a_custom_layer_without_handler_is_frozen_with_a_warning_naming_it():
     with pytest.warns(UserWarning, match=r"cannot see inside layer 'scale' \(Scale\).*frozen.*register_handler\(Scale"):
         graph = tfprune.graph.build(scale_model())
     assert not graph["dense"].prunable
-    assert "cannot see inside layer 'scale' (Scale): it could not be inlined and has no handler" in graph["dense"].reason
+    assert ("cannot see inside layer 'scale' (Scale): it could not be inlined (it holds weights of its own, which no "
+            "handler slices) and has no handler") in graph["dense"].reason  # fmt: skip
+
+
+def test_a_keras_hub_layer_without_handler_is_frozen_saying_why_without_a_registry_hint():
+    # Nothing for the user to register: the layer ships with keras-hub.
+    class HubScale(Scale):
+        pass
+
+    HubScale.__module__ = "keras_hub.src.models.example.example_layers"
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(HubScale(name="scale")(layers.Dense(5, name="dense")(inputs))))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tfprune.graph.build(model)
+    [message] = [str(warning.message) for warning in caught if "cannot see inside" in str(warning.message)]
+    assert message == (
+        "tfprune cannot see inside layer 'scale' (HubScale) (it holds weights of its own, which no handler slices), "
+        "so the channels around it are frozen (they cannot shrink)."
+    )
 
 
 def repeat_model():
@@ -273,7 +294,8 @@ def test_freeze_handler_pins_a_registered_layer():
 def test_unknown_layer_can_be_frozen():
     graph = tfprune.graph.build(scale_model(), unknown="freeze")
     assert not graph["dense"].prunable
-    assert "cannot see inside layer 'scale' (Scale): it could not be inlined and has no handler" in graph["dense"].reason
+    assert ("cannot see inside layer 'scale' (Scale): it could not be inlined (it holds weights of its own, which no "
+            "handler slices) and has no handler") in graph["dense"].reason  # fmt: skip
 
 
 def test_unknown_argument_value_is_refused():

@@ -466,10 +466,7 @@ def is_composite(layer):
     module = type(layer).__module__
     if module.startswith(("keras.", "tfprune.")):
         return False
-    own = list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
-    return not own
+    return not _own_weights(layer)
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -929,11 +926,16 @@ def _trace_node(node, tracer, unknown):
             raise UnknownOperationError(operation, rule)
         if unknown == "raise":
             kind = type(operation).__name__
+            # A layer of the user's own can get a handler; one that ships with keras-hub is
+            # what it is: the warning says why it is frozen, not how to change it.
+            hint = (
+                "." if type(operation).__module__.startswith("keras_hub.")
+                else f"; to prune through it, register a handler, e.g. `tfprune.graph.register_handler({kind}, "
+                "tfprune.graph.Preserve())` if its output channel c is its input channel c."
+            )  # fmt: skip
             warnings.warn(
                 f"tfprune cannot see inside layer '{operation.name}' ({kind}){_not_inlined(operation)}, "
-                f"so the channels around it are frozen (they cannot shrink); to prune through it, register a "
-                f"handler, e.g. `tfprune.graph.register_handler({kind}, tfprune.graph.Preserve())` "
-                "if its output channel c is its input channel c.",
+                f"so the channels around it are frozen (they cannot shrink){hint}",
                 stacklevel=4,
             )
         handler = handlers.Freeze(
@@ -950,7 +952,13 @@ def _trace_node(node, tracer, unknown):
 
 def _not_inlined(operation):
     why = getattr(operation, "_tfprune_not_inlined", None)
+    if why is None and _is_foreign_layer(operation) and _own_weights(operation):
+        why = "it holds weights of its own, which no handler slices"
     return f" ({why})" if why else ""
+
+
+def _own_weights(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
 
 
 def _is_foreign_layer(operation):
