@@ -365,12 +365,88 @@ def table(records):
     return "\n".join(lines)
 
 
+def family_table(records):
+    """The markdown table of the records by family: what prunes, by how much, and why the rest do not.
+
+    Args:
+        records: List of dicts, as `work` writes them (`name`, `family`, `outcome`,
+            `params_removed`, `error`, ...).
+
+    Returns:
+        String: a markdown table with one row per family.
+
+    Example:
+
+    >>> print(family_table([
+    ...     {"name": "A", "family": "a", "outcome": "pruned", "params_removed": 0.25},
+    ...     {"name": "B", "family": "a", "outcome": "refused", "error": "B mixes channels. More."},
+    ... ]))
+    | family | configurations | pruned | % parameters removed | not pruned, and why |
+    | --- | --- | --- | --- | --- |
+    | a | A, B | 1 of 2 | 25.0 | B: refused: B mixes channels. |
+    """
+    families = {}
+    for record in records:
+        families.setdefault(record.get("family", ""), []).append(record)
+    lines = [
+        "| family | configurations | pruned | % parameters removed | not pruned, and why |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for family, members in families.items():
+        pruned = [record for record in members if record["outcome"] == "pruned"]
+        shares = sorted(100 * record["params_removed"] for record in pruned if record.get("params_removed") is not None)
+        share = "" if not shares else f"{shares[0]:.1f}" if len(shares) == 1 else f"{shares[0]:.1f}-{shares[-1]:.1f}"
+        why = "; ".join(
+            f"{record['name']}: {record['outcome']}: {_cell(_first_sentence(record.get('error', '')), 140)}"
+            for record in members if record["outcome"] != "pruned"
+        )  # fmt: skip
+        names = ", ".join(record["name"] for record in members)
+        lines.append(f"| {family} | {names} | {len(pruned)} of {len(members)} | {share} | {why} |")
+    return "\n".join(lines)
+
+
+def _first_sentence(text):
+    text = " ".join(str(text).split())
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+README_START = "<!-- keras-hub sweep by family: start -->"
+README_END = "<!-- keras-hub sweep by family: end -->"
+
+
+def write_readme(records, command):
+    """Replaces README.md's table by family (between `README_START` and `README_END`), atomically.
+
+    Args:
+        records: List of record dicts.
+        command: String. The command that produced them, quoted above the table.
+
+    Raises:
+        ValueError: If README.md lacks the two marker lines.
+    """
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md has no {README_START!r} ... {README_END!r} lines to write the table between.")
+    block = (
+        f"{README_START}\n`{command}`: {summary(records, {})}\n\n{family_table(records)}\n"
+    )
+    temporary = readme.with_suffix(".md.tmp")
+    temporary.write_text(text[:start] + block + text[end:])
+    os.replace(temporary, readme)
+
+
 def summary(records, not_constructible):
     counts = {}
     for record in records:
         counts[record["outcome"]] = counts.get(record["outcome"], 0) + 1
     text = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
-    lines = [f"{len(records)} configurations: {text}."]
+    enough = sum(
+        record["outcome"] == "pruned" and (record.get("params_removed") or 0) >= 0.1 for record in records
+    )
+    lines = [f"{len(records)} configurations: {text}; {enough} pruned by at least 10% of their parameters."]
     if not_constructible:
         lines.append("")
         lines.append("Not constructible offline at a tiny size:")
@@ -389,6 +465,13 @@ def main(argv=None):
     parser.add_argument(
         "--timeout", type=int, default=300, help="seconds per configuration (default 300)"
     )
+    parser.add_argument(
+        "--from-json", default=None, help="tabulate the records of an earlier --json run instead of running"
+    )
+    parser.add_argument(
+        "--readme", action="store_true",
+        help=f"write the table by family into README.md (between its {README_START!r} and {README_END!r} lines)",
+    )  # fmt: skip
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -405,6 +488,13 @@ def main(argv=None):
     unknown = [name for name in names if name not in sweep.CONFIGURATIONS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(sweep.CONFIGURATIONS)}")
+    if args.from_json:
+        saved = {record["name"]: record for record in json.loads(pathlib.Path(args.from_json).read_text())}
+        ordered = [saved[name] for name in names if name in saved]
+        print(table(ordered) + "\n\n" + summary(ordered, {}))
+        if args.readme:
+            write_readme(ordered, command_line("benchmarks.keras_hub_sweep", argv))
+        return 0
     records = {}
     with tempfile.TemporaryDirectory() as directory:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -421,6 +511,8 @@ def main(argv=None):
     not_constructible = {} if (args.only or args.quick) else dict(sweep.NOT_CONSTRUCTIBLE)
     text = table(ordered) + "\n\n" + summary(ordered, not_constructible)
     print(text)
+    if args.readme:
+        write_readme(ordered, command_line("benchmarks.keras_hub_sweep", argv))
     if not (args.only or args.quick):
         import keras_hub
 

@@ -8,10 +8,11 @@ import doctest
 
 import pytest
 
-from benchmarks import common, export_litert, str_vs_tfmot, structured_latency, tfmot_compare
+from benchmarks import common, export_litert, keras_hub_sweep, str_vs_tfmot, structured_latency, tfmot_compare
 
 
-@pytest.mark.parametrize("module", [common, export_litert, str_vs_tfmot, structured_latency, tfmot_compare], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [common, export_litert, keras_hub_sweep, str_vs_tfmot, structured_latency, tfmot_compare],
+                         ids=lambda m: m.__name__)  # fmt: skip
 def test_docstring_examples(module):
     failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
@@ -121,3 +122,22 @@ def test_str_grid_adds_a_third_seed_only_where_the_methods_are_within_two_points
     assert sorted((cell["method"], cell["seed"], cell["target"]) for cell in cells) == [("gmp", 2, 0.95), ("str", 2, 0.95)]
     assert all("accuracy" not in cell for cell in cells)
     assert str_grid.third_seed_cells(close + apart + [dict(close[0], seed=2)]) == []  # already has seed 2
+
+
+def test_keras_hub_sweep_writes_its_table_by_family_between_the_readme_markers(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{keras_hub_sweep.README_START}\nold table\n{keras_hub_sweep.README_END}\nafter\n")
+    monkeypatch.setattr(keras_hub_sweep, "HERE", tmp_path / "benchmarks")
+    records = [
+        {"name": "A", "family": "a", "outcome": "pruned", "params_removed": 0.3},
+        {"name": "B", "family": "b", "outcome": "pruned", "params_removed": 0.05},
+        {"name": "C", "family": "b", "outcome": "refused", "error": "C computes top_k. Second sentence."},
+    ]
+    keras_hub_sweep.write_readme(records, "python -m benchmarks.keras_hub_sweep")
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{keras_hub_sweep.README_END}\nafter\n")
+    assert "3 configurations: 2 pruned, 1 refused; 1 pruned by at least 10% of their parameters." in text
+    assert "| b | B, C | 1 of 2 | 5.0 | C: refused: C computes top_k. |" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="README.md has no"):
+        keras_hub_sweep.write_readme(records, "command")
