@@ -332,7 +332,7 @@ def test_handler_base_class_requires_trace():
 
 def test_tracer_refuses_mismatched_couplings():
     tracer = tfprune.graph.Tracer()
-    with pytest.raises(ValueError, match="Cannot couple channel axes of sizes 2 and 3"):
+    with pytest.raises(ValueError, match="cannot couple channel axes of sizes 2 and 3"):
         tracer.couple(tracer.new_channels(2, "a"), tracer.new_channels(3, "b"))
 
 

@@ -494,3 +494,18 @@ def test_tracing_restores_keras_and_touches_no_other_thread():
         assert keras.ops.reshape(keras.KerasTensor((None, 4)), (-1, 2, 2)).shape == (None, 2, 2)
     finally:
         graph._TRACER_THREAD[0] = None
+
+
+def test_a_nested_model_fed_one_axis_less_or_more_gets_it_as_keras_gives_it():
+    # keras-hub's SD3 feeds a `(batch,)` timestep to its MMDiT's `Input((1,))`, and
+    # `Functional.call` adds the axis; inlined, the block must see `(batch, 1)` too.
+    timestep = keras.Input((1,), name="timestep")
+    features = keras.Input((3, 1), name="features")
+    frequencies = np.linspace(0.0, 1.0, 4, dtype="float32")[None]
+    inner = keras.Model([timestep, features], layers.Dense(2, name="fc")(timestep * frequencies)
+                        + ops.sum(features, axis=1), name="inner")  # fmt: skip
+    outer_timestep, outer_features = keras.Input(()), keras.Input((3, 1, 1))
+    model = keras.Model([outer_timestep, outer_features], inner([outer_timestep, outer_features]))
+    flat = tfprune.graph.flatten(model)
+    x = [np.arange(4, dtype="float32"), np.ones((4, 3, 1, 1), "float32")]
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)

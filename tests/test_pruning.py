@@ -770,3 +770,27 @@ def test_search_classes_accept_the_unknown_option_they_advise():
 def test_docstring_examples_run():
     results = doctest.testmod(tfprune.pruning, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 10 and results.failed == 0
+
+
+class _CachesItsFirstCall(keras.layers.Layer):
+    """Like keras-hub's diffusion scheduler: keeps what its first call computed from its input."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")  # not inlined
+
+    def call(self, x):
+        if not hasattr(self, "cached") and isinstance(keras.ops.shape(x)[0], int):  # run, not traced
+            self.cached = keras.ops.shape(x)[0]
+        return x * self.scale
+
+
+def test_the_probe_leaves_no_state_in_the_pruned_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, name="narrow")(keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
+    x = keras.layers.Dense(2, name="head")(_CachesItsFirstCall(name="cache")(x))
+    model = keras.Model(inputs, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small, _ = prune(model, "l1", rate=0.5, unknown="freeze")
+    assert not hasattr(small.get_layer("cache"), "cached")

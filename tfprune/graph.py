@@ -593,8 +593,11 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         ):
             changed[0] = True
             inner = _utils.functional_view(operation)
+            # As `Functional.call` does: inputs by name, and an axis of size 1 added or
+            # removed where the caller's rank differs by one (a `(batch,)` timestep fed to
+            # an `Input((1,))`), recorded as operations of the inlined graph.
             return lambda inputs, *args, **kwargs: _inline(
-                inner, inputs, copies, composites, changed, prefix=operation.name
+                inner, _adjusted_ranks(inner, inputs), copies, composites, changed, prefix=operation.name
             )
         if not isinstance(operation, keras.layers.Layer):
             return operation  # a keras.ops operation: stateless
@@ -606,6 +609,22 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         return _renamed(_copy(operation, copies), name, operation)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def _adjusted_ranks(functional, inputs):
+    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it."""
+    flat = keras.tree.flatten(inputs)
+    if len(flat) != len(functional.inputs):
+        return inputs
+    adjusted = []
+    for tensor, expected in zip(flat, functional.inputs):
+        rank, wanted = len(getattr(tensor, "shape", ())), len(expected.shape)
+        if tensor is not None and rank == wanted + 1 and tensor.shape[-1] == 1:
+            tensor = keras.ops.squeeze(tensor, axis=-1)
+        elif tensor is not None and rank == wanted - 1 and expected.shape[-1] == 1:
+            tensor = keras.ops.expand_dims(tensor, axis=-1)
+        adjusted.append(tensor)
+    return adjusted
 
 
 def _renamed(copy, name, original):
@@ -917,7 +936,14 @@ def _trace_node(node, tracer, unknown):
             else f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
             + f", and no channel rule could be established numerically ({rule})"
         )
-    outputs = handler.trace(node, tracer)
+    try:
+        outputs = handler.trace(node, tracer)
+    except handlers.ChannelMismatchError as error:
+        shapes = ", ".join(str(tuple(tensor.shape)) for tensor in node.input_tensors)
+        raise ValueError(
+            f"tfprune cannot follow the channels through operation '{operation.name}' "
+            f"({type(operation).__name__}) on inputs of shapes {shapes}: {error}."
+        ) from error
     for tensor, channels in zip(node.outputs, outputs):
         tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)
 

@@ -34,6 +34,7 @@ from its input spec and rebuilt from its config: a pruned model that cannot
 run or be reloaded is refused by name rather than handed back.
 """
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -726,6 +727,24 @@ def _reload_problem(model):
     return None, f"its config raises {first_line(model_error)} when rebuilt"
 
 
+@contextlib.contextmanager
+def _no_state_left(model):
+    """Removes the attributes that layers from outside Keras set on themselves while the block runs.
+
+    Some layers cache what their first call computes from its inputs (keras-hub's
+    diffusion scheduler keeps the noise levels of its first `num_steps`): run on a
+    probe input, the returned model would keep the probe's.
+    """
+    foreign = [layer for layer in model.layers if not type(layer).__module__.startswith("keras.")]
+    before = [set(vars(layer)) for layer in foreign]
+    try:
+        yield
+    finally:
+        for layer, keys in zip(foreign, before):
+            for key in set(vars(layer)) - keys:
+                object.__delattr__(layer, key)
+
+
 def _check_runs_and_reloads(pruned, given):
     """Refuses a pruned model that fails on a probe input or does not rebuild from its config.
 
@@ -733,7 +752,8 @@ def _check_runs_and_reloads(pruned, given):
     a layer whose config never loaded) is not the pruning's doing and passes.
     """
     inputs = _probe_inputs(pruned)
-    error = _runs(pruned, inputs)
+    with _no_state_left(pruned):
+        error = _runs(pruned, inputs)
     if error is not None and _runs(given, inputs) is None:
         operation = _failing_operation(pruned, inputs)
         raise ValueError(
