@@ -701,7 +701,7 @@ class _Elementwise(Handler):
                            "axis has unknown size")
         tracer.couple(*coupled)
         width = _width(node.outputs[0])
-        if width is not None and width != len(channels):
+        if width is not None and width > 1 and len(channels) == 1:
             # Widened by a constant (`t * frequencies`, a `(batch, 1)` timestep times
             # `(1, F)`): the output's channels are the constant's, made here.
             reason = f"'{node.operation.name}' broadcasts them against a constant of {width} channels"
