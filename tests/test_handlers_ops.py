@@ -1,5 +1,5 @@
-"""Channel rules of `keras.ops` operations met in keras-hub models (issue 28): einsum,
-broadcasting against tensors of unknown width or against constants, and coupling
+"""Channel rules met in keras-hub models (issue 28): `keras.ops.einsum`, broadcasting
+against tensors of unknown width or against constants, empty outputs, and coupling
 failures that name the operation."""
 
 import re
@@ -152,3 +152,31 @@ def test_a_coupling_of_different_widths_is_refused_naming_the_operation():
             tfprune.graph.build(model)
     finally:
         tfprune.handlers._HANDLERS.pop(_Coupler)
+
+
+class _WithEmptyCache(layers.Layer):
+    """Like keras-hub's EdRec decoder block: returns empty tensors for the caches it was not given."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")  # not inlined
+
+    def call(self, x):
+        return x * self.scale, ops.zeros((0,))
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, x.dtype), keras.KerasTensor((0,), x.dtype)
+
+
+def test_an_empty_output_of_a_frozen_layer_is_no_channel_group(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,), name="features")
+    x, _ = _WithEmptyCache(name="block")(layers.Dense(4, name="before")(inputs))
+    hidden = layers.Dense(8, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(hidden))
+    graph = tfprune.graph.build(model, unknown="freeze")
+    assert graph["hidden"].prunable and not graph["before"].prunable
+    assert all(group.size for group in graph)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, unknown="freeze")
+    assert result.widths_after == {"hidden": 4}
+    x = _random((3, 5))
+    assert outputs(small, x).shape == (3, 2)

@@ -976,6 +976,8 @@ def _assemble(functional, tracer, hidden=False):
         return root
 
     for first, size, _ in tracer._segments:
+        if not size:  # an empty output (a block's unused cache): no channels
+            continue
         segment_roots = np.unique(roots[first : first + size]).tolist()
         base = find(segment_roots[0])
         for root in segment_roots[1:]:
