@@ -509,3 +509,31 @@ def test_a_nested_model_fed_one_axis_less_or_more_gets_it_as_keras_gives_it():
     flat = tfprune.graph.flatten(model)
     x = [np.arange(4, dtype="float32"), np.ones((4, 3, 1, 1), "float32")]
     np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+
+
+class _SubclassedEmbedder(keras.Model):
+    """Like keras-hub's Flux `MLPEmbedder`: a subclassed model used as a block of a functional one."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.first = layers.Dense(width, name="first")
+        self.second = layers.Dense(width, name="second")
+
+    def call(self, x):
+        return self.second(ops.silu(self.first(x)))
+
+
+def test_a_subclassed_model_used_as_a_layer_is_inlined_like_a_composite(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,), name="features")
+    x = _SubclassedEmbedder(8, name="embedder")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    assert tfprune.graph.needs_flattening(model)
+    flat = tfprune.graph.flatten(model)
+    assert {"embedder_first", "embedder_second"} <= {layer.name for layer in flat.layers}
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after == {"embedder_first": 4, "embedder_second": 4}
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)

@@ -180,3 +180,26 @@ def test_an_empty_output_of_a_frozen_layer_is_no_channel_group(tmp_path):
     assert result.widths_after == {"hidden": 4}
     x = _random((3, 5))
     assert outputs(small, x).shape == (3, 2)
+
+
+def stacked(axis):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4), name="tokens")
+    first, second = layers.Dense(6, name="first")(inputs), layers.Dense(6, name="second")(inputs)
+    x = ops.stack([first, second], axis=axis)
+    x = ops.reshape(x, (-1, 10, 6)) if axis in (1, 2) else ops.reshape(x, (-1, 5, 12))
+    return keras.Model(inputs, layers.Dense(2, name="head")(layers.Dense(8, name="hidden")(x)))
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_stack_along_an_axis_before_the_last_couples_and_passes_the_channels(axis, tmp_path):
+    model = stacked(axis)
+    group = tfprune.graph.build(model)["first"]
+    assert set(group.producers) == {"first", "second"} and group.consumers == ("hidden",)
+    assert_dead_channels_leave_no_trace(model, "first", [0, 3], _random((2, 5, 4)), tmp_path)
+
+
+def test_stack_along_a_new_last_axis_pins_the_channels():
+    graph = tfprune.graph.build(stacked(-1))
+    assert not graph["first"].prunable and "stacks its inputs along a new last axis" in graph["first"].reason
+    assert graph["hidden"].prunable

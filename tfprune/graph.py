@@ -426,7 +426,7 @@ def needs_flattening(model, composites=True):
     False
     """
     for layer in _utils.functional_view(model).layers:
-        if isinstance(layer, keras.Model) or (composites and is_composite(layer)):
+        if _is_graph_model(layer) or (composites and is_composite(layer)):
             return True
     return False
 
@@ -459,8 +459,8 @@ def is_composite(layer):
     if type(layer) is keras.layers.Activation and not _utils.loads_back(layer.activation):
         # keras-hub CLIP's quick_gelu: a `.keras` file could not name it; traced, its ops can.
         return True
-    if isinstance(layer, keras.Model) or handler_for(layer) is not None:
-        return False
+    if _is_graph_model(layer) or handler_for(layer) is not None:
+        return False  # a subclassed model (keras-hub's Flux `MLPEmbedder`) is traced like a layer
     if type(layer) is keras.layers.Lambda:
         return True  # its function is traced like a composite layer's `call`
     module = type(layer).__module__
@@ -470,6 +470,11 @@ def is_composite(layer):
         getattr(layer, "_non_trainable_variables", [])
     )
     return not own
+
+
+def _is_graph_model(layer):
+    """A Sequential or functional model: inlined from its graph (a subclassed model is a composite)."""
+    return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and _utils._is_functional(layer))
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -534,7 +539,7 @@ def _shadow(layer, copies, name=None):
 
 
 def _swapped(value, copies, owner):
-    if isinstance(value, keras.layers.Layer) and not isinstance(value, keras.Model):
+    if isinstance(value, keras.layers.Layer) and not _is_graph_model(value):
         owner_name, owner_own_name = owner
         fresh = id(value) not in copies
         # Blocks name their sub-layers within the block ("dropout" in every
@@ -902,7 +907,7 @@ def _tensor_name(tensor):
 
 def _trace_node(node, tracer, unknown):
     operation = node.operation
-    if isinstance(operation, keras.Model):
+    if _is_graph_model(operation):
         raise ValueError(
             f"Model '{operation.name}' is nested inside the model as a layer; tfprune cannot "
             "see its channels there. Inline it first: `model = tfprune.graph.flatten(model)`."

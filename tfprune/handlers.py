@@ -1155,6 +1155,30 @@ class _Pad(Handler):
         return [tracer.channels(source)]
 
 
+class _Stack(Handler):
+    """`keras.ops.stack`: along a new axis before the last, channel `c` of every input is channel `c` of the output.
+
+    The inputs' channels are coupled (one group, as in a sum) and pass; a
+    constant among them holds one value per channel, so they are pinned.
+    Along a new last axis the output's channels are the stacked inputs: the
+    inputs' channels are pinned and the output's are new, pinned ones.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        output = node.outputs[0]
+        rank = len(output.shape)
+        if operation.axis % rank == rank - 1:
+            return Freeze(f"'{operation.name}' stacks its inputs along a new last axis").trace(node, tracer)
+        items = node.arguments.args[0] if node.arguments.args else node.arguments.kwargs["x"]
+        tensors = [item for item in items if isinstance(item, keras.KerasTensor)]
+        channels = [tracer.channels(tensor) for tensor in tensors]
+        tracer.couple(*channels)
+        if len(tensors) != len(items):
+            tracer.pin(channels[0], f"'{operation.name}' stacks them with a constant")
+        return [channels[0]]
+
+
 class _Split(Handler):
     """`keras.ops.split`: over another axis every piece keeps the channels.
 
@@ -1406,6 +1430,7 @@ _LAYER_HANDLERS["Einsum"] = _Einsum()
 _LAYER_HANDLERS["DotProductAttention"] = _DotProductAttention()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
+_LAYER_HANDLERS["Stack"] = _Stack()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
