@@ -203,3 +203,22 @@ def test_stack_along_a_new_last_axis_pins_the_channels():
     graph = tfprune.graph.build(stacked(-1))
     assert not graph["first"].prunable and "stacks its inputs along a new last axis" in graph["first"].reason
     assert graph["hidden"].prunable
+
+
+def tiled(repeats):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1, 4), name="token")
+    x = ops.tile(layers.Dense(6, name="producer")(inputs), repeats)
+    return keras.Model(inputs, layers.Dense(2, name="head")(layers.Dense(8, name="hidden")(x)))
+
+
+def test_tile_over_other_axes_passes_the_channels(tmp_path):
+    model = tiled((1, 3, 1))
+    assert tfprune.graph.build(model)["producer"].consumers == ("hidden",)
+    assert_dead_channels_leave_no_trace(model, "producer", [1, 2], _random((2, 1, 4)), tmp_path)
+
+
+def test_tile_over_the_channel_axis_pins_the_channels():
+    graph = tfprune.graph.build(tiled((1, 1, 2)))
+    assert not graph["producer"].prunable and "repeats the channel axis" in graph["producer"].reason
+    assert graph["hidden"].prunable

@@ -1179,6 +1179,23 @@ class _Stack(Handler):
         return [channels[0]]
 
 
+class _Tile(Handler):
+    """`keras.ops.tile`: channels pass when the last axis is repeated once (a token copied over the batch).
+
+    Repeating the channel axis puts every channel at several positions of a
+    wider axis, whose width the call holds: those channels are frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        repeats = operation.repeats
+        last = repeats if isinstance(repeats, int) else list(repeats)[-1] if len(repeats) else 1
+        source = node.input_tensors[0]
+        if isinstance(last, (int, np.integer)) and int(last) == 1 and len(source.shape):
+            return [tracer.channels(source)]
+        return Freeze(f"'{operation.name}' repeats the channel axis").trace(node, tracer)
+
+
 class _Split(Handler):
     """`keras.ops.split`: over another axis every piece keeps the channels.
 
@@ -1431,6 +1448,7 @@ _LAYER_HANDLERS["DotProductAttention"] = _DotProductAttention()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS["Stack"] = _Stack()
+_LAYER_HANDLERS["Tile"] = _Tile()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
