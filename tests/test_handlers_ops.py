@@ -1,6 +1,7 @@
-"""Channel rules met in keras-hub models (issue 28): `keras.ops.einsum`, broadcasting
-against tensors of unknown width or against constants, empty outputs, and coupling
-failures that name the operation."""
+"""Channel rules met in keras-hub models (issue 28): `keras.ops` einsum, stack, tile,
+top_k and map, broadcasting against tensors of unknown width or against constants,
+layers whose weights are single numbers, empty outputs, and coupling failures that
+name the operation."""
 
 import re
 
@@ -222,3 +223,76 @@ def test_tile_over_the_channel_axis_pins_the_channels():
     graph = tfprune.graph.build(tiled((1, 1, 2)))
     assert not graph["producer"].prunable and "repeats the channel axis" in graph["producer"].reason
     assert graph["hidden"].prunable
+
+
+def test_top_k_pins_the_channels_it_picks_from_and_what_reads_its_outputs_prunes():
+    # D-FINE picks its queries with `top_k` over class scores: which channel lands where
+    # depends on the data, so the scores' channels stay; the layers after it still prune.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4), name="tokens")
+    scores = layers.Dense(6, name="scores")(inputs)
+    values, indices = ops.top_k(scores, 3)
+    x = ops.concatenate([values, ops.cast(indices, "float32")], axis=-1)
+    hidden = layers.Dense(8, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(hidden))
+    graph = tfprune.graph.build(model)
+    assert not graph["scores"].prunable and "picks entries of the channel axis by value" in graph["scores"].reason
+    assert graph["hidden"].prunable
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after == {"hidden": 4}
+    x = _random((2, 5, 4))
+    assert outputs(small, x).shape == (2, 5, 2)
+
+
+def test_map_over_the_batch_pins_the_channels_of_its_function():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4), name="tokens")
+    x = layers.Dense(6, name="producer")(inputs)
+
+    def first_rows(row):
+        return row[:2]
+
+    x = ops.map(first_rows, x)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(layers.Dense(8, name="hidden")(x)))
+    graph = tfprune.graph.build(model)
+    assert not graph["producer"].prunable and "maps first_rows over the batch" in graph["producer"].reason
+    assert graph["hidden"].prunable
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _LearnableAffine(layers.Layer):
+    """Like keras-hub's HGNetV2 `LearnableAffineBlock`: `scale * x + bias` with one number each."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.5), name="scale")
+        self.bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(0.0), name="bias")
+
+    def call(self, x):
+        return self.scale * x + self.bias
+
+
+def test_a_layer_whose_weights_are_single_numbers_is_pruned_through_on_an_inferred_rule(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4), name="tokens")
+    x = _LearnableAffine(name="affine")(layers.Dense(6, name="producer")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    graph = tfprune.graph.build(model)
+    assert graph["producer"].prunable and "affine" in graph.inferred
+    assert_dead_channels_leave_no_trace(model, "producer", [0, 4], _random((2, 5, 4)), tmp_path)
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _PerChannelScale(layers.Layer):
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return self.scale * x
+
+
+def test_a_layer_with_a_weight_per_channel_is_still_not_inferred():
+    inputs = keras.Input((5, 4), name="tokens")
+    x = _PerChannelScale(name="scale")(layers.Dense(6, name="producer")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    graph = tfprune.graph.build(model, unknown="freeze")
+    assert not graph["producer"].prunable and "it holds weights" in graph["producer"].reason

@@ -1196,6 +1196,32 @@ class _Tile(Handler):
         return Freeze(f"'{operation.name}' repeats the channel axis").trace(node, tracer)
 
 
+class _TopK(Handler):
+    """`keras.ops.top_k`: picks entries of the last axis by their values, so which channel lands where depends on the data.
+
+    The input's channels are pinned, and both outputs (values and indices)
+    have new, pinned channels of their own.
+    """
+
+    def trace(self, node, tracer):
+        return Freeze(f"'{node.operation.name}' picks entries of the channel axis by value").trace(node, tracer)
+
+
+class _Map(Handler):
+    """`keras.ops.map(function, xs)`: runs a Python function on each entry of the first axis.
+
+    What the function does to the channels is not recorded in the graph (its
+    operations run inside the map), so every channel in and out is pinned.
+    """
+
+    def trace(self, node, tracer):
+        function = node.arguments.args[0] if node.arguments.args else None
+        name = getattr(function, "__name__", "a function")
+        return Freeze(f"'{node.operation.name}' maps {name} over the batch, which the graph does not record").trace(
+            node, tracer
+        )
+
+
 class _Split(Handler):
     """`keras.ops.split`: over another axis every piece keeps the channels.
 
@@ -1449,6 +1475,8 @@ _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
 _LAYER_HANDLERS["Stack"] = _Stack()
 _LAYER_HANDLERS["Tile"] = _Tile()
+_LAYER_HANDLERS["TopK"] = _TopK()
+_LAYER_HANDLERS["Map"] = _Map()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))
