@@ -794,3 +794,45 @@ def test_the_probe_leaves_no_state_in_the_pruned_model():
         warnings.simplefilter("ignore")
         small, _ = prune(model, "l1", rate=0.5, unknown="freeze")
     assert not hasattr(small.get_layer("cache"), "cached")
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _TupleOnlyBuild(keras.layers.Layer):
+    """Like keras-hub's D-FINE decoder: its `build` refuses the list a `.keras` file gives it."""
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, tuple):
+            raise TypeError(f"expected a tuple, got {input_shape!r}")
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _Backbone(keras.Model):
+    """A keras-hub-style backbone: functional, and reloaded through its own constructor."""
+
+    def __init__(self, width=8, **kwargs):
+        inputs = keras.Input((6,), name="features")
+        x = keras.layers.Dense(width, activation="relu", name="hidden")(inputs)
+        x = _TupleOnlyBuild(name="decoder")(keras.layers.Dense(4, name="narrow")(x))
+        super().__init__(inputs, x, **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_a_layer_that_never_rebuilds_from_its_own_config_is_named_as_the_reason(tmp_path):
+    model = _Backbone()
+    model.save(tmp_path / "backbone.keras")
+    keras.models.load_model(tmp_path / "backbone.keras")  # through its constructor
+    with pytest.raises(ValueError, match=r"it would not reload, as layer .decoder. \(_TupleOnlyBuild\) raises "
+                                         r"TypeError: expected a tuple.* when re-created from its own config even "
+                                         r"unpruned, and a pruned model loads back through each layer's config"):  # fmt: skip
+        prune(model, "l1", rate=0.5, unknown="freeze")
