@@ -296,3 +296,28 @@ def test_a_layer_with_a_weight_per_channel_is_still_not_inferred():
     model = keras.Model(inputs, layers.Dense(2, name="head")(x))
     graph = tfprune.graph.build(model, unknown="freeze")
     assert not graph["producer"].prunable and "it holds weights" in graph["producer"].reason
+
+
+class _LibraryBlock(layers.Layer):
+    """A weighted block of a library (its module set as keras-hub's below), which tfprune cannot see into."""
+
+    def build(self, input_shape):
+        self.mix = self.add_weight(shape=(input_shape[-1], input_shape[-1]), name="mix")
+
+    def call(self, x):
+        return ops.matmul(x, self.mix)
+
+
+def test_a_library_layer_is_frozen_without_suggesting_a_handler_for_it():
+    # Suggesting `Preserve()` for a keras-hub block that mixes channels would invite a wrong rule.
+    inputs = keras.Input((4,), name="features")
+    x = layers.Dense(8, name="hidden")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(_LibraryBlock(name="block")(x)))
+    messages = {}
+    for module in ("keras_hub.src.models.example", __name__):
+        _LibraryBlock.__module__ = module
+        with pytest.warns(UserWarning, match="tfprune cannot see inside layer 'block'") as caught:
+            tfprune.graph.build(model)
+        messages[module] = " ".join(str(warning.message) for warning in caught)
+    assert "register_handler" not in messages["keras_hub.src.models.example"]
+    assert "register_handler(_LibraryBlock, tfprune.graph.Preserve())" in messages[__name__]

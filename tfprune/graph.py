@@ -927,11 +927,15 @@ def _trace_node(node, tracer, unknown):
             raise UnknownOperationError(operation, rule)
         if unknown == "raise":
             kind = type(operation).__name__
+            # A library's layer is not the user's to describe (a keras-hub block mixing channels
+            # by FFT is no `Preserve`): the hint is for the user's own layers.
+            hint = "" if type(operation).__module__.startswith("keras_hub.") else (
+                f"; to prune through it, register a handler, e.g. `tfprune.graph.register_handler({kind}, "
+                "tfprune.graph.Preserve())` if its output channel c is its input channel c"
+            )
             warnings.warn(
                 f"tfprune cannot see inside layer '{operation.name}' ({kind}){_not_inlined(operation)}, "
-                f"so the channels around it are frozen (they cannot shrink); to prune through it, register a "
-                f"handler, e.g. `tfprune.graph.register_handler({kind}, tfprune.graph.Preserve())` "
-                "if its output channel c is its input channel c.",
+                f"so the channels around it are frozen (they cannot shrink){hint}.",
                 stacklevel=4,
             )
         handler = handlers.Freeze(
