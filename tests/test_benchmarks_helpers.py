@@ -8,7 +8,14 @@ import doctest
 
 import pytest
 
-from benchmarks import common, export_litert, keras_hub_sweep, str_vs_tfmot, structured_latency, tfmot_compare
+from benchmarks import (
+    common,
+    export_litert,
+    keras_hub_sweep,
+    str_vs_tfmot,
+    structured_latency,
+    tfmot_compare,
+)
 
 
 @pytest.mark.parametrize("module", [common, export_litert, keras_hub_sweep, str_vs_tfmot, structured_latency, tfmot_compare],

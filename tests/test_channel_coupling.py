@@ -507,6 +507,7 @@ def test_every_registered_handler_is_audited():
     # Preprocessing and augmentation layers: tests/test_handlers_inferred.py
     audited |= {getattr(layers, name) for name in (*PER_CHANNEL_LAYERS, *COLOUR_LAYERS)}
     audited |= {"Matmul", "DotProductAttention"}  # with two tensors: tests/test_handlers_inferred.py
+    audited |= {"Einsum", "Stack", "Tile", "TopK", "Map"}  # tests/test_handlers_ops.py
     assert set(handlers._HANDLERS) - audited == set()
 
 

@@ -527,3 +527,46 @@ def test_tracing_restores_keras_and_touches_no_other_thread():
         assert keras.ops.reshape(keras.KerasTensor((None, 4)), (-1, 2, 2)).shape == (None, 2, 2)
     finally:
         graph._TRACER_THREAD[0] = None
+
+
+def test_a_nested_model_fed_one_axis_less_or_more_gets_it_as_keras_gives_it():
+    # keras-hub's SD3 feeds a `(batch,)` timestep to its MMDiT's `Input((1,))`, and
+    # `Functional.call` adds the axis; inlined, the block must see `(batch, 1)` too.
+    timestep = keras.Input((1,), name="timestep")
+    features = keras.Input((3, 1), name="features")
+    frequencies = np.linspace(0.0, 1.0, 4, dtype="float32")[None]
+    inner = keras.Model([timestep, features], layers.Dense(2, name="fc")(timestep * frequencies)
+                        + ops.sum(features, axis=1), name="inner")  # fmt: skip
+    outer_timestep, outer_features = keras.Input(()), keras.Input((3, 1, 1))
+    model = keras.Model([outer_timestep, outer_features], inner([outer_timestep, outer_features]))
+    flat = tfprune.graph.flatten(model)
+    x = [np.arange(4, dtype="float32"), np.ones((4, 3, 1, 1), "float32")]
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+
+
+class _SubclassedEmbedder(keras.Model):
+    """Like keras-hub's Flux `MLPEmbedder`: a subclassed model used as a block of a functional one."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.first = layers.Dense(width, name="first")
+        self.second = layers.Dense(width, name="second")
+
+    def call(self, x):
+        return self.second(ops.silu(self.first(x)))
+
+
+def test_a_subclassed_model_used_as_a_layer_is_inlined_like_a_composite(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,), name="features")
+    x = _SubclassedEmbedder(8, name="embedder")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    assert tfprune.graph.needs_flattening(model)
+    flat = tfprune.graph.flatten(model)
+    assert {"embedder_first", "embedder_second"} <= {layer.name for layer in flat.layers}
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    np.testing.assert_allclose(flat(x), model(x), atol=1e-6)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert result.widths_after == {"embedder_first": 4, "embedder_second": 4}
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)

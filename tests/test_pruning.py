@@ -720,13 +720,14 @@ def test_a_probe_the_input_model_cannot_take_either_does_not_refuse():
 
 
 class _Doubler(keras.layers.Layer):
-    # A weight of its own: tfprune cannot inline the layer (a weightless one
-    # made of keras.ops is traced through, see test_graph_flatten.py).
+    # Weights of its own: tfprune cannot inline the layer (a weightless one made
+    # of keras.ops is traced through, see test_graph_flatten.py), nor establish
+    # its rule numerically (it does for a layer whose weights are single numbers).
     def build(self, input_shape):
-        self.factor = self.add_weight(shape=(), initializer=keras.initializers.Constant(2.0), name="factor")
+        self.factor = self.add_weight(shape=(2,), initializer=keras.initializers.Constant(1.0), name="factor")
 
     def call(self, x):
-        return x * self.factor
+        return x * keras.ops.sum(self.factor)
 
 
 def _model_with_an_unknown_layer():
@@ -770,3 +771,69 @@ def test_search_classes_accept_the_unknown_option_they_advise():
 def test_docstring_examples_run():
     results = doctest.testmod(tfprune.pruning, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 10 and results.failed == 0
+
+
+class _CachesItsFirstCall(keras.layers.Layer):
+    """Like keras-hub's diffusion scheduler: keeps what its first call computed from its input."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")  # not inlined
+
+    def call(self, x):
+        if not hasattr(self, "cached") and isinstance(keras.ops.shape(x)[0], int):  # run, not traced
+            self.cached = keras.ops.shape(x)[0]
+        return x * self.scale
+
+
+def test_the_probe_leaves_no_state_in_the_pruned_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, name="narrow")(keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
+    x = keras.layers.Dense(2, name="head")(_CachesItsFirstCall(name="cache")(x))
+    model = keras.Model(inputs, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small, _ = prune(model, "l1", rate=0.5, unknown="freeze")
+    assert not hasattr(small.get_layer("cache"), "cached")
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _TupleOnlyBuild(keras.layers.Layer):
+    """Like keras-hub's D-FINE decoder: its `build` refuses the list a `.keras` file gives it."""
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, tuple):
+            raise TypeError(f"expected a tuple, got {input_shape!r}")
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class _Backbone(keras.Model):
+    """A keras-hub-style backbone: functional, and reloaded through its own constructor."""
+
+    def __init__(self, width=8, **kwargs):
+        inputs = keras.Input((6,), name="features")
+        x = keras.layers.Dense(width, activation="relu", name="hidden")(inputs)
+        x = _TupleOnlyBuild(name="decoder")(keras.layers.Dense(4, name="narrow")(x))
+        super().__init__(inputs, x, **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_a_layer_that_never_rebuilds_from_its_own_config_is_named_as_the_reason(tmp_path):
+    model = _Backbone()
+    model.save(tmp_path / "backbone.keras")
+    keras.models.load_model(tmp_path / "backbone.keras")  # through its constructor
+    with pytest.raises(ValueError, match=r"it would not reload, as layer .decoder. \(_TupleOnlyBuild\) raises "
+                                         r"TypeError: expected a tuple.* when re-created from its own config even "
+                                         r"unpruned, and a pruned model loads back through each layer's config"):  # fmt: skip
+        prune(model, "l1", rate=0.5, unknown="freeze")

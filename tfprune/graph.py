@@ -426,7 +426,7 @@ def needs_flattening(model, composites=True):
     False
     """
     for layer in _utils.functional_view(model).layers:
-        if isinstance(layer, keras.Model) or (composites and is_composite(layer)):
+        if _is_graph_model(layer) or (composites and is_composite(layer)):
             return True
     return False
 
@@ -459,14 +459,19 @@ def is_composite(layer):
     if type(layer) is keras.layers.Activation and not _utils.loads_back(layer.activation):
         # keras-hub CLIP's quick_gelu: a `.keras` file could not name it; traced, its ops can.
         return True
-    if isinstance(layer, keras.Model) or handler_for(layer) is not None:
-        return False
+    if _is_graph_model(layer) or handler_for(layer) is not None:
+        return False  # a subclassed model (keras-hub's Flux `MLPEmbedder`) is traced like a layer
     if type(layer) is keras.layers.Lambda:
         return True  # its function is traced like a composite layer's `call`
     module = type(layer).__module__
     if module.startswith(("keras.", "tfprune.")):
         return False
     return not _own_weights(layer)
+
+
+def _is_graph_model(layer):
+    """A Sequential or functional model: inlined from its graph (a subclassed model is a composite)."""
+    return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and _utils._is_functional(layer))
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -531,7 +536,7 @@ def _shadow(layer, copies, name=None):
 
 
 def _swapped(value, copies, owner):
-    if isinstance(value, keras.layers.Layer) and not isinstance(value, keras.Model):
+    if isinstance(value, keras.layers.Layer) and not _is_graph_model(value):
         owner_name, owner_own_name = owner
         fresh = id(value) not in copies
         # Blocks name their sub-layers within the block ("dropout" in every
@@ -590,8 +595,11 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         ):
             changed[0] = True
             inner = _utils.functional_view(operation)
+            # As `Functional.call` does: inputs by name, and an axis of size 1 added or
+            # removed where the caller's rank differs by one (a `(batch,)` timestep fed to
+            # an `Input((1,))`), recorded as operations of the inlined graph.
             return lambda inputs, *args, **kwargs: _inline(
-                inner, inputs, copies, composites, changed, prefix=operation.name
+                inner, _adjusted_ranks(inner, inputs), copies, composites, changed, prefix=operation.name
             )
         if not isinstance(operation, keras.layers.Layer):
             return operation  # a keras.ops operation: stateless
@@ -603,6 +611,22 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         return _renamed(_copy(operation, copies), name, operation)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def _adjusted_ranks(functional, inputs):
+    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it."""
+    flat = keras.tree.flatten(inputs)
+    if len(flat) != len(functional.inputs):
+        return inputs
+    adjusted = []
+    for tensor, expected in zip(flat, functional.inputs):
+        rank, wanted = len(getattr(tensor, "shape", ())), len(expected.shape)
+        if tensor is not None and rank == wanted + 1 and tensor.shape[-1] == 1:
+            tensor = keras.ops.squeeze(tensor, axis=-1)
+        elif tensor is not None and rank == wanted - 1 and expected.shape[-1] == 1:
+            tensor = keras.ops.expand_dims(tensor, axis=-1)
+        adjusted.append(tensor)
+    return adjusted
 
 
 def _renamed(copy, name, original):
@@ -906,7 +930,7 @@ def _tensor_name(tensor):
 
 def _trace_node(node, tracer, unknown):
     operation = node.operation
-    if isinstance(operation, keras.Model):
+    if _is_graph_model(operation):
         raise ValueError(
             f"Model '{operation.name}' is nested inside the model as a layer; tfprune cannot "
             "see its channels there. Inline it first: `model = tfprune.graph.flatten(model)`."
@@ -926,16 +950,15 @@ def _trace_node(node, tracer, unknown):
             raise UnknownOperationError(operation, rule)
         if unknown == "raise":
             kind = type(operation).__name__
-            # A layer of the user's own can get a handler; one that ships with keras-hub is
-            # what it is: the warning says why it is frozen, not how to change it.
-            hint = (
-                "." if type(operation).__module__.startswith("keras_hub.")
-                else f"; to prune through it, register a handler, e.g. `tfprune.graph.register_handler({kind}, "
-                "tfprune.graph.Preserve())` if its output channel c is its input channel c."
-            )  # fmt: skip
+            # A library's layer is not the user's to describe (a keras-hub block mixing channels
+            # by FFT is no `Preserve`): the hint is for the user's own layers.
+            hint = "" if type(operation).__module__.startswith("keras_hub.") else (
+                f"; to prune through it, register a handler, e.g. `tfprune.graph.register_handler({kind}, "
+                "tfprune.graph.Preserve())` if its output channel c is its input channel c"
+            )
             warnings.warn(
                 f"tfprune cannot see inside layer '{operation.name}' ({kind}){_not_inlined(operation)}, "
-                f"so the channels around it are frozen (they cannot shrink){hint}",
+                f"so the channels around it are frozen (they cannot shrink){hint}.",
                 stacklevel=4,
             )
         handler = handlers.Freeze(
@@ -945,15 +968,20 @@ def _trace_node(node, tracer, unknown):
             else f"operation '{operation.name}' ({type(operation).__name__}) has no handler")
             + f", and no channel rule could be established numerically ({rule})"
         )
-    outputs = handler.trace(node, tracer)
+    try:
+        outputs = handler.trace(node, tracer)
+    except handlers.ChannelMismatchError as error:
+        shapes = ", ".join(str(tuple(tensor.shape)) for tensor in node.input_tensors)
+        raise ValueError(
+            f"tfprune cannot follow the channels through operation '{operation.name}' "
+            f"({type(operation).__name__}) on inputs of shapes {shapes}: {error}."
+        ) from error
     for tensor, channels in zip(node.outputs, outputs):
         tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)
 
 
 def _not_inlined(operation):
     why = getattr(operation, "_tfprune_not_inlined", None)
-    if why is None and _is_foreign_layer(operation) and _own_weights(operation):
-        why = "it holds weights of its own, which no handler slices"
     return f" ({why})" if why else ""
 
 
@@ -984,6 +1012,8 @@ def _assemble(functional, tracer, hidden=False):
         return root
 
     for first, size, _ in tracer._segments:
+        if not size:  # an empty output (a block's unused cache): no channels
+            continue
         segment_roots = np.unique(roots[first : first + size]).tolist()
         base = find(segment_roots[0])
         for root in segment_roots[1:]:

@@ -111,6 +111,29 @@ class Handler:
         layer.build(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
 
 
+class ChannelMismatchError(ValueError):
+    """A handler coupled two channel axes of different sizes.
+
+    `tfprune.graph.build` catches it and refuses the model naming the
+    operation whose handler did it.
+
+    Args:
+        sizes: Ints. The sizes of the axes.
+
+    Example:
+
+    >>> tracer = tfprune.graph.Tracer()
+    >>> tracer.couple(tracer.new_channels(1, "a"), tracer.new_channels(2, "b"))
+    Traceback (most recent call last):
+    ...
+    tfprune.handlers.ChannelMismatchError: cannot couple channel axes of sizes 1 and 2
+    """
+
+    def __init__(self, *sizes):
+        self.sizes = sizes
+        super().__init__(f"cannot couple channel axes of sizes {' and '.join(map(str, sizes))}")
+
+
 class Tracer:
     """Collects channel ids while `build` walks a model (passed to handlers).
 
@@ -177,16 +200,15 @@ class Tracer:
             *channel_arrays: 1-D int arrays of equal length.
 
         Raises:
-            ValueError: If the arrays differ in length.
+            ChannelMismatchError: A `ValueError`, if the arrays differ in
+                length (`tfprune.graph.build` adds the operation's name).
         """
         if not channel_arrays:
             return
         first = channel_arrays[0]
         for other in channel_arrays[1:]:
             if len(other) != len(first):
-                raise ValueError(
-                    f"Cannot couple channel axes of sizes {len(first)} and {len(other)}."
-                )
+                raise ChannelMismatchError(len(first), len(other))
             for left, right in zip(first.tolist(), other.tolist()):
                 self._union(left, right)
 
@@ -667,8 +689,25 @@ class _Elementwise(Handler):
                 tracer.pin(channels, f"'{node.operation.name}' uses a constant with one value per channel")
         widest = max(tensors, key=lambda tensor: _width(tensor) or 0)
         channels = tracer.channels(widest)
-        coupled = [tracer.channels(tensor) for tensor in tensors if _width(tensor) != 1 or len(channels) == 1]
+        coupled = []
+        for tensor in tensors:
+            if len(channels) == 1 or _width(tensor) not in (1, None):
+                coupled.append(tracer.channels(tensor))
+            elif _width(tensor) is None:
+                # A last axis of unknown size (a per-sample scalar `(batch,)`, one pinned
+                # channel standing for it) broadcasts against these channels or matches
+                # them, which only running the model tells: they stay as they are.
+                tracer.pin(channels, f"'{node.operation.name}' combines them with a tensor whose last "
+                           "axis has unknown size")
         tracer.couple(*coupled)
+        width = _width(node.outputs[0])
+        if width is not None and width > 1 and len(channels) == 1:
+            # Widened by a constant (`t * frequencies`, a `(batch, 1)` timestep times
+            # `(1, F)`): the output's channels are the constant's, made here.
+            reason = f"'{node.operation.name}' broadcasts them against a constant of {width} channels"
+            tracer.pin(channels, reason)
+            channels = tracer.new_channels(width, node.operation.name)
+            tracer.pin(channels, reason)
         if self.gating and len(tensors) > 1:
             tracer._gates.update(channels.tolist())
         return [channels]
@@ -771,6 +810,100 @@ class _Matmul(Handler):
         left, right = node.input_tensors
         tracer.pin(tracer.channels(left), f"'{name}' contracts them in a matrix product")
         return [tracer.channels(right)]
+
+
+def _einsum_specs(subscripts, count):
+    """The input specs and the output spec of an einsum equation (implicit output written out)."""
+    subscripts = subscripts.replace(" ", "")
+    inputs, arrow, output = subscripts.partition("->")
+    specs = inputs.split(",")
+    if len(specs) != count:
+        return None, None
+    if not arrow:  # numpy's implicit form: the letters used once, in alphabetical order
+        letters = "".join(specs).replace(".", "")
+        ellipsis = "..." if "..." in inputs else ""
+        output = ellipsis + "".join(sorted(letter for letter in set(letters) if letters.count(letter) == 1))
+    return specs, output
+
+
+class _Einsum(Handler):
+    """`keras.ops.einsum`: channels follow the letters of the equation's last axes.
+
+    The output's last letter, when it is the last letter of input tensors,
+    passes their channels (coupled, as in an elementwise product: `"bqd,bd->bqd"`,
+    or a weighted sum of values: `"bqk,bkd->bqd"`); otherwise the output's
+    channels are made from some other axis and are new, pinned ones. An input's
+    last letter that is contracted with the last axis of other inputs alone
+    couples their channels (`"bqd,bkd->bqk"`: removing channel `d` of both
+    removes one term of the sum, zero for a dead channel). A last letter that
+    is summed within one input, moved to another axis of the output, or matched
+    with a non-channel axis or a constant pins its channels. An equation that
+    elides the channel axis (`"...->..."`), repeats a letter within one operand
+    or makes a scalar is frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        name = operation.name
+        operands = list(node.arguments.args)
+        specs, output_spec = _einsum_specs(operation.subscripts, len(operands))
+        output = node.outputs[0]
+        why = (
+            "could not be read" if specs is None
+            else "elides the channel axis" if output_spec.endswith(".") or any(spec.endswith(".") for spec in specs)
+            else "makes a scalar" if not output_spec
+            else "repeats a letter within one operand"
+            if any(len(set(spec.replace(".", ""))) != len(spec.replace(".", "")) for spec in specs)
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{name}' ({operation.subscripts!r}) {why}").trace(node, tracer)
+        tensors = [(spec, operand) for spec, operand in zip(specs, operands) if isinstance(operand, keras.KerasTensor)]
+        # Letters on an axis no channel id stands for: an inner axis of an input or of the
+        # output, or any axis of a constant operand.
+        elsewhere = set(output_spec[:-1])
+        for spec, operand in zip(specs, operands):
+            elsewhere |= set(spec[:-1] if isinstance(operand, keras.KerasTensor) else spec)
+        by_letter = {}
+        for spec, tensor in tensors:
+            if spec:
+                by_letter.setdefault(spec[-1], []).append(tensor)
+        last = output_spec[-1]
+        for letter, readers in by_letter.items():
+            if letter == last:
+                continue
+            channels = [tracer.channels(tensor) for tensor in readers]
+            why = (
+                "moves them to another axis" if letter in output_spec
+                else "contracts them with an axis that is not a channel axis" if letter in elsewhere
+                else "sums over them" if len(readers) == 1
+                else "contracts channel axes of different sizes" if len({_width(tensor) for tensor in readers}) != 1
+                or _width(readers[0]) is None
+                else None
+            )  # fmt: skip
+            if why is None:
+                tracer.couple(*channels)
+            else:
+                for ids in channels:
+                    tracer.pin(ids, f"'{name}' ({operation.subscripts!r}) {why}")
+        width = _width(output)
+        sources = [tensor for tensor in by_letter.get(last, []) if _width(tensor) == width]
+        if not sources:
+            # No input's channel axis becomes the output's: its channels are made here.
+            for tensor in by_letter.get(last, []):
+                tracer.pin(tracer.channels(tensor), f"'{name}' ({operation.subscripts!r}) broadcasts them")
+            channels = tracer.new_channels(1 if width is None else width, name)
+            tracer.pin(channels, f"'{name}' ({operation.subscripts!r}) makes them from an axis that is not a "
+                       "channel axis")  # fmt: skip
+            return [channels]
+        # Inputs whose channel axis has size 1 broadcast; one of unknown size may not.
+        unknown = [tensor for tensor in by_letter[last] if _width(tensor) is None and width is not None]
+        channels = tracer.channels(sources[0])
+        tracer.couple(*[tracer.channels(tensor) for tensor in sources])
+        if unknown or last in elsewhere:
+            tracer.pin(channels, f"'{name}' ({operation.subscripts!r}) matches them with an axis of another size "
+                       "or that is not a channel axis")  # fmt: skip
+        return [channels]
 
 
 class _DotProductAttention(Handler):
@@ -1020,6 +1153,73 @@ class _Pad(Handler):
         if tuple(operation.pad_width[-1]) != (0, 0):
             return Freeze(f"'{operation.name}' pads the channel axis").trace(node, tracer)
         return [tracer.channels(source)]
+
+
+class _Stack(Handler):
+    """`keras.ops.stack`: along a new axis before the last, channel `c` of every input is channel `c` of the output.
+
+    The inputs' channels are coupled (one group, as in a sum) and pass; a
+    constant among them holds one value per channel, so they are pinned.
+    Along a new last axis the output's channels are the stacked inputs: the
+    inputs' channels are pinned and the output's are new, pinned ones.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        output = node.outputs[0]
+        rank = len(output.shape)
+        if operation.axis % rank == rank - 1:
+            return Freeze(f"'{operation.name}' stacks its inputs along a new last axis").trace(node, tracer)
+        items = node.arguments.args[0] if node.arguments.args else node.arguments.kwargs["x"]
+        tensors = [item for item in items if isinstance(item, keras.KerasTensor)]
+        channels = [tracer.channels(tensor) for tensor in tensors]
+        tracer.couple(*channels)
+        if len(tensors) != len(items):
+            tracer.pin(channels[0], f"'{operation.name}' stacks them with a constant")
+        return [channels[0]]
+
+
+class _Tile(Handler):
+    """`keras.ops.tile`: channels pass when the last axis is repeated once (a token copied over the batch).
+
+    Repeating the channel axis puts every channel at several positions of a
+    wider axis, whose width the call holds: those channels are frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        repeats = operation.repeats
+        last = repeats if isinstance(repeats, int) else list(repeats)[-1] if len(repeats) else 1
+        source = node.input_tensors[0]
+        if isinstance(last, (int, np.integer)) and int(last) == 1 and len(source.shape):
+            return [tracer.channels(source)]
+        return Freeze(f"'{operation.name}' repeats the channel axis").trace(node, tracer)
+
+
+class _TopK(Handler):
+    """`keras.ops.top_k`: picks entries of the last axis by their values, so which channel lands where depends on the data.
+
+    The input's channels are pinned, and both outputs (values and indices)
+    have new, pinned channels of their own.
+    """
+
+    def trace(self, node, tracer):
+        return Freeze(f"'{node.operation.name}' picks entries of the channel axis by value").trace(node, tracer)
+
+
+class _Map(Handler):
+    """`keras.ops.map(function, xs)`: runs a Python function on each entry of the first axis.
+
+    What the function does to the channels is not recorded in the graph (its
+    operations run inside the map), so every channel in and out is pinned.
+    """
+
+    def trace(self, node, tracer):
+        function = node.arguments.args[0] if node.arguments.args else None
+        name = getattr(function, "__name__", "a function")
+        return Freeze(f"'{node.operation.name}' maps {name} over the batch, which the graph does not record").trace(
+            node, tracer
+        )
 
 
 class _Split(Handler):
@@ -1276,9 +1476,14 @@ _LAYER_HANDLERS["Pad"] = _Pad()
 _LAYER_HANDLERS["Transpose"] = _Permute()
 _LAYER_HANDLERS["Reshape"] = _ReshapeOperation()
 _LAYER_HANDLERS["Matmul"] = _Matmul()
+_LAYER_HANDLERS["Einsum"] = _Einsum()
 _LAYER_HANDLERS["DotProductAttention"] = _DotProductAttention()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
+_LAYER_HANDLERS["Stack"] = _Stack()
+_LAYER_HANDLERS["Tile"] = _Tile()
+_LAYER_HANDLERS["TopK"] = _TopK()
+_LAYER_HANDLERS["Map"] = _Map()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))

@@ -1,7 +1,7 @@
 """Channel rules established numerically, for operations without a handler.
 
-When `tfprune.graph.build` meets a weightless layer or a `keras.ops`
-operation it has no handler for, it asks `infer` before refusing: the
+When `tfprune.graph.build` meets a weightless layer (or one whose weights
+are single numbers) or a `keras.ops` operation it has no handler for, it asks `infer` before refusing: the
 operation is run on random inputs of its own call's shapes, and it is taken
 to act on each channel alone only if all of these hold, in inference mode
 and, for a layer whose `call` takes `training`, in training mode too:
@@ -88,10 +88,12 @@ def infer(node, elementwise):
 def _unsupported(node):
     """Why the numerical check cannot apply to this call, or None."""
     operation = node.operation
-    if getattr(operation, "weights", None):
+    weights = list(getattr(operation, "weights", None) or [])
+    # Single numbers (HGNetV2's learnable `scale * x + bias`) index no channel: nothing to slice.
+    if any(int(np.prod(weight.shape)) != 1 for weight in weights):
         return "it holds weights"
-    if getattr(operation, "variables", None):  # a seed generator's state: running it would change it
-        return "it holds state that running it would change"
+    if any(all(variable is not weight for weight in weights) for variable in getattr(operation, "variables", None) or []):
+        return "it holds state that running it would change"  # a seed generator's: running it would change it
     if len(node.outputs) != 1:
         return "it has several outputs"
     output = node.outputs[0]

@@ -34,6 +34,7 @@ from its input spec and rebuilt from its config: a pruned model that cannot
 run or be reloaded is refused by name rather than handed back.
 """
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -726,14 +727,47 @@ def _reload_problem(model):
     return None, f"its config raises {first_line(model_error)} when rebuilt"
 
 
-def _check_runs_and_reloads(pruned, given):
+@contextlib.contextmanager
+def _no_state_left(model):
+    """Removes the attributes that layers from outside Keras set on themselves while the block runs.
+
+    Some layers cache what their first call computes from its inputs (keras-hub's
+    diffusion scheduler keeps the noise levels of its first `num_steps`): run on a
+    probe input, the returned model would keep the probe's.
+    """
+    foreign = [layer for layer in model.layers if not type(layer).__module__.startswith("keras.")]
+    before = [set(vars(layer)) for layer in foreign]
+    try:
+        yield
+    finally:
+        for layer, keys in zip(foreign, before):
+            for key in set(vars(layer)) - keys:
+                object.__delattr__(layer, key)
+
+
+def _rebuild_error(model, layer):
+    """The first line of what re-creating `model`'s layer named like `layer` from its config raises, or None."""
+    originals = [candidate for candidate in model.layers if layer is not None and candidate.name == layer.name]
+    if not originals:
+        return None
+    try:
+        _rebuilt(originals[0], _custom_objects(model))
+    except Exception as error:  # noqa: BLE001 - any failure means "does not reload"
+        return first_line(error)
+    return None
+
+
+def _check_runs_and_reloads(pruned, given, inlined=None):
     """Refuses a pruned model that fails on a probe input or does not rebuild from its config.
 
     A failure the input model `given` shares (a probe its layers cannot take,
     a layer whose config never loaded) is not the pruning's doing and passes.
+    A layer that does not rebuild from its own config in the (`inlined`)
+    input model either is named as such.
     """
     inputs = _probe_inputs(pruned)
-    error = _runs(pruned, inputs)
+    with _no_state_left(pruned):
+        error = _runs(pruned, inputs)
     if error is not None and _runs(given, inputs) is None:
         operation = _failing_operation(pruned, inputs)
         raise ValueError(
@@ -745,6 +779,16 @@ def _check_runs_and_reloads(pruned, given):
     problem = _reload_problem(pruned)
     if problem is not None and _reload_problem(given) is None:
         layer, reason = problem
+        unpruned = _rebuild_error(inlined if inlined is not None else given, layer)
+        if unpruned is not None:
+            # Not the pruning's doing: the input model loads back through its own config
+            # (a keras-hub backbone's constructor), the pruned one through each layer's.
+            raise ValueError(
+                f"tfprune.prune refuses to return the pruned model '{pruned.name}': it would not reload, as "
+                f"{_named(layer, 'the model')} raises {unpruned} when re-created from its own config even "
+                "unpruned, and a pruned model loads back through each layer's config, not through the input "
+                "model's."
+            )
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': it would not reload, as "
             f"{_named(layer, 'the model')} {reason}; give the layer a get_config that records its new "
@@ -956,7 +1000,7 @@ def prune(
     if reinitialize:
         pruned = _fresh_weights(pruned)
     if widths and _CHECK_PRUNED.get():
-        _check_runs_and_reloads(pruned, given)
+        _check_runs_and_reloads(pruned, given, model)
     before, after = analyze(model), analyze(pruned)
     result = PruneResult(
         criterion=criterion_name,
