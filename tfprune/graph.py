@@ -466,10 +466,20 @@ def is_composite(layer):
     module = type(layer).__module__
     if module.startswith(("keras.", "tfprune.")):
         return False
-    own = list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
-    return not own
+    return not _own_variables(layer) or _inlined_with_own_weights(layer)
+
+
+def _own_variables(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
+
+def _inlined_with_own_weights(layer):
+    """A keras-hub layer inlined although it holds weights (`handlers_keras_hub.INLINED_WITH_OWN_WEIGHTS`)."""
+    if not type(layer).__module__.startswith("keras_hub."):
+        return False
+    from tfprune import handlers_keras_hub
+
+    return handlers_keras_hub.inlined_with_own_weights(layer)
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -534,6 +544,14 @@ def _shadow(layer, copies, name=None):
 
 
 def _swapped(value, copies, owner):
+    if isinstance(value, keras.Model) and not isinstance(value, type) and _is_graph_model(value):
+        # A block's Sequential (ViTDet's MLP): a copy, sharing the pass's layer
+        # copies, so the shadow neither holds the user's weights nor counts them twice.
+        if id(value) not in copies:
+            copies[id(value)] = keras.models.clone_model(
+                value, clone_function=lambda layer: _swapped(layer, copies, owner)
+            )
+        return copies[id(value)]
     if isinstance(value, keras.layers.Layer) and not isinstance(value, keras.Model):
         owner_name, owner_own_name = owner
         fresh = id(value) not in copies
@@ -556,6 +574,10 @@ def _swapped(value, copies, owner):
     if isinstance(value, dict) and any(isinstance(item, keras.layers.Layer) for item in value.values()):
         return {key: _swapped(item, copies, owner) for key, item in value.items()}
     return value
+
+
+def _is_graph_model(model):
+    return isinstance(model, keras.Sequential) or _utils._is_functional(model)
 
 
 def _unique(name, copies):
@@ -602,7 +624,11 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         if composites and is_composite(operation):
             if isinstance(operation, (keras.layers.Lambda, keras.layers.Activation)):
                 return _traced(_renamed(_copy(operation, copies), name, operation), changed)
-            return _traced(_shadow(operation, copies, name=name), changed)
+            fallback = None
+            if _own_variables(operation):
+                # Kept whole, it must not share its own weights with the user's layer.
+                fallback = lambda: _renamed(_copy(operation, copies), name, operation)  # noqa: E731
+            return _traced(_shadow(operation, copies, name=name), changed, fallback)
         return _renamed(_copy(operation, copies), name, operation)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
@@ -732,7 +758,7 @@ def _accepted(layer, kwargs):
     return {key: value for key, value in kwargs.items() if key not in ("training", "mask") or key in parameters}
 
 
-def _traced(shadow, changed):
+def _traced(shadow, changed, fallback=None):
     """Calls the composite's `call` symbolically (inlining it), or the layer as one unit.
 
     A `call` that branches on `training` in Python would be recorded with one
@@ -762,9 +788,12 @@ def _traced(shadow, changed):
                     _TRACER_THREAD[0] = None
 
     def as_one_unit(*args, **kwargs):
+        if fallback is not None:
+            return fallback()(*args, **kwargs)
         return _LAYER_CALL(shadow, *args, **kwargs)
 
     def traced_call(*args, **kwargs):
+        own = _own_weights_as_layers(shadow, args, kwargs)
         try:
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
@@ -780,6 +809,9 @@ def _traced(shadow, changed):
                 why = "its call makes a tensor of the batch size, which is unknown until it runs"
             else:
                 why = f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
+        finally:
+            for key, value in own.items():  # the shadow holds its variables again
+                object.__setattr__(shadow, key, value)
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
@@ -788,6 +820,32 @@ def _traced(shadow, changed):
         return outputs
 
     return call
+
+
+def _own_weights_as_layers(shadow, args, kwargs):
+    """Points the shadow's own variables to `tfprune.layers.Weight` outputs while it is traced.
+
+    Code such as `logits + self._bias` then records an `Add` of two graph
+    tensors, and the weight is a layer of the new model (a copy of the
+    value, so the user's layer is untouched). Returns the attributes
+    replaced, with their variables, to put back.
+    """
+    from tfprune.layers import Weight
+
+    variables = {id(variable) for variable in _own_variables(shadow)}
+    if not variables:
+        return {}
+    anchor = next(value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor))
+    replaced = {}
+    for key, value in list(vars(shadow).items()):
+        if isinstance(value, keras.Variable) and id(value) in variables:
+            layer = Weight(tuple(value.shape), name=f"{shadow.name}_{key.strip('_')}", dtype=value.dtype,
+                           trainable=value.trainable)  # fmt: skip
+            layer.build()
+            layer.weight.assign(value)
+            replaced[key] = value
+            object.__setattr__(shadow, key, _LAYER_CALL(layer, anchor))
+    return replaced
 
 
 def _same_specs(traced, expected):

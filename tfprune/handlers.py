@@ -11,6 +11,8 @@ layers and `keras.ops` operations are registered at the bottom of this file.
 import keras
 import numpy as np
 
+from tfprune import layers as _tfprune_layers
+
 ROLES = ("output", "input", "param")
 
 
@@ -956,6 +958,21 @@ class _ReversibleEmbedding(_Embedding):
         return {**config, "output_dim": int(weight_shapes[0][1])}
 
 
+class _Weight(Handler):
+    """`tfprune.layers.Weight`: a producer whose output channels are its weight's last axis."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        if not layer.shape:
+            return Freeze(f"'{layer.name}' outputs a scalar").trace(node, tracer)
+        outputs = tracer.new_channels(layer.shape[-1], layer.name)
+        tracer.use(layer, layer.weight, -1, outputs, "output")
+        return [outputs]
+
+    def resize(self, config, output_width):
+        return {**config, "shape": [*list(config["shape"])[:-1], output_width]}
+
+
 class _GetItem(Handler):
     """`x[key]` (`x[:, 0]`, a class token): passes the channels when the key keeps the channel axis whole.
 
@@ -1196,6 +1213,7 @@ _LAYER_HANDLERS = {
     _layers.LayerNormalization: _Normalization(),
     _layers.RMSNormalization: _Normalization(),
     _layers.Embedding: _Embedding(),
+    _tfprune_layers.Weight: _Weight(),
     _layers.UnitNormalization: _OverAxis("normalises"),
     _layers.Add: _ELEMENTWISE,
     _layers.Subtract: _ELEMENTWISE,

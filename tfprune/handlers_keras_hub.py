@@ -11,7 +11,7 @@ import keras
 
 from tfprune.handlers import Freeze, Handler, _width
 
-__all__ = ["handler_for"]
+__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
 
 
 def _sub_layers(layer):
@@ -134,6 +134,33 @@ _BY_CLASS = {
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
 }
+
+
+# Layers holding weights of their own that `tfprune.graph.flatten` inlines all
+# the same, each own weight becoming a `tfprune.layers.Weight`: copied through
+# its config, `MaskedLMHead` would re-create the token embedding it shares
+# with the backbone (the copy has one more vocabulary table than the model);
+# inlined, the embedding is one layer called forwards and in reverse.
+INLINED_WITH_OWN_WEIGHTS = {
+    ("keras_hub.src.layers.modeling.masked_lm_head", "MaskedLMHead"),
+}
+
+
+def inlined_with_own_weights(layer):
+    """Whether `tfprune.graph.flatten` inlines this keras-hub layer although it holds weights.
+
+    Args:
+        layer: A layer whose class is defined in keras-hub.
+
+    Returns:
+        Bool.
+
+    Example:
+
+    >>> inlined_with_own_weights(object())
+    False
+    """
+    return (type(layer).__module__, type(layer).__name__) in INLINED_WITH_OWN_WEIGHTS
 
 
 def handler_for(operation):

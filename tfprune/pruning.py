@@ -753,6 +753,24 @@ def _check_runs_and_reloads(pruned, given):
         )
 
 
+def _check_not_larger(pruned, given):
+    """Refuses a pruned model with more parameters than the input model.
+
+    Inlining and surgery copy layers through their configs; a layer holding
+    another layer of the model (keras-hub's `MaskedLMHead` holds the token
+    embedding it shares with the backbone) would come back with a copy of
+    it, untying the weights. Nothing tfprune does may add parameters, so
+    such a result is never returned.
+    """
+    before, after = given.count_params(), pruned.count_params()
+    if after > before:
+        raise ValueError(
+            f"tfprune.prune refuses to return the pruned model '{pruned.name}': it has {after} parameters, "
+            f"more than the {before} of the input model, so a weight the input model shares between "
+            "layers (tied weights) was copied as two; this is a tfprune bug, please report it with the model."
+        )
+
+
 def _named(operation, otherwise):
     return f"layer '{operation.name}' ({type(operation).__name__})" if operation is not None else otherwise
 
@@ -955,6 +973,7 @@ def prune(
         pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
     if reinitialize:
         pruned = _fresh_weights(pruned)
+    _check_not_larger(pruned, given)
     if widths and _CHECK_PRUNED.get():
         _check_runs_and_reloads(pruned, given)
     before, after = analyze(model), analyze(pruned)
