@@ -137,3 +137,157 @@ def test_a_pruned_masked_lm_shrinks_slices_its_tied_table_once_and_reloads(keras
     again = reloaded(small, tmp_path)
     assert again.count_params() == small.count_params()
     assert_same(outputs(again, x), outputs(small, x))
+
+
+# ---------------------------------------------------------------- the pre-return reload check
+
+
+class NoName(layers.Layer):
+    """SegFormer's attention and Mix-FFN: the constructor takes no `name`, the config records no argument."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.dense = layers.Dense(units, name="dense")
+
+    def call(self, x, training=None):
+        if training:  # kept whole by flatten
+            x = x + keras.random.normal(ops.shape(x), stddev=0.1)
+        return self.dense(x)
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class Owner(layers.Layer):
+    """A block whose config loads back: it re-creates its NoName itself."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = NoName(units)
+
+    def call(self, x):
+        return self.inner(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_prune_refuses_an_unchanged_copy_holding_a_block_that_would_not_reload(tmp_path):
+    inputs = keras.Input((4,))
+    x = layers.Dense(4, name="second")(layers.Dense(8, activation="relu", name="first")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(Owner(8, name="owner")(x)))
+    assert_same(outputs(reloaded(model, tmp_path), np.ones((1, 4))), outputs(model, np.ones((1, 4))))
+    # A rate that removes nothing: the copy is unchanged, but inlining kept the NoName whole.
+    with pytest.raises(ValueError, match=r"layer 'owner_no_name' \(NoName\) could not be inlined \(.*\), and on its own"):
+        tfprune.prune(model, "l1", rate=0.1, round_to=1, verbose=0)
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class ForgetfulDense(layers.Dense):
+    """Rebuilds from its config with the right shapes, but its weights do not load back."""
+
+    def load_own_variables(self, store):
+        pass
+
+
+def test_prune_refuses_a_model_whose_weights_do_not_load_back(monkeypatch):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(layers.Dense(16, name="hidden")(inputs)))
+    set_widths = surgery.set_widths
+
+    def forgetful(*args, **kwargs):
+        small = set_widths(*args, **kwargs)
+
+        def replace(layer):
+            if layer.name != "head":
+                return None
+            copy = ForgetfulDense.from_config(layer.get_config())
+            copy.build((None, layer.kernel.shape[0]))
+            copy.set_weights([np.ones(w.shape, "float32") for w in layer.get_weights()])
+            return copy
+
+        return tfprune._utils.clone_graph(small, replace)
+
+    monkeypatch.setattr(surgery, "set_widths", forgetful)
+    with pytest.raises(ValueError, match="saved to `.keras` and loaded back, it computes other outputs"):
+        tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+
+
+# ---------------------------------------------------------------- a -1 beside the traced batch size
+
+
+class TokenMixer(layers.Layer):
+    """SegFormer's attention and Mix-FFN: `ops.reshape(x, (batch, -1, width))` with the batch from `ops.shape`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.expand = layers.Dense(12, name="expand")
+        self.reduce = layers.Conv2D(12, 2, strides=2, name="reduce")
+        self.up = layers.Dense(8, name="up")
+        self.depthwise = layers.DepthwiseConv2D(3, padding="same", name="depthwise")
+        self.project = layers.Dense(4, name="project")
+
+    def call(self, x):
+        batch, length, _ = ops.shape(x)
+        side = int(length**0.5)
+        x = self.expand(x)
+        keys = self.reduce(ops.reshape(x, (batch, side, side, 12)))
+        keys = ops.reshape(keys, (batch, -1, 12))  # the -1 is worked out: 4 tokens
+        weights = ops.softmax(ops.matmul(x, ops.transpose(keys, (0, 2, 1))), axis=-1)
+        x = self.up(ops.matmul(weights, keys))
+        x = self.depthwise(ops.reshape(x, (batch, side, side, 8)))
+        return self.project(ops.reshape(x, (batch, -1, 8)))  # 16 tokens
+
+
+class FoldsTokensThenMixes(layers.Layer):
+    """Folds 4 tokens into the batch, then reshapes to `(batch, -1, width)`: worked out from the folded
+    tensor the -1 would be 4 tokens instead of 16, and the softmax over them computes other values."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(8, name="dense")
+
+    def call(self, x):
+        batch = ops.shape(x)[0]
+        folded = self.dense(ops.reshape(x, (-1, 4, 8)))
+        tokens = ops.softmax(ops.reshape(folded, (batch, -1, 8)), axis=1)
+        return ops.reshape(tokens, (batch, 16, 8))
+
+
+def test_a_minus_one_beside_the_batch_size_is_worked_out_when_the_trace_computes_the_same(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 4))
+    model = keras.Model(inputs, layers.Dense(3, name="head")(TokenMixer(name="mixer")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    x = np.random.default_rng(0).normal(size=(3, 16, 4)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x), atol=1e-5)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after["mixer_up"] == 4
+    assert outputs(small, x)[0].shape == (3, 16, 3)
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+def test_a_worked_out_minus_one_that_computes_other_values_keeps_the_block_whole():
+    inputs = keras.Input((16, 8))
+    model = keras.Model(inputs, FoldsTokensThenMixes(name="fold")(inputs))
+    flat = tfprune.graph.flatten(model)
+    assert "worked out from the tensor's own sizes they compute other values" in (
+        flat.get_layer("fold")._tfprune_not_inlined
+    )
+    x = np.random.default_rng(0).normal(size=(2, 16, 8)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x), atol=1e-6)
+
+
+def test_a_segformer_prunes_inside_its_attention_and_mix_ffn_and_reloads(keras_hub, tmp_path):
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2], image_shape=(32, 32, 3),
+        hidden_dims=[16, 32],
+    )  # fmt: skip
+    model = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16)
+    small, result = tfprune.prune(model, "l1", rate=0.3, verbose=0)
+    assert small.count_params() < model.count_params()
+    assert not any(type(layer).__name__ in ("SegFormerMultiheadAttention", "MixFFN") for layer in small.layers)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))

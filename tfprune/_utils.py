@@ -309,6 +309,9 @@ def copy_layer(layer):
         )
     if dropped:
         _write_config_without(copy, dropped)
+    if getattr(layer, "_tfprune_not_inlined", None):
+        # A block `flatten` kept whole stays one in copies, and says why where it is met again.
+        object.__setattr__(copy, "_tfprune_not_inlined", layer._tfprune_not_inlined)
     return copy
 
 

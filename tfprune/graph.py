@@ -725,10 +725,58 @@ def _batch_free_shape(input_shape, newshape):
         return newshape
     rest = list(newshape[1:])
     if -1 in rest:
-        # Working the -1 out would take the input's first axis for the batch, which
-        # it is not when the code folded windows or heads into it: not recorded.
-        return newshape
+        # Working the -1 out takes the input's first axis for the batch, which it
+        # is not when the code folded windows or heads into it: the trace that
+        # records it is used only if it computes the layer's values (`_verified`).
+        known = [size for size in rest if size != -1]
+        if rest.count(-1) > 1 or None in input_shape[1:] or not known and len(rest) > 1:
+            return newshape
+        total, part = int(np.prod(input_shape[1:])), int(np.prod(known))
+        if part == 0 or total % part:
+            return newshape
+        rest[rest.index(-1)] = total // part
+        _GUESSED[0] += 1
     return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
+
+
+_GUESSED = [0]  # reshapes whose -1 beside the traced batch size was worked out
+_GUESSED_REASON = (
+    "its call reshapes to sizes read from a tensor whose batch or sequence length is unknown until it runs, "
+    "and worked out from the tensor's own sizes they compute other values"
+)
+
+
+def _verified(shadow, args, kwargs, outputs):
+    """Whether the recorded operations compute what the layer's own code computes, on a probe of 3 samples."""
+    symbolic = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    traced = [value for value in keras.tree.flatten(outputs) if isinstance(value, keras.KerasTensor)]
+    generator = np.random.default_rng(0)
+    probes = {}
+
+    def probe(value):
+        if not isinstance(value, keras.KerasTensor):
+            return value
+        if id(value) not in probes:
+            shape = [3 if size is None else size for size in value.shape]
+            if "float" in str(value.dtype):
+                array = generator.standard_normal(shape)
+            else:
+                array = np.ones(shape) if "bool" in str(value.dtype) else np.zeros(shape)
+            probes[id(value)] = keras.ops.convert_to_tensor(array, dtype=value.dtype)
+        return probes[id(value)]
+
+    try:
+        function = keras.Function(symbolic, traced)
+        got = keras.tree.flatten(function([probe(value) for value in symbolic]))
+        own = shadow.call(*keras.tree.map_structure(probe, args), **keras.tree.map_structure(probe, kwargs))
+        want = [value for value, spec in zip(keras.tree.flatten(own), keras.tree.flatten(outputs))
+                if isinstance(spec, keras.KerasTensor)]  # fmt: skip
+        return len(got) == len(want) and all(
+            np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5, rtol=1e-4)
+            for a, b in zip(got, want)
+        )
+    except Exception:  # noqa: BLE001 - a trace that cannot be checked is not used
+        return False
 
 
 def _unknown(size):
@@ -794,14 +842,18 @@ def _traced(shadow, changed, fallback=None):
 
     def traced_call(*args, **kwargs):
         own = _own_weights_as_layers(shadow, args, kwargs)
+        guessed = _GUESSED[0]
         try:
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             why = None
             if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
-                why = "its traced call gives other outputs than its output spec"
+                # A -1 worked out beside the traced batch size is what such a mismatch comes from.
+                why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
+            elif _GUESSED[0] != guessed and not _verified(shadow, args, kwargs, outputs):
+                why = _GUESSED_REASON
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
             if isinstance(error, _UnknownReshape):
                 why = str(error)

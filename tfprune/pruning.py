@@ -30,8 +30,10 @@ some group says so in one warning naming the groups and the guard
 responsible.
 
 Before the pruned model is returned it is run once on a probe input made
-from its input spec and rebuilt from its config: a pruned model that cannot
-run or be reloaded is refused by name rather than handed back.
+from its input spec, rebuilt from its config, and saved to a `.keras` file
+and loaded back (the outputs must not change): a pruned model that cannot run
+or be reloaded is refused by name rather than handed back, as is one with
+more parameters than its input (a tied weight copied twice).
 """
 
 import contextvars
@@ -40,6 +42,8 @@ import functools
 import inspect
 import json
 import math
+import os
+import tempfile
 import warnings
 
 import keras
@@ -726,11 +730,40 @@ def _reload_problem(model):
     return None, f"its config raises {first_line(model_error)} when rebuilt"
 
 
-def _check_runs_and_reloads(pruned, given):
-    """Refuses a pruned model that fails on a probe input or does not rebuild from its config.
+def _saved_problem(model, inputs):
+    """None if `model` saved to `.keras` and loaded back gives its outputs on `inputs`, else why not.
 
-    A failure the input model `given` shares (a probe its layers cannot take,
-    a layer whose config never loaded) is not the pruning's doing and passes.
+    What `keras.saving.load_model` does besides rebuilding from the config:
+    weights found by their path in the file (a weight the rebuilt model
+    names otherwise keeps its initial value) and the custom objects looked
+    up as they are registered.
+    """
+    with tempfile.TemporaryDirectory(prefix="tfprune-reload-") as directory:
+        path = os.path.join(directory, "model.keras")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns of weights it skips; the outputs tell
+                model.save(path)
+                loaded = keras.saving.load_model(path, custom_objects=_custom_objects(model), compile=False)
+            want = keras.tree.flatten(model(inputs, training=False))
+            got = keras.tree.flatten(loaded(inputs, training=False))
+        except Exception as error:  # noqa: BLE001 - any failure means "does not reload"
+            return f"saved to `.keras`, it does not load back and run ({first_line(error)})"
+    same = len(got) == len(want) and all(
+        np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5, rtol=1e-4)
+        for a, b in zip(got, want)
+    )
+    return None if same else "saved to `.keras` and loaded back, it computes other outputs"
+
+
+def _check_runs_and_reloads(pruned, given):
+    """Refuses a pruned model that fails on a probe input or does not reload.
+
+    The model must run on a probe input, rebuild from its config with the
+    same weight shapes (which names the layer at fault) and, saved to a
+    `.keras` file and loaded back, give the same outputs. A failure the
+    input model `given` shares (a probe its layers cannot take, a layer
+    whose config never loaded) is not the pruning's doing and passes.
     """
     inputs = _probe_inputs(pruned)
     error = _runs(pruned, inputs)
@@ -743,8 +776,23 @@ def _check_runs_and_reloads(pruned, given):
             f"it (tfprune.graph.register_handler) or leave its channels alone ({_ignore(operation)})."
         )
     problem = _reload_problem(pruned)
+    if problem is None and error is None:
+        saved = _saved_problem(pruned, inputs)
+        if saved is not None and _saved_problem(given, _probe_inputs(given)) is None:
+            raise ValueError(
+                f"tfprune.prune refuses to return the pruned model '{pruned.name}': {saved}, which the input "
+                "model does; this is a tfprune bug, please report it with the model."
+            )
     if problem is not None and _reload_problem(given) is None:
         layer, reason = problem
+        why = getattr(layer, "_tfprune_not_inlined", None)
+        if why is not None:
+            # A block tfprune kept whole: the input model rebuilds it from its owner's config.
+            raise ValueError(
+                f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(layer, 'a layer')} "
+                f"could not be inlined ({why}), and on its own it {reason}, so the pruned model would not "
+                "reload."
+            )
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': it would not reload, as "
             f"{_named(layer, 'the model')} {reason}; give the layer a get_config that records its new "
@@ -974,7 +1022,7 @@ def prune(
     if reinitialize:
         pruned = _fresh_weights(pruned)
     _check_not_larger(pruned, given)
-    if widths and _CHECK_PRUNED.get():
+    if _CHECK_PRUNED.get():  # unchanged too: inlining alone can give a model that does not reload
         _check_runs_and_reloads(pruned, given)
     before, after = analyze(model), analyze(pruned)
     result = PruneResult(
