@@ -6,6 +6,7 @@ so a wrong comparison would print a false claim there.
 
 import doctest
 
+import numpy as np
 import pytest
 
 from benchmarks import common, export_litert, str_vs_tfmot, structured_latency, tfmot_compare
@@ -121,3 +122,13 @@ def test_str_grid_adds_a_third_seed_only_where_the_methods_are_within_two_points
     assert sorted((cell["method"], cell["seed"], cell["target"]) for cell in cells) == [("gmp", 2, 0.95), ("str", 2, 0.95)]
     assert all("accuracy" not in cell for cell in cells)
     assert str_grid.third_seed_cells(close + apart + [dict(close[0], seed=2)]) == []  # already has seed 2
+
+
+def test_keras_hub_sweep_compares_boolean_outputs_as_numbers():
+    # MoonshineBackbone returns its padding mask: `a - b` on booleans raised instead of giving 0.
+    from benchmarks.keras_hub_sweep import _largest_difference
+
+    mask = np.array([[True, False]])
+    assert _largest_difference(mask, mask) == 0.0
+    assert _largest_difference(mask, ~mask) == 1.0
+    assert _largest_difference(np.float32([1.0, 2.0]), np.float32([1.0, 2.5])) == 0.5

@@ -291,3 +291,125 @@ def test_a_segformer_prunes_inside_its_attention_and_mix_ffn_and_reloads(keras_h
     assert not any(type(layer).__name__ in ("SegFormerMultiheadAttention", "MixFFN") for layer in small.layers)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
     assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+# ---------------------------------------------------------------- a get_config that raises
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class ScaleNorm(layers.Layer):
+    """keras-hub's Gemma `RMSNormalization`: no `get_config`, built by its blocks with `dtype=<DTypePolicy>`,
+    so Keras's automatic config raises."""
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        variance = ops.mean(ops.square(x), axis=-1, keepdims=True)
+        return x * ops.rsqrt(variance + self.epsilon) * (1 + self.scale)
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class NormBlock(layers.Layer):
+    """Every block names its norm "norm": inlined twice, the copies need names of their own."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.norm = ScaleNorm(epsilon=0.5, dtype=self.dtype_policy, name="norm")
+        self.up = layers.Dense(units, activation="relu", name="up")
+        self.down = layers.Dense(4, name="down")
+
+    def call(self, x):
+        return x + self.down(self.up(self.norm(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def norm_blocks():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 4))
+    x = NormBlock(8, name="block_0")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(NormBlock(8, name="block_1")(x)))
+    for layer in model.layers[1:3]:
+        layer.norm.scale.assign(np.random.default_rng(0).normal(size=4).astype("float32"))
+    return model
+
+
+def test_a_layer_whose_automatic_config_raises_is_copied_from_its_arguments_and_reloads(tmp_path):
+    model = norm_blocks()
+    with pytest.raises(NotImplementedError):
+        model.get_layer("block_0").norm.get_config()
+    flat = tfprune.graph.flatten(model)
+    norms = [layer for layer in flat.layers if isinstance(layer, ScaleNorm)]
+    assert [layer.name for layer in norms] == ["block_0_norm", "block_1_norm"]
+    assert norms[0].epsilon == 0.5 and norms[0].get_config()["epsilon"] == 0.5
+    assert not {id(weight) for weight in model.weights} & {id(weight) for weight in flat.weights}
+    x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x), atol=1e-5)
+    small, _ = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert small.get_layer("block_0_up").units == 4
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+# ---------------------------------------------------------------- traces checked numerically
+
+
+class CausalMix(layers.Layer):
+    """T5Gemma's decoder mask: `ops.arange(0, length)` with the length from `ops.shape`, None while traced
+    (an empty range: recorded, the trace holds a mask of size 0)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.value = layers.Dense(4, name="value")
+
+    def call(self, x):
+        length = ops.shape(x)[1]
+        positions = ops.arange(0, length)
+        causal = ops.cast(positions[:, None] >= positions[None, :], x.dtype)
+        weights = causal / ops.sum(causal, axis=-1, keepdims=True)
+        return ops.matmul(weights, self.value(x))
+
+
+def test_a_trace_recording_a_size_unknown_until_it_runs_is_not_used():
+    inputs = keras.Input((None, 4))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(CausalMix(name="mix")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert "records a size that is only known when it runs" in flat.get_layer("mix")._tfprune_not_inlined
+    x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x))
+
+
+# ---------------------------------------------------------------- the input model's probe
+
+
+class FailsWhenRun(layers.Layer):
+    """Builds a graph, but fails on arrays: a pruned model the check must not return."""
+
+    def call(self, x):
+        raise RuntimeError("cannot run")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def test_prune_runs_the_input_model_on_a_probe_in_its_own_structure(keras_hub, monkeypatch):
+    # A keras-hub backbone takes a dict and refuses the list the inlined model takes: were the probe
+    # given to it as a list, its failure would excuse the pruned model's.
+    model = keras_hub.models.BertBackbone(vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16,
+                                          intermediate_dim=32, max_sequence_length=12)  # fmt: skip
+    set_widths = surgery.set_widths
+
+    def failing(*args, **kwargs):
+        small = set_widths(*args, **kwargs)
+        first, *rest = small.outputs
+        return keras.Model(small.inputs, [FailsWhenRun(name="fails")(first), *rest])
+
+    monkeypatch.setattr(surgery, "set_widths", failing)
+    with pytest.raises(ValueError, match="fails on a probe input that the input model runs"):
+        tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)

@@ -767,7 +767,9 @@ def _check_runs_and_reloads(pruned, given):
     """
     inputs = _probe_inputs(pruned)
     error = _runs(pruned, inputs)
-    if error is not None and _runs(given, inputs) is None:
+    # The input model gets the same probe in its own structure (a keras-hub
+    # backbone takes a dict; the inlined model, a list of the same inputs).
+    if error is not None and _runs(given, _probe_inputs(given)) is None:
         operation = _failing_operation(pruned, inputs)
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(operation, 'it')} "
@@ -776,13 +778,6 @@ def _check_runs_and_reloads(pruned, given):
             f"it (tfprune.graph.register_handler) or leave its channels alone ({_ignore(operation)})."
         )
     problem = _reload_problem(pruned)
-    if problem is None and error is None:
-        saved = _saved_problem(pruned, inputs)
-        if saved is not None and _saved_problem(given, _probe_inputs(given)) is None:
-            raise ValueError(
-                f"tfprune.prune refuses to return the pruned model '{pruned.name}': {saved}, which the input "
-                "model does; this is a tfprune bug, please report it with the model."
-            )
     if problem is not None and _reload_problem(given) is None:
         layer, reason = problem
         why = getattr(layer, "_tfprune_not_inlined", None)
@@ -798,6 +793,15 @@ def _check_runs_and_reloads(pruned, given):
             f"{_named(layer, 'the model')} {reason}; give the layer a get_config that records its new "
             "width or a handler that resizes it (tfprune.graph.register_handler), or leave its channels "
             f"alone ({_ignore(layer)})."
+        )
+    # Also when the config check failed for the input model too: a keras-hub
+    # model reloads through its own config, which the inlined model no longer has.
+    saved = _saved_problem(pruned, inputs) if error is None else None
+    if saved is not None and _saved_problem(given, _probe_inputs(given)) is None:
+        culprit = f" ({_named(problem[0], 'the model')} {problem[1]})" if problem is not None else ""
+        raise ValueError(
+            f"tfprune.prune refuses to return the pruned model '{pruned.name}': {saved}{culprit}, where the "
+            "input model reloads; this is a tfprune bug, please report it with the model."
         )
 
 
