@@ -413,3 +413,91 @@ def test_prune_runs_the_input_model_on_a_probe_in_its_own_structure(keras_hub, m
     monkeypatch.setattr(surgery, "set_widths", failing)
     with pytest.raises(ValueError, match="fails on a probe input that the input model runs"):
         tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+
+
+# ---------------------------------------------------------------- sub-layers' own conventions
+
+
+class SpecOfInputsOnly(layers.Layer):
+    """keras-hub's QFormerAttention: takes `training`, but its `compute_output_spec` takes only the inputs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(4, name="dense")
+        self.dropout = layers.Dropout(0.5, name="dropout")
+
+    def call(self, inputs, training=None):
+        return inputs + self.dropout(self.dense(inputs), training=training)
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+
+
+class PassesTraining(layers.Layer):
+    """keras-hub's QFormerLayer: hands `training` on to its blocks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = SpecOfInputsOnly(name="attention")
+        self.up = layers.Dense(8, activation="relu", name="up")
+        self.down = layers.Dense(4, name="down")
+
+    def call(self, inputs, training=None):
+        x = self.attention(inputs, training=training)
+        return x + self.down(self.up(x))
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+
+
+def test_a_block_whose_compute_output_spec_takes_only_its_inputs_is_inlined(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3, 4))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(PassesTraining(name="block")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x), atol=1e-5)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert result.widths_after["block_up"] == 4
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+@keras.saving.register_keras_serializable(package="tfprune_tests")
+class LazyTable(layers.Layer):
+    """keras-hub's DeBERTa RelativeEmbedding: a weight made in `__init__`, no `build`, and a
+    LayerNormalization first built in `call`."""
+
+    def __init__(self, rows=6, width=4, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.width = rows, width
+        self.table = self.add_weight(shape=(rows, width), initializer="glorot_uniform", name="table")
+        self.norm = layers.LayerNormalization(name="norm")
+
+    def call(self, inputs):
+        table = self.norm(ops.expand_dims(ops.convert_to_tensor(self.table), 0))
+        return ops.zeros_like(inputs[:, :1, :1]) + table
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.rows, self.width)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "width": self.width}
+
+
+def test_a_layer_building_its_sublayers_in_call_is_copied_and_reloads(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 4))
+    x = layers.Dense(8, activation="relu", name="up")(inputs)
+    x = layers.Dense(4, name="down")(x) + LazyTable(name="table")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tfprune.graph.SharedLayerWarning)
+        flat = tfprune.graph.flatten(keras.Sequential([keras.Input((6, 4)), model]))
+        small, _ = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert not {id(weight) for weight in model.weights} & {id(weight) for weight in flat.weights}
+    assert len(small.get_layer("table").weights) == 3
+    x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))

@@ -756,6 +756,10 @@ def _verified(shadow, args, kwargs, outputs, strict=False):
     When that code cannot run on the probe (it needs other values), the trace
     is taken as it is, unless `strict`.
     """
+    if kwargs.get("training"):
+        # Dropout draws other values in each run; `_branches_on_training` traces in training mode only
+        # to compare the operations, and the inference trace is the one checked.
+        return True
     symbolic = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
     traced = [value for value in keras.tree.flatten(outputs) if isinstance(value, keras.KerasTensor)]
     generator = np.random.default_rng(0)
@@ -810,6 +814,15 @@ def _nested_shadow_call(self, *args, **kwargs):
     return _LAYER_CALL(self, *args, **kwargs)
 
 
+def _accepted_by(function, kwargs):
+    """`kwargs` without the keywords `function` does not take (keras-hub's QFormer blocks pass
+    `training` to sub-layers whose `compute_output_spec` takes only the inputs)."""
+    parameters = inspect.signature(function).parameters
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key in parameters}
+
+
 def _accepted(layer, kwargs):
     """`kwargs` without `training`/`mask` where `layer.call` does not take them, as `Layer.__call__` does."""
     parameters = inspect.signature(layer.call).parameters
@@ -857,7 +870,7 @@ def _traced(shadow, changed, fallback=None):
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             why = None
-            if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
+            if not _same_specs(outputs, shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))):
                 # A -1 worked out beside the traced batch size is what such a mismatch comes from.
                 why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
             elif _branches_on_training(shadow, args, kwargs, outputs):
