@@ -501,3 +501,37 @@ def test_a_layer_building_its_sublayers_in_call_is_copied_and_reloads(tmp_path):
     assert len(small.get_layer("table").weights) == 3
     x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
     assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+# ---------------------------------------------------------------- Swin
+
+
+def test_take_and_unstack_over_another_axis_keep_the_channels():
+    inputs = keras.Input((3, 4))
+    x = layers.Dense(8, name="up")(inputs)
+    first, second, third = ops.unstack(x, axis=1)
+    rows = ops.take(x, np.array([2, 0]), axis=1)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(first + second + third + ops.sum(rows, axis=1)))
+    assert tfprune.graph.build(model)["up"].prunable
+    inputs = keras.Input((3, 4))
+    x = layers.Dense(8, name="up")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(ops.take(x, np.array([2, 0]), axis=-1)))
+    assert "gathers over the channel axis" in tfprune.graph.build(model)["up"].reason
+    first, second = ops.unstack(x, axis=-1)[:2]
+    model = keras.Model(inputs, layers.Dense(2, name="head")(ops.expand_dims(first + second, -1)))
+    assert "unstacks the channel axis" in tfprune.graph.build(model)["up"].reason
+
+
+def test_a_swin_transformer_prunes_inside_its_windowed_blocks_and_reloads(keras_hub, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.SwinTransformerBackbone(
+        image_shape=(32, 32, 3), patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
+        mlp_ratio=2.0, drop_path=0.0,
+    )  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    assert not any(tfprune.graph.is_composite(layer) for layer in flat.layers)  # WindowAttention too
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    assert_same(outputs(flat, x), outputs(model, x), atol=1e-5)
+    small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
+    assert small.count_params() < model.count_params()
+    assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))

@@ -746,7 +746,7 @@ _GUESSED_REASON = (
 )
 
 
-def _verified(shadow, args, kwargs, outputs, strict=False):
+def _verified(shadow, args, kwargs, outputs, strict=False, variables=None):
     """Whether the recorded operations compute what the layer's own code computes, on a probe of 3 samples.
 
     A trace can record a constant made from a size that is unknown on
@@ -754,7 +754,9 @@ def _verified(shadow, args, kwargs, outputs, strict=False):
     length of None), or a -1 worked out wrongly (`_batch_free_shape`): the
     layer's own code, run on arrays, says what the operations must give.
     When that code cannot run on the probe (it needs other values), the trace
-    is taken as it is, unless `strict`.
+    is taken as it is, unless `strict`. `variables` are the layer's own
+    variables by attribute, which its own code reads (while it is traced,
+    `tfprune.layers.Weight` outputs stand in their place).
     """
     if kwargs.get("training"):
         # Dropout draws other values in each run; `_branches_on_training` traces in training mode only
@@ -774,12 +776,18 @@ def _verified(shadow, args, kwargs, outputs, strict=False):
             probes[id(value)] = keras.ops.convert_to_tensor(array, dtype=value.dtype)
         return probes[id(value)]
 
+    standing = {key: getattr(shadow, key) for key in variables or {}}
     try:
+        for key, value in (variables or {}).items():
+            object.__setattr__(shadow, key, value)
         own = shadow.call(*keras.tree.map_structure(probe, args), **keras.tree.map_structure(probe, kwargs))
         want = [value for value, spec in zip(keras.tree.flatten(own), keras.tree.flatten(outputs))
                 if isinstance(spec, keras.KerasTensor)]  # fmt: skip
     except Exception:  # noqa: BLE001 - the layer's own code needs other inputs: nothing to compare with
         return not strict
+    finally:
+        for key, value in standing.items():
+            object.__setattr__(shadow, key, value)
     if any(isinstance(value, keras.KerasTensor) for value in want):
         return not strict  # its own weights stand as graph tensors while it is traced (`_own_weights_as_layers`)
     try:
@@ -875,7 +883,11 @@ def _traced(shadow, changed, fallback=None):
                 why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
-            elif not _verified(shadow, args, kwargs, outputs, strict=_GUESSED[0] != guessed):
+            # Nested in another trace, a block is checked with the outermost one: alone, its inputs
+            # would be probed with a batch that is no multiple of the windows folded into it (Swin).
+            elif _NESTING[0] == 1 and not _verified(
+                shadow, args, kwargs, outputs, strict=_GUESSED[0] != guessed, variables=own
+            ):
                 why = _GUESSED_REASON if _GUESSED[0] != guessed else (
                     "its traced call computes other values than the layer (it records a size that is only "
                     "known when it runs)"

@@ -1058,6 +1058,41 @@ class _Split(Handler):
         return [channels[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
+class _Unstack(Handler):
+    """`keras.ops.unstack`: over another axis every piece keeps the channels (Swin's q, k, v).
+
+    Over the channel axis each piece is one channel and loses the axis: frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.input_tensors[0]
+        if operation.axis % len(source.shape) == len(source.shape) - 1:
+            return Freeze(f"'{operation.name}' unstacks the channel axis").trace(node, tracer)
+        channels = tracer.channels(source)
+        return [channels for _ in node.outputs]
+
+
+class _Take(Handler):
+    """`keras.ops.take(x, indices, axis)`: rows gathered over another axis keep `x`'s channels.
+
+    Swin gathers its relative position bias per head from a table whose last
+    axis is the heads. Gathering over the channel axis (or a flattened `x`)
+    picks fixed channels: frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.arguments.args[0] if node.arguments.args else None
+        if (
+            not isinstance(source, keras.KerasTensor)
+            or operation.axis is None
+            or operation.axis % len(source.shape) == len(source.shape) - 1
+        ):
+            return Freeze(f"'{operation.name}' gathers over the channel axis").trace(node, tracer)
+        return [tracer.channels(source)]
+
+
 class _Activation(Handler):
     """The `Activation` layer: passes channels unless its function mixes them."""
 
@@ -1290,6 +1325,8 @@ _LAYER_HANDLERS["Matmul"] = _Matmul()
 _LAYER_HANDLERS["DotProductAttention"] = _DotProductAttention()
 _LAYER_HANDLERS["GetItem"] = _GetItem()
 _LAYER_HANDLERS["Split"] = _Split()
+_LAYER_HANDLERS["Unstack"] = _Unstack()
+_LAYER_HANDLERS["Take"] = _Take()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))

@@ -140,9 +140,12 @@ _BY_CLASS = {
 # the same, each own weight becoming a `tfprune.layers.Weight`: copied through
 # its config, `MaskedLMHead` would re-create the token embedding it shares
 # with the backbone (the copy has one more vocabulary table than the model);
-# inlined, the embedding is one layer called forwards and in reverse.
+# inlined, the embedding is one layer called forwards and in reverse. Swin's
+# `WindowAttention` (its relative position bias table) has a config that does
+# not load back (it writes its output Dropout layer as `proj_drop`).
 INLINED_WITH_OWN_WEIGHTS = {
     ("keras_hub.src.layers.modeling.masked_lm_head", "MaskedLMHead"),
+    ("keras_hub.src.models.swin_transformer.swin_transformer_layers", "WindowAttention"),
 }
 
 
