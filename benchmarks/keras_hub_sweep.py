@@ -142,6 +142,14 @@ def _outputs(model, inputs):
     ]
 
 
+def _largest_difference(a, b):
+    """Largest absolute difference of two outputs; booleans (a padding mask output) count as 0/1."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b), initial=0.0))
+
+
 def _prune(model, entry, unknown):
     import warnings
 
@@ -225,7 +233,7 @@ def work(name, out_path):
             path = os.path.join(directory, "small.keras")
             small.save(path)
             reloaded = _outputs(keras.models.load_model(path), sample)
-        record["reload_diff"] = max((float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(reloaded, pruned)),
+        record["reload_diff"] = max((_largest_difference(a, b) for a, b in zip(reloaded, pruned)),
                                     default=0.0)  # fmt: skip
     except Exception as error:
         record.update(outcome="crashed", **_describe(error, True))

@@ -6,6 +6,7 @@ so a wrong comparison would print a false claim there.
 
 import doctest
 
+import numpy as np
 import pytest
 
 from benchmarks import (
@@ -148,3 +149,13 @@ def test_keras_hub_sweep_writes_its_table_by_family_between_the_readme_markers(t
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="README.md has no"):
         keras_hub_sweep.write_readme(records, "command")
+
+
+def test_keras_hub_sweep_compares_boolean_outputs_as_numbers():
+    # MoonshineBackbone returns its padding mask: `a - b` on booleans raised instead of giving 0.
+    from benchmarks.keras_hub_sweep import _largest_difference
+
+    mask = np.array([[True, False]])
+    assert _largest_difference(mask, mask) == 0.0
+    assert _largest_difference(mask, ~mask) == 1.0
+    assert _largest_difference(np.float32([1.0, 2.0]), np.float32([1.0, 2.5])) == 0.5

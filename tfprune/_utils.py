@@ -309,6 +309,11 @@ def copy_layer(layer):
         )
     if dropped:
         _write_config_without(copy, dropped)
+    if getattr(layer, "_tfprune_written_config", False) and not getattr(copy, "_tfprune_written_config", False):
+        _write_config(copy, layer.get_config())  # its class's `get_config` raises (`_from_attributes`)
+    if getattr(layer, "_tfprune_not_inlined", None):
+        # A block `flatten` kept whole stays one in copies, and says why where it is met again.
+        object.__setattr__(copy, "_tfprune_not_inlined", layer._tfprune_not_inlined)
     return copy
 
 
@@ -345,7 +350,7 @@ def _from_own_config(layer):
         # Built with an argument Keras cannot serialize; only a layer whose
         # constructor takes nothing but the base arguments is re-created safely.
         if layer.weights or not _constructor_arguments(cls) - _BASE_LAYER_KWARGS <= _BASE_LAYER_NAMED:
-            return None, ()
+            return _from_attributes(layer), ()
         config = {
             "name": layer.name,
             "trainable": layer.trainable,
@@ -363,6 +368,79 @@ def _from_own_config(layer):
         return _from_config_without_refused_keys(cls, config)
     except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
         return None, ()
+
+
+def _plain(value):
+    """`value` as a config entry (NumPy scalars as Python numbers), or raises TypeError."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    raise TypeError(f"{type(value).__name__} is not a plain config value")
+
+
+def _from_attributes(layer):
+    """A copy of a layer whose `get_config` raises, from its constructor arguments read back, or None.
+
+    Keras gives a layer without a `get_config` of its own a config made of
+    its constructor arguments, unless one of them is not a plain value
+    (keras-hub passes its `DTypePolicy` object as `dtype`); `get_config` then
+    raises, and the layer could neither be copied nor saved. keras-hub's
+    Gemma `RMSNormalization` keeps its one argument as the attribute of the
+    same name (`epsilon`). The copy is made from those attributes, the base
+    arguments and every other argument's default; it is used only if it
+    builds the same weights and gives the layer's outputs on a probe input,
+    and it writes that config, so a model holding it reloads.
+    """
+    cls = type(layer)
+    config = {
+        "name": layer.name,
+        "trainable": layer.trainable,
+        "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+    }
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        for parameter in parameters:
+            if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or parameter.name == "self":
+                continue
+            if parameter.name in config or parameter.name in _BASE_LAYER_NAMED | _BASE_LAYER_KWARGS:
+                continue
+            try:
+                config[parameter.name] = _plain(getattr(layer, parameter.name))
+            except (AttributeError, TypeError):
+                if parameter.default is parameter.empty:
+                    return None
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters) or klass is keras.layers.Layer:
+            break
+    try:
+        copy = cls.from_config(dict(config))
+        if layer.weights:
+            _build_like(copy, layer)
+            if _weight_shapes(copy) != _weight_shapes(layer):
+                return None
+            copy.set_weights(layer.get_weights())
+        if not _same_outputs(copy, layer):
+            return None
+    except Exception:  # noqa: BLE001 - any failure means "cannot be copied"
+        return None
+    _write_config(copy, config)
+    return copy
+
+
+def _weight_shapes(layer):
+    return [tuple(weight.shape) for weight in layer.weights]
+
+
+def _write_config(layer, config):
+    """Makes `layer.get_config()` (and so `.keras` files) return `config` (see `_from_attributes`)."""
+    # The name is read when asked: `flatten` renames copies after making them.
+    object.__setattr__(layer, "get_config", lambda: {**config, "name": layer.name})
+    object.__setattr__(layer, "_tfprune_written_config", True)
 
 
 def _from_config_without_refused_keys(cls, config):
@@ -398,6 +476,8 @@ def rebuild_from_config(layer, config):
     keys = tuple(sorted(set(refused) | set(getattr(layer, "_tfprune_dropped_config_keys", ()))))
     if keys:
         _write_config_without(new_layer, keys)
+    if getattr(layer, "_tfprune_written_config", False):
+        _write_config(new_layer, config)
     return new_layer
 
 
@@ -416,11 +496,20 @@ def _write_config_without(layer, keys):
 
 
 def _probe_inputs(layer):
-    """Random inputs shaped like `layer`'s first call (None dimensions as 2), or None."""
-    if not layer._inbound_nodes:
-        return None
-    node = layer._inbound_nodes[0]
+    """Random inputs shaped like `layer`'s first call (None dimensions as 2), or None.
+
+    A sub-layer called only inside another layer's `call` has no call node;
+    the input shape it was built with stands for it.
+    """
     generator = np.random.default_rng(0)
+    if not layer._inbound_nodes:
+        shape = (layer.get_build_config() or {}).get("input_shape")
+        if not shape or not all(size is None or isinstance(size, int) for size in shape):
+            return None
+        shape = [2 if size is None else size for size in shape]
+        dtype = layer.compute_dtype
+        return (keras.ops.convert_to_tensor(generator.standard_normal(shape), dtype=dtype),), {}
+    node = layer._inbound_nodes[0]
 
     def probe(value):
         if isinstance(value, keras.KerasTensor):
@@ -456,9 +545,20 @@ def _build_like(copy, layer):
     rather than in `build`; calling the copy on symbolic inputs shaped like
     the original's first call creates them.
     """
-    copy.build_from_config(layer.get_build_config())
+    if not copy.built:  # a copy checked numerically is built already (`_from_attributes`)
+        with warnings.catch_warnings():
+            # Keras's warning about a layer without `build`: the symbolic call below builds it.
+            warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer")
+            copy.build_from_config(layer.get_build_config())
     if len(copy.weights) == len(layer.weights) or not layer._inbound_nodes:
         return
+    # Its `build` does not make what its first call makes (keras-hub's DeBERTa
+    # RelativeEmbedding has no `build` and builds a LayerNormalization in
+    # `call`): with no build config, a `.keras` file builds it by that call
+    # too, instead of loading weights into sub-layers that were never built.
+    object.__setattr__(copy, "get_build_config", lambda: None)
+    if type(copy).build is keras.layers.Layer.build:
+        copy.built = False  # Keras's own `build` only marked it built: the call below builds it
     node = layer._inbound_nodes[0]
 
     def fresh(value):

@@ -466,12 +466,25 @@ def is_composite(layer):
     module = type(layer).__module__
     if module.startswith(("keras.", "tfprune.")):
         return False
-    return not _own_weights(layer)
+    return not _own_variables(layer) or _inlined_with_own_weights(layer)
 
 
 def _is_graph_model(layer):
     """A Sequential or functional model: inlined from its graph (a subclassed model is a composite)."""
     return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and _utils._is_functional(layer))
+
+
+def _own_variables(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
+
+def _inlined_with_own_weights(layer):
+    """A keras-hub layer inlined although it holds weights (`handlers_keras_hub.INLINED_WITH_OWN_WEIGHTS`)."""
+    if not type(layer).__module__.startswith("keras_hub."):
+        return False
+    from tfprune import handlers_keras_hub
+
+    return handlers_keras_hub.inlined_with_own_weights(layer)
 
 
 def _flatten_once(functional, copies, composites, name):
@@ -536,6 +549,14 @@ def _shadow(layer, copies, name=None):
 
 
 def _swapped(value, copies, owner):
+    if isinstance(value, keras.Model) and not isinstance(value, type) and _is_graph_model(value):
+        # A block's Sequential (ViTDet's MLP): a copy, sharing the pass's layer
+        # copies, so the shadow neither holds the user's weights nor counts them twice.
+        if id(value) not in copies:
+            copies[id(value)] = keras.models.clone_model(
+                value, clone_function=lambda layer: _swapped(layer, copies, owner)
+            )
+        return copies[id(value)]
     if isinstance(value, keras.layers.Layer) and not _is_graph_model(value):
         owner_name, owner_own_name = owner
         fresh = id(value) not in copies
@@ -607,7 +628,11 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         if composites and is_composite(operation):
             if isinstance(operation, (keras.layers.Lambda, keras.layers.Activation)):
                 return _traced(_renamed(_copy(operation, copies), name, operation), changed)
-            return _traced(_shadow(operation, copies, name=name), changed)
+            fallback = None
+            if _own_variables(operation):
+                # Kept whole, it must not share its own weights with the user's layer.
+                fallback = lambda: _renamed(_copy(operation, copies), name, operation)  # noqa: E731
+            return _traced(_shadow(operation, copies, name=name), changed, fallback)
         return _renamed(_copy(operation, copies), name, operation)
 
     return functional._run_through_graph(inputs, operation_fn=operation_fn)
@@ -737,18 +762,90 @@ def _batch_free_shape(x, newshape):
     rest = list(newshape[1:])
     if -1 in rest:
         # `(B, -1, C)`: the -1 is what each sample's rows of the input hold, over
-        # the sizes given beside it; it is known only when both how many rows of
-        # the input and how many of the output a sample fills are (`_batch_axis`).
+        # the sizes given beside it; it is known when both how many rows of the
+        # input and how many of the output a sample fills are (`_batch_axis`).
         rows_in = _batch_axis.factor(x, _BATCH_ROWS)
         rows_out = getattr(newshape[0], "rows", None)
-        if rows_in is None or rows_out is None or rest.count(-1) > 1 or None in input_shape[1:]:
+        if rest.count(-1) > 1 or None in input_shape[1:]:
             return newshape
-        given = int(np.prod([entry for entry in rest if entry != -1]))
-        size = rows_in * int(np.prod(input_shape[1:])) / (rows_out * given)
-        if size.denominator != 1 or size < 1:
-            return newshape
-        rest[rest.index(-1)] = int(size)
+        known = [size for size in rest if size != -1]
+        total, part = int(np.prod(input_shape[1:])), int(np.prod(known))
+        if rows_in is not None and rows_out is not None and part:
+            size = rows_in * total / (rows_out * part)
+            if size.denominator != 1 or size < 1:
+                return newshape
+            rest[rest.index(-1)] = int(size)
+        else:
+            # Unknown rows: taking the input's first axis for the batch is wrong once the
+            # code folded windows or heads into it, so the trace that records this guess is
+            # used only if it computes the layer's values (`_verified`).
+            if not known and len(rest) > 1 or part == 0 or total % part:
+                return newshape
+            rest[rest.index(-1)] = total // part
+            _GUESSED[0] += 1
     return (-1, *rest) if isinstance(newshape, tuple) else [-1, *rest]
+
+
+_GUESSED = [0]  # reshapes whose -1 beside the traced batch size was worked out
+_GUESSED_REASON = (
+    "its call reshapes to sizes read from a tensor whose batch or sequence length is unknown until it runs, "
+    "and worked out from the tensor's own sizes they compute other values"
+)
+
+
+def _verified(shadow, args, kwargs, outputs, strict=False, variables=None):
+    """Whether the recorded operations compute what the layer's own code computes, on a probe of 3 samples.
+
+    A trace can record a constant made from a size that is unknown on
+    symbolic tensors (`ops.arange(0, length)` gives an empty range for a
+    length of None), or a -1 worked out wrongly (`_batch_free_shape`): the
+    layer's own code, run on arrays, says what the operations must give.
+    When that code cannot run on the probe (it needs other values), the trace
+    is taken as it is, unless `strict`. `variables` are the layer's own
+    variables by attribute, which its own code reads (while it is traced,
+    `tfprune.layers.Weight` outputs stand in their place).
+    """
+    if kwargs.get("training"):
+        # Dropout draws other values in each run; `_branches_on_training` traces in training mode only
+        # to compare the operations, and the inference trace is the one checked.
+        return True
+    symbolic = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    traced = [value for value in keras.tree.flatten(outputs) if isinstance(value, keras.KerasTensor)]
+    generator = np.random.default_rng(0)
+    probes = {}
+
+    def probe(value):
+        if not isinstance(value, keras.KerasTensor):
+            return value
+        if id(value) not in probes:
+            shape = [3 if size is None else size for size in value.shape]
+            array = generator.standard_normal(shape) if "float" in str(value.dtype) else np.ones(shape)
+            probes[id(value)] = keras.ops.convert_to_tensor(array, dtype=value.dtype)
+        return probes[id(value)]
+
+    standing = {key: getattr(shadow, key) for key in variables or {}}
+    try:
+        for key, value in (variables or {}).items():
+            object.__setattr__(shadow, key, value)
+        own = shadow.call(*keras.tree.map_structure(probe, args), **keras.tree.map_structure(probe, kwargs))
+        want = [value for value, spec in zip(keras.tree.flatten(own), keras.tree.flatten(outputs))
+                if isinstance(spec, keras.KerasTensor)]  # fmt: skip
+    except Exception:  # noqa: BLE001 - the layer's own code needs other inputs: nothing to compare with
+        return not strict
+    finally:
+        for key, value in standing.items():
+            object.__setattr__(shadow, key, value)
+    if any(isinstance(value, keras.KerasTensor) for value in want):
+        return not strict  # its own weights stand as graph tensors while it is traced (`_own_weights_as_layers`)
+    try:
+        got = keras.tree.flatten(keras.Function(symbolic, traced)([probe(value) for value in symbolic]))
+        return len(got) == len(want) and all(
+            np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5, rtol=1e-4,
+                        equal_nan=True)
+            for a, b in zip(got, want)
+        )  # fmt: skip
+    except Exception:  # noqa: BLE001 - the recorded operations do not run where the layer does
+        return False
 
 
 def _unknown(size):
@@ -772,13 +869,22 @@ def _nested_shadow_call(self, *args, **kwargs):
     return _LAYER_CALL(self, *args, **kwargs)
 
 
+def _accepted_by(function, kwargs):
+    """`kwargs` without the keywords `function` does not take (keras-hub's QFormer blocks pass
+    `training` to sub-layers whose `compute_output_spec` takes only the inputs)."""
+    parameters = inspect.signature(function).parameters
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key in parameters}
+
+
 def _accepted(layer, kwargs):
     """`kwargs` without `training`/`mask` where `layer.call` does not take them, as `Layer.__call__` does."""
     parameters = inspect.signature(layer.call).parameters
     return {key: value for key, value in kwargs.items() if key not in ("training", "mask") or key in parameters}
 
 
-def _traced(shadow, changed):
+def _traced(shadow, changed, fallback=None):
     """Calls the composite's `call` symbolically (inlining it), or the layer as one unit.
 
     A `call` that branches on `training` in Python would be recorded with one
@@ -809,17 +915,31 @@ def _traced(shadow, changed):
                     _BATCH_ROWS.clear()
 
     def as_one_unit(*args, **kwargs):
+        if fallback is not None:
+            return fallback()(*args, **kwargs)
         return _LAYER_CALL(shadow, *args, **kwargs)
 
     def traced_call(*args, **kwargs):
+        own = _own_weights_as_layers(shadow, args, kwargs)
+        guessed = _GUESSED[0]
         try:
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             why = None
-            if not _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)):
-                why = "its traced call gives other outputs than its output spec"
+            if not _same_specs(outputs, shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))):
+                # A -1 worked out beside the traced batch size is what such a mismatch comes from.
+                why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
+            # Nested in another trace, a block is checked with the outermost one: alone, its inputs
+            # would be probed with a batch that is no multiple of the windows folded into it (Swin).
+            elif _NESTING[0] == 1 and not _verified(
+                shadow, args, kwargs, outputs, strict=_GUESSED[0] != guessed, variables=own
+            ):
+                why = _GUESSED_REASON if _GUESSED[0] != guessed else (
+                    "its traced call computes other values than the layer (it records a size that is only "
+                    "known when it runs)"
+                )
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
             if isinstance(error, _UnknownReshape):
                 why = str(error)
@@ -827,6 +947,9 @@ def _traced(shadow, changed):
                 why = "its call makes a tensor of the batch size, which is unknown until it runs"
             else:
                 why = f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
+        finally:
+            for key, value in own.items():  # the shadow holds its variables again
+                object.__setattr__(shadow, key, value)
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
@@ -835,6 +958,32 @@ def _traced(shadow, changed):
         return outputs
 
     return call
+
+
+def _own_weights_as_layers(shadow, args, kwargs):
+    """Points the shadow's own variables to `tfprune.layers.Weight` outputs while it is traced.
+
+    Code such as `logits + self._bias` then records an `Add` of two graph
+    tensors, and the weight is a layer of the new model (a copy of the
+    value, so the user's layer is untouched). Returns the attributes
+    replaced, with their variables, to put back.
+    """
+    from tfprune.layers import Weight
+
+    variables = {id(variable) for variable in _own_variables(shadow)}
+    if not variables:
+        return {}
+    anchor = next(value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor))
+    replaced = {}
+    for key, value in list(vars(shadow).items()):
+        if isinstance(value, keras.Variable) and id(value) in variables:
+            layer = Weight(tuple(value.shape), name=f"{shadow.name}_{key.strip('_')}", dtype=value.dtype,
+                           trainable=value.trainable)  # fmt: skip
+            layer.build()
+            layer.weight.assign(value)
+            replaced[key] = value
+            object.__setattr__(shadow, key, _LAYER_CALL(layer, anchor))
+    return replaced
 
 
 def _same_specs(traced, expected):
@@ -985,8 +1134,7 @@ def _not_inlined(operation):
     return f" ({why})" if why else ""
 
 
-def _own_weights(layer):
-    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
 
 
 def _is_foreign_layer(operation):

@@ -11,6 +11,8 @@ layers and `keras.ops` operations are registered at the bottom of this file.
 import keras
 import numpy as np
 
+from tfprune import layers as _tfprune_layers
+
 ROLES = ("output", "input", "param")
 
 
@@ -1089,6 +1091,21 @@ class _ReversibleEmbedding(_Embedding):
         return {**config, "output_dim": int(weight_shapes[0][1])}
 
 
+class _Weight(Handler):
+    """`tfprune.layers.Weight`: a producer whose output channels are its weight's last axis."""
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        if not layer.shape:
+            return Freeze(f"'{layer.name}' outputs a scalar").trace(node, tracer)
+        outputs = tracer.new_channels(layer.shape[-1], layer.name)
+        tracer.use(layer, layer.weight, -1, outputs, "output")
+        return [outputs]
+
+    def resize(self, config, output_width):
+        return {**config, "shape": [*list(config["shape"])[:-1], output_width]}
+
+
 class _GetItem(Handler):
     """`x[key]` (`x[:, 0]`, a class token): passes the channels when the key keeps the channel axis whole.
 
@@ -1248,6 +1265,41 @@ class _Split(Handler):
         return [channels[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
+class _Unstack(Handler):
+    """`keras.ops.unstack`: over another axis every piece keeps the channels (Swin's q, k, v).
+
+    Over the channel axis each piece is one channel and loses the axis: frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.input_tensors[0]
+        if operation.axis % len(source.shape) == len(source.shape) - 1:
+            return Freeze(f"'{operation.name}' unstacks the channel axis").trace(node, tracer)
+        channels = tracer.channels(source)
+        return [channels for _ in node.outputs]
+
+
+class _Take(Handler):
+    """`keras.ops.take(x, indices, axis)`: rows gathered over another axis keep `x`'s channels.
+
+    Swin gathers its relative position bias per head from a table whose last
+    axis is the heads. Gathering over the channel axis (or a flattened `x`)
+    picks fixed channels: frozen.
+    """
+
+    def trace(self, node, tracer):
+        operation = node.operation
+        source = node.arguments.args[0] if node.arguments.args else None
+        if (
+            not isinstance(source, keras.KerasTensor)
+            or operation.axis is None
+            or operation.axis % len(source.shape) == len(source.shape) - 1
+        ):
+            return Freeze(f"'{operation.name}' gathers over the channel axis").trace(node, tracer)
+        return [tracer.channels(source)]
+
+
 class _Activation(Handler):
     """The `Activation` layer: passes channels unless its function mixes them."""
 
@@ -1403,6 +1455,7 @@ _LAYER_HANDLERS = {
     _layers.LayerNormalization: _Normalization(),
     _layers.RMSNormalization: _Normalization(),
     _layers.Embedding: _Embedding(),
+    _tfprune_layers.Weight: _Weight(),
     _layers.UnitNormalization: _OverAxis("normalises"),
     _layers.Add: _ELEMENTWISE,
     _layers.Subtract: _ELEMENTWISE,
@@ -1484,6 +1537,8 @@ _LAYER_HANDLERS["Stack"] = _Stack()
 _LAYER_HANDLERS["Tile"] = _Tile()
 _LAYER_HANDLERS["TopK"] = _TopK()
 _LAYER_HANDLERS["Map"] = _Map()
+_LAYER_HANDLERS["Unstack"] = _Unstack()
+_LAYER_HANDLERS["Take"] = _Take()
 _LAYER_HANDLERS["ExpandDims"] = _AxisInsertOrRemove("adds")
 _LAYER_HANDLERS["Squeeze"] = _AxisInsertOrRemove("removes")
 _LAYER_HANDLERS.update(_application_handlers(_ELEMENTWISE))

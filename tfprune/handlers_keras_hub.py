@@ -11,7 +11,7 @@ import keras
 
 from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width
 
-__all__ = ["handler_for"]
+__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
 
 
 def _sub_layers(layer):
@@ -140,6 +140,36 @@ _BY_CLASS = {
     ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
     (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
 }
+
+
+# Layers holding weights of their own that `tfprune.graph.flatten` inlines all
+# the same, each own weight becoming a `tfprune.layers.Weight`: copied through
+# its config, `MaskedLMHead` would re-create the token embedding it shares
+# with the backbone (the copy has one more vocabulary table than the model);
+# inlined, the embedding is one layer called forwards and in reverse. Swin's
+# `WindowAttention` (its relative position bias table) has a config that does
+# not load back (it writes its output Dropout layer as `proj_drop`).
+INLINED_WITH_OWN_WEIGHTS = {
+    ("keras_hub.src.layers.modeling.masked_lm_head", "MaskedLMHead"),
+    ("keras_hub.src.models.swin_transformer.swin_transformer_layers", "WindowAttention"),
+}
+
+
+def inlined_with_own_weights(layer):
+    """Whether `tfprune.graph.flatten` inlines this keras-hub layer although it holds weights.
+
+    Args:
+        layer: A layer whose class is defined in keras-hub.
+
+    Returns:
+        Bool.
+
+    Example:
+
+    >>> inlined_with_own_weights(object())
+    False
+    """
+    return (type(layer).__module__, type(layer).__name__) in INLINED_WITH_OWN_WEIGHTS
 
 
 def handler_for(operation):

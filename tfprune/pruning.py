@@ -30,8 +30,10 @@ some group says so in one warning naming the groups and the guard
 responsible.
 
 Before the pruned model is returned it is run once on a probe input made
-from its input spec and rebuilt from its config: a pruned model that cannot
-run or be reloaded is refused by name rather than handed back.
+from its input spec, rebuilt from its config, and saved to a `.keras` file
+and loaded back (the outputs must not change): a pruned model that cannot run
+or be reloaded is refused by name rather than handed back, as is one with
+more parameters than its input (a tied weight copied twice).
 """
 
 import contextlib
@@ -41,6 +43,8 @@ import functools
 import inspect
 import json
 import math
+import os
+import tempfile
 import warnings
 
 import keras
@@ -757,18 +761,49 @@ def _rebuild_error(model, layer):
     return None
 
 
-def _check_runs_and_reloads(pruned, given, inlined=None):
-    """Refuses a pruned model that fails on a probe input or does not rebuild from its config.
+def _saved_problem(model, inputs):
+    """None if `model` saved to `.keras` and loaded back gives its outputs on `inputs`, else why not.
 
-    A failure the input model `given` shares (a probe its layers cannot take,
-    a layer whose config never loaded) is not the pruning's doing and passes.
-    A layer that does not rebuild from its own config in the (`inlined`)
+    What `keras.saving.load_model` does besides rebuilding from the config:
+    weights found by their path in the file (a weight the rebuilt model
+    names otherwise keeps its initial value) and the custom objects looked
+    up as they are registered.
+    """
+    with tempfile.TemporaryDirectory(prefix="tfprune-reload-") as directory:
+        path = os.path.join(directory, "model.keras")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns of weights it skips; the outputs tell
+                model.save(path)
+                loaded = keras.saving.load_model(path, custom_objects=_custom_objects(model), compile=False)
+            want = keras.tree.flatten(model(inputs, training=False))
+            got = keras.tree.flatten(loaded(inputs, training=False))
+        except Exception as error:  # noqa: BLE001 - any failure means "does not reload"
+            return f"saved to `.keras`, it does not load back and run ({first_line(error)})"
+    same = len(got) == len(want) and all(
+        np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5, rtol=1e-4)
+        for a, b in zip(got, want)
+    )
+    return None if same else "saved to `.keras` and loaded back, it computes other outputs"
+
+
+def _check_runs_and_reloads(pruned, given, inlined=None):
+    """Refuses a pruned model that fails on a probe input or does not reload.
+
+    The model must run on a probe input, rebuild from its config with the
+    same weight shapes (which names the layer at fault) and, saved to a
+    `.keras` file and loaded back, give the same outputs. A failure the
+    input model `given` shares (a probe its layers cannot take, a layer
+    whose config never loaded) is not the pruning's doing and passes. A
+    layer that does not rebuild from its own config in the (`inlined`)
     input model either is named as such.
     """
     inputs = _probe_inputs(pruned)
     with _no_state_left(pruned):
         error = _runs(pruned, inputs)
-    if error is not None and _runs(given, inputs) is None:
+    # The input model gets the same probe in its own structure (a keras-hub
+    # backbone takes a dict; the inlined model, a list of the same inputs).
+    if error is not None and _runs(given, _probe_inputs(given)) is None:
         operation = _failing_operation(pruned, inputs)
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(operation, 'it')} "
@@ -779,6 +814,14 @@ def _check_runs_and_reloads(pruned, given, inlined=None):
     problem = _reload_problem(pruned)
     if problem is not None and _reload_problem(given) is None:
         layer, reason = problem
+        why = getattr(layer, "_tfprune_not_inlined", None)
+        if why is not None:
+            # A block tfprune kept whole: the input model rebuilds it from its owner's config.
+            raise ValueError(
+                f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(layer, 'a layer')} "
+                f"could not be inlined ({why}), and on its own it {reason}, so the pruned model would not "
+                "reload."
+            )
         unpruned = _rebuild_error(inlined if inlined is not None else given, layer)
         if unpruned is not None:
             # Not the pruning's doing: the input model loads back through its own config
@@ -794,6 +837,34 @@ def _check_runs_and_reloads(pruned, given, inlined=None):
             f"{_named(layer, 'the model')} {reason}; give the layer a get_config that records its new "
             "width or a handler that resizes it (tfprune.graph.register_handler), or leave its channels "
             f"alone ({_ignore(layer)})."
+        )
+    # Also when the config check failed for the input model too: a keras-hub
+    # model reloads through its own config, which the inlined model no longer has.
+    with _no_state_left(pruned):
+        saved = _saved_problem(pruned, inputs) if error is None else None
+    if saved is not None and _saved_problem(given, _probe_inputs(given)) is None:
+        culprit = f" ({_named(problem[0], 'the model')} {problem[1]})" if problem is not None else ""
+        raise ValueError(
+            f"tfprune.prune refuses to return the pruned model '{pruned.name}': {saved}{culprit}, where the "
+            "input model reloads; this is a tfprune bug, please report it with the model."
+        )
+
+
+def _check_not_larger(pruned, given):
+    """Refuses a pruned model with more parameters than the input model.
+
+    Inlining and surgery copy layers through their configs; a layer holding
+    another layer of the model (keras-hub's `MaskedLMHead` holds the token
+    embedding it shares with the backbone) would come back with a copy of
+    it, untying the weights. Nothing tfprune does may add parameters, so
+    such a result is never returned.
+    """
+    before, after = given.count_params(), pruned.count_params()
+    if after > before:
+        raise ValueError(
+            f"tfprune.prune refuses to return the pruned model '{pruned.name}': it has {after} parameters, "
+            f"more than the {before} of the input model, so a weight the input model shares between "
+            "layers (tied weights) was copied as two; this is a tfprune bug, please report it with the model."
         )
 
 
@@ -999,7 +1070,8 @@ def prune(
         pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
     if reinitialize:
         pruned = _fresh_weights(pruned)
-    if widths and _CHECK_PRUNED.get():
+    _check_not_larger(pruned, given)
+    if _CHECK_PRUNED.get():  # unchanged too: inlining alone can give a model that does not reload
         _check_runs_and_reloads(pruned, given, model)
     before, after = analyze(model), analyze(pruned)
     result = PruneResult(

@@ -4,6 +4,7 @@ from tfprune.layers.str_base import SoftThresholdMixin, STRMixin
 from tfprune.layers.str_conv import STRConv1D, STRConv2D, STRDepthwiseConv2D
 from tfprune.layers.str_dense import STRDense
 from tfprune.layers.str_low_rank import STRLowRankDense
+from tfprune.layers.weight import Weight
 
 __all__ = [
     "STRConv1D",
@@ -13,4 +14,5 @@ __all__ = [
     "STRLowRankDense",
     "STRMixin",
     "SoftThresholdMixin",
+    "Weight",
 ]
