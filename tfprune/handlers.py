@@ -138,6 +138,8 @@ class Tracer:
         self._normalized = {}  # channel id -> names of the layers normalising over it
         self._heads = {}  # channel id -> the attention layer whose head it is
         self.inferred = {}  # operation name -> channel rule established numerically
+        # How grouped-query attention layers make their head groups (tfprune.handlers_decoders).
+        self.gqa = "query_heads"
 
     def channels(self, tensor):
         """Returns the channel ids of a traced tensor's last axis.

@@ -150,4 +150,7 @@ def handler_for(operation):
     >>> handler_for(object()) is None
     True
     """
-    return _BY_CLASS.get((type(operation).__module__, type(operation).__name__))
+    from tfprune import handlers_decoders  # imports tfprune.handlers, as this module does
+
+    key = (type(operation).__module__, type(operation).__name__)
+    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)
