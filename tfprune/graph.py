@@ -839,7 +839,27 @@ def _nested_shadow_call(self, *args, **kwargs):
         # On the probe's arrays (`_same_on_a_probe`): its own code, never `build`
         # (a shadow's `build` would make new sub-layers).
         return self.call(*args, **_accepted(self, kwargs))
+    if _tracing_here():
+        kwargs = _without_unspecified_none(self, kwargs)
     return _LAYER_CALL(self, *args, **kwargs)
+
+
+def _without_unspecified_none(layer, kwargs):
+    """`kwargs` without arguments passed as None that `layer.call` defaults to None and its output spec refuses.
+
+    keras-hub's `CachedMultiHeadAttention` is called with `cache=None`,
+    which `MultiHeadAttention.compute_output_spec` does not take: called as a
+    layer on symbolic tensors (it has a handler, so it is not inlined) it
+    would fail, in the trace and wherever the recorded call is run again.
+    """
+    spec = inspect.signature(layer.compute_output_spec).parameters
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in spec.values()):
+        return kwargs
+    call = inspect.signature(layer.call).parameters
+    return {
+        key: value for key, value in kwargs.items()
+        if not (value is None and key not in spec and key in call and call[key].default is None and key != "training")
+    }  # fmt: skip
 
 
 def _accepted(layer, kwargs):
