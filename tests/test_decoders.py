@@ -186,3 +186,12 @@ def test_a_decoder_block_traces_for_any_sequence_length():
     assert {"SizeRange", "BroadcastToSizes"} <= names
     for length in (1, 4, 9):
         assert flat(_inputs(_tokens()[:, :1].repeat(length, axis=1))).shape == (2, length, VOCAB)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from tfprune import handlers_decoders
+
+    results = doctest.testmod(handlers_decoders, extraglobs={"tfprune": tfprune, "keras": keras})
+    assert results.attempted and not results.failed

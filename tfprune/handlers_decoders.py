@@ -80,8 +80,8 @@ class SizeRange(keras.Operation):
 
     Example:
 
-    >>> tfprune.handlers_decoders.SizeRange(axis=1)(keras.ops.zeros((2, 3, 4))).shape
-    TensorShape([3])
+    >>> keras.ops.convert_to_numpy(tfprune.handlers_decoders.SizeRange(axis=1)(keras.ops.zeros((2, 3, 4)))).tolist()
+    [0, 1, 2]
     """
 
     def __init__(self, axis, start=0, step=1, dtype=None, name=None):
@@ -353,33 +353,34 @@ class _GroupedQueryAttention(Handler):
         """A new layer from `config`; with `explicit_head_dim`, of that class, keeping the head width."""
         if self.explicit_head_dim is None:
             return type(layer).from_config(config)
-        return self.explicit_head_dim.from_config({**config, "head_dim": _head_dim(layer)})
+        return self.explicit_head_dim.from_config({**config, "head_dim": _head_dim(layer, self._projections(layer)[0])})
 
     def copy(self, layer):
         """A copy of `layer` with its weights, or None to copy it from its config (`tfprune.graph.flatten`)."""
-        if self.explicit_head_dim is None or type(layer) is self.explicit_head_dim:
+        if self.explicit_head_dim is None or type(layer) is self.explicit_head_dim or not self._projections(layer):
             return _copy_from_attributes(layer)
-        return self.explicit_head_dim.copy_of(layer, _head_dim(layer))
+        return self.explicit_head_dim.copy_of(layer, _head_dim(layer, self._projections(layer)[0]))
 
 
-def _head_dim(layer):
+def _head_dim(layer, query):
+    """The head width: `layer.head_dim`, or the query kernel's last axis (`"muh"`, `"ndh"`)."""
     head_dim = getattr(layer, "head_dim", None)
-    return int(head_dim if head_dim is not None else layer._query_dense.kernel.shape[-1])
+    return int(head_dim if head_dim is not None else query.kernel.shape[-1])
 
 
 def _copy_from_attributes(layer):
-    """A copy of a keras-hub layer whose `get_config` raises, from its attributes, or None if it does not raise.
+    """A copy of a keras-hub layer, from its config if it round-trips, else from its attributes.
 
     keras-hub builds some layers with a `DTypePolicy` object as `dtype`
     (Gemma's RMSNormalization and attention), which Keras cannot write to a
-    config; the copy is made with the policy's name, and its own config
-    loads back.
+    config, and some `get_config`s read attributes the layer never sets
+    (Qwen3's attention); the copy is then made from the constructor's
+    arguments read back from the layer, with the policy's name, and its own
+    config loads back.
     """
-    try:
-        layer.get_config()
-        return None
-    except NotImplementedError:
-        pass
+    copy = _utils.copy_layer(layer)
+    if copy is not None:
+        return copy
     copy = type(layer).from_config(_constructor_config(layer, type(layer)))
     _utils._build_like(copy, layer)
     copy.set_weights(layer.get_weights())
@@ -430,6 +431,8 @@ class _ExplicitHeadDimMixin:
     """Keeps `head_dim` explicit in an attention layer that computes it as `hidden_dim // num_query_heads`."""
 
     def __init__(self, *args, head_dim=None, **kwargs):
+        if "head_dim" in inspect.signature(super().__init__).parameters:  # Qwen3's takes one
+            kwargs["head_dim"] = head_dim
         super().__init__(*args, **kwargs)
         self.head_dim = head_dim
 
@@ -439,21 +442,28 @@ class _ExplicitHeadDimMixin:
         hidden = inputs_shape[-1]
         # The parent builds its projections for `width // num_query_heads`: built on a
         # width that gives this head_dim, then the projections that read or write the
-        # hidden width are made again for the real one, in the same order (the
+        # hidden width are made again for the real one, each in its place (the
         # weights keep their order, so the surgery's sliced weights fit).
         super().build((*inputs_shape[:-1], self.num_query_heads * self.head_dim))
         self._inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
-        for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+        if hasattr(self, "_head_dim"):  # Mixtral keeps it, and its hidden width, for its call
+            self._head_dim = self.head_dim
+            self._hidden_dim = hidden
+        for name in self._tfprune_projections:
             old = getattr(self, name)
             config = old.get_config()
-            if name == "_output_dense":
+            if name == self._tfprune_projections[-1]:
                 config["output_shape"] = (None, hidden)
                 shape = (None, None, self.num_query_heads, self.head_dim)
             else:
                 shape = inputs_shape
             new = type(old).from_config(config)
+            position = next(i for i, layer in enumerate(self._layers) if layer is old)
             self._tracker.untrack(old)
             setattr(self, name, new)
+            # Where the old one was among the sub-layers: the weights keep their order.
+            self._layers.remove(new)
+            self._layers.insert(position, new)
             new.build(shape)
         self.built = True
 
@@ -487,12 +497,13 @@ def _constructor_config(layer, cls):
     return config
 
 
-def _explicit_head_dim_class(module, name):
+def _explicit_head_dim_class(module, name, projections):
     try:
         parent = getattr(__import__(module, fromlist=[name]), name)
     except (ImportError, AttributeError):
         return None
-    cls = type(name, (_ExplicitHeadDimMixin, parent), {"__module__": __name__, "__doc__": (
+    cls = type(name, (_ExplicitHeadDimMixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
+                                                       "__doc__": (
         f"keras-hub's `{name}` with an explicit `head_dim` (what `tfprune.prune` rebuilds it as when its "
         "heads or hidden width shrink)."
     )})  # fmt: skip
@@ -500,20 +511,32 @@ def _explicit_head_dim_class(module, name):
 
 
 _HUB = "keras_hub.src.models."
-LlamaAttention = _explicit_head_dim_class(_HUB + "llama.llama_attention", "LlamaAttention")
-QwenAttention = _explicit_head_dim_class(_HUB + "qwen.qwen_attention", "QwenAttention")
-
 _LLAMA_NAMES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 _GEMMA_NAMES = ("query_dense", "key_dense", "value_dense", "output_dense")
+LlamaAttention = _explicit_head_dim_class(_HUB + "llama.llama_attention", "LlamaAttention", _LLAMA_NAMES)
+QwenAttention = _explicit_head_dim_class(_HUB + "qwen.qwen_attention", "QwenAttention", _LLAMA_NAMES)
+Phi3Attention = _explicit_head_dim_class(_HUB + "phi3.phi3_attention", "Phi3Attention", _GEMMA_NAMES)
+# Qwen3's attention takes a head_dim, but its get_config reads attributes it never sets: rebuilt as this class too.
+Qwen3Attention = _explicit_head_dim_class(_HUB + "qwen3.qwen3_attention", "Qwen3Attention", _LLAMA_NAMES)
+CachedMixtralAttention = _explicit_head_dim_class(_HUB + "mixtral.mixtral_attention", "CachedMixtralAttention",
+                                                  _GEMMA_NAMES)  # fmt: skip
+_EXPLICIT = {
+    "LlamaAttention": (LlamaAttention, _LLAMA_NAMES, _HUB + "llama.llama_attention"),
+    "QwenAttention": (QwenAttention, _LLAMA_NAMES, _HUB + "qwen.qwen_attention"),
+    "Phi3Attention": (Phi3Attention, _GEMMA_NAMES, _HUB + "phi3.phi3_attention"),
+    "Qwen3Attention": (Qwen3Attention, _LLAMA_NAMES, _HUB + "qwen3.qwen3_attention"),
+    "CachedMixtralAttention": (CachedMixtralAttention, _GEMMA_NAMES, _HUB + "mixtral.mixtral_attention"),
+}
 
 # keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
 BY_CLASS = {
-    (_HUB + "llama.llama_attention", "LlamaAttention"): _GroupedQueryAttention(_LLAMA_NAMES, explicit_head_dim=LlamaAttention),
-    (__name__, "LlamaAttention"): _GroupedQueryAttention(_LLAMA_NAMES, explicit_head_dim=LlamaAttention),
-    (_HUB + "qwen.qwen_attention", "QwenAttention"): _GroupedQueryAttention(_LLAMA_NAMES, explicit_head_dim=QwenAttention),
-    (__name__, "QwenAttention"): _GroupedQueryAttention(_LLAMA_NAMES, explicit_head_dim=QwenAttention),
     (_HUB + "mistral.mistral_attention", "CachedMistralAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
     (_HUB + "gemma.gemma_attention", "CachedGemmaAttention"): _GroupedQueryAttention(_GEMMA_NAMES),
+    (_HUB + "gemma3.gemma3_attention", "CachedGemma3Attention"): _GroupedQueryAttention(_GEMMA_NAMES),
+    (_HUB + "gemma3.gemma3_layers", "RMSNormalization"): _HubNormalization(),
+    (_HUB + "phi3.phi3_layernorm", "Phi3LayerNorm"): _HubNormalization(),
+    (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
+    (_HUB + "qwen3.qwen3_layernorm", "Qwen3LayerNorm"): _HubNormalization(),
     (_HUB + "llama.llama_layernorm", "LlamaLayerNorm"): _HubNormalization(),
     (_HUB + "gemma.rms_normalization", "RMSNormalization"): _HubNormalization(),
     (_HUB + "mistral.mistral_layer_norm", "MistralLayerNormalization"): _HubNormalization(),
@@ -522,9 +545,11 @@ BY_CLASS = {
     ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
 }
 
-for _cls in (LlamaAttention, QwenAttention):
+for _name, (_cls, _names, _module) in _EXPLICIT.items():
     if _cls is not None:
-        register_handler(_cls, BY_CLASS[(__name__, _cls.__name__)])
+        _handler = _GroupedQueryAttention(_names, explicit_head_dim=_cls)
+        BY_CLASS[(_module, _name)] = _handler
+        register_handler(_cls, _handler)
 register_handler("SizeRange", _ReadsShape())
 register_handler("DenseMultiply", handler_for(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)._keras_history.operation))
 register_handler("BroadcastToSizes", _ReadsShape())
