@@ -394,6 +394,21 @@ class _HubNormalization(_Normalization):
         return _copy_from_attributes(layer)
 
 
+class _Whole(Freeze):
+    """A keras-hub layer kept whole, its channels frozen with `reason`, copied even when its config does not round-trip.
+
+    For mixture-of-experts blocks (each token routed to some of the experts,
+    whose weights are stacked in one tensor per projection): the rest of the
+    decoder block around them (its attention heads) still prunes.
+    """
+
+    def copy(self, layer):
+        try:
+            return _copy_from_attributes(layer)
+        except Exception:  # noqa: BLE001 - not copyable from its attributes either: copied or shared as before
+            return None
+
+
 class _KerasGroupedQueryAttention(_GroupedQueryAttention):
     """`keras.layers.GroupQueryAttention`: query, value and key are separate call arguments."""
 
@@ -537,13 +552,21 @@ BY_CLASS = {
     (_HUB + "phi3.phi3_layernorm", "Phi3LayerNorm"): _HubNormalization(),
     (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
     (_HUB + "qwen3.qwen3_layernorm", "Qwen3LayerNorm"): _HubNormalization(),
+}
+_EXPERTS = "routes each token to some of its experts, whose stacked weights tfprune does not prune"
+# Mixtral's block is copied from its attributes (its own config does not load back). The
+# Qwen and GPT-OSS blocks do not keep their constructor's arguments: not handled.
+BY_CLASS[(_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock")] = _Whole(
+    f"the mixture-of-experts block MixtralSparseMoeBlock {_EXPERTS}"
+)
+BY_CLASS.update({
     (_HUB + "llama.llama_layernorm", "LlamaLayerNorm"): _HubNormalization(),
     (_HUB + "gemma.rms_normalization", "RMSNormalization"): _HubNormalization(),
     (_HUB + "mistral.mistral_layer_norm", "MistralLayerNormalization"): _HubNormalization(),
     (_HUB + "qwen.qwen_layernorm", "QwenLayerNorm"): _HubNormalization(),
     ("keras_hub.src.layers.modeling.reversible_embedding", "ReversibleEmbedding"): _ReversibleEmbedding(),
     ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
-}
+})
 
 for _name, (_cls, _names, _module) in _EXPLICIT.items():
     if _cls is not None:
