@@ -133,16 +133,14 @@ def test_pruned_causal_lm_decodes_with_a_cache_and_reloads(family, tmp_path):
     pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="all", round_to=1)
     # Half the heads and half the MLP units.
     assert [(layer.num_query_heads, layer.num_key_value_heads) for layer in _pruned_attention(pruned)] == [(2, 2)] * 2
+    mlp = {group.before: group.after for group in result.groups if group.before > 2}
+    assert mlp == ({64: 32} if family == "llama" else {32: 16})
     assert result.params_after < result.params_before
     full = _logits(pruned, tokens)
     assert full.shape == (2, LENGTH, VOCAB)  # the vocabulary never shrinks
-    logits, cache = tfprune.decoding.build_cache(pruned, tokens[:, :3], max_length=LENGTH)
+    _, cache = tfprune.decoding.build_cache(pruned, tokens, max_length=LENGTH)
     assert {tuple(value.shape) for value in cache.values()} == {(2, 2, LENGTH, 2, 8)}
-    steps = [keras.ops.convert_to_numpy(logits)]
-    for index in range(3, LENGTH):
-        logits, cache = tfprune.decoding.call_with_cache(pruned, tokens[:, index : index + 1], cache, index)
-        steps.append(keras.ops.convert_to_numpy(logits))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
 
     path = tmp_path / "pruned.keras"
     pruned.save(path)
@@ -150,6 +148,28 @@ def test_pruned_causal_lm_decodes_with_a_cache_and_reloads(family, tmp_path):
     np.testing.assert_allclose(_logits(reloaded, tokens), full, atol=1e-6)
     logits, _ = tfprune.decoding.build_cache(reloaded, tokens, max_length=LENGTH)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full, atol=1e-4)
+
+
+def _decode_step_by_step(model, tokens, prompt=3):
+    logits, cache = tfprune.decoding.build_cache(model, tokens[:, :prompt], max_length=tokens.shape[1])
+    steps = [keras.ops.convert_to_numpy(logits)]
+    for index in range(prompt, tokens.shape[1]):
+        logits, cache = tfprune.decoding.call_with_cache(model, tokens[:, index : index + 1], cache, index)
+        steps.append(keras.ops.convert_to_numpy(logits))
+    return np.concatenate(steps, axis=1)
+
+
+def test_pruned_gpt2_decodes_with_a_cache_and_learned_positions():
+    # GPT-2: multi-head attention (keras-hub's CachedMultiHeadAttention) and a position
+    # embedding, which must start at the cache index.
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=16,
+                                             intermediate_dim=32, max_sequence_length=LENGTH)  # fmt: skip
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    tokens = _tokens(2)
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="all", round_to=1)
+    assert [layer.num_heads for layer in tfprune.decoding.attention_layers(pruned)] == [2, 2]
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
 
 
 def test_hidden_width_shrinks_through_rms_norms_and_the_embedding_but_not_the_vocabulary():

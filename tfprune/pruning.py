@@ -899,7 +899,10 @@ def prune(
     Numbers may be Python or NumPy scalars (`rate=np.float32(0.5)`). A model
     with nested models (a backbone called as one layer) is inlined first with
     `tfprune.graph.flatten`, so the pruned model is one flat functional model
-    with the same layer names.
+    with the same layer names. A keras-hub causal LM (Llama, Gemma, ...) so
+    pruned keeps its logits but not its class (`call_with_cache`,
+    `generate`): run it step by step with a key/value cache through
+    `tfprune.decoding.build_cache` / `call_with_cache`.
 
     The pruned model is checked before it is returned: it is run once on a
     probe input made from its input spec (one example, the values
