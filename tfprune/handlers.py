@@ -670,6 +670,12 @@ class _Elementwise(Handler):
         widest = max(tensors, key=lambda tensor: _width(tensor) or 0)
         channels = tracer.channels(widest)
         coupled = [tracer.channels(tensor) for tensor in tensors if _width(tensor) != 1 or len(channels) == 1]
+        if len({len(ids) for ids in coupled}) > 1:
+            # Last axes of unknown size (masks over a sequence) stand for their tensors with
+            # as many pinned channels as their producers made: nothing to line up, all stay.
+            for ids in coupled:
+                tracer.pin(ids, f"'{node.operation.name}' combines last axes of unknown size")
+            return [channels]
         tracer.couple(*coupled)
         if self.gating and len(tensors) > 1:
             tracer._gates.update(channels.tolist())
