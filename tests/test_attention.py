@@ -298,12 +298,13 @@ def test_gated_attention_and_returned_scores_keep_their_heads(use_gate, return_s
     assert f"'mha' {why}" in graph["embed"].reason
 
 
-def test_grouped_query_attention_is_refused_by_name():
+def test_grouped_query_attention_has_one_head_group_per_key_value_head():
+    # GroupQueryAttention(head_dim=8, num_query_heads=4, num_key_value_heads=2); tests/test_decoders.py prunes it.
     inputs = keras.Input((6, 8))
     x = layers.Dense(8, name="embed")(inputs)
     attended = layers.GroupQueryAttention(8, 4, 2, name="gqa")(x, x)
-    with pytest.raises(tfprune.graph.UnknownOperationError, match="operation 'gqa' of type .*GroupedQueryAttention"):
-        tfprune.graph.build(keras.Model(inputs, attended))
+    graph = tfprune.graph.build(keras.Model(inputs, attended))
+    assert [(group.size, group.heads_of) for group in graph if group.name.startswith("gqa_heads")] == [(2, "gqa")] * 2
 
 
 def test_an_attention_mask_is_not_taken_for_the_key():

@@ -24,7 +24,7 @@ from surgery_helpers import kill_channels, outputs, random_weights
 from test_handlers_inferred import COLOUR_LAYERS, PER_CHANNEL_LAYERS
 
 import tfprune
-from tfprune import handlers
+from tfprune import handlers, handlers_decoders
 
 # keras.applications has no public name for these layers.
 from keras.src.applications.convnext import LayerScale  # noqa: E402  isort: skip
@@ -508,6 +508,10 @@ def test_every_registered_handler_is_audited():
     audited |= {getattr(layers, name) for name in (*PER_CHANNEL_LAYERS, *COLOUR_LAYERS)}
     audited |= {"Matmul", "DotProductAttention"}  # with two tensors: tests/test_handlers_inferred.py
     audited |= {"Einsum", "Stack", "Tile", "TopK", "Map"}  # tests/test_handlers_ops.py
+    audited |= {"Take", "Unstack", tfprune.layers.Weight}  # tests/test_layer_copies.py
+    # Decoder language models: tests/test_decoders.py.
+    audited |= {"SizeRange", "BroadcastToSizes", "DenseMultiply", layers.GroupQueryAttention}
+    audited |= {cls for cls, _, _ in handlers_decoders._EXPLICIT.values() if cls is not None}
     assert set(handlers._HANDLERS) - audited == set()
 
 

@@ -363,7 +363,8 @@ def test_a_layer_whose_automatic_config_raises_is_copied_from_its_arguments_and_
 
 class CausalMix(layers.Layer):
     """T5Gemma's decoder mask: `ops.arange(0, length)` with the length from `ops.shape`, None while traced
-    (an empty range: recorded, the trace holds a mask of size 0)."""
+    (recorded as an empty range, the trace would hold a mask of size 0; recorded as a range read
+    from the tensor when the model runs, it holds for any length)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -377,13 +378,14 @@ class CausalMix(layers.Layer):
         return ops.matmul(weights, self.value(x))
 
 
-def test_a_trace_recording_a_size_unknown_until_it_runs_is_not_used():
+def test_a_range_over_a_length_unknown_until_it_runs_is_traced_for_any_length():
     inputs = keras.Input((None, 4))
     model = keras.Model(inputs, layers.Dense(2, name="head")(CausalMix(name="mix")(inputs)))
     flat = tfprune.graph.flatten(model)
-    assert "records a size that is only known when it runs" in flat.get_layer("mix")._tfprune_not_inlined
-    x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
-    assert_same(outputs(flat, x), outputs(model, x))
+    assert "mix" not in [layer.name for layer in flat.layers]  # inlined: its mask is a SizeRange
+    for length in (6, 9):
+        x = np.random.default_rng(length).normal(size=(2, length, 4)).astype("float32")
+        assert_same(outputs(flat, x), outputs(model, x))
 
 
 # ---------------------------------------------------------------- the input model's probe

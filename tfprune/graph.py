@@ -68,7 +68,7 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune import _batch_axis, _utils, handlers, handlers_inferred
+from tfprune import _batch_axis, _utils, handlers, handlers_decoders, handlers_inferred
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -283,7 +283,7 @@ class ChannelGraph:
         return f"<ChannelGraph: {len(self.groups)} groups, {prunable} prunable>"
 
 
-def build(model, unknown="raise", hidden=False):
+def build(model, unknown="raise", hidden=False, gqa="query_heads"):
     """Builds the channel dependency graph of a Sequential or functional model.
 
     Args:
@@ -301,6 +301,14 @@ def build(model, unknown="raise", hidden=False):
             such a channel changes the normalisation statistics, so the
             pruned model computes something else even where the removed
             channel's weights were zero; False (default) leaves them alone.
+        gqa: String. How the heads of grouped-query attention layers
+            (keras-hub's Llama, Gemma, Qwen, Mistral attention,
+            `keras.layers.GroupQueryAttention`) form groups:
+            `"query_heads"` (default), one group of query heads per
+            key/value head (named `<layer>_heads_<k>`), so the key/value
+            projections and cache keep their size; `"groups"`, one group
+            of key/value heads (`<layer>_heads`), each removed with its
+            query heads. See `tfprune.handlers_decoders`.
 
     Returns:
         A `ChannelGraph`.
@@ -308,7 +316,8 @@ def build(model, unknown="raise", hidden=False):
     Raises:
         TypeError: If `model` is not a Keras model or is subclassed, or
             `hidden` is not a bool.
-        ValueError: If the model is not built or contains a nested model.
+        ValueError: If the model is not built or contains a nested model,
+            or `gqa` is not one of its values.
         UnknownOperationError: A `ValueError`, with `unknown="raise"`, for an
             operation without a handler.
 
@@ -328,8 +337,11 @@ def build(model, unknown="raise", hidden=False):
         )
     if not isinstance(hidden, bool):
         raise TypeError(f"`hidden` must be True or False. Received: hidden={hidden!r}")
+    if gqa not in handlers_decoders.GQA_MODES:
+        raise ValueError(f"`gqa` must be one of {handlers_decoders.GQA_MODES}. Received: gqa={gqa!r}")
     functional = _utils.functional_view(model)
     tracer = Tracer()
+    tracer.gqa = gqa
     for node in _ordered_nodes(functional):
         _trace_node(node, tracer, unknown)
     for tensor in functional.outputs:
@@ -516,7 +528,10 @@ def _flatten_once(functional, copies, composites, name):
 
 def _copy(layer, copies):
     if id(layer) not in copies:
-        copies[id(layer)] = _utils.copy_or_share(layer, "tfprune.graph.flatten")
+        # A handler may copy a layer whose own config does not load back (keras-hub's LlamaAttention).
+        copy = getattr(handler_for(layer), "copy", None)
+        copied = copy(layer) if copy is not None else None
+        copies[id(layer)] = copied if copied is not None else _utils.copy_or_share(layer, "tfprune.graph.flatten")
     return copies[id(layer)]
 
 
@@ -623,7 +638,7 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
                 inner, _adjusted_ranks(inner, inputs), copies, composites, changed, prefix=operation.name
             )
         if not isinstance(operation, keras.layers.Layer):
-            return operation  # a keras.ops operation: stateless
+            return _dense_unless_sparse_input(operation)  # a keras.ops operation: stateless
         name = claimed(operation)
         if composites and is_composite(operation):
             if isinstance(operation, (keras.layers.Lambda, keras.layers.Activation)):
@@ -654,6 +669,28 @@ def _adjusted_ranks(functional, inputs):
     return adjusted
 
 
+def _dense_unless_sparse_input(operation):
+    """Calls `operation`; a `Multiply` by a constant that Keras marks sparse is recorded as a `DenseMultiply`.
+
+    Keras marks `x * c` sparse when `c` is not a tensor of its own (it has no
+    `sparse` attribute, which Keras's `Multiply` reads as True): Gemma scales
+    its embeddings so. A layer called on such a tensor without an output
+    shape of its own then runs its `call` on a sparse placeholder, which it
+    refuses (while tracing a composite and when the surgery rebuilds the
+    model); the product is dense whenever the model runs.
+    """
+
+    def call(*args, **kwargs):
+        outputs = operation(*args, **kwargs)
+        tensors = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+        marked = any(isinstance(output, keras.KerasTensor) and output.sparse for output in keras.tree.flatten(outputs))
+        if type(operation).__name__ == "Multiply" and tensors and marked and not any(t.sparse for t in tensors):
+            return handlers_decoders.DenseMultiply(name=operation.name)(*args, **kwargs)
+        return outputs
+
+    return call
+
+
 def _renamed(copy, name, original):
     if copy.name != name and copy is not original:  # the user's own layer is never renamed
         object.__setattr__(copy, "_tfprune_own_name", getattr(copy, "_tfprune_own_name", copy.name))
@@ -665,6 +702,9 @@ _LAYER_CALL = keras.layers.Layer.__call__
 _RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._keras_history.operation)
 _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
 _SHAPE = keras.ops.shape
+_ARANGE = keras.ops.arange
+_BROADCAST_TO = keras.ops.broadcast_to
+_SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
 _TRACE_LOCK = threading.RLock()
@@ -681,27 +721,39 @@ class _TracedBatch:
     It is unknown, but code computes with it (`B * windows`, `B // windows`,
     then reshapes to it): such arithmetic keeps the marker, and a reshape
     whose first entry is the marker records -1 there (`_batch_free_shape`).
+    `keras.ops.broadcast_to` to a shape holding it records an operation that
+    reads the size from `source` when the model runs (`_traced_broadcast_to`).
     Used as a number anywhere else it raises, so the layer is kept whole.
 
     Args:
+        source: `KerasTensor` or None. The tensor whose size it is.
+        axis: Int. The axis of `source` it is the size of.
         rows: `fractions.Fraction` or None. How many rows of a tensor's first
             axis this size is per sample (`_batch_axis.factor`): 1 for the
             batch, 4 for `B * 4`; None when unknown.
     """
 
-    def __init__(self, rows=None):
+    def __init__(self, source=None, axis=0, rows=None):
+        self.source = source  # the tensor whose size it is (None: not known)
+        self.axis = axis
         self.rows = rows
+
+    def _scaled(self, rows):
+        # `B * n` is no longer the size of `source`'s axis, unless n is 1.
+        if rows == self.rows:
+            return self
+        return _TracedBatch(None, self.axis, rows)
 
     def __mul__(self, other):
         if isinstance(other, int) and not isinstance(other, bool):
-            return _TracedBatch(None if self.rows is None else self.rows * other)
+            return self._scaled(None if self.rows is None else self.rows * other) if other != 1 else self
         return NotImplemented
 
     __rmul__ = __mul__
 
     def __floordiv__(self, other):
         if isinstance(other, int) and not isinstance(other, bool) and other:
-            return _TracedBatch(None if self.rows is None else self.rows / other)
+            return self._scaled(None if self.rows is None else self.rows / other) if other != 1 else self
         return NotImplemented
 
     def __index__(self):
@@ -713,12 +765,82 @@ class _TracedBatch:
         return "<batch size, unknown while traced>"
 
 
+class _TracedSize:
+    """An unknown size other than the batch (a sequence length) while a composite is traced.
+
+    Decoders build their causal masks and positions from the sequence
+    length (`ops.arange(ops.shape(x)[1])`, then `ops.broadcast_to(mask,
+    (batch, length, length))`); on symbolic tensors that length is None.
+    `ops.shape` gives this marker instead, and `ops.arange` and
+    `ops.broadcast_to` given one record operations that read the size from
+    `source` when the model runs (`handlers_decoders.SizeRange`,
+    `handlers_decoders.BroadcastToSizes`), so the trace holds for any
+    length. Used as a number anywhere else it raises; the trace is then
+    retried with None sizes, as before markers existed (`_SIZE_MARKERS`).
+    """
+
+    def __init__(self, source, axis):
+        self.source = source
+        self.axis = axis
+
+    def __index__(self):
+        raise TypeError("a sequence length is unknown while tfprune traces the layer")
+
+    __int__ = __index__
+
+    def __repr__(self):
+        return f"<size of axis {self.axis}, unknown while traced>"
+
+
 def _traced_shape(x):
-    """`keras.ops.shape` while a composite is traced: an unknown batch size is a `_TracedBatch`."""
+    """`keras.ops.shape` while a composite is traced: unknown sizes are `_TracedBatch` / `_TracedSize` markers."""
     shape = _SHAPE(x)
-    if _tracing_here() and isinstance(x, keras.KerasTensor) and len(shape) and shape[0] is None:
-        return (_TracedBatch(_batch_axis.factor(x, _BATCH_ROWS)), *shape[1:])
+    if not (_tracing_here() and isinstance(x, keras.KerasTensor) and len(shape)):
+        return shape
+    shape = tuple(shape)
+    if shape[0] is None:
+        shape = (_TracedBatch(x, 0, _batch_axis.factor(x, _BATCH_ROWS)), *shape[1:])
+    if _SIZE_MARKERS[0]:
+        shape = tuple(_TracedSize(x, axis) if size is None else size for axis, size in enumerate(shape))
     return shape
+
+
+def _traced_arange(start, stop=None, step=None, dtype=None):
+    """`keras.ops.arange` while a composite is traced: a range up to a traced size is recorded as an operation."""
+    end = start if stop is None else stop
+    begin = 0 if stop is None else start
+    if _tracing_here() and isinstance(end, (_TracedSize, _TracedBatch)) and end.source is not None:
+        if not all(_utils.is_integer(value) for value in (begin, 1 if step is None else step)):
+            raise TypeError("a range up to a sequence length from a traced start or step cannot be recorded")
+        operation = handlers_decoders.SizeRange(axis=end.axis, start=int(begin), step=int(1 if step is None else step),
+                                                dtype=dtype)  # fmt: skip
+        return operation(end.source)
+    return _ARANGE(start, stop, step, dtype) if step is not None else _ARANGE(start, stop, dtype=dtype)
+
+
+def _traced_broadcast_to(x, shape):
+    """`keras.ops.broadcast_to` while a composite is traced: traced sizes in `shape` are read when the model runs."""
+    entries = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+    markers = [size for size in entries if isinstance(size, (_TracedSize, _TracedBatch))]
+    if not (_tracing_here() and markers):
+        return _BROADCAST_TO(x, shape)
+    if any(marker.source is None for marker in markers):
+        raise TypeError("a broadcast to a size unknown while traced cannot be recorded")
+    sources, sizes = [], []
+    for size in entries:
+        if isinstance(size, (_TracedSize, _TracedBatch)):
+            index = next((i for i, source in enumerate(sources) if source is size.source), None)
+            if index is None:
+                sources.append(size.source)
+                index = len(sources) - 1
+            sizes.append([index, size.axis])
+        elif _utils.is_integer(size):
+            sizes.append(int(size))
+        else:
+            raise TypeError(f"a broadcast to a shape holding {size!r} cannot be recorded")
+    if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
+        x = keras.ops.convert_to_tensor(x)
+    return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
 
 
 class _UnknownReshape(ValueError):
@@ -849,7 +971,7 @@ def _verified(shadow, args, kwargs, outputs, strict=False, variables=None):
 
 
 def _unknown(size):
-    return size is None or isinstance(size, _TracedBatch)
+    return size is None or isinstance(size, (_TracedBatch, _TracedSize))
 
 
 def _nested_shadow_call(self, *args, **kwargs):
@@ -866,6 +988,8 @@ def _nested_shadow_call(self, *args, **kwargs):
         # On the probe's arrays (`_same_on_a_probe`): its own code, never `build`
         # (a shadow's `build` would make new sub-layers).
         return self.call(*args, **_accepted(self, kwargs))
+    if _tracing_here():
+        kwargs = _without_unspecified_none(self, kwargs)
     return _LAYER_CALL(self, *args, **kwargs)
 
 
@@ -876,6 +1000,24 @@ def _accepted_by(function, kwargs):
     if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
         return kwargs
     return {key: value for key, value in kwargs.items() if key in parameters}
+
+
+def _without_unspecified_none(layer, kwargs):
+    """`kwargs` without arguments passed as None that `layer.call` defaults to None and its output spec refuses.
+
+    keras-hub's `CachedMultiHeadAttention` is called with `cache=None`,
+    which `MultiHeadAttention.compute_output_spec` does not take: called as a
+    layer on symbolic tensors (it has a handler, so it is not inlined) it
+    would fail, in the trace and wherever the recorded call is run again.
+    """
+    spec = inspect.signature(layer.compute_output_spec).parameters
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in spec.values()):
+        return kwargs
+    call = inspect.signature(layer.call).parameters
+    return {
+        key: value for key, value in kwargs.items()
+        if not (value is None and key not in spec and key in call and call[key].default is None and key != "training")
+    }  # fmt: skip
 
 
 def _accepted(layer, kwargs):
@@ -903,6 +1045,8 @@ def _traced(shadow, changed, fallback=None):
                 keras.layers.Layer.__call__ = _nested_shadow_call
                 _RESHAPE_OPERATION.symbolic_call = _static_reshape_call
                 keras.ops.shape = _traced_shape
+                keras.ops.arange = _traced_arange
+                keras.ops.broadcast_to = _traced_broadcast_to
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -911,6 +1055,8 @@ def _traced(shadow, changed, fallback=None):
                     keras.layers.Layer.__call__ = _LAYER_CALL
                     _RESHAPE_OPERATION.symbolic_call = _RESHAPE_SYMBOLIC_CALL
                     keras.ops.shape = _SHAPE
+                    keras.ops.arange = _ARANGE
+                    keras.ops.broadcast_to = _BROADCAST_TO
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 
@@ -920,8 +1066,32 @@ def _traced(shadow, changed, fallback=None):
         return _LAYER_CALL(shadow, *args, **kwargs)
 
     def traced_call(*args, **kwargs):
+        if _SIZE_MARKERS[0]:
+            # First with sequence-length markers (a causal mask over any length); code
+            # that uses an unknown length otherwise (a full slice `x[:, :length]`) is
+            # traced again as before, with None for it.
+            outputs, why = attempt(*args, **kwargs)
+            if why is None:
+                changed[0] = True
+                return outputs
+            _SIZE_MARKERS[0] = False
+            try:
+                return traced_call(*args, **kwargs)
+            finally:
+                _SIZE_MARKERS[0] = True
+        outputs, why = attempt(*args, **kwargs)
+        if why is not None:
+            # Said where the layer is met again, when its channels are frozen.
+            object.__setattr__(shadow, "_tfprune_not_inlined", why)
+            return as_one_unit(*args, **kwargs)
+        changed[0] = True
+        return outputs
+
+    def attempt(*args, **kwargs):
+        """The traced outputs and None, or None and why the trace cannot be used."""
         own = _own_weights_as_layers(shadow, args, kwargs)
         guessed = _GUESSED[0]
+        outputs = None
         try:
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
@@ -950,12 +1120,7 @@ def _traced(shadow, changed, fallback=None):
         finally:
             for key, value in own.items():  # the shadow holds its variables again
                 object.__setattr__(shadow, key, value)
-        if why is not None:
-            # Said where the layer is met again, when its channels are frozen.
-            object.__setattr__(shadow, "_tfprune_not_inlined", why)
-            return as_one_unit(*args, **kwargs)
-        changed[0] = True
-        return outputs
+        return (None, why) if why is not None else (outputs, None)
 
     return call
 
@@ -984,6 +1149,9 @@ def _own_weights_as_layers(shadow, args, kwargs):
             replaced[key] = value
             object.__setattr__(shadow, key, _LAYER_CALL(layer, anchor))
     return replaced
+
+
+_NOT_TRACED = object()
 
 
 def _same_specs(traced, expected):

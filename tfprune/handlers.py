@@ -163,6 +163,8 @@ class Tracer:
         self._normalized = {}  # channel id -> names of the layers normalising over it
         self._heads = {}  # channel id -> the attention layer whose head it is
         self.inferred = {}  # operation name -> channel rule established numerically
+        # How grouped-query attention layers make their head groups (tfprune.handlers_decoders).
+        self.gqa = "query_heads"
 
     def channels(self, tensor):
         """Returns the channel ids of a traced tensor's last axis.
@@ -701,6 +703,12 @@ class _Elementwise(Handler):
                 # them, which only running the model tells: they stay as they are.
                 tracer.pin(channels, f"'{node.operation.name}' combines them with a tensor whose last "
                            "axis has unknown size")
+        if len({len(ids) for ids in coupled}) > 1:
+            # Last axes of unknown size (masks over a sequence) stand for their tensors with
+            # as many pinned channels as their producers made: nothing to line up, all stay.
+            for ids in coupled:
+                tracer.pin(ids, f"'{node.operation.name}' combines last axes of unknown size")
+            return [channels]
         tracer.couple(*coupled)
         width = _width(node.outputs[0])
         if width is not None and width > 1 and len(channels) == 1:

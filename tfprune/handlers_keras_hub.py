@@ -136,8 +136,8 @@ _BY_CLASS = {
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
     # MultiHeadAttention with a key/value cache for decoding: called without one (as in a
-    # functional graph) it computes what MultiHeadAttention does, with the same weights.
-    ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
+    # functional graph) it computes what MultiHeadAttention does, with the same weights
+    # (keras-hub's own CachedMultiHeadAttention: handlers_decoders).
     (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
 }
 
@@ -186,4 +186,7 @@ def handler_for(operation):
     >>> handler_for(object()) is None
     True
     """
-    return _BY_CLASS.get((type(operation).__module__, type(operation).__name__))
+    from tfprune import handlers_decoders  # imports tfprune.handlers, as this module does
+
+    key = (type(operation).__module__, type(operation).__name__)
+    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)

@@ -319,7 +319,7 @@ def _targeted_groups(model, graph, targets, ignore):
         selected = [group for group in prunable if group.heads_of is not None]
     elif targets == "mlp":
         selected = [group for group in prunable if group.producers and all(
-            isinstance(model.get_layer(name), keras.layers.Dense) for name in group.producers)]  # fmt: skip
+            isinstance(model.get_layer(name), _MLP_LAYERS) for name in group.producers)]  # fmt: skip
     elif targets == "hidden":
         selected = [group for group in prunable if group.normalized_by]
     else:
@@ -334,6 +334,8 @@ def _targeted_groups(model, graph, targets, ignore):
 
 
 _TARGETS = ("all", "expansion", "heads", "mlp", "hidden")
+# Producers of MLP units: keras-hub's Gemma writes its gated MLP with EinsumDense layers.
+_MLP_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
 
 
 def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore):
@@ -488,6 +490,32 @@ def _inlined(model):
     if graph_module.needs_flattening(model):
         return graph_module.flatten(model)
     return model
+
+
+def _balanced_heads(graph, records, widths):
+    """Gives the query-head groups of one grouped-query attention layer one width: the largest among them.
+
+    Every key/value head then keeps as many query heads (the layer's
+    `num_query_heads` stays a multiple of `num_key_value_heads`), and no
+    group loses more than asked. Returns `(records, widths)`.
+    """
+    sizes = {group.name: group.size for group in graph.groups}
+    layer_of = {group.name: group.heads_of for group in graph.groups if group.heads_of is not None}
+    largest = {}
+    for record in records:
+        if record.name in layer_of:
+            layer = layer_of[record.name]
+            largest[layer] = max(largest.get(layer, 0), record.after)
+    balanced, new_widths = [], dict(widths)
+    for record in records:
+        layer = layer_of.get(record.name)
+        if layer is not None and record.after != largest[layer]:
+            record = dataclasses.replace(record, after=largest[layer], guarded=True)
+            new_widths[record.name] = record.after
+            if record.after == sizes[record.name]:
+                del new_widths[record.name]
+        balanced.append(record)
+    return balanced, new_widths
 
 
 def _refuse_emptied_groups(removals, scores, criterion_name, rate):
@@ -892,6 +920,7 @@ def prune(
     threshold=None,
     unknown="raise",
     verbose="auto",
+    gqa="query_heads",
 ):
     """Removes the least important channels of a model; returns a smaller model.
 
@@ -927,8 +956,9 @@ def prune(
         targets: `"all"` (every prunable group), `"expansion"` (groups of the
             1x1 expansion convs of inverted-residual blocks, see
             `expansion_layers`), `"heads"` (the heads of `MultiHeadAttention`
-            layers), `"mlp"` (the hidden units of Dense layers, such as a
-            transformer's MLP), `"hidden"` (a transformer's hidden width:
+            and grouped-query attention layers, see `gqa`), `"mlp"` (the
+            hidden units of Dense and EinsumDense layers, such as a
+            transformer's MLP, gated ones included), `"hidden"` (a transformer's hidden width:
             the groups normalised by LayerNormalization/RMSNormalization,
             coupled through every residual add, embedding and attention
             projection; the normalisation statistics change, see
@@ -969,11 +999,25 @@ def prune(
         verbose: `"auto"` (1), 0, 1 or 2, as in Keras's `fit`: passed to
             criteria that read data (`"activation"`, `"hrank"`), which show a
             progress bar over the batches at 1. Defaults to `"auto"`.
+        gqa: String. What a grouped-query attention layer (keras-hub's
+            Llama, Gemma, Qwen and Mistral attention,
+            `keras.layers.GroupQueryAttention`: several query heads share
+            each key/value head) loses: `"query_heads"` (default), query
+            heads, the same number in every key/value group (each group of
+            query heads is a channel group, and the groups of one layer are
+            given one width, the largest the rate leaves any of them), so
+            the key/value projections and a decoder's key/value cache keep
+            their size; or `"groups"`, whole key/value heads with their
+            query heads (the cache shrinks too). Heads are scored on their
+            query projection weights. Defaults to `"query_heads"`.
 
     Numbers may be Python or NumPy scalars (`rate=np.float32(0.5)`). A model
     with nested models (a backbone called as one layer) is inlined first with
     `tfprune.graph.flatten`, so the pruned model is one flat functional model
-    with the same layer names.
+    with the same layer names. A keras-hub causal LM (Llama, Gemma, ...) so
+    pruned keeps its logits but not its class (`call_with_cache`,
+    `generate`): run it step by step with a key/value cache through
+    `tfprune.decoding.build_cache` / `call_with_cache`.
 
     The pruned model is checked before it is returned: it is run once on a
     probe input made from its input spec (one example, the values
@@ -1033,7 +1077,7 @@ def prune(
     comparable = criteria_module.comparable_across_groups(criterion)
     if scope is None:
         scope = "global" if comparable else "group"
-    graph = graph_module.build(model, unknown=unknown, hidden=targets == "hidden")
+    graph = graph_module.build(model, unknown=unknown, hidden=targets == "hidden", gqa=gqa)
     _check_ignore(model, graph, ignore)
     targeted = _targeted_groups(model, graph, targets, ignore)
     _require_targets(model, graph, targeted, targets, ignore)
@@ -1060,6 +1104,7 @@ def prune(
         shortfall = _shortfall(group, asked[group.name], width, causes)
         if shortfall is not None:
             shortfalls.append(shortfall)
+    records, widths = _balanced_heads(graph, records, widths)
     _warn_shortfalls(
         model, shortfalls, len(records), rate, threshold, sum(len(values) for values in scores.values()),
         removed_any=bool(widths),
@@ -1067,7 +1112,7 @@ def prune(
     se_policy = "keep_ratio" if targets == "expansion" else None
     with warnings.catch_warnings():  # `graph_module.build` above already said it
         warnings.filterwarnings("ignore", message="tfprune cannot see inside layer")
-        pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown)
+        pruned = surgery.set_widths(model, widths, scores=scores, se_policy=se_policy, unknown=unknown, gqa=gqa)
     if reinitialize:
         pruned = _fresh_weights(pruned)
     _check_not_larger(pruned, given)

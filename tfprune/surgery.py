@@ -20,7 +20,7 @@ from tfprune import graph as graph_module
 __all__ = ["remove_channels", "se_bottleneck_width", "set_widths", "squeeze_excite_widths"]
 
 
-def remove_channels(model, removals, unknown="raise"):
+def remove_channels(model, removals, unknown="raise", gqa="query_heads"):
     """Returns a new model without the given channels.
 
     Args:
@@ -34,6 +34,9 @@ def remove_channels(model, removals, unknown="raise"):
             even when the removed channels were dead.
         unknown: String. `"raise"` (default) or `"freeze"`: how the channel
             graph treats operations without a handler (`tfprune.graph.build`).
+        gqa: String. `"query_heads"` (default) or `"groups"`: the head groups
+            of grouped-query attention layers, as in `tfprune.graph.build`;
+            the group names in `removals` must come from a graph built so.
 
     Returns:
         A new `keras.Model` of the same kind, with the same layer names.
@@ -60,11 +63,11 @@ def remove_channels(model, removals, unknown="raise"):
             "`removals` must be a dict {group_name: channel indices}; received an object of "
             f"type {type(removals).__name__}."
         )
-    graph = graph_module.build(model, unknown=unknown, hidden=True)
+    graph = graph_module.build(model, unknown=unknown, hidden=True, gqa=gqa)
     return _rewrite(model, graph, _checked_removals(graph, removals))
 
 
-def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
+def set_widths(model, widths, scores=None, se_policy=None, unknown="raise", gqa="query_heads"):
     """Returns a new model whose groups keep only their highest-scored channels.
 
     Args:
@@ -80,6 +83,8 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
             `se_bottleneck_width(new_width)` channels, dropping its
             lowest-scored ones (docs/METHODS.md §11).
         unknown: String. `"raise"` (default) or `"freeze"`, as for
+            `remove_channels`.
+        gqa: String. `"query_heads"` (default) or `"groups"`, as for
             `remove_channels`.
 
     Returns:
@@ -111,7 +116,7 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise"):
         raise ValueError(
             f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
         )
-    graph = graph_module.build(model, unknown=unknown, hidden=True)
+    graph = graph_module.build(model, unknown=unknown, hidden=True, gqa=gqa)
     for name, values in scores.items():
         _checked_group(graph, name)
         nan = np.flatnonzero(np.isnan(np.asarray(values, dtype=np.float64).reshape(-1)))
@@ -355,7 +360,8 @@ def _rewrite(model, graph, removals):
             for axis, keep in cuts:
                 values[index] = np.compress(keep, values[index], axis=axis)
         config = handler.resize_for_weights(config, output_width, [value.shape for value in values])
-        new_layer = _utils.rebuild_from_config(layer, config)
+        rebuild = getattr(handler, "rebuild", None)  # a handler that rebuilds the layer as another class
+        new_layer = rebuild(layer, config) if rebuild is not None else _utils.rebuild_from_config(layer, config)
         if not layer.weights:
             return new_layer
         input_shapes = [

@@ -421,7 +421,8 @@ def _falcon(hub):
 
 
 def _gemma(hub):
-    return hub.models.GemmaBackbone(**_GQA, head_dim=8)
+    # Gemma's intermediate_dim counts its gate and up projections together: each has half.
+    return hub.models.GemmaBackbone(**{**_GQA, "intermediate_dim": 2 * INTERMEDIATE}, head_dim=8)
 
 
 def _gemma3(hub):

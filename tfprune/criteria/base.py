@@ -27,6 +27,7 @@ across groups for a global threshold:
 import keras
 import numpy as np
 
+from tfprune import handlers
 from tfprune._utils import functional_view
 
 _CRITERIA = {}
@@ -248,6 +249,11 @@ class AttentionHeads:
     def __init__(self, layer):
         self.layer = layer
         self.name = layer.name
+        # Grouped-query attention layers lay their heads out in their own way.
+        head_kernel = getattr(handlers.handler_for(layer), "head_kernel", None)
+        if head_kernel is not None:
+            self.kernel = head_kernel(layer)
+            return
         parts = [
             np.moveaxis(keras.ops.convert_to_numpy(dense.kernel), 1, -1).reshape(-1, layer.num_heads)
             for dense in (layer._query_dense, layer._key_dense, layer._value_dense)

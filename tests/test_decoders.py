@@ -1,0 +1,217 @@
+"""Decoder language models: keras-hub Llama and Gemma causal LMs, grouped-query attention, cached decoding."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfprune
+
+keras_hub = pytest.importorskip("keras_hub")
+
+VOCAB, LENGTH = 50, 7
+# Grouped-query: 4 query heads over 2 key/value heads, head width 8.
+_CONFIG = dict(vocabulary_size=VOCAB, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+               intermediate_dim=64)  # fmt: skip
+
+
+def _causal_lm(family):
+    keras.utils.set_random_seed(0)
+    if family == "llama":
+        backbone = keras_hub.models.LlamaBackbone(**_CONFIG)
+        return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    backbone = keras_hub.models.GemmaBackbone(**_CONFIG, head_dim=8)
+    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+
+
+def _tokens(seed=0):
+    return np.random.default_rng(seed).integers(1, VOCAB, (2, LENGTH)).astype("int32")
+
+
+def _inputs(tokens):
+    return {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+
+
+def _logits(model, tokens):
+    return keras.ops.convert_to_numpy(model(_inputs(tokens)))
+
+
+def _attention(model, block):
+    backbone = model.backbone
+    if isinstance(backbone, keras_hub.models.LlamaBackbone):
+        layer = backbone.transformer_layers[block]._self_attention_layer
+        return layer, layer._query_dense, layer._output_dense
+    layer = backbone.transformer_layers[block].attention
+    return layer, layer.query_dense, layer.output_dense
+
+
+def _kill_query_heads(model, heads):
+    """Zeroes the query and output-projection weights of query heads `heads` in every block: dead heads."""
+    for block in range(_CONFIG["num_layers"]):
+        layer, query, output = _attention(model, block)
+        kernel = keras.ops.convert_to_numpy(query.kernel).copy()
+        head_axis = 1 if isinstance(model.backbone, keras_hub.models.LlamaBackbone) else 0
+        index = [slice(None)] * kernel.ndim
+        index[head_axis] = heads
+        kernel[tuple(index)] = 0.0
+        query.kernel.assign(kernel)
+        rows = keras.ops.convert_to_numpy(output.kernel).copy()
+        rows[heads] = 0.0
+        output.kernel.assign(rows)
+
+
+def _pruned_attention(pruned):
+    return [layer for layer in pruned.layers if hasattr(layer, "num_key_value_heads")]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_dead_query_heads_are_removed_from_each_key_value_group_without_changing_the_logits(family):
+    model = _causal_lm(family)
+    # Query head 1 reads key/value head 0, query head 2 key/value head 1: one dead head in each group.
+    _kill_query_heads(model, [1, 2])
+    tokens = _tokens()
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert [(layer.num_query_heads, layer.num_key_value_heads) for layer in _pruned_attention(pruned)] == [(2, 2)] * 2
+    assert {(group.before, group.after) for group in result.groups} == {(2, 1)}
+    np.testing.assert_allclose(_logits(pruned, tokens), _logits(model, tokens), atol=1e-5)
+
+
+def test_a_dead_key_value_group_is_removed_with_its_query_heads():
+    model = _causal_lm("llama")
+    _kill_query_heads(model, [2, 3])  # both query heads of key/value head 1
+    tokens = _tokens()
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads", gqa="groups")
+    assert [(layer.num_query_heads, layer.num_key_value_heads) for layer in _pruned_attention(pruned)] == [(2, 1)] * 2
+    assert [group.name for group in result.groups] == [f"transformer_layer_{i}_self_attention_heads" for i in (0, 1)]
+    np.testing.assert_allclose(_logits(pruned, tokens), _logits(model, tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_dead_gated_mlp_units_are_removed_from_gate_up_and_down_together(family):
+    model = _causal_lm(family)
+    dead = np.arange(0, 64, 2) if family == "llama" else np.arange(0, 32, 2)
+    for block in model.backbone.transformer_layers:
+        if family == "llama":
+            gate, up, down = (block._feedforward_gate_dense, block._feedforward_intermediate_dense,
+                              block._feedforward_output_dense)  # fmt: skip
+        else:
+            gate, up, down = block.gating_ffw, block.gating_ffw_2, block.ffw_linear
+        for dense in (gate, up):
+            kernel = keras.ops.convert_to_numpy(dense.kernel).copy()
+            kernel[:, dead] = 0.0
+            dense.kernel.assign(kernel)
+        rows = keras.ops.convert_to_numpy(down.kernel).copy()
+        rows[dead] = 0.0
+        down.kernel.assign(rows)
+    tokens = _tokens()
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="mlp", round_to=1)
+    assert {(group.before, group.after) for group in result.groups} == {(len(dead) * 2, len(dead))}
+    np.testing.assert_allclose(_logits(pruned, tokens), _logits(model, tokens), atol=1e-5)
+
+
+def test_query_head_groups_of_one_layer_keep_one_width():
+    model = _causal_lm("llama")
+    # Only key/value group 0 has a weak query head: a threshold takes it alone, and
+    # balancing keeps it (no group may lose more than the others).
+    _kill_query_heads(model, [1])
+    pruned, result = tfprune.prune(model, "l1", threshold=1e-9, targets="heads")
+    widths = {group.name: group.after for group in result.groups}
+    assert widths == {f"transformer_layer_{i}_self_attention_heads_{k}": 2 for i in (0, 1) for k in (0, 1)}
+    assert result.unchanged or result.params_after == result.params_before
+    assert all(layer.num_query_heads % layer.num_key_value_heads == 0 for layer in _pruned_attention(pruned))
+
+
+def test_gqa_must_be_a_known_mode():
+    model = _causal_lm("llama")
+    with pytest.raises(ValueError, match="`gqa` must be one of"):
+        tfprune.prune(model, "l1", rate=0.5, targets="heads", gqa="keys")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_pruned_causal_lm_decodes_with_a_cache_and_reloads(family, tmp_path):
+    model = _causal_lm(family)
+    tokens = _tokens(1)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="all", round_to=1)
+    # Half the heads and half the MLP units.
+    assert [(layer.num_query_heads, layer.num_key_value_heads) for layer in _pruned_attention(pruned)] == [(2, 2)] * 2
+    mlp = {group.before: group.after for group in result.groups if group.before > 2}
+    assert mlp == ({64: 32} if family == "llama" else {32: 16})
+    assert result.params_after < result.params_before
+    full = _logits(pruned, tokens)
+    assert full.shape == (2, LENGTH, VOCAB)  # the vocabulary never shrinks
+    _, cache = tfprune.decoding.build_cache(pruned, tokens, max_length=LENGTH)
+    assert {tuple(value.shape) for value in cache.values()} == {(2, 2, LENGTH, 2, 8)}
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+
+    path = tmp_path / "pruned.keras"
+    pruned.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_logits(reloaded, tokens), full, atol=1e-6)
+    logits, _ = tfprune.decoding.build_cache(reloaded, tokens, max_length=LENGTH)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full, atol=1e-4)
+
+
+def _decode_step_by_step(model, tokens, prompt=3):
+    logits, cache = tfprune.decoding.build_cache(model, tokens[:, :prompt], max_length=tokens.shape[1])
+    steps = [keras.ops.convert_to_numpy(logits)]
+    for index in range(prompt, tokens.shape[1]):
+        logits, cache = tfprune.decoding.call_with_cache(model, tokens[:, index : index + 1], cache, index)
+        steps.append(keras.ops.convert_to_numpy(logits))
+    return np.concatenate(steps, axis=1)
+
+
+def test_pruned_gpt2_decodes_with_a_cache_and_learned_positions():
+    # GPT-2: multi-head attention (keras-hub's CachedMultiHeadAttention) and a position
+    # embedding, which must start at the cache index.
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=16,
+                                             intermediate_dim=32, max_sequence_length=LENGTH)  # fmt: skip
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    tokens = _tokens(2)
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="all", round_to=1)
+    assert [layer.num_heads for layer in tfprune.decoding.attention_layers(pruned)] == [2, 2]
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
+
+
+def test_hidden_width_shrinks_through_rms_norms_and_the_embedding_but_not_the_vocabulary():
+    model = _causal_lm("gemma")  # Gemma ties its output projection to the token embedding
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    embedding = pruned.get_layer("token_embedding")
+    assert tuple(embedding.embeddings.shape) == (VOCAB, 16)
+    assert _logits(pruned, _tokens()).shape == (2, LENGTH, VOCAB)
+
+
+def test_keras_group_query_attention_loses_dead_query_heads():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 8), name="tokens")
+    x = keras.layers.Dense(16, name="embed")(tokens)
+    attended = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, name="gqa")(x, x)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="head")(attended))
+    layer = model.get_layer("gqa")
+    query = keras.ops.convert_to_numpy(layer._query_dense.kernel).copy()  # (width, heads, dim)
+    query[:, [0, 3]] = 0.0
+    layer._query_dense.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(layer._output_dense.kernel).copy()  # (heads, dim, width)
+    output[[0, 3]] = 0.0
+    layer._output_dense.kernel.assign(output)
+    sample = np.random.default_rng(0).uniform(size=(2, 6, 8)).astype("float32")
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert (pruned.get_layer("gqa").num_query_heads, pruned.get_layer("gqa").num_key_value_heads) == (2, 2)
+    np.testing.assert_allclose(pruned(sample), model(sample), atol=1e-5)
+
+
+def test_a_decoder_block_traces_for_any_sequence_length():
+    flat = tfprune.graph.flatten(_causal_lm("llama"))
+    assert not any(type(layer).__name__ == "LlamaTransformerDecoder" for layer in flat.layers)
+    names = {type(operation).__name__ for operation in flat.operations}
+    assert {"SizeRange", "BroadcastToSizes"} <= names
+    for length in (1, 4, 9):
+        assert flat(_inputs(_tokens()[:, :1].repeat(length, axis=1))).shape == (2, length, VOCAB)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from tfprune import handlers_decoders
+
+    results = doctest.testmod(handlers_decoders, extraglobs={"tfprune": tfprune, "keras": keras})
+    assert results.attempted and not results.failed

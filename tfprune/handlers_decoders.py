@@ -1,0 +1,582 @@
+"""Decoder language models: grouped-query attention, and sizes read while the model runs.
+
+keras-hub's decoders (Llama, Gemma, Qwen, Mistral, ...) are functional
+models of decoder blocks. A block holds no weights of its own, so
+`tfprune.graph.flatten` inlines it; inside, it builds a causal mask from the
+sequence length, which is unknown on symbolic tensors. While a block is
+traced, `ops.shape` gives a marker for that length and `ops.arange` /
+`ops.broadcast_to` given one record the two operations below, which read the
+size from a tensor when the model runs (`SizeRange`, `BroadcastToSizes`):
+the traced block then holds for any length.
+
+The attention layers stay whole: their heads are a unit of pruning. With
+grouped-query attention (`num_query_heads` query heads sharing
+`num_key_value_heads` key/value heads, query head `i` reading key/value
+head `i // (num_query_heads // num_key_value_heads)`), two choices keep the
+layer valid, chosen with `gqa=` (`tfprune.prune`, `tfprune.graph.build`,
+`tfprune.surgery`):
+
+- `"query_heads"` (default): the query heads of each key/value group are a
+  channel group of their own (`ChannelGroup.heads_of` names the layer), so a
+  rate removes the same number from every key/value group (the groups are
+  balanced: `tfprune.prune` gives the query-head groups of one layer the same
+  width) and the key/value projections, and so the key/value cache, keep
+  their size.
+- `"groups"`: whole key/value heads, each with its query heads; the cache
+  shrinks with them.
+
+Heads are scored like `MultiHeadAttention` heads: the l1 norm of their
+query (and, for `"groups"`, key and value) projection weights.
+
+A layer whose head width follows `hidden_dim // num_query_heads` (Llama's
+and Qwen's attention) is rebuilt as a subclass that keeps `head_dim`
+explicit (`LlamaAttention`, `QwenAttention` registered in the `tfprune`
+package), so the pruned model reloads from `.keras` with `tfprune`
+imported.
+"""
+
+import inspect
+import math
+
+import keras
+import numpy as np
+
+from tfprune import _utils
+from tfprune.handlers import (
+    Freeze,
+    Handler,
+    _MultiHeadAttention,
+    _Normalization,
+    _ReversibleEmbedding,
+    _width,
+    handler_for,
+    register_handler,
+)
+
+__all__ = ["BroadcastToSizes", "DenseMultiply", "GQA_MODES", "SizeRange"]
+
+GQA_MODES = ("query_heads", "groups")
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class SizeRange(keras.Operation):
+    """`keras.ops.arange(start, size, step)` where `size` is an axis of a tensor, read when the model runs.
+
+    Recorded by `tfprune.graph.flatten` for `ops.arange(ops.shape(x)[1])`
+    in a traced decoder block (a causal mask's positions).
+
+    Args:
+        axis: Int. The axis of the input whose size ends the range.
+        start: Int. First value. Defaults to 0.
+        step: Int. Defaults to 1.
+        dtype: Optional dtype name of the result.
+        name: Optional name.
+
+    Call arguments:
+        x: A tensor; only its shape is read.
+
+    Returns:
+        A 1-D tensor.
+
+    Example:
+
+    >>> keras.ops.convert_to_numpy(tfprune.handlers_decoders.SizeRange(axis=1)(keras.ops.zeros((2, 3, 4)))).tolist()
+    [0, 1, 2]
+    """
+
+    def __init__(self, axis, start=0, step=1, dtype=None, name=None):
+        super().__init__(name=name)
+        self.axis = int(axis)
+        self.start = int(start)
+        self.step = int(step)
+        self.range_dtype = dtype
+
+    def call(self, x):
+        stop = keras.ops.shape(x)[self.axis]
+        return keras.ops.arange(self.start, stop, self.step, dtype=self.range_dtype)
+
+    def compute_output_spec(self, x):
+        size = x.shape[self.axis]
+        length = None if size is None else len(range(self.start, size, self.step))
+        dtype = self.range_dtype or "int32"
+        return keras.KerasTensor((length,), dtype=dtype)
+
+    def get_config(self):
+        return {"axis": self.axis, "start": self.start, "step": self.step, "dtype": self.range_dtype,
+                "name": self.name}  # fmt: skip
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class BroadcastToSizes(keras.Operation):
+    """`keras.ops.broadcast_to(x, shape)` where entries of `shape` are axes of other tensors.
+
+    Recorded by `tfprune.graph.flatten` for `ops.broadcast_to(mask,
+    (batch, length, length))` in a traced decoder block.
+
+    Args:
+        sizes: List. One entry per output axis: an int, or `[i, axis]` for
+            the size of `axis` of the `i`-th tensor after `x`.
+        name: Optional name.
+
+    Call arguments:
+        x: The tensor to broadcast.
+        *sources: The tensors whose sizes `sizes` refers to.
+
+    Returns:
+        The broadcast tensor.
+
+    Example:
+
+    >>> op = tfprune.handlers_decoders.BroadcastToSizes(sizes=[[0, 0], 3])
+    >>> tuple(op(keras.ops.ones((3,)), keras.ops.zeros((2, 5))).shape)
+    (2, 3)
+    """
+
+    def __init__(self, sizes, name=None):
+        super().__init__(name=name)
+        self.sizes = [list(size) if isinstance(size, (list, tuple)) else int(size) for size in sizes]
+
+    def _shape(self, sources, shape_of):
+        return tuple(shape_of(sources[size[0]])[size[1]] if isinstance(size, list) else size for size in self.sizes)
+
+    def call(self, x, *sources):
+        return keras.ops.broadcast_to(x, self._shape(sources, keras.ops.shape))
+
+    def compute_output_spec(self, x, *sources):
+        return keras.KerasTensor(self._shape(sources, lambda tensor: tensor.shape), dtype=x.dtype)
+
+    def get_config(self):
+        return {"sizes": self.sizes, "name": self.name}
+
+
+_MULTIPLY = type(keras.ops.multiply(keras.KerasTensor((2,)), keras.KerasTensor((2,)))._keras_history.operation)
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class DenseMultiply(_MULTIPLY):
+    """`keras.ops.multiply`, whose output is sparse only when a tensor input is.
+
+    Keras's own `Multiply` marks `x * c` sparse when the constant `c` is not
+    a Keras tensor; `tfprune.graph.flatten` records such products with this
+    operation, so that the layers after them are not given a sparse
+    placeholder (`graph._dense_unless_sparse_input`).
+
+    Example:
+
+    >>> x = keras.Input((4,))
+    >>> tfprune.handlers_decoders.DenseMultiply()(x, 2.0).sparse
+    False
+    """
+
+    def compute_output_spec(self, x1, x2):
+        spec = super().compute_output_spec(x1, x2)
+        sparse = any(getattr(value, "sparse", False) for value in (x1, x2) if isinstance(value, keras.KerasTensor))
+        return keras.KerasTensor(spec.shape, dtype=spec.dtype, sparse=sparse)
+
+
+class _ReadsShape(Handler):
+    """`SizeRange` / `BroadcastToSizes`: new, pinned channels; the inputs read only for their shapes pass untouched."""
+
+    def trace(self, node, tracer):
+        output = node.outputs[0]
+        reason = f"'{node.operation.name}' makes positions or a mask from a sequence length"
+        if isinstance(node.operation, BroadcastToSizes):
+            # The broadcast tensor's own channels (a mask's positions) are laid out anew.
+            tracer.pin(tracer.channels(node.input_tensors[0]), reason)
+        width = _width(output)
+        channels = tracer.new_channels(1 if width is None else width, node.operation.name)
+        tracer.pin(channels, reason)
+        return [channels]
+
+
+# ---------------------------------------------------------------- grouped-query attention
+
+
+class _GroupedQueryAttention(Handler):
+    """Attention layers with `num_query_heads` query heads over `num_key_value_heads` key/value heads.
+
+    The four projections are EinsumDense layers found by attribute name;
+    their equations say which kernel axes are the hidden width and the
+    heads (`"bqm,muh->bquh"`, `"btd,ndh->btnh"`, ... and the output
+    projection `"bquh,uhm->bqm"`). The hidden channels are read on the
+    query, key and value kernels' input axis and made by the output
+    projection, like a Dense layer's units; heads follow the layer's mode
+    (see the module docstring). Called with a key/value cache, or in a
+    layer whose projections are not found, it is frozen.
+
+    Args:
+        projections: Tuple of four attribute names: query, key, value and
+            output projections.
+        extra_per_head: Tuple of attribute names of further EinsumDense
+            layers laid out like the query projection (a gate), sliced
+            with the query heads.
+        explicit_head_dim: Optional class: the layer is rebuilt as this
+            subclass, which keeps `head_dim` in its config (for layers whose
+            head width is `hidden_dim // num_query_heads`).
+    """
+
+    def __init__(self, projections, extra_per_head=(), explicit_head_dim=None):
+        self.projections = projections
+        self.extra_per_head = extra_per_head
+        self.explicit_head_dim = explicit_head_dim
+        self._layouts = {}  # layer name -> weight indices and head axes, for the resize
+
+    @staticmethod
+    def _axes(dense, side):
+        """(hidden axis, head axis) of a projection's kernel: `side` "in" for q/k/v, "out" for the output."""
+        inputs, output = dense.equation.split("->")
+        input_spec, kernel_spec = inputs.split(",")
+        if side == "in":
+            hidden, head = input_spec[-1], output[-2]
+        else:
+            hidden, head = output[-1], input_spec[-2]
+        if hidden not in kernel_spec or head not in kernel_spec:
+            return None
+        return kernel_spec.index(hidden), kernel_spec.index(head)
+
+    def _projections(self, layer):
+        found = [getattr(layer, name, None) for name in self.projections]
+        if not all(isinstance(dense, keras.layers.EinsumDense) for dense in found):
+            return None
+        if any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in found):
+            return None
+        return found
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._projections(layer)
+        arguments = node.arguments.kwargs
+        why = (
+            "has no query, key, value and output EinsumDense projections tfprune knows" if projections is None
+            else "is called with a key/value cache" if arguments.get("cache") is not None
+            else "returns more than its output" if len(node.outputs) != 1
+            else None
+        )  # fmt: skip
+        if why is None:
+            query, key, value, output = projections
+            axes = [self._axes(dense, "in") for dense in (query, key, value)] + [self._axes(output, "out")]
+            if None in axes:
+                why = "has projections whose equations tfprune cannot read"
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        inputs = [tracer.channels(tensor) for tensor in self._inputs(node)]
+        hidden = inputs[0]
+        num_query = query.kernel.shape[axes[0][1]]
+        num_key_value = key.kernel.shape[axes[1][1]]
+        if num_query % num_key_value or value.kernel.shape[axes[2][1]] != num_key_value:
+            return Freeze(f"'{layer.name}' has {num_query} query heads over {num_key_value} key/value heads").trace(
+                node, tracer
+            )
+        per_group = num_query // num_key_value
+        if tracer.gqa == "groups":
+            key_value_heads = tracer.new_channels(num_key_value, f"{layer.name}_heads")
+            query_heads = np.repeat(key_value_heads, per_group)
+            all_heads = [key_value_heads]
+        else:
+            groups = [
+                tracer.new_channels(per_group, f"{layer.name}_heads" + (f"_{group}" if num_key_value > 1 else ""))
+                for group in range(num_key_value)
+            ]
+            query_heads = np.concatenate(groups)
+            key_value_heads = None
+            all_heads = groups
+        for heads in all_heads:
+            for channel in heads.tolist():
+                tracer._heads[channel] = layer.name
+        for dense, (hidden_axis, head_axis), channels in zip((query, key, value), axes[:3], inputs):
+            tracer.use(layer, dense.kernel, hidden_axis, channels, "input")
+            heads = query_heads if dense is query else key_value_heads
+            # Heads are scored on the query projection (`head_kernel`); key and value heads are sliced with them.
+            role = "output" if dense is query else "param"
+            if heads is not None:
+                tracer.use(layer, dense.kernel, head_axis, heads, role)
+                if getattr(dense, "bias", None) is not None:
+                    self._use_bias(layer, dense, heads, tracer, role)
+        for name in self.extra_per_head:
+            extra = getattr(layer, name, None)
+            if isinstance(extra, keras.layers.EinsumDense):
+                extra_axes = self._axes(extra, "in")
+                tracer.use(layer, extra.kernel, extra_axes[0], hidden, "input")
+                tracer.use(layer, extra.kernel, extra_axes[1], query_heads, "output")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, output.kernel, axes[3][1], query_heads, "input")
+        tracer.use(layer, output.kernel, axes[3][0], outputs, "output")
+        if getattr(output, "bias", None) is not None:
+            tracer.use(layer, output.bias, -1, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        self._layouts[layer.name] = (
+            (weights.index(id(query.kernel)), axes[0][1]),
+            (weights.index(id(key.kernel)), axes[1][1]),
+        )
+        return [outputs]
+
+    @staticmethod
+    def _inputs(node):
+        """The query, key and value tensors of the call (keras-hub's layers: one hidden sequence)."""
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        hidden = args[0] if args else next(kwargs[name] for name in ("hidden_states", "x", "inputs") if name in kwargs)
+        return [hidden] * 3
+
+    @staticmethod
+    def _use_bias(layer, dense, heads, tracer, role):
+        # A bias laid out (heads, head_dim): its head axis is the output's second-to-last.
+        bias = dense.bias
+        if len(bias.shape) >= 2 and bias.shape[-2] == len(heads):
+            tracer.use(layer, bias, -2, heads, role)
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(self._inputs(node)[0])])
+
+    def head_kernel(self, layer):
+        """The query projection's kernel as `(coefficients, query heads)`: what magnitude criteria score heads by.
+
+        Args:
+            layer: An attention layer this handler traces.
+
+        Returns:
+            NumPy array.
+        """
+        query = self._projections(layer)[0]
+        head_axis = self._axes(query, "in")[1]
+        kernel = np.moveaxis(keras.ops.convert_to_numpy(query.kernel), head_axis, -1)
+        return kernel.reshape(-1, kernel.shape[-1])
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        (query_index, query_axis), (key_index, key_axis) = self._layouts[config["name"]]
+        config = dict(config)
+        config["num_query_heads"] = int(weight_shapes[query_index][query_axis])
+        config["num_key_value_heads"] = int(weight_shapes[key_index][key_axis])
+        return config
+
+    def rebuild(self, layer, config):
+        """A new layer from `config`; with `explicit_head_dim`, of that class, keeping the head width."""
+        if self.explicit_head_dim is None:
+            return type(layer).from_config(config)
+        return self.explicit_head_dim.from_config({**config, "head_dim": _head_dim(layer, self._projections(layer)[0])})
+
+    def copy(self, layer):
+        """A copy of `layer` with its weights, or None to copy it from its config (`tfprune.graph.flatten`)."""
+        if self.explicit_head_dim is None or type(layer) is self.explicit_head_dim or not self._projections(layer):
+            return _copy_from_attributes(layer)
+        return self.explicit_head_dim.copy_of(layer, _head_dim(layer, self._projections(layer)[0]))
+
+
+def _head_dim(layer, query):
+    """The head width: `layer.head_dim`, or the query kernel's last axis (`"muh"`, `"ndh"`)."""
+    head_dim = getattr(layer, "head_dim", None)
+    return int(head_dim if head_dim is not None else query.kernel.shape[-1])
+
+
+def _copy_from_attributes(layer):
+    """A copy of a keras-hub layer, from its config if it round-trips, else from its attributes.
+
+    keras-hub builds some layers with a `DTypePolicy` object as `dtype`
+    (Gemma's RMSNormalization and attention), which Keras cannot write to a
+    config, and some `get_config`s read attributes the layer never sets
+    (Qwen3's attention); the copy is then made from the constructor's
+    arguments read back from the layer, with the policy's name, and its own
+    config loads back.
+    """
+    copy = _utils.copy_layer(layer)
+    if copy is not None:
+        return copy
+    copy = type(layer).from_config(_constructor_config(layer, type(layer)))
+    _utils._build_like(copy, layer)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+class _HubNormalization(_Normalization):
+    """keras-hub's RMS / layer norms over the hidden width (one `scale` per channel), copied from their attributes."""
+
+    def copy(self, layer):
+        return _copy_from_attributes(layer)
+
+
+class _Whole(Freeze):
+    """A keras-hub layer kept whole, its channels frozen with `reason`, copied even when its config does not round-trip.
+
+    For mixture-of-experts blocks (each token routed to some of the experts,
+    whose weights are stacked in one tensor per projection): the rest of the
+    decoder block around them (its attention heads) still prunes.
+    """
+
+    def copy(self, layer):
+        try:
+            return _copy_from_attributes(layer)
+        except Exception:  # noqa: BLE001 - not copyable from its attributes either: copied or shared as before
+            return None
+
+
+class _KerasGroupedQueryAttention(_GroupedQueryAttention):
+    """`keras.layers.GroupQueryAttention`: query, value and key are separate call arguments."""
+
+    @staticmethod
+    def _arguments(node):
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        query = args[0] if args else kwargs["query"]
+        value = args[1] if len(args) > 1 else kwargs["value"]
+        key = args[2] if len(args) > 2 else kwargs.get("key")
+        return query, value, key
+
+    @classmethod
+    def _inputs(cls, node):
+        query, value, key = cls._arguments(node)
+        return [query, value if key is None else key, value]
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        if getattr(layer, "use_gate", False) or getattr(layer, "_use_gate", False):
+            return Freeze(f"'{layer.name}' is a gated attention layer (use_gate=True)").trace(node, tracer)
+        if node.arguments.kwargs.get("return_attention_scores") or len(node.outputs) != 1:
+            return Freeze(f"'{layer.name}' returns its attention scores").trace(node, tracer)
+        return super().trace(node, tracer)
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        query, value, key = self._arguments(node)
+        layer.build(shapes[id(query)], shapes[id(value)], None if key is None else shapes[id(key)])
+
+    def rebuild(self, layer, config):
+        return type(layer).from_config(config)
+
+
+class _ExplicitHeadDimMixin:
+    """Keeps `head_dim` explicit in an attention layer that computes it as `hidden_dim // num_query_heads`."""
+
+    def __init__(self, *args, head_dim=None, **kwargs):
+        if "head_dim" in inspect.signature(super().__init__).parameters:  # Qwen3's takes one
+            kwargs["head_dim"] = head_dim
+        super().__init__(*args, **kwargs)
+        self.head_dim = head_dim
+
+    def build(self, inputs_shape):
+        if self.head_dim is None:
+            return super().build(inputs_shape)
+        hidden = inputs_shape[-1]
+        # The parent builds its projections for `width // num_query_heads`: built on a
+        # width that gives this head_dim, then the projections that read or write the
+        # hidden width are made again for the real one, each in its place (the
+        # weights keep their order, so the surgery's sliced weights fit).
+        super().build((*inputs_shape[:-1], self.num_query_heads * self.head_dim))
+        self._inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
+        if hasattr(self, "_head_dim"):  # Mixtral keeps it, and its hidden width, for its call
+            self._head_dim = self.head_dim
+            self._hidden_dim = hidden
+        for name in self._tfprune_projections:
+            old = getattr(self, name)
+            config = old.get_config()
+            if name == self._tfprune_projections[-1]:
+                config["output_shape"] = (None, hidden)
+                shape = (None, None, self.num_query_heads, self.head_dim)
+            else:
+                shape = inputs_shape
+            new = type(old).from_config(config)
+            position = next(i for i, layer in enumerate(self._layers) if layer is old)
+            self._tracker.untrack(old)
+            setattr(self, name, new)
+            # Where the old one was among the sub-layers: the weights keep their order.
+            self._layers.remove(new)
+            self._layers.insert(position, new)
+            new.build(shape)
+        self.built = True
+
+    def get_config(self):
+        return {**_constructor_config(self, type(self).__mro__[2]), "head_dim": self.head_dim}
+
+    @classmethod
+    def copy_of(cls, layer, head_dim):
+        """A copy of keras-hub's `layer` (built, same weights) as this class, with `head_dim`."""
+        copy = cls.from_config({**_constructor_config(layer, type(layer)), "head_dim": int(head_dim)})
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+
+def _constructor_config(layer, cls):
+    """The config of `layer` from the arguments of `cls.__init__`, read back from its attributes of the same name.
+
+    keras-hub's own `get_config` of the Llama and Qwen attention layers reads
+    attributes they never set (`rope_scaling_factor`), so it raises.
+    """
+    config = {"name": layer.name, "trainable": layer.trainable,
+              "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}  # fmt: skip
+    for name in inspect.signature(cls.__init__).parameters:
+        if name in ("self", "args", "kwargs") or not hasattr(layer, name):
+            continue
+        value = getattr(layer, name)
+        if isinstance(value, keras.initializers.Initializer):
+            value = keras.initializers.serialize(value)
+        config[name] = value
+    return config
+
+
+def _explicit_head_dim_class(module, name, projections):
+    try:
+        parent = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return None
+    cls = type(name, (_ExplicitHeadDimMixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
+                                                       "__doc__": (
+        f"keras-hub's `{name}` with an explicit `head_dim` (what `tfprune.prune` rebuilds it as when its "
+        "heads or hidden width shrink)."
+    )})  # fmt: skip
+    return keras.saving.register_keras_serializable(package="tfprune")(cls)
+
+
+_HUB = "keras_hub.src.models."
+_LLAMA_NAMES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+_GEMMA_NAMES = ("query_dense", "key_dense", "value_dense", "output_dense")
+LlamaAttention = _explicit_head_dim_class(_HUB + "llama.llama_attention", "LlamaAttention", _LLAMA_NAMES)
+QwenAttention = _explicit_head_dim_class(_HUB + "qwen.qwen_attention", "QwenAttention", _LLAMA_NAMES)
+Phi3Attention = _explicit_head_dim_class(_HUB + "phi3.phi3_attention", "Phi3Attention", _GEMMA_NAMES)
+# Qwen3's attention takes a head_dim, but its get_config reads attributes it never sets: rebuilt as this class too.
+Qwen3Attention = _explicit_head_dim_class(_HUB + "qwen3.qwen3_attention", "Qwen3Attention", _LLAMA_NAMES)
+CachedMixtralAttention = _explicit_head_dim_class(_HUB + "mixtral.mixtral_attention", "CachedMixtralAttention",
+                                                  _GEMMA_NAMES)  # fmt: skip
+_EXPLICIT = {
+    "LlamaAttention": (LlamaAttention, _LLAMA_NAMES, _HUB + "llama.llama_attention"),
+    "QwenAttention": (QwenAttention, _LLAMA_NAMES, _HUB + "qwen.qwen_attention"),
+    "Phi3Attention": (Phi3Attention, _GEMMA_NAMES, _HUB + "phi3.phi3_attention"),
+    "Qwen3Attention": (Qwen3Attention, _LLAMA_NAMES, _HUB + "qwen3.qwen3_attention"),
+    "CachedMixtralAttention": (CachedMixtralAttention, _GEMMA_NAMES, _HUB + "mixtral.mixtral_attention"),
+}
+
+# keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
+BY_CLASS = {
+    (_HUB + "mistral.mistral_attention", "CachedMistralAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
+    (_HUB + "gemma.gemma_attention", "CachedGemmaAttention"): _GroupedQueryAttention(_GEMMA_NAMES),
+    (_HUB + "gemma3.gemma3_attention", "CachedGemma3Attention"): _GroupedQueryAttention(_GEMMA_NAMES),
+    (_HUB + "gemma3.gemma3_layers", "RMSNormalization"): _HubNormalization(),
+    (_HUB + "phi3.phi3_layernorm", "Phi3LayerNorm"): _HubNormalization(),
+    (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
+    (_HUB + "qwen3.qwen3_layernorm", "Qwen3LayerNorm"): _HubNormalization(),
+}
+_EXPERTS = "routes each token to some of its experts, whose stacked weights tfprune does not prune"
+# Mixtral's block is copied from its attributes (its own config does not load back). The
+# Qwen and GPT-OSS blocks do not keep their constructor's arguments: not handled.
+BY_CLASS[(_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock")] = _Whole(
+    f"the mixture-of-experts block MixtralSparseMoeBlock {_EXPERTS}"
+)
+BY_CLASS.update({
+    (_HUB + "llama.llama_layernorm", "LlamaLayerNorm"): _HubNormalization(),
+    (_HUB + "gemma.rms_normalization", "RMSNormalization"): _HubNormalization(),
+    (_HUB + "mistral.mistral_layer_norm", "MistralLayerNormalization"): _HubNormalization(),
+    (_HUB + "qwen.qwen_layernorm", "QwenLayerNorm"): _HubNormalization(),
+    ("keras_hub.src.layers.modeling.reversible_embedding", "ReversibleEmbedding"): _ReversibleEmbedding(),
+    ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
+})
+
+for _name, (_cls, _names, _module) in _EXPLICIT.items():
+    if _cls is not None:
+        _handler = _GroupedQueryAttention(_names, explicit_head_dim=_cls)
+        BY_CLASS[(_module, _name)] = _handler
+        register_handler(_cls, _handler)
+register_handler("SizeRange", _ReadsShape())
+register_handler("DenseMultiply", handler_for(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)._keras_history.operation))
+register_handler("BroadcastToSizes", _ReadsShape())
+register_handler(
+    keras.layers.GroupQueryAttention,
+    _KerasGroupedQueryAttention(("_query_dense", "_key_dense", "_value_dense", "_output_dense")),
+)
