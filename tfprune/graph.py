@@ -743,6 +743,9 @@ def _traced_arange(start, stop=None, step=None, dtype=None):
     """`keras.ops.arange` while a composite is traced: a range up to a traced size is recorded as an operation."""
     end = start if stop is None else stop
     begin = 0 if stop is None else start
+    if _tracing_here() and end is None:
+        # `arange(0, None)` is an empty range: recorded, it would be a constant of no positions.
+        raise TypeError("a range up to a size unknown while traced cannot be recorded")
     if _tracing_here() and isinstance(end, (_TracedSize, _TracedBatch)) and end.source is not None:
         if not all(_utils.is_integer(value) for value in (begin, 1 if step is None else step)):
             raise TypeError("a range up to a sequence length from a traced start or step cannot be recorded")
@@ -906,9 +909,9 @@ def _traced(shadow, changed):
 
     def traced_call(*args, **kwargs):
         if _SIZE_MARKERS[0]:
-            # First with sequence-length markers (a causal mask over any length); code
-            # that uses an unknown length otherwise (a full slice `x[:, :length]`) is
-            # traced again as before, with None for it.
+            # First with sequence-length markers (a causal mask over any length), kept
+            # when it records an operation reading a size; otherwise (no such mask,
+            # or code that uses the length in other ways) traced again as before.
             outputs = marked_call(*args, **kwargs)
             if outputs is not _NOT_TRACED:
                 changed[0] = True
@@ -924,8 +927,11 @@ def _traced(shadow, changed):
         try:
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
-            if _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs)) and not _branches_on_training(
-                shadow, args, kwargs, outputs
+            if (
+                _same_specs(outputs, shadow.compute_output_spec(*args, **kwargs))
+                and _reads_sizes(args, kwargs, outputs)
+                and not _records_a_marker(args, kwargs, outputs)
+                and not _branches_on_training(shadow, args, kwargs, outputs)
             ):
                 return outputs
         except Exception:  # noqa: BLE001 - retried without markers, which says why if it fails
@@ -1003,6 +1009,54 @@ def _branches_on_training(shadow, args, kwargs, outputs):
         traced = shadow.call(*args, **{**kwargs, "training": training})
         traces.append(_operations_between(inputs, traced))
     return any(trace != traces[0] for trace in traces[1:])
+
+
+def _reads_sizes(args, kwargs, outputs):
+    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`).
+
+    A trace that used markers without recording one of them made
+    constants of them (`ops.ones((length, length))` builds an empty array):
+    it is redone without markers, as every trace was before them.
+    """
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    return bool({"SizeRange", "BroadcastToSizes"} & set(_operations_between(inputs, outputs)))
+
+
+def _records_a_marker(args, kwargs, outputs):
+    """True when an operation of the trace holds a size marker as an argument (`x[:, :length]`).
+
+    Keras records such a slice without reading the marker; the recorded
+    operation could not run.
+    """
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    stop = {id(tensor) for tensor in inputs}
+    seen = set()
+    stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in stop or not hasattr(tensor, "_keras_history"):
+            continue
+        history = tensor._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if _holds_marker((node.arguments.args, node.arguments.kwargs)):
+            return True
+        stack.extend(node.input_tensors)
+    return False
+
+
+def _holds_marker(value):
+    if isinstance(value, (_TracedSize, _TracedBatch)):
+        return True
+    if isinstance(value, slice):
+        return _holds_marker((value.start, value.stop, value.step))
+    if isinstance(value, (list, tuple)):
+        return any(_holds_marker(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_marker(item) for item in value.values())
+    return False
 
 
 def _operations_between(inputs, outputs):
