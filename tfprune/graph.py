@@ -739,10 +739,14 @@ def _traced_shape(x):
     return shape
 
 
-def _traced_arange(start, stop=None, step=None, dtype=None):
+_NO_STOP = object()  # `arange(n)`, told apart from `arange(0, None)` (a stop read as None from a shape)
+
+
+def _traced_arange(start, stop=_NO_STOP, step=None, dtype=None):
     """`keras.ops.arange` while a composite is traced: a range up to a traced size is recorded as an operation."""
-    end = start if stop is None else stop
-    begin = 0 if stop is None else start
+    end = start if stop is _NO_STOP else stop
+    begin = 0 if stop is _NO_STOP else start
+    stop = None if stop is _NO_STOP else stop
     if _tracing_here() and end is None:
         # `arange(0, None)` is an empty range: recorded, it would be a constant of no positions.
         raise TypeError("a range up to a size unknown while traced cannot be recorded")
