@@ -509,7 +509,7 @@ def test_every_registered_handler_is_audited():
     audited |= {"Matmul", "DotProductAttention"}  # with two tensors: tests/test_handlers_inferred.py
     # Decoder language models: tests/test_decoders.py.
     audited |= {"SizeRange", "BroadcastToSizes", "DenseMultiply", layers.GroupQueryAttention}
-    audited |= {cls for cls, _, _ in handlers_decoders._EXPLICIT.values() if cls is not None}
+    audited |= {cls for cls in handlers_decoders._EXPLICIT_CLASSES.values() if cls is not None}
     assert set(handlers._HANDLERS) - audited == set()
 
 
