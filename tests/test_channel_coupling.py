@@ -511,7 +511,7 @@ def test_every_registered_handler_is_audited():
     audited |= {"Take", "Unstack", tfprune.layers.Weight}  # tests/test_layer_copies.py
     # Decoder language models: tests/test_decoders.py.
     audited |= {"SizeRange", "BroadcastToSizes", "DenseMultiply", layers.GroupQueryAttention}
-    audited |= {cls for cls, _, _ in handlers_decoders._EXPLICIT.values() if cls is not None}
+    audited |= {cls for cls in handlers_decoders._EXPLICIT_CLASSES.values() if cls is not None}
     assert set(handlers._HANDLERS) - audited == set()
 
 

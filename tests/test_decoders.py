@@ -215,3 +215,35 @@ def test_docstring_examples():
 
     results = doctest.testmod(handlers_decoders, extraglobs={"tfprune": tfprune, "keras": keras})
     assert results.attempted and not results.failed
+
+
+class _CausalMix(keras.layers.Layer):
+    """A composite layer that averages each position with the ones before it: a causal mask from the length."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4, name="dense")
+
+    def call(self, x):
+        length = keras.ops.shape(x)[1]
+        rows, columns = keras.ops.arange(length)[:, None], keras.ops.arange(length)[None, :]
+        mask = keras.ops.broadcast_to(keras.ops.expand_dims(rows >= columns, 0), (keras.ops.shape(x)[0], length, length))
+        return self.dense(keras.ops.matmul(keras.ops.cast(mask, x.dtype), x))
+
+
+_CausalMix.__module__ = "my_project.layers"  # a user's composite layer, not Keras's
+
+
+def test_a_causal_mask_from_the_sequence_length_is_recorded_for_any_length(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 3))
+    model = keras.Model(inputs, _CausalMix(name="mix")(keras.layers.Dense(6, name="embed")(inputs)))
+    flat = tfprune.graph.flatten(model)
+    assert {"SizeRange", "BroadcastToSizes"} <= {type(operation).__name__ for operation in flat.operations}
+    flat.save(tmp_path / "flat.keras")
+    reloaded = keras.saving.load_model(tmp_path / "flat.keras")
+    for length in (1, 4, 9):
+        sample = np.random.default_rng(length).uniform(size=(2, length, 3)).astype("float32")
+        np.testing.assert_allclose(flat(sample), model(sample), atol=1e-6)
+        np.testing.assert_allclose(reloaded(sample), model(sample), atol=1e-6)
+    assert tfprune.graph.build(flat)["embed"].prunable  # the mask does not pin the channels it is applied to

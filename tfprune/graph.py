@@ -805,10 +805,17 @@ def _traced_shape(x):
     return shape
 
 
-def _traced_arange(start, stop=None, step=None, dtype=None):
+_NO_STOP = object()  # `arange(n)`, told apart from `arange(0, None)` (a stop read as None from a shape)
+
+
+def _traced_arange(start, stop=_NO_STOP, step=None, dtype=None):
     """`keras.ops.arange` while a composite is traced: a range up to a traced size is recorded as an operation."""
-    end = start if stop is None else stop
-    begin = 0 if stop is None else start
+    end = start if stop is _NO_STOP else stop
+    begin = 0 if stop is _NO_STOP else start
+    stop = None if stop is _NO_STOP else stop
+    if _tracing_here() and end is None:
+        # `arange(0, None)` is an empty range: recorded, it would be a constant of no positions.
+        raise TypeError("a range up to a size unknown while traced cannot be recorded")
     if _tracing_here() and isinstance(end, (_TracedSize, _TracedBatch)) and end.source is not None:
         if not all(_utils.is_integer(value) for value in (begin, 1 if step is None else step)):
             raise TypeError("a range up to a sequence length from a traced start or step cannot be recorded")
@@ -1067,10 +1074,10 @@ def _traced(shadow, changed, fallback=None):
 
     def traced_call(*args, **kwargs):
         if _SIZE_MARKERS[0]:
-            # First with sequence-length markers (a causal mask over any length); code
-            # that uses an unknown length otherwise (a full slice `x[:, :length]`) is
-            # traced again as before, with None for it.
-            outputs, why = attempt(*args, **kwargs)
+            # First with sequence-length markers (a causal mask over any length), kept
+            # when it records an operation reading a size; otherwise (no such mask,
+            # or code that uses the length in other ways) traced again as before.
+            outputs, why = attempt(*args, marked=True, **kwargs)
             if why is None:
                 changed[0] = True
                 return outputs
@@ -1087,8 +1094,12 @@ def _traced(shadow, changed, fallback=None):
         changed[0] = True
         return outputs
 
-    def attempt(*args, **kwargs):
-        """The traced outputs and None, or None and why the trace cannot be used."""
+    def attempt(*args, marked=False, **kwargs):
+        """The traced outputs and None, or None and why the trace cannot be used.
+
+        `marked`: traced with sequence-length markers, which must have recorded
+        an operation reading a size and left no marker in any operation.
+        """
         own = _own_weights_as_layers(shadow, args, kwargs)
         guessed = _GUESSED[0]
         outputs = None
@@ -1099,6 +1110,9 @@ def _traced(shadow, changed, fallback=None):
             if not _same_specs(outputs, shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))):
                 # A -1 worked out beside the traced batch size is what such a mismatch comes from.
                 why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
+            elif marked and not (_reads_sizes(args, kwargs, outputs)
+                                 and not _records_a_marker(args, kwargs, outputs)):  # fmt: skip
+                why = "its trace with sequence-length markers reads no size, or records a marker"
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
             # Nested in another trace, a block is checked with the outermost one: alone, its inputs
@@ -1151,7 +1165,6 @@ def _own_weights_as_layers(shadow, args, kwargs):
     return replaced
 
 
-_NOT_TRACED = object()
 
 
 def _same_specs(traced, expected):
@@ -1196,6 +1209,54 @@ def _branches_on_training(shadow, args, kwargs, outputs):
         traced = shadow.call(*args, **{**kwargs, "training": training})
         traces.append(_operations_between(inputs, traced))
     return any(trace != traces[0] for trace in traces[1:])
+
+
+def _reads_sizes(args, kwargs, outputs):
+    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`).
+
+    A trace that used markers without recording one of them made
+    constants of them (`ops.ones((length, length))` builds an empty array):
+    it is redone without markers, as every trace was before them.
+    """
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    return bool({"SizeRange", "BroadcastToSizes"} & set(_operations_between(inputs, outputs)))
+
+
+def _records_a_marker(args, kwargs, outputs):
+    """True when an operation of the trace holds a size marker as an argument (`x[:, :length]`).
+
+    Keras records such a slice without reading the marker; the recorded
+    operation could not run.
+    """
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    stop = {id(tensor) for tensor in inputs}
+    seen = set()
+    stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in stop or not hasattr(tensor, "_keras_history"):
+            continue
+        history = tensor._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if _holds_marker((node.arguments.args, node.arguments.kwargs)):
+            return True
+        stack.extend(node.input_tensors)
+    return False
+
+
+def _holds_marker(value):
+    if isinstance(value, (_TracedSize, _TracedBatch)):
+        return True
+    if isinstance(value, slice):
+        return _holds_marker((value.start, value.stop, value.step))
+    if isinstance(value, (list, tuple)):
+        return any(_holds_marker(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_marker(item) for item in value.values())
+    return False
 
 
 def _operations_between(inputs, outputs):

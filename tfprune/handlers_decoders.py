@@ -53,7 +53,7 @@ from tfprune.handlers import (
     register_handler,
 )
 
-__all__ = ["BroadcastToSizes", "DenseMultiply", "GQA_MODES", "SizeRange"]
+__all__ = ["BroadcastToSizes", "DenseMultiply", "GQA_MODES", "SizeRange", "explicit_head_dim_class"]
 
 GQA_MODES = ("query_heads", "groups")
 
@@ -210,9 +210,10 @@ class _GroupedQueryAttention(Handler):
         extra_per_head: Tuple of attribute names of further EinsumDense
             layers laid out like the query projection (a gate), sliced
             with the query heads.
-        explicit_head_dim: Optional class: the layer is rebuilt as this
-            subclass, which keeps `head_dim` in its config (for layers whose
-            head width is `hidden_dim // num_query_heads`).
+        explicit_head_dim: Optional string naming the subclass the layer is
+            rebuilt as (`explicit_head_dim_class`), which keeps `head_dim`
+            in its config (for layers whose head width is
+            `hidden_dim // num_query_heads`).
     """
 
     def __init__(self, projections, extra_per_head=(), explicit_head_dim=None):
@@ -349,17 +350,22 @@ class _GroupedQueryAttention(Handler):
         config["num_key_value_heads"] = int(weight_shapes[key_index][key_axis])
         return config
 
+    def _explicit_class(self):
+        return None if self.explicit_head_dim is None else explicit_head_dim_class(self.explicit_head_dim)
+
     def rebuild(self, layer, config):
         """A new layer from `config`; with `explicit_head_dim`, of that class, keeping the head width."""
-        if self.explicit_head_dim is None:
+        explicit = self._explicit_class()
+        if explicit is None:
             return type(layer).from_config(config)
-        return self.explicit_head_dim.from_config({**config, "head_dim": _head_dim(layer, self._projections(layer)[0])})
+        return explicit.from_config({**config, "head_dim": _head_dim(layer, self._projections(layer)[0])})
 
     def copy(self, layer):
         """A copy of `layer` with its weights, or None to copy it from its config (`tfprune.graph.flatten`)."""
-        if self.explicit_head_dim is None or type(layer) is self.explicit_head_dim or not self._projections(layer):
+        explicit = self._explicit_class()
+        if explicit is None or type(layer) is explicit or not self._projections(layer):
             return _copy_from_attributes(layer)
-        return self.explicit_head_dim.copy_of(layer, _head_dim(layer, self._projections(layer)[0]))
+        return explicit.copy_of(layer, _head_dim(layer, self._projections(layer)[0]))
 
 
 def _head_dim(layer, query):
@@ -528,20 +534,68 @@ def _explicit_head_dim_class(module, name, projections):
 _HUB = "keras_hub.src.models."
 _LLAMA_NAMES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 _GEMMA_NAMES = ("query_dense", "key_dense", "value_dense", "output_dense")
-LlamaAttention = _explicit_head_dim_class(_HUB + "llama.llama_attention", "LlamaAttention", _LLAMA_NAMES)
-QwenAttention = _explicit_head_dim_class(_HUB + "qwen.qwen_attention", "QwenAttention", _LLAMA_NAMES)
-Phi3Attention = _explicit_head_dim_class(_HUB + "phi3.phi3_attention", "Phi3Attention", _GEMMA_NAMES)
-# Qwen3's attention takes a head_dim, but its get_config reads attributes it never sets: rebuilt as this class too.
-Qwen3Attention = _explicit_head_dim_class(_HUB + "qwen3.qwen3_attention", "Qwen3Attention", _LLAMA_NAMES)
-CachedMixtralAttention = _explicit_head_dim_class(_HUB + "mixtral.mixtral_attention", "CachedMixtralAttention",
-                                                  _GEMMA_NAMES)  # fmt: skip
+# keras-hub attention layers rebuilt as tfprune subclasses with an explicit head_dim: name ->
+# (keras-hub module, projections). Qwen3's takes a head_dim, but its get_config reads
+# attributes it never sets, so it is rebuilt as one too.
 _EXPLICIT = {
-    "LlamaAttention": (LlamaAttention, _LLAMA_NAMES, _HUB + "llama.llama_attention"),
-    "QwenAttention": (QwenAttention, _LLAMA_NAMES, _HUB + "qwen.qwen_attention"),
-    "Phi3Attention": (Phi3Attention, _GEMMA_NAMES, _HUB + "phi3.phi3_attention"),
-    "Qwen3Attention": (Qwen3Attention, _LLAMA_NAMES, _HUB + "qwen3.qwen3_attention"),
-    "CachedMixtralAttention": (CachedMixtralAttention, _GEMMA_NAMES, _HUB + "mixtral.mixtral_attention"),
+    "LlamaAttention": (_HUB + "llama.llama_attention", _LLAMA_NAMES),
+    "QwenAttention": (_HUB + "qwen.qwen_attention", _LLAMA_NAMES),
+    "Phi3Attention": (_HUB + "phi3.phi3_attention", _GEMMA_NAMES),
+    "Qwen3Attention": (_HUB + "qwen3.qwen3_attention", _LLAMA_NAMES),
+    "CachedMixtralAttention": (_HUB + "mixtral.mixtral_attention", _GEMMA_NAMES),
 }
+_EXPLICIT_CLASSES = {}
+
+
+def explicit_head_dim_class(name):
+    """tfprune's subclass of keras-hub's attention layer `name` with an explicit `head_dim`, or None.
+
+    Made and registered for serialization (package `tfprune`) on first use,
+    so that importing tfprune does not import keras-hub; a `.keras` file
+    naming it finds it through this module's attributes
+    (`tfprune.handlers_decoders.LlamaAttention`).
+
+    Args:
+        name: String. A key of `_EXPLICIT`, such as `"LlamaAttention"`.
+
+    Returns:
+        The class, or None when keras-hub (or that layer) is not installed.
+
+    Example:
+
+    >>> tfprune.handlers_decoders.explicit_head_dim_class("LlamaAttention").__name__  # doctest: +SKIP
+    'LlamaAttention'
+    """
+    if name not in _EXPLICIT_CLASSES:
+        module, projections = _EXPLICIT[name]
+        cls = _explicit_head_dim_class(module, name, projections)
+        _EXPLICIT_CLASSES[name] = cls
+        if cls is not None:
+            register_handler(cls, _GroupedQueryAttention(projections, explicit_head_dim=name))
+    return _EXPLICIT_CLASSES[name]
+
+
+def _deferred(name):
+    """Stands for `explicit_head_dim_class(name)` in Keras's registry until it is made.
+
+    A `.keras` file names the class `tfprune>LlamaAttention`; Keras finds
+    classes by that name only, so this stand-in is registered under it when
+    tfprune is imported, and makes the real class when a file is loaded.
+    """
+
+    def from_config(cls, config):
+        return explicit_head_dim_class(name).from_config(config)
+
+    stand_in = type(f"_Deferred{name}", (), {"from_config": classmethod(from_config), "get_config": lambda self: {}})
+    return keras.saving.register_keras_serializable(package="tfprune", name=name)(stand_in)
+
+
+def __getattr__(name):
+    # `tfprune.handlers_decoders.LlamaAttention` (how Keras finds the class of a saved layer).
+    if name in _EXPLICIT and explicit_head_dim_class(name) is not None:
+        return _EXPLICIT_CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
 BY_CLASS = {
@@ -568,11 +622,9 @@ BY_CLASS.update({
     ("keras_hub.src.layers.modeling.cached_multi_head_attention", "CachedMultiHeadAttention"): _MultiHeadAttention(),
 })
 
-for _name, (_cls, _names, _module) in _EXPLICIT.items():
-    if _cls is not None:
-        _handler = _GroupedQueryAttention(_names, explicit_head_dim=_cls)
-        BY_CLASS[(_module, _name)] = _handler
-        register_handler(_cls, _handler)
+for _name, (_module, _names) in _EXPLICIT.items():
+    BY_CLASS[(_module, _name)] = _GroupedQueryAttention(_names, explicit_head_dim=_name)
+    _deferred(_name)
 register_handler("SizeRange", _ReadsShape())
 register_handler("DenseMultiply", handler_for(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)._keras_history.operation))
 register_handler("BroadcastToSizes", _ReadsShape())
