@@ -747,7 +747,27 @@ def _nested_shadow_call(self, *args, **kwargs):
         # On the probe's arrays (`_same_on_a_probe`): its own code, never `build`
         # (a shadow's `build` would make new sub-layers).
         return self.call(*args, **_accepted(self, kwargs))
-    return _LAYER_CALL(self, *args, **kwargs)
+    if not _tracing_here():
+        return _LAYER_CALL(self, *args, **kwargs)
+    try:
+        return _LAYER_CALL(self, *args, **kwargs)
+    except ValueError as error:
+        if not _returns_none(error):
+            raise
+        own = "holds weights of its own, so it is not inlined, and " if not is_composite(self) else ""
+        raise _NotRecordable(
+            f"its block '{self.name}' ({type(self).__name__}) {own}returns None, which Keras cannot record as "
+            "one operation"
+        ) from error
+
+
+class _NotRecordable(ValueError):
+    """A block inside a traced composite that can only be recorded as one operation, which Keras refuses."""
+
+
+def _returns_none(error):
+    """Keras's refusal of an operation whose outputs are not all tensors (`(x, None)`)."""
+    return "All operation outputs must be tensors" in str(error)
 
 
 def _accepted(layer, kwargs):
@@ -798,7 +818,7 @@ def _traced(shadow, changed):
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
-            if isinstance(error, _UnknownReshape):
+            if isinstance(error, (_UnknownReshape, _NotRecordable)):
                 why = str(error)
             elif any(mark in str(error) for mark in ("_TracedBatch", "unknown while traced", "batch size is unknown")):
                 why = "its call makes a tensor of the batch size, which is unknown until it runs"
@@ -807,7 +827,15 @@ def _traced(shadow, changed):
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
-            return as_one_unit(*args, **kwargs)
+            try:
+                return as_one_unit(*args, **kwargs)
+            except ValueError as error:
+                if _NESTING[0] > 1 and _returns_none(error):  # inside a trace: say why, not Keras's words
+                    raise _NotRecordable(
+                        f"its block '{shadow.name}' cannot be inlined ({why}) and returns None, which Keras "
+                        "cannot record as one operation"
+                    ) from error
+                raise
         changed[0] = True
         return outputs
 
