@@ -582,3 +582,22 @@ def test_a_block_that_returns_none_and_cannot_be_inlined_is_named_as_the_reason(
     model = keras.Model(inputs, _T5LikeBlock(attention(name="attention"), name="block")(inputs))
     flat = tfprune.graph.flatten(model)
     assert re.search(reason, flat.get_layer("block")._tfprune_not_inlined), flat.get_layer("block")._tfprune_not_inlined
+
+
+class _FourierMixer(layers.Layer):
+    """Like FNet's encoder: mixes tokens and channels with `ops.fft2`, which needs both sizes known."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(8, name="dense")
+
+    def call(self, x):
+        real, _ = ops.fft2((x, ops.zeros_like(x)))
+        return self.dense(real)
+
+
+def test_a_composite_a_keras_operation_refuses_to_record_names_that_operation():
+    inputs = keras.Input((None, 8))
+    model = keras.Model(inputs, _FourierMixer(name="mixer")(inputs))
+    why = tfprune.graph.flatten(model).get_layer("mixer")._tfprune_not_inlined
+    assert "its call fails on symbolic tensors in operation 'fft2' (keras.ops.math.FFT2)" in why, why

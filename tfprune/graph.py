@@ -761,6 +761,29 @@ def _nested_shadow_call(self, *args, **kwargs):
         ) from error
 
 
+def _failing_keras_operation(error):
+    """`" in keras.ops.fft2"` when a `keras.ops` operation refused the symbolic tensors, else `""`.
+
+    FNet's encoder runs `keras.ops.fft2` over the sequence: Keras refuses to
+    record it on a sequence of unknown length, the reason the block stays whole.
+    """
+    frames, traceback = [], error.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        operation = frame.f_locals.get("self")
+        if (
+            frame.f_code.co_name in ("compute_output_spec", "symbolic_call")
+            and isinstance(operation, keras.Operation)
+            and not isinstance(operation, keras.layers.Layer)
+        ):
+            module = type(operation).__module__
+            name = getattr(operation, "name", type(operation).__name__)
+            return f" in operation '{name}' ({module.replace('keras.src.ops.', 'keras.ops.')}.{type(operation).__name__})"
+    return ""
+
+
 class _NotRecordable(ValueError):
     """A block inside a traced composite that can only be recorded as one operation, which Keras refuses."""
 
@@ -823,7 +846,8 @@ def _traced(shadow, changed):
             elif any(mark in str(error) for mark in ("_TracedBatch", "unknown while traced", "batch size is unknown")):
                 why = "its call makes a tensor of the batch size, which is unknown until it runs"
             else:
-                why = f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
+                where = _failing_keras_operation(error)
+                why = f"its call fails on symbolic tensors{where}: {_utils.first_line(error, limit=200)}"
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
