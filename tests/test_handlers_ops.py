@@ -321,3 +321,26 @@ def test_a_library_layer_is_frozen_without_suggesting_a_handler_for_it():
         messages[module] = " ".join(str(warning.message) for warning in caught)
     assert "register_handler" not in messages["keras_hub.src.models.example"]
     assert "register_handler(_LibraryBlock, tfprune.graph.Preserve())" in messages[__name__]
+
+
+def test_an_xlnet_encoder_block_prunes_its_feed_forward_units(tmp_path):
+    # XLNet's encoder block holds per-head attention biases of its own, so it is not
+    # inlined: its handler declares the units between its feed-forward Dense layers.
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.XLNetBackbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=16,
+                                           intermediate_dim=32)  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    graph = tfprune.graph.build(flat)
+    units = [group for group in graph if group.name.endswith("feedforward_intermediate_dense")]
+    assert len(units) == 2 and all(group.prunable and group.size == 32 for group in units)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(1, 30, (2, 6)).astype("int32"), "padding_mask": np.ones((2, 6), "int32"),
+         "segment_ids": np.zeros((2, 6), "int32")}  # fmt: skip
+    small = assert_dead_channels_leave_no_trace(flat, units[0].name, [3, 17, 30], x, tmp_path)
+    assert small.count_params() < flat.count_params()
+    pruned, result = tfprune.prune(model, "l1", rate=0.5)
+    assert sorted(result.widths_after.values()) == [16, 16]
+    pruned.save(tmp_path / "xlnet.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "xlnet.keras"), x), outputs(pruned, x),
+                               atol=1e-6, rtol=0)  # fmt: skip

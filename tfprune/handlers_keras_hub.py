@@ -7,9 +7,11 @@ handler to let their channels shrink. `tfprune.handlers.handler_for` looks
 them up here by class, only for layers of a model that uses keras-hub.
 """
 
+import types
+
 import keras
 
-from tfprune.handlers import Freeze, Handler, _width
+from tfprune.handlers import Freeze, Handler, _width, channel_mixing_activation
 
 __all__ = ["handler_for"]
 
@@ -117,6 +119,66 @@ class _PerChannelTables(Handler):
         return {**config, self.width_key: output_width} if self.width_key else config
 
 
+class _EncoderWithOwnBiases(Handler):
+    """An encoder block holding weights of its own (XLNet's per-head attention biases): its MLP units prune.
+
+    The block cannot be inlined (`tfprune.graph.flatten` inlines only blocks
+    without weights of their own), so it stays one layer: its inputs' and
+    outputs' channels are pinned (the hidden width, which LayerNormalization
+    normalises anyway), and the units between its feed-forward Dense layers
+    are a group of their own, sliced on the first Dense's kernel and bias
+    and the second's kernel; `units_key` records the new width. The
+    feed-forward activation must act on each channel alone, else the units
+    are pinned too.
+
+    Args:
+        content_argument: String. The call argument holding the hidden states.
+        dense_names: Tuple of two strings. The attributes holding the
+            feed-forward Dense layers (in, out).
+        activation_name: String. The attribute holding the activation.
+        units_key: String. The constructor argument holding the units.
+    """
+
+    def __init__(self, content_argument, dense_names, activation_name, units_key):
+        self.content_argument = content_argument
+        self.dense_names = dense_names
+        self.activation_name = activation_name
+        self.units_key = units_key
+        self._kernel_index = {}  # layer name -> index of the first Dense's kernel in `layer.weights`
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        reason = f"'{layer.name}' is a block tfprune cannot inline (it holds weights of its own)"
+        for tensor in node.input_tensors:
+            tracer.pin(tracer.channels(tensor), reason)
+        outputs = []
+        for tensor in node.outputs:
+            width = _width(tensor)
+            outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
+            tracer.pin(outputs[-1], reason)
+        first, second = (getattr(layer, name) for name in self.dense_names)
+        self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(first.kernel))
+        units = tracer.new_channels(first.units, f"{layer.name}_{first.name}")
+        tracer.use(layer, first.kernel, -1, units, "output")
+        tracer.use(layer, getattr(first, "bias", None), 0, units, "output")
+        tracer.use(layer, second.kernel, 0, units, "input")
+        activation = types.SimpleNamespace(activation=getattr(layer, self.activation_name), name=layer.name)
+        why = channel_mixing_activation(activation)
+        if why is not None:
+            tracer.pin(units, why)
+        return outputs
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        # The surgery builds the graph (so traces the layer) before it resizes.
+        return {**config, self.units_key: int(weight_shapes[self._kernel_index[config["name"]]][-1])}
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        arguments = node.arguments
+        content = arguments.kwargs.get(self.content_argument, arguments.args[0] if arguments.args else None)
+        layer.build(shapes[id(content)])
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -133,6 +195,10 @@ _BY_CLASS = {
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "LayerScale2d"): _PerChannelTables("dim"),
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
+    (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _EncoderWithOwnBiases(
+        "output_content", ("feedforward_intermediate_dense", "feedforward_output_dense"), "activation_function_ff",
+        "intermediate_dim",
+    ),
 }
 
 
