@@ -119,36 +119,38 @@ class _PerChannelTables(Handler):
         return {**config, self.width_key: output_width} if self.width_key else config
 
 
-class _EncoderWithOwnBiases(Handler):
-    """An encoder block holding weights of its own (XLNet's per-head attention biases): its MLP units prune.
+class _BlockFeedForward(Handler):
+    """A transformer block kept as one layer: the units of its feed-forward part prune.
 
-    The block cannot be inlined (`tfprune.graph.flatten` inlines only blocks
-    without weights of their own), so it stays one layer: its inputs' and
-    outputs' channels are pinned (the hidden width, which LayerNormalization
-    normalises anyway), and the units between its feed-forward Dense layers
-    are a group of their own, sliced on the first Dense's kernel and bias
-    and the second's kernel; `units_key` records the new width. The
-    feed-forward activation must act on each channel alone, else the units
-    are pinned too.
+    XLNet's encoder block holds per-head attention biases of its own, and T5's
+    attention layers return None for their cache, so `tfprune.graph.flatten`
+    cannot inline these blocks. The block's inputs' and outputs' channels are
+    pinned (the hidden width, which their normalisation couples anyway); the
+    units between the feed-forward Dense layers are a group of their own,
+    sliced on the producing Dense layers' kernels and biases (a gated block
+    has two, multiplied channel by channel) and on the last Dense's kernel;
+    `units_key` records the new width. An activation on the units that does
+    not act on each channel alone pins them.
 
     Args:
-        content_argument: String. The call argument holding the hidden states.
-        dense_names: Tuple of two strings. The attributes holding the
-            feed-forward Dense layers (in, out).
-        activation_name: String. The attribute holding the activation.
+        producers: Tuple of strings. The attributes holding the Dense layers
+            making the units (a missing one, such as an optional gate, is skipped).
+        consumer: String. The attribute holding the Dense layer reading them.
         units_key: String. The constructor argument holding the units.
+        activation_name: String or None. An attribute holding an activation
+            applied to the units besides the Dense layers' own.
     """
 
-    def __init__(self, content_argument, dense_names, activation_name, units_key):
-        self.content_argument = content_argument
-        self.dense_names = dense_names
-        self.activation_name = activation_name
+    def __init__(self, producers, consumer, units_key, activation_name=None):
+        self.producers = producers
+        self.consumer = consumer
         self.units_key = units_key
-        self._kernel_index = {}  # layer name -> index of the first Dense's kernel in `layer.weights`
+        self.activation_name = activation_name
+        self._kernel_index = {}  # layer name -> index of the first producer's kernel in `layer.weights`
 
     def trace(self, node, tracer):
         layer = node.operation
-        reason = f"'{layer.name}' is a block tfprune cannot inline (it holds weights of its own)"
+        reason = f"'{layer.name}' ({type(layer).__name__}) is a block tfprune keeps as one layer"
         for tensor in node.input_tensors:
             tracer.pin(tracer.channels(tensor), reason)
         outputs = []
@@ -156,16 +158,21 @@ class _EncoderWithOwnBiases(Handler):
             width = _width(tensor)
             outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
             tracer.pin(outputs[-1], reason)
-        first, second = (getattr(layer, name) for name in self.dense_names)
-        self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(first.kernel))
-        units = tracer.new_channels(first.units, f"{layer.name}_{first.name}")
-        tracer.use(layer, first.kernel, -1, units, "output")
-        tracer.use(layer, getattr(first, "bias", None), 0, units, "output")
-        tracer.use(layer, second.kernel, 0, units, "input")
-        activation = types.SimpleNamespace(activation=getattr(layer, self.activation_name), name=layer.name)
-        why = channel_mixing_activation(activation)
-        if why is not None:
-            tracer.pin(units, why)
+        producers = [getattr(layer, name) for name in self.producers if getattr(layer, name, None) is not None]
+        consumer = getattr(layer, self.consumer)
+        self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(producers[0].kernel))
+        units = tracer.new_channels(producers[0].units, f"{layer.name}_{producers[0].name}")
+        for dense in producers:
+            tracer.use(layer, dense.kernel, -1, units, "output")
+            tracer.use(layer, getattr(dense, "bias", None), 0, units, "output")
+        tracer.use(layer, consumer.kernel, 0, units, "input")
+        activations = list(producers)
+        if self.activation_name is not None:
+            activations.append(types.SimpleNamespace(activation=getattr(layer, self.activation_name), name=layer.name))
+        for holder in activations:
+            why = channel_mixing_activation(holder)
+            if why is not None:
+                tracer.pin(units, why)
         return outputs
 
     def resize_for_weights(self, config, output_width, weight_shapes):
@@ -173,10 +180,14 @@ class _EncoderWithOwnBiases(Handler):
         return {**config, self.units_key: int(weight_shapes[self._kernel_index[config["name"]]][-1])}
 
     def build(self, layer, input_shapes, node=None):
-        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
-        arguments = node.arguments
-        content = arguments.kwargs.get(self.content_argument, arguments.args[0] if arguments.args else None)
-        layer.build(shapes[id(content)])
+        # Called as in the model (on symbolic tensors of the new shapes): such blocks build
+        # their sub-layers from several inputs, or only when called.
+        values = {
+            id(tensor): keras.KerasTensor(shape, dtype=tensor.dtype)
+            for tensor, shape in zip(node.input_tensors, input_shapes)
+        }
+        args, kwargs = node.arguments.fill_in(values)
+        layer(*args, **kwargs)
 
 
 _MODELS = "keras_hub.src.models."
@@ -195,9 +206,11 @@ _BY_CLASS = {
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "LayerScale2d"): _PerChannelTables("dim"),
     (_MODELS + "mobilenetv5.mobilenetv5_layers", "RmsNorm2d"): _PerChannelTables("dim", normalizes=True),
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): _PerChannelTables(),
-    (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _EncoderWithOwnBiases(
-        "output_content", ("feedforward_intermediate_dense", "feedforward_output_dense"), "activation_function_ff",
-        "intermediate_dim",
+    (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _BlockFeedForward(
+        ("feedforward_intermediate_dense",), "feedforward_output_dense", "intermediate_dim", "activation_function_ff"
+    ),
+    (_MODELS + "t5.t5_transformer_layer", "T5TransformerLayer"): _BlockFeedForward(
+        ("input_projector", "gate_projector"), "output_projector", "intermediate_dim"
     ),
 }
 
