@@ -500,3 +500,24 @@ def test_compare_latency_interleaves_the_files_and_returns_a_median_each(trained
 def test_compare_latency_rejects_bad_arguments(paths, kwargs, error, message):
     with pytest.raises(error, match=message):
         export.compare_latency(paths, **kwargs)
+
+
+class _EagerOnly(keras.layers.Layer):
+    """Like keras-hub's diffusion scheduler: Python control flow on a tensor's value, fine eagerly only."""
+
+    def call(self, x):
+        if keras.ops.convert_to_numpy(keras.ops.max(x)) > 100.0:
+            return x * 2.0
+        return x
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, x.dtype)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="traces the model into a TensorFlow graph")
+def test_a_model_whose_call_cannot_be_traced_into_a_graph_is_refused_in_one_line(tmp_path):
+    inputs = keras.Input((4,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(2)(_EagerOnly(name="eager")(inputs)))
+    with pytest.raises(ValueError, match=r"^Cannot convert model '\w+' to TFLite: its call cannot be traced into a "
+                                         r"TensorFlow graph \(.*\)\.$"):  # fmt: skip
+        tfprune.export.to_tflite(model, tmp_path / "model.tflite", verbose=0)

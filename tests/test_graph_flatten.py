@@ -1,5 +1,6 @@
 """`tfprune.graph.flatten`: nested models, composite layers and Lambda layers inlined, nothing shared."""
 
+import re
 import warnings
 
 import keras
@@ -570,3 +571,67 @@ def test_a_subclassed_model_used_as_a_layer_is_inlined_like_a_composite(tmp_path
     assert result.widths_after == {"embedder_first": 4, "embedder_second": 4}
     small.save(tmp_path / "small.keras")
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)
+
+
+class _BiasedAttention(layers.Layer):
+    """Like T5's first attention layer: a weight of its own, and `(x, bias, None)` returned."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return x + self.bias, self.bias, None
+
+
+class _HeadsAttention(layers.Layer):
+    """Like T5's other attention layers: reshapes to `(batch, -1, heads, dim)`, returns `(x, None)`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.project = layers.Dense(8, name="project")
+
+    def call(self, x):
+        heads = ops.reshape(self.project(x), (ops.shape(x)[0], -1, 2, 4))
+        return ops.reshape(heads, (ops.shape(x)[0], -1, 8)), None
+
+
+class _T5LikeBlock(layers.Layer):
+    def __init__(self, attention, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = attention
+
+    def call(self, x):
+        return self.attention(x)[0]
+
+
+@pytest.mark.parametrize("attention, reason", [
+    (_BiasedAttention, r"its block '.*' \(_BiasedAttention\) holds weights of its own, so it is not inlined, and "
+                       r"returns None, which Keras cannot record as one operation"),
+    (_HeadsAttention, r"its block '.*' cannot be inlined \(its call reshapes to .*\) and returns None, which Keras "
+                      r"cannot record as one operation"),
+])  # fmt: skip
+def test_a_block_that_returns_none_and_cannot_be_inlined_is_named_as_the_reason(attention, reason):
+    inputs = keras.Input((None, 8))
+    model = keras.Model(inputs, _T5LikeBlock(attention(name="attention"), name="block")(inputs))
+    flat = tfprune.graph.flatten(model)
+    assert re.search(reason, flat.get_layer("block")._tfprune_not_inlined), flat.get_layer("block")._tfprune_not_inlined
+
+
+class _FourierMixer(layers.Layer):
+    """Like FNet's encoder: mixes tokens and channels with `ops.fft2`, which needs both sizes known."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = layers.Dense(8, name="dense")
+
+    def call(self, x):
+        real, _ = ops.fft2((x, ops.zeros_like(x)))
+        return self.dense(real)
+
+
+def test_a_composite_a_keras_operation_refuses_to_record_names_that_operation():
+    inputs = keras.Input((None, 8))
+    model = keras.Model(inputs, _FourierMixer(name="mixer")(inputs))
+    why = tfprune.graph.flatten(model).get_layer("mixer")._tfprune_not_inlined
+    # Traced first with sequence-length markers, then without: the op is named on the second try.
+    assert re.search(r"its call fails on symbolic tensors in operation 'fft2(_\d+)?' \(keras.ops.math.FFT2\)", why), why

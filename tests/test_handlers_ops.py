@@ -25,11 +25,18 @@ def assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path):
     assert graph[group].prunable, graph[group].reason
     kill_channels(model, graph[group], channels)
     small = tfprune.surgery.remove_channels(model, {group: list(channels)})
-    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)
+    for got, want in zip(_all_outputs(small, x), _all_outputs(model, x)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     small.save(tmp_path / "small.keras")
     reloaded = keras.models.load_model(tmp_path / "small.keras")
-    np.testing.assert_allclose(outputs(reloaded, x), outputs(small, x), atol=1e-6, rtol=0)
+    for got, want in zip(_all_outputs(reloaded, x), _all_outputs(small, x)):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     return small
+
+
+def _all_outputs(model, x):
+    """Every output of `model(x)` as NumPy arrays (a dict of outputs in key order)."""
+    return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(model(x))]
 
 
 def einsum_attention(length=5, width=8, key_width=6, value_width=7):
@@ -321,3 +328,54 @@ def test_a_library_layer_is_frozen_without_suggesting_a_handler_for_it():
         messages[module] = " ".join(str(warning.message) for warning in caught)
     assert "register_handler" not in messages["keras_hub.src.models.example"]
     assert "register_handler(_LibraryBlock, tfprune.graph.Preserve())" in messages[__name__]
+
+
+def test_an_xlnet_encoder_block_prunes_its_feed_forward_units(tmp_path):
+    # XLNet's encoder block holds per-head attention biases of its own, so it is not
+    # inlined: its handler declares the units between its feed-forward Dense layers.
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.XLNetBackbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=16,
+                                           intermediate_dim=32)  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    graph = tfprune.graph.build(flat)
+    units = [group for group in graph if group.name.endswith("feedforward_intermediate_dense")]
+    assert len(units) == 2 and all(group.prunable and group.size == 32 for group in units)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(1, 30, (2, 6)).astype("int32"), "padding_mask": np.ones((2, 6), "int32"),
+         "segment_ids": np.zeros((2, 6), "int32")}  # fmt: skip
+    small = assert_dead_channels_leave_no_trace(flat, units[0].name, [3, 17, 30], x, tmp_path)
+    assert small.count_params() < flat.count_params()
+    pruned, result = tfprune.prune(model, "l1", rate=0.5)
+    assert sorted(result.widths_after.values()) == [16, 16]
+    pruned.save(tmp_path / "xlnet.keras")
+    np.testing.assert_allclose(outputs(keras.models.load_model(tmp_path / "xlnet.keras"), x), outputs(pruned, x),
+                               atol=1e-6, rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_t5_transformer_layers_prune_their_feed_forward_units(gated, tmp_path):
+    # T5's attention layers return None for their cache, so its blocks stay whole: their
+    # handler declares the feed-forward units (two producers, multiplied, when gated).
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.T5Backbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=16,
+                                        intermediate_dim=32, key_value_dim=8, use_gated_activation=gated,
+                                        activation="gelu")  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    graph = tfprune.graph.build(flat)
+    units = [group for group in graph if group.name.endswith("input_projector")]
+    assert len(units) == 4 and all(group.prunable and group.size == 32 for group in units)
+    paths = {path.split("/", 1)[1] for member in units[0].members for path, _ in member.weights}
+    assert paths == {"input_projector/kernel", "output_projector/kernel"} | ({"gate_projector/kernel"} if gated else set())
+    rng = np.random.default_rng(0)
+    x = {"encoder_token_ids": rng.integers(1, 30, (2, 6)).astype("int32"),
+         "encoder_padding_mask": np.ones((2, 6), "int32"),
+         "decoder_token_ids": rng.integers(1, 30, (2, 5)).astype("int32"),
+         "decoder_padding_mask": np.ones((2, 5), "int32")}  # fmt: skip
+    assert_dead_channels_leave_no_trace(flat, units[-1].name, [0, 9, 31], x, tmp_path)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5)
+    assert sorted(result.widths_after.values()) == [16] * 4
+    pruned.save(tmp_path / "t5.keras")
+    for got, want in zip(_all_outputs(keras.models.load_model(tmp_path / "t5.keras"), x), _all_outputs(pruned, x)):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)

@@ -720,11 +720,13 @@ def test_a_probe_the_input_model_cannot_take_either_does_not_refuse():
 
 
 class _Doubler(keras.layers.Layer):
-    # Weights of its own: tfprune cannot inline the layer (a weightless one made
-    # of keras.ops is traced through, see test_graph_flatten.py), nor establish
-    # its rule numerically (it does for a layer whose weights are single numbers).
+    # A weight per channel of its own: tfprune cannot inline the layer (a weightless one
+    # made of keras.ops is traced through, see test_graph_flatten.py) nor infer its rule
+    # (as for single-number weights, see test_handlers_ops.py).
     def build(self, input_shape):
-        self.factor = self.add_weight(shape=(2,), initializer=keras.initializers.Constant(1.0), name="factor")
+        self.factor = self.add_weight(
+            shape=(input_shape[-1],), initializer=keras.initializers.Constant(2.0), name="factor"
+        )
 
     def call(self, x):
         return x * keras.ops.sum(self.factor)
@@ -814,26 +816,27 @@ class _TupleOnlyBuild(keras.layers.Layer):
 class _Backbone(keras.Model):
     """A keras-hub-style backbone: functional, and reloaded through its own constructor."""
 
-    def __init__(self, width=8, **kwargs):
+    def __init__(self, width=8, decoder_name="decoder", **kwargs):
         inputs = keras.Input((6,), name="features")
         x = keras.layers.Dense(width, activation="relu", name="hidden")(inputs)
-        x = _TupleOnlyBuild(name="decoder")(keras.layers.Dense(4, name="narrow")(x))
+        x = _TupleOnlyBuild(name=decoder_name)(keras.layers.Dense(4, name="narrow")(x))
         super().__init__(inputs, x, **kwargs)
-        self.width = width
+        self.width, self.decoder_name = width, decoder_name
 
     def get_config(self):
-        return {"width": self.width, "name": self.name}
+        return {"width": self.width, "decoder_name": self.decoder_name, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
 
-def test_a_layer_that_never_rebuilds_from_its_own_config_is_named_as_the_reason(tmp_path):
-    model = _Backbone()
+@pytest.mark.parametrize("decoder_name", ["decoder", None])  # None: a new name each time it is built
+def test_a_layer_that_never_rebuilds_from_its_own_config_is_named_as_the_reason(decoder_name, tmp_path):
+    model = _Backbone(decoder_name=decoder_name)
     model.save(tmp_path / "backbone.keras")
     keras.models.load_model(tmp_path / "backbone.keras")  # through its constructor
-    with pytest.raises(ValueError, match=r"it would not reload, as layer .decoder. \(_TupleOnlyBuild\) raises "
+    with pytest.raises(ValueError, match=r"it would not reload, as layer '\w+' \(_TupleOnlyBuild\) raises "
                                          r"TypeError: expected a tuple.* when re-created from its own config even "
                                          r"unpruned, and a pruned model loads back through each layer's config"):  # fmt: skip
         prune(model, "l1", rate=0.5, unknown="freeze")

@@ -995,9 +995,51 @@ def _nested_shadow_call(self, *args, **kwargs):
         # On the probe's arrays (`_same_on_a_probe`): its own code, never `build`
         # (a shadow's `build` would make new sub-layers).
         return self.call(*args, **_accepted(self, kwargs))
-    if _tracing_here():
-        kwargs = _without_unspecified_none(self, kwargs)
-    return _LAYER_CALL(self, *args, **kwargs)
+    if not _tracing_here():
+        return _LAYER_CALL(self, *args, **kwargs)
+    kwargs = _without_unspecified_none(self, kwargs)
+    try:
+        return _LAYER_CALL(self, *args, **kwargs)
+    except ValueError as error:
+        if not _returns_none(error):
+            raise
+        own = "holds weights of its own, so it is not inlined, and " if not is_composite(self) else ""
+        raise _NotRecordable(
+            f"its block '{self.name}' ({type(self).__name__}) {own}returns None, which Keras cannot record as "
+            "one operation"
+        ) from error
+
+
+def _failing_keras_operation(error):
+    """`" in keras.ops.fft2"` when a `keras.ops` operation refused the symbolic tensors, else `""`.
+
+    FNet's encoder runs `keras.ops.fft2` over the sequence: Keras refuses to
+    record it on a sequence of unknown length, the reason the block stays whole.
+    """
+    frames, traceback = [], error.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        operation = frame.f_locals.get("self")
+        if (
+            frame.f_code.co_name in ("compute_output_spec", "symbolic_call")
+            and isinstance(operation, keras.Operation)
+            and not isinstance(operation, keras.layers.Layer)
+        ):
+            module = type(operation).__module__
+            name = getattr(operation, "name", type(operation).__name__)
+            return f" in operation '{name}' ({module.replace('keras.src.ops.', 'keras.ops.')}.{type(operation).__name__})"
+    return ""
+
+
+class _NotRecordable(ValueError):
+    """A block inside a traced composite that can only be recorded as one operation, which Keras refuses."""
+
+
+def _returns_none(error):
+    """Keras's refusal of an operation whose outputs are not all tensors (`(x, None)`)."""
+    return "All operation outputs must be tensors" in str(error)
 
 
 def _accepted_by(function, kwargs):
@@ -1090,7 +1132,15 @@ def _traced(shadow, changed, fallback=None):
         if why is not None:
             # Said where the layer is met again, when its channels are frozen.
             object.__setattr__(shadow, "_tfprune_not_inlined", why)
-            return as_one_unit(*args, **kwargs)
+            try:
+                return as_one_unit(*args, **kwargs)
+            except ValueError as error:
+                if _NESTING[0] > 1 and _returns_none(error):  # inside a trace: say why, not Keras's words
+                    raise _NotRecordable(
+                        f"its block '{shadow.name}' cannot be inlined ({why}) and returns None, which Keras "
+                        "cannot record as one operation"
+                    ) from error
+                raise
         changed[0] = True
         return outputs
 
@@ -1125,12 +1175,13 @@ def _traced(shadow, changed, fallback=None):
                     "known when it runs)"
                 )
         except Exception as error:  # noqa: BLE001 - not traceable: keep the layer as one unit
-            if isinstance(error, _UnknownReshape):
+            if isinstance(error, (_UnknownReshape, _NotRecordable)):
                 why = str(error)
             elif any(mark in str(error) for mark in ("_TracedBatch", "unknown while traced", "batch size is unknown")):
                 why = "its call makes a tensor of the batch size, which is unknown until it runs"
             else:
-                why = f"its call fails on symbolic tensors: {_utils.first_line(error, limit=200)}"
+                where = _failing_keras_operation(error)
+                why = f"its call fails on symbolic tensors{where}: {_utils.first_line(error, limit=200)}"
         finally:
             for key, value in own.items():  # the shadow holds its variables again
                 object.__setattr__(shadow, key, value)

@@ -7,9 +7,11 @@ handler to let their channels shrink. `tfprune.handlers.handler_for` looks
 them up here by class, only for layers of a model that uses keras-hub.
 """
 
+import types
+
 import keras
 
-from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width
+from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width, channel_mixing_activation
 
 __all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
 
@@ -117,6 +119,77 @@ class _PerChannelTables(Handler):
         return {**config, self.width_key: output_width} if self.width_key else config
 
 
+class _BlockFeedForward(Handler):
+    """A transformer block kept as one layer: the units of its feed-forward part prune.
+
+    XLNet's encoder block holds per-head attention biases of its own, and T5's
+    attention layers return None for their cache, so `tfprune.graph.flatten`
+    cannot inline these blocks. The block's inputs' and outputs' channels are
+    pinned (the hidden width, which their normalisation couples anyway); the
+    units between the feed-forward Dense layers are a group of their own,
+    sliced on the producing Dense layers' kernels and biases (a gated block
+    has two, multiplied channel by channel) and on the last Dense's kernel;
+    `units_key` records the new width. An activation on the units that does
+    not act on each channel alone pins them.
+
+    Args:
+        producers: Tuple of strings. The attributes holding the Dense layers
+            making the units (a missing one, such as an optional gate, is skipped).
+        consumer: String. The attribute holding the Dense layer reading them.
+        units_key: String. The constructor argument holding the units.
+        activation_name: String or None. An attribute holding an activation
+            applied to the units besides the Dense layers' own.
+    """
+
+    def __init__(self, producers, consumer, units_key, activation_name=None):
+        self.producers = producers
+        self.consumer = consumer
+        self.units_key = units_key
+        self.activation_name = activation_name
+        self._kernel_index = {}  # layer name -> index of the first producer's kernel in `layer.weights`
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        reason = f"'{layer.name}' ({type(layer).__name__}) is a block tfprune keeps as one layer"
+        for tensor in node.input_tensors:
+            tracer.pin(tracer.channels(tensor), reason)
+        outputs = []
+        for tensor in node.outputs:
+            width = _width(tensor)
+            outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
+            tracer.pin(outputs[-1], reason)
+        producers = [getattr(layer, name) for name in self.producers if getattr(layer, name, None) is not None]
+        consumer = getattr(layer, self.consumer)
+        self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(producers[0].kernel))
+        units = tracer.new_channels(producers[0].units, f"{layer.name}_{producers[0].name}")
+        for dense in producers:
+            tracer.use(layer, dense.kernel, -1, units, "output")
+            tracer.use(layer, getattr(dense, "bias", None), 0, units, "output")
+        tracer.use(layer, consumer.kernel, 0, units, "input")
+        activations = list(producers)
+        if self.activation_name is not None:
+            activations.append(types.SimpleNamespace(activation=getattr(layer, self.activation_name), name=layer.name))
+        for holder in activations:
+            why = channel_mixing_activation(holder)
+            if why is not None:
+                tracer.pin(units, why)
+        return outputs
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        # The surgery builds the graph (so traces the layer) before it resizes.
+        return {**config, self.units_key: int(weight_shapes[self._kernel_index[config["name"]]][-1])}
+
+    def build(self, layer, input_shapes, node=None):
+        # Called as in the model (on symbolic tensors of the new shapes): such blocks build
+        # their sub-layers from several inputs, or only when called.
+        values = {
+            id(tensor): keras.KerasTensor(shape, dtype=tensor.dtype)
+            for tensor, shape in zip(node.input_tensors, input_shapes)
+        }
+        args, kwargs = node.arguments.fill_in(values)
+        layer(*args, **kwargs)
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -139,6 +212,12 @@ _BY_CLASS = {
     # functional graph) it computes what MultiHeadAttention does, with the same weights
     # (keras-hub's own CachedMultiHeadAttention: handlers_decoders).
     (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
+    (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _BlockFeedForward(
+        ("feedforward_intermediate_dense",), "feedforward_output_dense", "intermediate_dim", "activation_function_ff"
+    ),
+    (_MODELS + "t5.t5_transformer_layer", "T5TransformerLayer"): _BlockFeedForward(
+        ("input_projector", "gate_projector"), "output_projector", "intermediate_dim"
+    ),
 }
 
 

@@ -777,6 +777,15 @@ def _no_state_left(model):
                 object.__delattr__(layer, key)
 
 
+def _rebuilds(model):
+    """True when `model` is re-created from its config without an error (layer names aside)."""
+    try:
+        _rebuilt(model, _custom_objects(model))
+    except Exception:  # noqa: BLE001 - any failure means "does not reload"
+        return False
+    return True
+
+
 def _rebuild_error(model, layer):
     """The first line of what re-creating `model`'s layer named like `layer` from its config raises, or None."""
     originals = [candidate for candidate in model.layers if layer is not None and candidate.name == layer.name]
@@ -785,7 +794,9 @@ def _rebuild_error(model, layer):
     try:
         _rebuilt(originals[0], _custom_objects(model))
     except Exception as error:  # noqa: BLE001 - any failure means "does not reload"
-        return first_line(error)
+        # Keras wraps the cause in "could not be deserialized" messages; the last one is the cause.
+        cause = str(error).rsplit("Exception encountered: ", 1)
+        return first_line(error) if len(cause) == 1 else first_line(type(error)(cause[1].strip()))
     return None
 
 
@@ -840,10 +851,10 @@ def _check_runs_and_reloads(pruned, given, inlined=None):
             f"it (tfprune.graph.register_handler) or leave its channels alone ({_ignore(operation)})."
         )
     problem = _reload_problem(pruned)
-    if problem is not None and _reload_problem(given) is None:
+    if problem is not None:
         layer, reason = problem
         why = getattr(layer, "_tfprune_not_inlined", None)
-        if why is not None:
+        if why is not None and _reload_problem(given) is None:
             # A block tfprune kept whole: the input model rebuilds it from its owner's config.
             raise ValueError(
                 f"tfprune.prune refuses to return the pruned model '{pruned.name}': {_named(layer, 'a layer')} "
@@ -851,7 +862,7 @@ def _check_runs_and_reloads(pruned, given, inlined=None):
                 "reload."
             )
         unpruned = _rebuild_error(inlined if inlined is not None else given, layer)
-        if unpruned is not None:
+        if unpruned is not None and _rebuilds(given):
             # Not the pruning's doing: the input model loads back through its own config
             # (a keras-hub backbone's constructor), the pruned one through each layer's.
             raise ValueError(
@@ -860,6 +871,8 @@ def _check_runs_and_reloads(pruned, given, inlined=None):
                 "unpruned, and a pruned model loads back through each layer's config, not through the input "
                 "model's."
             )
+    if problem is not None and _reload_problem(given) is None:
+        layer, reason = problem
         raise ValueError(
             f"tfprune.prune refuses to return the pruned model '{pruned.name}': it would not reload, as "
             f"{_named(layer, 'the model')} {reason}; give the layer a get_config that records its new "

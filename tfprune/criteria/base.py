@@ -261,6 +261,22 @@ class AttentionHeads:
         self.kernel = np.concatenate(parts, axis=0)
 
 
+class _OutputWeight:
+    """A producer member's first weight seen as a kernel with the output channels last.
+
+    For a layer that makes channels with a weight other than its own `kernel`
+    (a block whose handler declares its feed-forward Dense's kernel), so that
+    per-layer criteria score it like a Dense layer.
+    """
+
+    def __init__(self, layer, member):
+        path, axis = member.weights[0]
+        weight = next(weight for weight in layer.weights if weight.path == path)
+        self.layer, self.name = layer, layer.name
+        self.kernel = np.moveaxis(keras.ops.convert_to_numpy(weight), axis, -1)
+        self.weights = [weight]
+
+
 def from_layer_scores(layer_score, combine="sum", batch_norm=False, finish=None):
     """Builds a group criterion from a per-layer score (the rule in the module docstring).
 
@@ -300,6 +316,8 @@ def from_layer_scores(layer_score, combine="sum", batch_norm=False, finish=None)
                 if group.heads_of == layer.name:
                     layer = AttentionHeads(layer)
                 values = layer_score(layer)
+                if values is None and member.weights:  # a block holding the producer's kernel inside
+                    values = layer_score(_OutputWeight(layer, member))
                 if values is None:
                     continue
                 values = np.asarray(values, dtype="float64").reshape(-1)

@@ -21,7 +21,7 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune._utils import LazyModule, atomic_path, check_verbose, require_graph_model
+from tfprune._utils import LazyModule, atomic_path, check_verbose, first_line, require_graph_model
 from tfprune.export.inputs import (
     _call_arguments,
     _input_structure,
@@ -400,8 +400,15 @@ def _write_saved_model(model, inputs, directory):
     }
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", serve, input_signature=[specs])
-    archive.write_out(directory, verbose=False)
+    try:
+        archive.add_endpoint("serve", serve, input_signature=[specs])
+        archive.write_out(directory, verbose=False)  # traces `serve` (if `add_endpoint` did not)
+    except Exception as error:  # the model's own code, run in graph mode: a refusal, not a crash
+        # keras-hub's diffusion scheduler computes its noise levels with Python on tensors.
+        raise ValueError(
+            f"Cannot convert model '{model.name}' to TFLite: its call cannot be traced into a TensorFlow "
+            f"graph ({first_line(error)})."
+        ) from error
 
 
 def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name):
