@@ -538,3 +538,23 @@ def test_a_swin_transformer_prunes_inside_its_windowed_blocks_and_reloads(keras_
     small, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, verbose=0)
     assert small.count_params() < model.count_params()
     assert_same(outputs(reloaded(small, tmp_path), x), outputs(small, x))
+
+
+class WithEmptyCache(layers.Layer):
+    """EdRec's decoder blocks: kept whole (it branches on `training`), and one output is empty."""
+
+    def call(self, x, training=None):
+        if training:
+            x = x + keras.random.normal(ops.shape(x), stddev=0.1)
+        return x, x[..., :0]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape, (*input_shape[:-1], 0)
+
+
+def test_a_frozen_layer_with_an_empty_output_gives_it_no_channel():
+    inputs = keras.Input((4,))
+    x, _ = WithEmptyCache(name="block")(layers.Dense(6, name="up")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    graph = tfprune.graph.build(model, unknown="freeze")
+    assert not graph["up"].prunable

@@ -366,16 +366,25 @@ def flatten(model, composites=True):
     layer has no weights of its own (only its sub-layers have) and its `call`
     is plain Keras code; a layer that holds weights itself, or whose `call`
     cannot run symbolically, stays one unit (tfprune then freezes the
-    channels around it). `Lambda` layers are traced the same way, so that a
+    channels around it). So does one whose recorded operations, run on a
+    probe of 3 samples, compute other values than its own `call` (a size
+    read from a symbolic tensor is None: `ops.arange(0, length)` records an
+    empty range). A few keras-hub layers that hold weights are inlined all
+    the same, each weight becoming a `tfprune.layers.Weight`
+    (`MaskedLMHead`, whose copy would untie the token embedding it shares
+    with the backbone, and Swin's `WindowAttention`). `Lambda` layers are traced the same way, so that a
     function of plain `keras.ops` becomes operations tfprune can read (and a
     model that Keras can reload without turning its safe mode off). Layers are copied through `from_config`, `Lambda`
     layers from their function (Keras's safe mode stays on). A layer whose
     config holds keys its own constructor refuses is copied without them, if
     the copy computes the same outputs, and the copy writes its config
     without them, so the result reloads from `.keras` (a
-    `ConfigRepairWarning` names the class and the keys). Any other layer
-    whose config does not round-trip is shared with the original model, with
-    a `SharedLayerWarning` naming it.
+    `ConfigRepairWarning` names the class and the keys). A layer whose
+    automatic config raises (an argument Keras cannot serialize, such as a
+    `DTypePolicy` object) is copied from its constructor arguments read back
+    from its attributes, if the copy computes the same outputs. Any other
+    layer whose config does not round-trip is shared with the original
+    model, with a `SharedLayerWarning` naming it.
 
     Args:
         model: A built Sequential or functional `keras.Model`.
@@ -1150,16 +1159,19 @@ def _traced(shadow, changed, fallback=None):
         `marked`: traced with sequence-length markers, which must have recorded
         an operation reading a size and left no marker in any operation.
         """
-        own = _own_weights_as_layers(shadow, args, kwargs)
-        guessed = _GUESSED[0]
+        own, guessed = {}, _GUESSED[0]
         outputs = None
         try:
+            _own_weights_as_layers(shadow, args, kwargs, own)
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
+            expected = shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))
             why = None
-            if not _same_specs(outputs, shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))):
+            if not _same_specs(outputs, expected):
                 # A -1 worked out beside the traced batch size is what such a mismatch comes from.
-                why = _GUESSED_REASON if _GUESSED[0] != guessed else "its traced call gives other outputs than its output spec"
+                why = _GUESSED_REASON if _GUESSED[0] != guessed else (
+                    "its traced call gives other outputs than its output spec"
+                )
             elif marked and not (_reads_sizes(args, kwargs, outputs)
                                  and not _records_a_marker(args, kwargs, outputs)):  # fmt: skip
                 why = "its trace with sequence-length markers reads no size, or records a marker"
@@ -1190,21 +1202,20 @@ def _traced(shadow, changed, fallback=None):
     return call
 
 
-def _own_weights_as_layers(shadow, args, kwargs):
+def _own_weights_as_layers(shadow, args, kwargs, replaced):
     """Points the shadow's own variables to `tfprune.layers.Weight` outputs while it is traced.
 
     Code such as `logits + self._bias` then records an `Add` of two graph
     tensors, and the weight is a layer of the new model (a copy of the
-    value, so the user's layer is untouched). Returns the attributes
-    replaced, with their variables, to put back.
+    value, so the user's layer is untouched). Fills `replaced` with the
+    attributes replaced and their variables, to put back.
     """
     from tfprune.layers import Weight
 
     variables = {id(variable) for variable in _own_variables(shadow)}
     if not variables:
-        return {}
+        return
     anchor = next(value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor))
-    replaced = {}
     for key, value in list(vars(shadow).items()):
         if isinstance(value, keras.Variable) and id(value) in variables:
             layer = Weight(tuple(value.shape), name=f"{shadow.name}_{key.strip('_')}", dtype=value.dtype,
@@ -1213,7 +1224,6 @@ def _own_weights_as_layers(shadow, args, kwargs):
             layer.weight.assign(value)
             replaced[key] = value
             object.__setattr__(shadow, key, _LAYER_CALL(layer, anchor))
-    return replaced
 
 
 

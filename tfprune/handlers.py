@@ -421,6 +421,9 @@ class Freeze(Handler):
             # A last axis of unknown size (a sequence, as for token ids) is no weight's
             # axis: one pinned channel stands for it, as for such model inputs.
             width = _width(tensor)
+            if width == 0:  # an empty output (EdRec's decoder blocks return an empty cache): no channel
+                outputs.append(np.zeros(0, dtype=np.int64))
+                continue
             channels = tracer.new_channels(1 if width is None else width, node.operation.name)
             tracer.pin(channels, self.reason)
             outputs.append(channels)
