@@ -538,7 +538,7 @@ def _fashion_mnist_not_found(looked_in, reason):
         "dataset-fashion-mnist`), or pass path= (or set "
         f"${FASHION_MNIST_ENVIRONMENT_VARIABLE}) to a directory holding "
         "train-images-idx3-ubyte.gz and the three other IDX files, or pass download=True where "
-        "a network is available (Keras then caches them in ~/.keras/datasets/fashion-mnist)."
+        "a network is available (Keras then caches them, and later calls read that cache)."
     )
 
 
