@@ -11,7 +11,7 @@ TFMOT_VENV := .venv-tfmot
 BENCH_STAMP := $(TFMOT_VENV)/.tfprune-bench-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench fashion-mnist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ test-all: lint $(BENCH_STAMP)
 bench: $(BENCH_STAMP)
 	$(TFMOT_ENV) $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) -q --durations=25
 	$(TFMOT_ENV) $(BIN)/python -m benchmarks.run_all
+
+# Fashion-MNIST for tfprune.datasets.fashion_mnist() and the benchmarks on real data
+# (demo and test need nothing of it): Debian's package puts the four IDX files in
+# /usr/share/datasets/fashion-mnist. Needs apt-get, and root or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+fashion-mnist:
+	@command -v apt-get >/dev/null || { echo "make fashion-mnist needs apt-get (Debian, Ubuntu); elsewhere pass path= or download=True to tfprune.datasets.fashion_mnist()"; exit 1; }
+	dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
+	dpkg -L dataset-fashion-mnist | grep idx
 
 clean:
 	rm -rf $(VENV) $(TFMOT_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -2,8 +2,11 @@
 
 `digits()` is the offline default: scikit-learn's bundled 8x8 handwritten
 digits (1797 images, read from the installed package, never downloaded),
-resized to a small RGB image. `cifar10()` and `cifar100()` read CIFAR through
-tensorflow-datasets and never download unless asked to (`download=True`).
+resized to a small RGB image. `fashion_mnist()` reads Fashion-MNIST's four IDX
+files from a directory you name, Keras's dataset cache or the directory of
+Debian's `dataset-fashion-mnist` package (`make fashion-mnist` installs it).
+`cifar10()` and `cifar100()` read CIFAR through tensorflow-datasets. None of
+them downloads unless asked to (`download=True`).
 
 Every loader returns a `Splits`: a `(train, test)` pair, so
 `train_ds, test_ds = tfprune.datasets.digits()` works, which also carries a
@@ -12,8 +15,11 @@ Images are float32 in [0, 1], channels last; labels are int32 class indices.
 """
 
 import dataclasses
+import gzip
 import os
+import zlib
 
+import keras
 import numpy as np
 
 from tfprune._utils import LazyModule
@@ -31,6 +37,9 @@ class DatasetInfo:
         input_shape: Tuple `(height, width, channels)` of one image.
         train_size: Int or None. Number of training examples (None if unknown).
         test_size: Int or None. Number of test examples (None if unknown).
+        source: String or None. Where the data was read from (a directory, or
+            the download), for loaders that search several places; None for
+            the others. Defaults to None.
 
     Example:
 
@@ -44,6 +53,7 @@ class DatasetInfo:
     input_shape: tuple
     train_size: object
     test_size: object
+    source: object = None
 
 
 class Splits(tuple):
@@ -171,6 +181,157 @@ def digits(
         train_ds = train_ds.shuffle(len(train_index), seed=seed, reshuffle_each_iteration=True)
     test_ds = tf.data.Dataset.from_tensor_slices(test)
     return Splits(_finish(train_ds, batch_size), _finish(test_ds, batch_size), info)
+
+
+FASHION_MNIST_ENVIRONMENT_VARIABLE = "TFPRUNE_FASHION_MNIST"
+# Where Debian's `dataset-fashion-mnist` package installs the four gzipped files.
+_DEBIAN_FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FASHION_MNIST_IMAGE_SIZE = 28
+
+
+def fashion_mnist(
+    path=None,
+    image_size=28,
+    channels=1,
+    batch_size=64,
+    train_size=None,
+    test_size=None,
+    seed=0,
+    shuffle=True,
+    as_numpy=False,
+    download=False,
+):
+    """Loads Fashion-MNIST (Zalando's 70,000 28x28 grey clothing images), offline.
+
+    The four IDX files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each gzipped or not)
+    are read from the first directory that holds all four: `path`, else
+    `$TFPRUNE_FASHION_MNIST`, else Keras's dataset cache
+    (`$KERAS_HOME/datasets/fashion-mnist`, by default
+    `~/.keras/datasets/fashion-mnist`, where
+    `keras.datasets.fashion_mnist.load_data()` leaves them), else Debian's
+    package directory `/usr/share/datasets/fashion-mnist` (`make
+    fashion-mnist`, or `apt-get install dataset-fashion-mnist`). A `path` or
+    `$TFPRUNE_FASHION_MNIST` that lacks a file is an error, not skipped. Only
+    with `download=True`, and only when no directory holds the files, are they
+    downloaded through `keras.datasets.fashion_mnist.load_data()` (which caches
+    them for the next call).
+
+    The images are scaled from 0..255 to [0, 1], resized bilinearly to
+    `image_size` x `image_size` if that is not 28, and repeated over
+    `channels`. The splits are the dataset's own (60,000 train, 10,000 test);
+    `train_size` and `test_size` keep a class-stratified subsample of them
+    drawn under `seed`, in file order.
+
+    Args:
+        path: String, path-like or None. A directory holding the four files.
+            Defaults to None (search as above).
+        image_size: Int. Height and width of the returned images. Defaults to
+            28 (the original size).
+        channels: Int. Number of identical channels. Defaults to 1 (pass 3 for
+            RGB models).
+        batch_size: Int. Batch size of the returned datasets. Defaults to 64.
+        train_size: Int or None. Number of training images to keep, at least
+            10 (one per class); None keeps all 60,000. Defaults to None.
+        test_size: Int or None. Number of test images to keep, at least 10;
+            None keeps all 10,000. Defaults to None.
+        seed: Int. Fixes the subsamples and the training shuffle order (the
+            order also depends on TensorFlow's global seed if one is set, e.g.
+            by `keras.utils.set_random_seed`). Defaults to 0.
+        shuffle: Bool. Whether the training dataset is reshuffled every epoch
+            (deterministically under `seed`). The test dataset never is.
+            Defaults to True.
+        as_numpy: Bool. If True, returns NumPy arrays instead of datasets
+            (unbatched, in file order). Defaults to False.
+        download: Bool. Whether the files may be downloaded through
+            `keras.datasets` if no directory holds them. Defaults to False (no
+            network).
+
+    Returns:
+        A `Splits` `(train, test)` with `.info` (`num_classes=10`, `source` the
+        directory read). Each split is a batched `tf.data.Dataset` of
+        `(images, labels)`: float32 images of shape
+        `(batch, image_size, image_size, channels)` in [0, 1] and int32 labels;
+        with `as_numpy=True` each split is a pair of arrays `(x, y)`.
+
+    Raises:
+        DatasetNotAvailableError: A `FileNotFoundError` raised if no directory
+            holds the files and `download` is False (or the download failed);
+            its one sentence says how to get them.
+        ValueError: If an argument is out of range, or if a file is not a
+            Fashion-MNIST IDX file (the message names the file).
+
+    Example:
+
+    >>> import tfprune
+    >>> train_ds, test_ds = tfprune.datasets.fashion_mnist(batch_size=128)  # doctest: +SKIP
+    >>> (x_train, y_train), _ = tfprune.datasets.fashion_mnist(  # doctest: +SKIP
+    ...     image_size=32, channels=3, train_size=500, as_numpy=True
+    ... )
+    """
+    caller = "fashion_mnist"
+    _check_common_arguments(caller, image_size, batch_size, seed)
+    _check_positive_int(caller, "channels", channels)
+    for name, value in (("train_size", train_size), ("test_size", test_size)):
+        if value is not None:
+            _check_positive_int(caller, name, value)
+            if value < 10:
+                raise ValueError(
+                    f"`fashion_mnist` expects `{name}` to be None or at least 10 (one image "
+                    f"per class); received {name}={value!r}."
+                )
+    if not isinstance(download, bool):
+        raise ValueError(
+            f"`fashion_mnist` expects `download` to be True or False; received download={download!r}."
+        )
+
+    (train, test), source = _find_fashion_mnist(path, download)
+    arrays = []
+    for (images, labels), size, name in (
+        (train, train_size, "train_size"),
+        (test, test_size, "test_size"),
+    ):
+        keep = _stratified_subset(labels, size, seed, name)
+        arrays.append((images[keep], labels[keep].astype("int32")))
+    (train_images, train_labels), (test_images, test_labels) = arrays
+    info = DatasetInfo(
+        name="fashion_mnist",
+        num_classes=10,
+        input_shape=(image_size, image_size, channels),
+        train_size=len(train_labels),
+        test_size=len(test_labels),
+        source=source,
+    )
+    if as_numpy:
+        return Splits(
+            (_scale_and_resize(train_images, image_size, channels), train_labels),
+            (_scale_and_resize(test_images, image_size, channels), test_labels),
+            info,
+        )
+
+    def preprocess(images, labels):
+        # The tf.data form of _scale_and_resize, run per batch so that the
+        # 60,000 images stay uint8 28x28 in memory whatever image_size is.
+        images = tf.cast(images, "float32")[..., tf.newaxis] / 255.0
+        if image_size != _FASHION_MNIST_IMAGE_SIZE:
+            images = tf.image.resize(images, (image_size, image_size), method="bilinear")
+        if channels > 1:
+            images = tf.repeat(images, channels, axis=-1)
+        return images, labels
+
+    def finish(dataset):
+        dataset = dataset.batch(batch_size).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    train_ds = tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+    if shuffle:
+        train_ds = train_ds.shuffle(len(train_labels), seed=seed, reshuffle_each_iteration=True)
+    test_ds = tf.data.Dataset.from_tensor_slices((test_images, test_labels))
+    return Splits(finish(train_ds), finish(test_ds), info)
 
 
 def cifar10(
@@ -332,6 +493,210 @@ def _load_tfds(
         )
     test_ds = test_ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return Splits(_finish(train_ds, batch_size), _finish(test_ds, batch_size), info)
+
+
+def _find_fashion_mnist(path, download):
+    """The uint8 `((train_images, train_labels), (test_images, test_labels))` and their source."""
+    if path is not None:
+        candidates, explicit = [("path=", os.path.expanduser(os.fspath(path)))], True
+    elif os.environ.get(FASHION_MNIST_ENVIRONMENT_VARIABLE):
+        directory = os.path.expanduser(os.environ[FASHION_MNIST_ENVIRONMENT_VARIABLE])
+        candidates, explicit = [(f"${FASHION_MNIST_ENVIRONMENT_VARIABLE}=", directory)], True
+    else:
+        candidates = [("Keras's cache ", directory) for directory in _keras_cache_directories()]
+        candidates.append(("the Debian package's directory ", _DEBIAN_FASHION_MNIST_DIRECTORY))
+        explicit = False
+    looked_in = []
+    for label, directory in candidates:
+        files, missing = _fashion_mnist_files(directory)
+        if not missing:
+            splits = tuple(_read_fashion_mnist_split(*files[split]) for split in ("train", "test"))
+            return splits, directory
+        if not os.path.isdir(directory):
+            looked_in.append(f"{label}'{directory}' (no such directory)")
+        else:
+            looked_in.append(f"{label}'{directory}' (lacks {', '.join(missing)})")
+    if download and not explicit:
+        try:
+            splits = _download_fashion_mnist()
+        except Exception as error:  # whatever the network or Keras raised, reported in one sentence
+            raise DatasetNotAvailableError(
+                _fashion_mnist_not_found(
+                    looked_in, f"the download through keras.datasets failed ({error})"
+                )
+            ) from error
+        source = "keras.datasets.fashion_mnist.load_data()"
+        return tuple(_check_fashion_mnist_split(*split, source, source) for split in splits), source
+    reason = "no other place is searched when one is named" if explicit else "download=False"
+    raise DatasetNotAvailableError(_fashion_mnist_not_found(looked_in, reason))
+
+
+def _fashion_mnist_not_found(looked_in, reason):
+    return (
+        f"Fashion-MNIST was not found in {'; '.join(looked_in)}, and {reason}: install Debian's "
+        "package `dataset-fashion-mnist` with `make fashion-mnist` (or `sudo apt-get install "
+        "dataset-fashion-mnist`), or pass path= (or set "
+        f"${FASHION_MNIST_ENVIRONMENT_VARIABLE}) to a directory holding "
+        "train-images-idx3-ubyte.gz and the three other IDX files, or pass download=True where "
+        "a network is available (Keras then caches them, and later calls read that cache)."
+    )
+
+
+def _download_fashion_mnist():
+    # The only place fashion_mnist reaches the network; tests replace it.
+    return keras.datasets.fashion_mnist.load_data()
+
+
+def _keras_cache_directories():
+    # Where keras.utils.get_file puts `cache_subdir="datasets/fashion-mnist"`:
+    # $KERAS_HOME or ~/.keras, or /tmp/.keras when that is not writable.
+    home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    directories = [home]
+    if not os.access(home, os.W_OK):
+        directories.append(os.path.join("/tmp", ".keras"))
+    return [os.path.join(directory, "datasets", "fashion-mnist") for directory in directories]
+
+
+def _fashion_mnist_files(directory):
+    """`{split: (images_file, labels_file)}` found in `directory`, and the names it lacks."""
+    files, missing = {}, []
+    for split, names in _FASHION_MNIST_FILES.items():
+        found = []
+        for name in names:
+            for candidate in (name, name + ".gz"):
+                if os.path.isfile(os.path.join(directory, candidate)):
+                    found.append(os.path.join(directory, candidate))
+                    break
+            else:
+                missing.append(name + "[.gz]")
+        files[split] = tuple(found)
+    return files, missing
+
+
+def _read_fashion_mnist_split(images_path, labels_path):
+    return _check_fashion_mnist_split(
+        _read_idx(images_path), _read_idx(labels_path), images_path, labels_path
+    )
+
+
+def _check_fashion_mnist_split(images, labels, images_source, labels_source):
+    size = _FASHION_MNIST_IMAGE_SIZE
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (size, size):
+        raise ValueError(
+            f"`fashion_mnist` cannot use '{images_source}': it holds {images.dtype} data of shape "
+            f"{images.shape}, not uint8 images of shape (count, {size}, {size}); {_REPLACE_THE_FILE}"
+        )
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(
+            f"`fashion_mnist` cannot use '{labels_source}': it holds {labels.dtype} data of shape "
+            f"{labels.shape}, not uint8 labels of shape (count,); {_REPLACE_THE_FILE}"
+        )
+    if len(labels) != len(images):
+        raise ValueError(
+            f"`fashion_mnist` cannot use '{labels_source}': it holds {len(labels)} labels for the "
+            f"{len(images)} images of '{images_source}'; {_REPLACE_THE_FILE}"
+        )
+    if len(labels) and labels.max() > 9:
+        raise ValueError(
+            f"`fashion_mnist` cannot use '{labels_source}': it holds the label {labels.max()}, "
+            f"outside Fashion-MNIST's 0..9; {_REPLACE_THE_FILE}"
+        )
+    return images, labels
+
+
+_REPLACE_THE_FILE = (
+    "replace it with a good copy (`make fashion-mnist` installs one, "
+    "`sudo apt-get install --reinstall dataset-fashion-mnist` repairs that one)."
+)
+
+# IDX type codes (the third byte of the magic number) and their big-endian dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path):
+    """The array in an IDX file (LeCun's MNIST format), gzipped or not.
+
+    The header is two zero bytes, a type code, the number of dimensions and
+    one big-endian uint32 per dimension; the data follows, big-endian, and
+    must fill exactly the product of the dimensions.
+    """
+
+    def refuse(reason):
+        return ValueError(f"`fashion_mnist` cannot use '{path}': {reason}; {_REPLACE_THE_FILE}")
+
+    with open(path, "rb") as file:
+        data = file.read()
+    if data[:2] == b"\x1f\x8b":  # gzip's magic number, whatever the file's name
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise refuse(f"it is a damaged gzip file ({error})") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES:
+        raise refuse(
+            f"it does not start with an IDX magic number (00 00, a type code, a number of "
+            f"dimensions) but with {data[:4].hex(' ') or 'nothing'}"
+        )
+    dtype, rank = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    header_size = 4 + 4 * rank
+    if len(data) < header_size:
+        raise refuse(
+            f"its header announces {rank} dimensions but the file ends after {len(data)} bytes"
+        )
+    shape = tuple(int(dimension) for dimension in np.frombuffer(data, ">u4", rank, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header_size != expected:
+        raise refuse(
+            f"its header announces shape {shape} ({expected} bytes of data) but it holds "
+            f"{len(data) - header_size} bytes of data"
+        )
+    return (
+        np.frombuffer(data, dtype, offset=header_size)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
+
+
+def _stratified_subset(labels, size, seed, name):
+    """Sorted indices of a class-stratified subsample of `size` labels (all if None)."""
+    if size is None:
+        return np.arange(len(labels))
+    if size > len(labels):
+        raise ValueError(
+            f"`fashion_mnist` expects `{name}` to be at most {len(labels)}, the images in that "
+            f"split; received {name}={size!r}."
+        )
+    if size == len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
+    )
+    return np.sort(keep)
+
+
+def _scale_and_resize(images, image_size, channels):
+    """uint8 `(count, 28, 28)` images as float32 `(count, image_size, image_size, channels)` in [0, 1]."""
+    images = images.astype("float32")[..., np.newaxis] / np.float32(255.0)
+    if image_size != images.shape[1]:
+        # keras.ops, not tf.image, so the NumPy form works on every backend; in
+        # chunks, to bound the memory the backend's resize takes.
+        images = np.concatenate(
+            [
+                keras.ops.convert_to_numpy(
+                    keras.ops.image.resize(
+                        chunk,
+                        (image_size, image_size),
+                        interpolation="bilinear",
+                        data_format="channels_last",
+                    )
+                )
+                for chunk in np.array_split(images, max(1, len(images) // 10_000))
+            ]
+        )
+    if channels > 1:
+        images = np.repeat(images, channels, axis=-1)
+    return images
 
 
 def _augment(image, label, random_seed, image_size):
