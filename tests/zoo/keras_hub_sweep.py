@@ -349,7 +349,7 @@ def _fnet(hub):
 
 
 def _roformer(hub):
-    return hub.models.RoformerV2Backbone(**_ENCODER, head_size=8)
+    return hub.models.RoformerV2Backbone(**_ENCODER, head_size=HIDDEN // HEADS)
 
 
 def _xlnet(hub):
