@@ -1290,22 +1290,9 @@ def _records_a_marker(args, kwargs, outputs):
     operation could not run.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    stop = {id(tensor) for tensor in inputs}
-    seen = set()
-    stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in stop or not hasattr(tensor, "_keras_history"):
-            continue
-        history = tensor._keras_history
-        node = history.operation._inbound_nodes[history.node_index]
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if _holds_marker((node.arguments.args, node.arguments.kwargs)):
-            return True
-        stack.extend(node.input_tensors)
-    return False
+    return any(
+        _holds_marker((node.arguments.args, node.arguments.kwargs)) for node in _nodes_between(inputs, outputs)
+    )
 
 
 def _holds_marker(value):
@@ -1320,10 +1307,10 @@ def _holds_marker(value):
     return False
 
 
-def _operations_between(inputs, outputs):
-    """The classes of the operations recorded from `inputs` to `outputs`, in a fixed order."""
+def _nodes_between(inputs, outputs):
+    """Yields each node recorded from `inputs` to `outputs` once, from the outputs back."""
     stop = {id(tensor) for tensor in inputs}
-    seen, classes = set(), []
+    seen = set()
     stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
     while stack:
         tensor = stack.pop()
@@ -1334,9 +1321,13 @@ def _operations_between(inputs, outputs):
         if id(node) in seen:
             continue
         seen.add(id(node))
-        classes.append(type(history.operation).__name__)
+        yield node
         stack.extend(node.input_tensors)
-    return classes
+
+
+def _operations_between(inputs, outputs):
+    """The classes of the operations recorded from `inputs` to `outputs`, in a fixed order."""
+    return [type(node.operation).__name__ for node in _nodes_between(inputs, outputs)]
 
 
 def _ordered_nodes(functional):
