@@ -580,7 +580,8 @@ class _BiasedAttention(layers.Layer):
         self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
 
     def call(self, x):
-        return x + self.bias, self.bias, None
+        # The bias as a computed tensor: Keras on JAX cannot infer the spec of a returned variable.
+        return x + self.bias, ops.multiply(self.bias, 1.0), None
 
 
 class _HeadsAttention(layers.Layer):
