@@ -1,11 +1,12 @@
 """STR against gradual magnitude pruning on a grid of models, optimizers, targets, seeds and starts.
 
 Usage: `.venv/bin/python -m benchmarks.str_grid [--quick] [--workers N] [--cells PATH] [--table-only]
-[--tfmot-python PATH]`.
+[--tfmot-python PATH] [--data {digits,fashion-mnist}] [--train-size N]`.
 Writes the `## STR vs magnitude pruning: grid` section of the results file
 (`benchmarks.common.results_path()`).
 
-Every cell trains one model on the offline digits with one method and the
+Every cell trains one model on the offline digits (or, with `--data fashion-mnist`, on
+Fashion-MNIST with its own section, cell file and the two small CNNs) with one method and the
 same data, epochs, optimizer, ramp and starting weights as the other methods
 of that cell:
 
@@ -70,6 +71,22 @@ VARIANTS = {
     "str, neither (tfprune 0.1)": {"layer": {"compensate_shrinkage": False}, "budget": {"min_layer_density": 0.0}},
     "str, uniform start": {"budget": {"start": "uniform"}},
 }
+# Fashion-MNIST (60,000 28x28 training images; `tfprune.datasets.fashion_mnist`, `make fashion-mnist`): the
+# two small CNNs at the native size. MobileNetV3-Small is left out: at 32x32 its cells cost several times more.
+FASHION_ARCHITECTURES = {
+    "plain_cnn": ("plain CNN 32-64-128, GAP, no normalization, 28x28", 28, 10),
+    "resnet_bn": ("residual CNN with BatchNormalization, 28x28", 28, 10),
+}
+# A stratified quarter of the training images: 60,000 x 10 epochs is ~20 min a cell on one core of the
+# 2-core machine the results come from (under 5 with this subset). `--train-size 60000` runs all of them.
+FASHION_TRAIN_SIZE = 15000
+DATASETS = {
+    "digits": dict(architectures=ARCHITECTURES, section=SECTION, cells=CELLS,
+                   description="Digits (scikit-learn, offline)"),
+    "fashion-mnist": dict(architectures=FASHION_ARCHITECTURES, section="## Fashion-MNIST: STR vs magnitude pruning",
+                          cells=HERE / "str_grid_cells_fashion_mnist.jsonl",
+                          description="Fashion-MNIST (the 10,000 test images; training images as stated per cell)"),
+}  # fmt: skip
 PAPER_DECAYS = (5e-5, 5e-4, 5e-3, 5e-2)  # L2 strength on s (Keras L2: penalty strength * s**2)
 PAPER_S_INIT = -5.0
 
@@ -148,10 +165,43 @@ def cell_key(cell):
 RESULT_KEYS = ("accuracy", "sparsity", "layers", "seconds")
 
 
-def load_data(size, limit):
+def architectures(data):
+    """The grid's architectures on a data set: name -> (title, image size, epochs).
+
+    Args:
+        data: String, a key of `DATASETS` ("digits" or "fashion-mnist").
+
+    Returns:
+        A dict like `ARCHITECTURES`.
+    """
+    return DATASETS[data]["architectures"]
+
+
+def cell_data(cell):
+    """The data set a cell trains on: digits unless the cell names another (digits cells predate the key)."""
+    return cell.get("data", "digits")
+
+
+def load_data(size, limit, data="digits", train_size=None):
+    """The training and test images of a cell, `size` x `size` x 3, as NumPy arrays.
+
+    Args:
+        size: Int. Image height and width.
+        limit: Int or None. Keep at most this many training and test images (the quick mode).
+        data: String, a key of `DATASETS`.
+        train_size: Int or None. Fashion-MNIST only: a stratified subset of the training images.
+
+    Returns:
+        `x_train, y_train, x_test, y_test`.
+    """
     import tfprune
 
-    (x_train, y_train), (x_test, y_test) = tfprune.datasets.digits(image_size=size, channels=3, as_numpy=True)
+    if data == "fashion-mnist":
+        (x_train, y_train), (x_test, y_test) = tfprune.datasets.fashion_mnist(
+            image_size=size, channels=3, as_numpy=True, train_size=train_size
+        )
+    else:
+        (x_train, y_train), (x_test, y_test) = tfprune.datasets.digits(image_size=size, channels=3, as_numpy=True)
     return x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
 
 
@@ -162,8 +212,8 @@ def run_cell(cell):
     import tfprune
 
     started = time.perf_counter()
-    architecture, size = cell["architecture"], ARCHITECTURES[cell["architecture"]][1]
-    x_train, y_train, x_test, y_test = load_data(size, cell.get("limit"))
+    architecture, size = cell["architecture"], architectures(cell_data(cell))[cell["architecture"]][1]
+    x_train, y_train, x_test, y_test = load_data(size, cell.get("limit"), cell_data(cell), cell.get("train_size"))
     steps = -(-len(x_train) // BATCH_SIZE)
     epochs = cell["epochs"]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -232,7 +282,7 @@ def tfmot_worker(job):
     data = np.load(job["data"])
     epochs, steps = job["epochs"], -(-len(data["x_train"]) // BATCH_SIZE)
     tf_keras.utils.set_random_seed(job["seed"])
-    model = build("plain_cnn", tf_keras, ARCHITECTURES["plain_cnn"][1])
+    model = build("plain_cnn", tf_keras, job["size"])
     model.set_weights([data[f"weight_{index}"] for index in range(len(model.get_weights()))])
     end_step = max(UPDATE_EVERY, int(RAMP_SHARE * epochs * steps) // UPDATE_EVERY * UPDATE_EVERY)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, job["target"], 0, end_step, frequency=UPDATE_EVERY)
@@ -260,15 +310,15 @@ def run_tfmot_cells(cells, interpreter):
     jobs = []
     with tempfile.TemporaryDirectory() as directory:
         for index, cell in enumerate(cells):
-            size = ARCHITECTURES["plain_cnn"][1]
-            x_train, y_train, x_test, y_test = load_data(size, cell.get("limit"))
+            size = architectures(cell_data(cell))["plain_cnn"][1]
+            x_train, y_train, x_test, y_test = load_data(size, cell.get("limit"), cell_data(cell), cell.get("train_size"))
             keras.utils.set_random_seed(cell["seed"])
             weights = build("plain_cnn", keras, size).get_weights()  # what the Keras 3 cells start from
             path = os.path.join(directory, f"cell_{index}.npz")
             np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                      **{f"weight_{i}": weight for i, weight in enumerate(weights)})  # fmt: skip
             jobs.append(dict(kind="tfmot", data=path, seed=cell["seed"], target=cell["target"],
-                             optimizer=cell["optimizer"], epochs=cell["epochs"], cell=cell))  # fmt: skip
+                             optimizer=cell["optimizer"], epochs=cell["epochs"], size=size, cell=cell))  # fmt: skip
         return run_tfmot(interpreter, jobs, module="benchmarks.str_grid")
 
 
@@ -276,14 +326,31 @@ def run_tfmot_cells(cells, interpreter):
 # Which cells, and the tables.
 
 
-def grid_cells(quick):
-    """The cells of the grid, most important first (a stopped run leaves the main grid done first)."""
+def _data_keys(data, train_size):
+    # Digits cells carry no data keys, so the cell file of earlier runs keeps its keys.
+    return {} if data == "digits" else {"data": data, "train_size": train_size}
+
+
+def grid_cells(quick, data="digits", train_size=None):
+    """The cells of the grid, most important first (a stopped run leaves the main grid done first).
+
+    Args:
+        quick: Bool. A handful of 1-epoch cells on 128 images.
+        data: String, a key of `DATASETS`. On Fashion-MNIST the grid is the main grid and the dense
+            references only (no ablation, dense starts or paper recipe).
+        train_size: Int or None. Fashion-MNIST's training images per cell (None: all 60,000).
+
+    Returns:
+        A list of cell dicts.
+    """
     limit = 128 if quick else None
+    grid = architectures(data)
 
     def cell(architecture, optimizer_name, target, seed, method, start="scratch", **extra):
-        epochs = 1 if quick else ARCHITECTURES[architecture][2]
+        epochs = 1 if quick else grid[architecture][2]
         return dict(architecture=architecture, optimizer=optimizer_name, target=target, seed=seed,
-                    method=method, start=start, epochs=epochs, limit=limit, **extra)  # fmt: skip
+                    method=method, start=start, epochs=epochs, limit=limit, **_data_keys(data, train_size),
+                    **extra)  # fmt: skip
 
     if quick:
         return [cell("plain_cnn", "adam", None, 0, "dense")] + [
@@ -293,23 +360,26 @@ def grid_cells(quick):
         cell(architecture, optimizer_name, target, seed, method)
         for seed in (0, 1)
         for target in TARGETS
-        for architecture in ARCHITECTURES
+        for architecture in grid
         for optimizer_name in OPTIMIZERS
         for method in ("str", "gmp")
     ]
-    dense = [cell(a, o, None, seed, "dense") for seed in (0, 1) for a in ARCHITECTURES for o in OPTIMIZERS]
+    dense = [cell(a, o, None, seed, "dense") for seed in (0, 1) for a in grid for o in OPTIMIZERS]
+    if data != "digits":
+        return main + dense
     ablation = [cell(a, o, 0.98, 0, variant) for a in ARCHITECTURES for o in OPTIMIZERS for variant in list(VARIANTS)[1:]]
     starts = [cell("plain_cnn", "adam", t, seed, m, start="dense") for seed in (0, 1) for t in TARGETS for m in ("str", "gmp")]
     paper = [cell("resnet_bn", "sgd", None, 0, "str", s_decay=decay) for decay in PAPER_DECAYS]
     return main + dense + ablation + starts + paper
 
 
-def tfmot_cells(quick):
-    """The TFMOT cells: the plain CNN with Adam from scratch, every target and both seeds."""
-    epochs = 1 if quick else ARCHITECTURES["plain_cnn"][2]
+def tfmot_cells(quick, data="digits", train_size=None):
+    """The TFMOT cells: the plain CNN with Adam from scratch, every target and both seeds (arguments as `grid_cells`)."""
+    epochs = 1 if quick else architectures(data)["plain_cnn"][2]
     seeds, targets = ((0,), TARGETS[:1]) if quick else ((0, 1), TARGETS)
     return [dict(architecture="plain_cnn", optimizer="adam", target=t, seed=s, method="tfmot", start="scratch",
-                 epochs=epochs, limit=128 if quick else None) for s in seeds for t in targets]  # fmt: skip
+                 epochs=epochs, limit=128 if quick else None, **_data_keys(data, train_size))
+            for s in seeds for t in targets]  # fmt: skip
 
 
 def third_seed_cells(results):
@@ -353,6 +423,7 @@ def _cell_text(runs):
 
 def tables(results, quick):
     """The Markdown lines of the section (without heading and command) from the finished cells."""
+    titles = architectures(next((cell_data(r) for r in results), "digits"))
     groups = _grouped(results)
     dense = {(a, o): runs.get("dense", []) for (a, o, t, s), runs in groups.items() if t is None}
     lines = [
@@ -360,7 +431,7 @@ def tables(results, quick):
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     behind, collapsed, far, by_target = [], [], [], {}
-    for architecture in ARCHITECTURES:
+    for architecture in titles:
         for optimizer_name in OPTIMIZERS:
             for target in TARGETS:
                 runs = groups.get((architecture, optimizer_name, target, "scratch"), {})
@@ -371,11 +442,11 @@ def tables(results, quick):
                 by_target.setdefault(target, []).append((_mean(ours), _mean(theirs)))
                 emptied = np.mean([sum(s == 1.0 for _, s in run["layers"]) for run in ours])
                 lines.append(
-                    f"| {ARCHITECTURES[architecture][0]} | {optimizer_name} | {_cell_text(dense.get((architecture, optimizer_name)))} "
+                    f"| {titles[architecture][0]} | {optimizer_name} | {_cell_text(dense.get((architecture, optimizer_name)))} "
                     f"| {100 * target:.0f}% | {_cell_text(ours)} | {_cell_text(theirs)} | {difference:+.1f} "
                     f"| {len(ours)} | {emptied:.1f} |"
                 )
-                name = f"{ARCHITECTURES[architecture][0]}, {optimizer_name}, {100 * target:.0f}%"
+                name = f"{titles[architecture][0]}, {optimizer_name}, {100 * target:.0f}%"
                 if difference < -1.0:
                     behind.append(f"- {name}: STR {-difference:.1f} points below GMP.")
                 if _mean(ours) <= CHANCE:
@@ -393,7 +464,7 @@ def tables(results, quick):
               *(behind + collapsed or ["- Nowhere in this run."]), "",
               f"Where STR is still far from the dense model (more than {FAR_FROM_DENSE:.0f} points below it):", "",
               *(far or ["- Nowhere in this run."]), ""]  # fmt: skip
-    lines += _start_table(groups) + _ablation_table(groups) + _paper_table(results) + _layer_lines(groups)
+    lines += _start_table(groups) + _ablation_table(groups, titles) + _paper_table(results) + _layer_lines(groups, titles)
     return lines
 
 
@@ -417,7 +488,7 @@ def _start_table(groups):
             "| ---: | ---: | ---: | ---: | ---: | ---: |", *rows, ""]  # fmt: skip
 
 
-def _ablation_table(groups):
+def _ablation_table(groups, titles):
     rows = []
     for (architecture, optimizer_name, target, start), runs in sorted(groups.items(), key=str):
         variants = [[r for r in runs.get(v, []) if r["seed"] == 0] for v in VARIANTS]
@@ -425,7 +496,7 @@ def _ablation_table(groups):
             continue
         gmp = [r for r in runs.get("gmp", []) if r["seed"] == 0]
         cells = [_ablation_cell(v) for v in variants + [gmp]]
-        rows.append(f"| {ARCHITECTURES[architecture][0]} | {optimizer_name} | {100 * target:.0f}% | " + " | ".join(cells) + " |")
+        rows.append(f"| {titles[architecture][0]} | {optimizer_name} | {100 * target:.0f}% | " + " | ".join(cells) + " |")
     if not rows:
         return []
     return ["Ablation, seed 0: test accuracy (emptied layers). 'No compensation': STR layers with "
@@ -455,14 +526,14 @@ def _paper_table(results):
             "| λ (L2 on s) | Final sparsity | Test accuracy (%) |", "| ---: | ---: | ---: |", *rows, ""]  # fmt: skip
 
 
-def _layer_lines(groups):
+def _layer_lines(groups, titles):
     lines = []
-    for architecture in ARCHITECTURES:
+    for architecture in titles:
         runs = groups.get((architecture, "adam", 0.95, "scratch"), {}).get("str", [])
         run = next((r for r in runs if r["seed"] == 0), None)
         if run:
             listed = ", ".join(f"{name} {100 * s:.0f}%" for name, s in run["layers"])
-            lines.append(f"- {ARCHITECTURES[architecture][0]}: {listed}.")
+            lines.append(f"- {titles[architecture][0]}: {listed}.")
     if not lines:
         return []
     return ["STR's learned per-layer sparsity at 95% with Adam, seed 0 (GMP puts every layer at 95%):", "", *lines, ""]
@@ -475,15 +546,25 @@ def main(argv=None):
     parser.add_argument("--cells", default=None, help=f"JSON-lines file of finished cells (default {CELLS.name}; "
                         "a temporary file with --quick)")  # fmt: skip
     parser.add_argument("--table-only", action="store_true", help="write the section from --cells, train nothing")
+    parser.add_argument("--data", choices=sorted(DATASETS), default="digits",
+                        help="digits (default, bundled) or fashion-mnist (`make fashion-mnist`; its own section "
+                        "and cell file)")  # fmt: skip
+    parser.add_argument("--train-size", type=int, default=FASHION_TRAIN_SIZE,
+                        help=f"fashion-mnist: training images per cell, a stratified subset (default "
+                        f"{FASHION_TRAIN_SIZE}; 60000 for all)")  # fmt: skip
     add_tfmot_arguments(parser)
     args = parser.parse_args(argv)
+    setting = DATASETS[args.data]
+    train_size = None if args.data == "digits" or args.train_size >= 60000 else args.train_size
+    cells = {"grid": lambda quick: grid_cells(quick, args.data, train_size),
+             "tfmot": lambda quick: tfmot_cells(quick, args.data, train_size)}
     if args.tfmot_worker:
         return serve_tfmot_jobs(args.tfmot_worker, WORKERS)
     from benchmarks.tfmot_compare import tfmot_python
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as directory:
-        path = pathlib.Path(args.cells or (os.path.join(directory, "cells.jsonl") if args.quick else CELLS))
+        path = pathlib.Path(args.cells or (os.path.join(directory, "cells.jsonl") if args.quick else setting["cells"]))
         done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         finished = {cell_key(result) for result in done}
         failures = []
@@ -512,22 +593,23 @@ def main(argv=None):
                   flush=True)  # fmt: skip
 
         if not args.table_only:
-            run(grid_cells(args.quick), 1 if args.quick else args.workers)
-            todo = [cell for cell in tfmot_cells(args.quick) if cell_key(cell) not in finished]
+            run(cells["grid"](args.quick), 1 if args.quick else args.workers)
+            todo = [cell for cell in cells["tfmot"](args.quick) if cell_key(cell) not in finished]
             if todo:
                 for result in run_tfmot_cells(todo, tfmot_python(args.tfmot_python)):
                     record(result)
             if not args.quick:
                 run(third_seed_cells(done), args.workers)
-        expected = len(grid_cells(args.quick)) + len(tfmot_cells(args.quick))
-        planned = {cell_key(cell) for cell in grid_cells(args.quick) + tfmot_cells(args.quick)}
+        planned_cells = cells["grid"](args.quick) + cells["tfmot"](args.quick)
+        expected = len(planned_cells)
+        planned = {cell_key(cell) for cell in planned_cells}
         missing = len(planned - finished)
         minutes = (time.perf_counter() - started) / 60
         # The command that trains the cells (a --table-only rewrite trains none).
         training_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]
         trained = sum(r["seconds"] or 0 for r in done) / 60
         text = [
-            SECTION, "",
+            setting["section"], "",
             f"Command: `{command_line('benchmarks.str_grid', training_argv)}` ({machine()}; "
             + ("section rewritten from the cell file by --table-only; " if args.table_only
                else f"this invocation {minutes:.0f} min; ")
@@ -536,20 +618,24 @@ def main(argv=None):
             *([f"**Partial run: {expected - missing} of the {expected} planned cells (third seeds aside) are finished; "
                "the tables hold only those. Rerun the command to train the rest (finished cells are kept).**", ""]
               if missing else []),
-            "Digits (scikit-learn, offline), batch 64, trained from scratch unless stated. STR is tfprune's "
+            f"{setting['description']}"
+            + (f", {train_size or 60000} training images (a stratified subset: see `FASHION_TRAIN_SIZE` in the "
+               "script for why)" if args.data != "digits" else "")
+            + ", batch 64, trained from scratch unless stated. STR is tfprune's "
             "recommended usage, `tfprune.sparsify(model)` + `SparsityBudget(target)` with their defaults "
             "(`compensate_shrinkage=True`, `min_layer_density=(1 - target) / 4`); GMP is "
             "`tfprune.prune_low_magnitude(model, PolynomialDecay(0, target))` (a uniform budget). Both prune every "
             f"Conv2D, DepthwiseConv2D and Dense kernel, ramp sparsity over the first {RAMP_SHARE:.0%} of the epochs "
             f"along the same cubic curve, update every {UPDATE_EVERY} steps, and start from the same weights. "
             "Test accuracy in %, mean ± std over seeds; 'STR emptied layers': kernels left with no non-zero weight. "
-            "Epochs: " + "; ".join(f"{title}: {epochs}" for title, _, epochs in ARCHITECTURES.values()) + ".", "",
+            "Epochs: " + "; ".join(f"{title}: {epochs}" for title, _, epochs in architectures(args.data).values())
+            + ".", "",
             *tables(done, args.quick),
         ]  # fmt: skip
         if failures:
             text += ["Cells that failed (not in the tables):", "",
                      *[f"- {cell_key(f)}: {f['error']}" for f in failures], ""]  # fmt: skip
-        write_section(SECTION, "\n".join(text))
+        write_section(setting["section"], "\n".join(text))
         print("\n".join(text))
     return 1 if failures else 0
 

@@ -121,6 +121,26 @@ def test_str_grid_names_cells_behind_and_at_chance_and_averages_per_target():
     assert "adam, 98%: STR 10.0% against 95.0% dense (GMP 30.0%)." in text
 
 
+def test_str_grid_on_fashion_mnist_has_its_own_cells_and_titles_and_leaves_digits_keys_alone():
+    from benchmarks import str_grid
+
+    digits = str_grid.grid_cells(quick=False)
+    fashion = str_grid.grid_cells(quick=False, data="fashion-mnist", train_size=15000)
+    # Digits cells keep the keys of the committed cell file: a rerun must not retrain them.
+    assert all("data" not in cell and "train_size" not in cell for cell in digits)
+    assert {(cell["data"], cell["train_size"]) for cell in fashion} == {("fashion-mnist", 15000)}
+    assert {cell["architecture"] for cell in fashion} == {"plain_cnn", "resnet_bn"}
+    # The main grid and its dense references: 2 seeds x 3 targets x 2 models x 2 optimizers x 2 methods + 8.
+    assert len(fashion) == 48 + 8 and {cell["epochs"] for cell in fashion} == {10}
+    assert not {str_grid.cell_key(cell) for cell in fashion} & {str_grid.cell_key(cell) for cell in digits}
+    tfmot = str_grid.tfmot_cells(quick=False, data="fashion-mnist", train_size=None)
+    assert {cell["data"] for cell in tfmot} == {"fashion-mnist"} and len(tfmot) == 6
+    results = [dict(grid_result(method, 0, accuracy), data="fashion-mnist", train_size=15000)
+               for method, accuracy in (("str", 85.0), ("gmp", 84.0))]  # fmt: skip
+    text = "\n".join(str_grid.tables(results, quick=False))
+    assert "| plain CNN 32-64-128, GAP, no normalization, 28x28 | adam |" in text and "16x16" not in text
+
+
 def test_str_grid_adds_a_third_seed_only_where_the_methods_are_within_two_points():
     from benchmarks import str_grid
 
