@@ -84,3 +84,45 @@ def write_section(section, text, first=False):
         rest = "" if end < 0 else existing[end + 1 :]
         updated = existing[:start] + text + ("\n" + rest if rest else "")
     results.write_text(updated)
+
+
+# The image data sets the benchmarks train on: scikit-learn's bundled digits (1,797 8x8 images,
+# upscaled; offline everywhere) and Fashion-MNIST (70,000 28x28 images; `make fashion-mnist`).
+DATA_SETS = ("digits", "fashion-mnist")
+DATA_TITLES = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}
+
+
+def image_data(data, image_size, batch_size=64, seed=0, train_size=None, as_numpy=False):
+    """Loads one of `DATA_SETS` as the benchmarks use it: RGB images, integer labels.
+
+    Args:
+        data: String, "digits" or "fashion-mnist".
+        image_size: Int. Height and width the images are resized to.
+        batch_size: Int. Batch size of the `tf.data` form.
+        seed: Int. Shuffling (and Fashion-MNIST's subset) seed.
+        train_size: Int or None. Fashion-MNIST only: a stratified subset of its 60,000
+            training images (None: all of them).
+        as_numpy: Bool. NumPy arrays instead of batched `tf.data.Dataset`s.
+
+    Returns:
+        `(train, test)` like `tfprune.datasets.digits` returns it.
+
+    Raises:
+        ValueError: `data` is not one of `DATA_SETS`, or `train_size` is given for digits.
+
+    Example:
+
+    >>> (x, y), _ = image_data("digits", 8, as_numpy=True)  # doctest: +SKIP
+    >>> x.shape[1:]  # doctest: +SKIP
+    (8, 8, 3)
+    """
+    import tfprune
+
+    if data not in DATA_SETS:
+        raise ValueError(f"Unknown data set: data={data!r}; use one of {', '.join(DATA_SETS)}.")
+    arguments = dict(image_size=image_size, channels=3, batch_size=batch_size, seed=seed, as_numpy=as_numpy)
+    if data == "digits":
+        if train_size is not None:
+            raise ValueError(f"train_size={train_size} applies to fashion-mnist only; digits has 1,437 training images.")
+        return tfprune.datasets.digits(**arguments)
+    return tfprune.datasets.fashion_mnist(train_size=train_size, **arguments)

@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import command_line, machine, write_section
+from benchmarks.common import command_line, image_data, machine, write_section
 from benchmarks.str_vs_tfmot import add_tfmot_arguments, serve_tfmot_jobs
 
 SECTION = "## STR vs magnitude pruning: grid"
@@ -194,14 +194,7 @@ def load_data(size, limit, data="digits", train_size=None):
     Returns:
         `x_train, y_train, x_test, y_test`.
     """
-    import tfprune
-
-    if data == "fashion-mnist":
-        (x_train, y_train), (x_test, y_test) = tfprune.datasets.fashion_mnist(
-            image_size=size, channels=3, as_numpy=True, train_size=train_size
-        )
-    else:
-        (x_train, y_train), (x_test, y_test) = tfprune.datasets.digits(image_size=size, channels=3, as_numpy=True)
+    (x_train, y_train), (x_test, y_test) = image_data(data, size, train_size=train_size, as_numpy=True)
     return x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
 
 

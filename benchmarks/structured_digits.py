@@ -1,4 +1,4 @@
-"""Structured pruning of MobileNetV3 on the offline digits data, criteria side by side.
+"""Structured pruning of MobileNetV3 on the offline digits data (or Fashion-MNIST), criteria side by side.
 
 One sparse training (`BNSparsity` at its defaults on the expansion channels:
 the proximal channel penalty of issue 15), then
@@ -7,8 +7,12 @@ method of Liu & Lei), fine-tune, evaluate. The "scratch" row is the
 Rethinking baseline (Liu et al. 2019): the `sparsity_gamma` architecture with
 fresh weights, trained for as many epochs as sparse training plus fine-tuning.
 
-Usage: `.venv/bin/python -m benchmarks.structured_digits [--quick]`. Writes the
-"## Structured pruning (digits)" section of benchmarks/RESULTS.md (not with --quick).
+A dense reference (the same network and epochs without the channel penalty)
+is trained too, so that "vs dense" is the cost of the whole recipe.
+
+Usage: `.venv/bin/python -m benchmarks.structured_digits [--quick] [--data fashion-mnist]
+[--train-size N]`. Writes the "## Structured pruning (digits)" (or "(Fashion-MNIST)")
+section of benchmarks/RESULTS.md (not with --quick).
 """
 
 import argparse
@@ -20,7 +24,7 @@ import keras
 import numpy as np
 
 import tfprune
-from benchmarks.common import write_section
+from benchmarks.common import DATA_SETS, DATA_TITLES, image_data, write_section
 
 # criterion -> scope: filter L1 norms grow with a layer's fan-in, so Li et al. rank
 # them inside each layer; the others use one global threshold.
@@ -49,9 +53,13 @@ def _train(model, train, epochs, learning_rate, callbacks=()):
 
 def run(args):
     """Runs the whole comparison; returns a list of row dicts and the dense accuracy."""
-    train, test = tfprune.datasets.digits(image_size=32, batch_size=64, seed=args.seed)
+    train, test = image_data(args.data, 32, batch_size=64, seed=args.seed, train_size=args.train_size)
     if args.quick:  # a smoke run: 4 training and 2 test batches keep it under a minute or two
         train, test = train.take(4), test.take(2)
+    dense = tfprune.models.mobilenet_v3(args.variant, input_shape=(32, 32, 3), seed=args.seed)
+    seconds = _train(dense, train, args.epochs + args.fine_tune_epochs, args.learning_rate)
+    dense_accuracy = _accuracy(dense, test)
+    print(f"dense: {seconds:.0f} s, test accuracy {dense_accuracy:.4f}", flush=True)
     model = tfprune.models.mobilenet_v3(args.variant, input_shape=(32, 32, 3), seed=args.seed)
     sparsity = tfprune.callbacks.BNSparsity(args.l1, targets="expansion", thresholds=(1e-2, 1e-1))
     seconds = _train(model, train, args.epochs, args.learning_rate, [sparsity])
@@ -94,17 +102,26 @@ def run(args):
         )
     )
     print(rows[-1]["name"], rows[-1]["accuracy"], flush=True)
-    return rows, sparse_accuracy, statistics
+    return rows, sparse_accuracy, statistics, dense_accuracy
 
 
-def _format(rows, sparse_accuracy, statistics, args, command):
+def section(data):
+    """The RESULTS.md heading of a data set's section."""
+    return f"## Structured pruning ({DATA_TITLES[data]})"
+
+
+def _format(rows, sparse_accuracy, statistics, args, command, dense_accuracy):
+    sizes = ("1437 train / 360 test" if args.data == "digits"
+             else f"{args.train_size or 60000} train / 10000 test")  # fmt: skip
     lines = [
-        "## Structured pruning (digits)",
+        section(args.data),
         "",
         f"Command: `{command}` (x86_64, {platform.python_version()}, 2 cores shared with other jobs; "
         f"Keras {keras.__version__}).",
         f"`tfprune.models.mobilenet_v3({args.variant!r}, input_shape=(32, 32, 3), seed={args.seed})` on "
-        "`tfprune.datasets.digits(image_size=32)` (1437 train / 360 test). Sparse training: "
+        f"{DATA_TITLES[args.data]} at 32x32 ({sizes}). Dense reference: the same network trained "
+        f"{args.epochs + args.fine_tune_epochs} epochs without the penalty, test accuracy "
+        f"**{100 * dense_accuracy:.2f}%**. Sparse training: "
         f"{args.epochs} epochs, Adam {args.learning_rate}, `BNSparsity({args.l1}, targets='expansion')` "
         "(proximal channel penalty); "
         f"test accuracy **{100 * sparse_accuracy:.2f}%**; share of targeted |γ| < 0.01: "
@@ -114,13 +131,14 @@ def _format(rows, sparse_accuracy, statistics, args, command):
         f"{args.fine_tune_epochs} fine-tuning epochs (Adam {args.learning_rate}). The scratch row trains "
         f"the sparsity_gamma architecture from fresh weights for {args.epochs + args.fine_tune_epochs} epochs.",
         "",
-        "| Criterion | Params | MACs | Acc. before fine-tune (%) | Test acc. (%) | vs unpruned (points) | Train time (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Criterion | Params | MACs | Acc. before fine-tune (%) | Test acc. (%) | vs unpruned (points) "
+        "| vs dense (points) | Train time (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     first = rows[0]["result"]
     lines.append(
         f"| unpruned (sparse-trained) | {first.params_before:,} | {first.macs_before / 1e6:.2f} M | – | "
-        f"{100 * sparse_accuracy:.2f} | – | – |"
+        f"{100 * sparse_accuracy:.2f} | – | {100 * (sparse_accuracy - dense_accuracy):+.2f} | – |"
     )
     for row in rows:
         result = row["result"]
@@ -129,11 +147,13 @@ def _format(rows, sparse_accuracy, statistics, args, command):
             f"| {row['name']} | {result.params_after:,} (-{100 * result.params_reduction:.1f}%) | "
             f"{result.macs_after / 1e6:.2f} M (-{100 * result.macs_reduction:.1f}%) | {before} | "
             f"{100 * row['accuracy']:.2f} | {100 * (row['accuracy'] - sparse_accuracy):+.2f} | "
-            f"{row['seconds']:.0f} |"
+            f"{100 * (row['accuracy'] - dense_accuracy):+.2f} | {row['seconds']:.0f} |"
         )
     lines += [
         "",
-        "One seed; the test split has 360 images, so one image is 0.28 points. 'Acc. before "
+        ("One seed; the test split has 360 images, so one image is 0.28 points. " if args.data == "digits"
+         else "One seed; one test image is 0.01 points. ")
+        + "'Acc. before "
         "fine-tune' is the pruned model with the inherited weights, before any training.",
     ]
     return "\n".join(lines) + "\n"
@@ -149,17 +169,20 @@ def main(argv=None):
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", choices=DATA_SETS, default="digits", help="digits (default) or fashion-mnist")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="fashion-mnist: a stratified subset of the 60,000 training images (default all)")
     args = parser.parse_args(argv)
     if args.quick:
         args.variant, args.epochs, args.fine_tune_epochs = "small", 1, 1
-    rows, sparse_accuracy, statistics = run(args)
+    rows, sparse_accuracy, statistics, dense_accuracy = run(args)
     command = ".venv/bin/python -m benchmarks.structured_digits " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    text = _format(rows, sparse_accuracy, statistics, args, command.strip())
+    text = _format(rows, sparse_accuracy, statistics, args, command.strip(), dense_accuracy)
     print(text)
     if not args.quick:
-        write_section("## Structured pruning (digits)", text)
+        write_section(section(args.data), text)
     return 0
 
 
