@@ -179,3 +179,14 @@ def test_keras_hub_sweep_compares_boolean_outputs_as_numbers():
     assert _largest_difference(mask, mask) == 0.0
     assert _largest_difference(mask, ~mask) == 1.0
     assert _largest_difference(np.float32([1.0, 2.0]), np.float32([1.0, 2.5])) == 0.5
+
+
+def test_image_data_loads_rgb_digits_and_refuses_what_it_cannot_load():
+    from benchmarks.common import image_data
+
+    (x_train, y_train), (x_test, _) = image_data("digits", 8, as_numpy=True)
+    assert x_train.shape == (1437, 8, 8, 3) and x_test.shape == (360, 8, 8, 3) and y_train.max() == 9
+    with pytest.raises(ValueError, match=r"Unknown data set: data='cifar'; use one of digits, fashion-mnist\."):
+        image_data("cifar", 8)
+    with pytest.raises(ValueError, match=r"train_size=100 applies to fashion-mnist only"):
+        image_data("digits", 8, train_size=100)
