@@ -249,18 +249,6 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
         assert results.failed == 0 and results.attempted > 0, module.__name__
 
 
-def test_readme_example_of_several_inputs_runs(tmp_path, monkeypatch, capsys):
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme.split("### Several inputs, unknown sizes, integer inputs")[1]
-    code = section.split("```python")[1].split("```")[0]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
-    assert "(4, 2)" in capsys.readouterr().out
-
-
-# keras-hub text models (the `keras-hub` extra).
-
-
 def _distil_bert_classifier(keras_hub):
     backbone = keras_hub.models.DistilBertBackbone(
         vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=12
