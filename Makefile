@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/tfprune demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check tfprune tests benchmarks examples
+	$(BIN)/ruff check tfprune tests benchmarks examples _tfprune_main.py
 
 # The tests include the quick mode of every benchmark script; the TFMOT ones run
 # in .venv-tfmot, named by TFPRUNE_TFMOT_PYTHON (the smoke test fails if it does not work).

@@ -7,6 +7,7 @@ real command exits 2 with one line and no traceback.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -357,3 +358,30 @@ def test_prune_targets_a_transformers_heads_or_hidden_width(tmp_path, capsys):
     assert cli.main(arguments) == 2
     lines = _error_line(capsys)
     assert len(lines) == 1 and "Criterion 'taylor' scores channels on data" in lines[0]
+
+
+@pytest.mark.parametrize("delay", [0.5, 8.0], ids=["while-importing", "while-running"])
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, delay):
+    # Ctrl-C during the imports (TensorFlow takes seconds to load) or during the work.
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([*_command(), "demo", "--quick", "--out", str(tmp_path / "demo")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)  # fmt: skip
+    try:
+        process.wait(timeout=delay)
+        pytest.fail(f"the demo ended before the interrupt at {delay} s")
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in errors and errors.splitlines()[-1] == "tfprune: interrupted"
+
+
+def test_an_interrupted_command_returns_130_without_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_report", interrupted)  # the parser is built when main runs
+    assert cli.main(["report", "anything.keras"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["tfprune: interrupted"]
+    with pytest.raises(KeyboardInterrupt):  # --traceback shows where it was
+        cli.main(["--traceback", "report", "anything.keras"])

@@ -1,5 +1,7 @@
 import doctest
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -107,3 +109,24 @@ def test_first_line_drops_colours_tensorflow_prefixes_and_keras_call_banner():
 def test_docstring_examples_run():
     results = doctest.testmod(_utils, optionflags=doctest.ELLIPSIS)
     assert results.failed == 0 and results.attempted > 0
+
+
+def test_atomic_path_removes_what_killed_runs_left_and_nothing_else(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    stale = tmp_path / f".tfprune-{dead.pid}-abc123.keras"
+    stale.write_text("half-written by a killed run")
+    stale_directory = tmp_path / f".tfprune-{dead.pid}-def456.savedmodel"
+    stale_directory.mkdir()
+    live = tmp_path / f".tfprune-{os.getpid()}-ghi789.keras"  # a run writing now
+    live.write_text("in progress")
+    others = [tmp_path / ".tfprune-notes.txt", tmp_path / "model.keras"]
+    for path in others:
+        path.write_text("user file")
+    with _utils.atomic_path(tmp_path / "out.txt") as temporary:
+        assert os.path.basename(temporary).startswith(f".tfprune-{os.getpid()}-")
+        with open(temporary, "w") as handle:
+            handle.write("new")
+    assert not stale.exists() and not stale_directory.exists()
+    assert live.exists() and all(path.exists() for path in others)
+    assert (tmp_path / "out.txt").read_text() == "new"

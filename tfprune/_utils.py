@@ -6,6 +6,7 @@ import inspect
 import numbers
 import os
 import re
+import shutil
 import tempfile
 import warnings
 
@@ -164,6 +165,60 @@ def functional_view(model):
     return model
 
 
+TEMPORARY_PREFIX = ".tfprune-"
+
+
+def remove_stale_temporaries(directory):
+    """Deletes the hidden temporary files that killed `tfprune` runs left in `directory`.
+
+    `atomic_path` writes to `.tfprune-<process id>-<random><suffix>` beside the
+    output and renames it at the end; a run killed outright (SIGKILL, power
+    loss) cannot delete it. A file whose process no longer runs is removed;
+    files of running processes (another `tfprune` writing there now) and
+    every other file are left alone.
+
+    Args:
+        directory: String or path-like. The directory to clean.
+
+    Returns:
+        List of the removed paths (strings).
+
+    Example:
+
+    >>> remove_stale_temporaries(".")  # doctest: +SKIP
+    []
+    """
+    removed = []
+    for name in os.listdir(directory):
+        if not name.startswith(TEMPORARY_PREFIX):
+            continue
+        pid = name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _process_runs(int(pid)):
+            continue
+        candidate = os.path.join(directory, name)
+        try:
+            if os.path.isdir(candidate):
+                shutil.rmtree(candidate)
+            else:
+                os.unlink(candidate)
+            removed.append(candidate)
+        except OSError:
+            pass  # another run removed it first, or it is not ours to remove
+    return removed
+
+
+def _process_runs(pid):
+    if os.name == "nt":  # os.kill would end the process there: never clean up on Windows
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or we cannot tell: keep its file
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path, overwrite=True):
     """Yields a temporary path beside `path`; moves it into place on success.
@@ -188,8 +243,10 @@ def atomic_path(path, overwrite=True):
         )
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_stale_temporaries(directory)
     suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(prefix=".tfprune-", suffix=suffix, dir=directory)
+    # The writer's process id in the name tells a later run whether the file is still being written.
+    handle, temporary = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=suffix, dir=directory)
     os.close(handle)
     os.unlink(temporary)  # writers such as model.save() want to create the file themselves
     try:

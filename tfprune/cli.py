@@ -57,7 +57,8 @@ def main(argv=None):
 
     Returns:
         Int. The exit code: 0 on success, 2 on bad input, 1 when `tfprune
-        prune` removed no channel (it then writes no file).
+        prune` removed no channel (it then writes no file), 130 when
+        interrupted (Ctrl-C: one line on stderr, no traceback).
 
     Example:
 
@@ -75,6 +76,11 @@ def main(argv=None):
                 parser.print_help()
                 return 2
             return args.handler(args) or 0
+    except KeyboardInterrupt:
+        if show_traceback:
+            raise
+        print("tfprune: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
     except (UsageError, ValueError, TypeError, OSError) as error:
         if show_traceback:
             raise
