@@ -31,6 +31,7 @@ from tfprune.export.inputs import (
     model_inputs,
     random_batch,
 )
+from tfprune.export.legalize import rewrite_saved_model
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
@@ -409,6 +410,8 @@ def _write_saved_model(model, inputs, directory):
             f"Cannot convert model '{model.name}' to TFLite: its call cannot be traced into a TensorFlow "
             f"graph ({first_line(error)})."
         ) from error
+    # Slices with new axes over unknown sizes and int64 abs/sign as ops the converter lowers to built-ins.
+    rewrite_saved_model(directory)
 
 
 def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name):
