@@ -12,7 +12,6 @@ the sparsity encoding.
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from tfprune.export.inputs import (
     model_inputs,
     random_batch,
 )
-from tfprune.export.legalize import rewrite_saved_model
+from tfprune.export.legalize import missing_ops_reason, rewrite_saved_model
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
@@ -436,12 +435,7 @@ def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name)
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
     except Exception as error:  # tf.lite's ConverterError is not a public name
-        missing = sorted(
-            set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)))
-        )
-        reason = (
-            f"TensorFlow ops {missing} have no TFLite built-in kernel; replace the layers that use them"
-            if missing
-            else f"the TFLite converter failed: {str(error).strip().splitlines()[0]}"
+        reason = missing_ops_reason(str(error)) or (
+            f"the TFLite converter failed: {str(error).strip().splitlines()[0]}"
         )
         raise ValueError(f"Cannot convert model '{model_name}' to TFLite: {reason}.") from error

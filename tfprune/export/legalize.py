@@ -29,6 +29,7 @@ ops are the same computation, whichever sizes are known.
 """
 
 import os
+import re
 
 import numpy as np
 
@@ -212,7 +213,7 @@ def _expand_new_axes(node, producers):
     every_entry = (1 << length) - 1 if length is not None else None
     if (
         every_entry is not None
-        and begin_mask & end_mask & every_entry == every_entry
+        and (begin_mask & end_mask | ellipsis_mask) & every_entry == every_entry
         and not shrink_axis_mask
         and strides is not None
         and np.all(strides == 1)
@@ -311,3 +312,73 @@ _REWRITES = {
 
 # The name of each rewritten op's output argument (tensorflow/core/ops/*.cc).
 _OUTPUT_ARGUMENTS = {"StridedSlice": "output", "Abs": "y", "Sign": "y", "Roll": "output"}
+
+# TensorFlow op -> what it computes, for the sentence refusing a model that still uses it
+# after the rewrites above: LiteRT has no built-in kernel for these computations.
+_INHERENT = {
+    "Roll": "tf.roll (keras.ops.roll, e.g. Swin's shifted windows) by a shift computed at run time or "
+            "along an axis of unknown size (a constant shift along an axis of known size is exported "
+            "as a split and a concatenation; give the model a fixed input size)",
+    "FFT": "a Fourier transform of complex numbers (keras.ops.fft)",
+    "FFT2D": "a 2-D Fourier transform of complex numbers (keras.ops.fft2, e.g. FNet's token mixing)",
+    "FFT3D": "a 3-D Fourier transform of complex numbers",
+    "IFFT": "an inverse Fourier transform of complex numbers (keras.ops.ifft)",
+    "IFFT2D": "an inverse 2-D Fourier transform of complex numbers (keras.ops.ifft2)",
+    "Complex": "complex numbers (tf.complex, as keras.ops.fft and fft2 build them)",
+}  # fmt: skip
+# One location of the converter's error text: `fused["Op:", "scope/of/layer/op_name@function"]`,
+# on the line that says the op is "neither a custom op nor a flex op".
+_MISSING_OP = re.compile(
+    r'fused\["\w+:", "([^"@]+)@[^\n]*?' + r"'tf\.(\w+)' op is neither a custom op nor a flex op"
+)
+
+
+def missing_ops_reason(converter_message):
+    """The reason, as one clause, that the converter left TensorFlow ops without a built-in kernel.
+
+    Ops LiteRT has no kernel for whatever the graph (`_INHERENT`: a roll
+    that could not be rewritten, Fourier transforms, complex numbers) are
+    named with what they compute and the layer scope that uses them; other
+    ops by their TensorFlow name.
+
+    Args:
+        converter_message: String. The text of the TFLite converter's error.
+
+    Returns:
+        A string such as "TensorFlow ops ['Svd'] have no TFLite built-in
+        kernel; replace the layers that use them (in 'model_1/svd_layer_1')",
+        or None if the message names no such op.
+
+    Example:
+
+    >>> missing_ops_reason('loc(fused["Roll:", "swin_1/block_1/Roll@f"]): '
+    ...                    "error: 'tf.Roll' op is neither a custom op nor a flex op")[:40]
+    "layer 'swin_1/block_1' uses tf.roll (ker"
+    """
+    scopes = {}  # op -> layer scopes using it, in order of appearance
+    for path, op in _MISSING_OP.findall(converter_message):
+        scope = path.rpartition("/")[0] or path
+        scopes.setdefault(op, [])
+        if scope not in scopes[op]:
+            scopes[op].append(scope)
+    for op in re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", converter_message):
+        scopes.setdefault(op, [])
+    if not scopes:
+        return None
+
+    def where(op):
+        names = scopes[op]
+        shown = ", ".join(f"'{name}'" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"layer {shown}" if names else "the model"
+
+    inherent = [
+        f"{where(op)} uses {_INHERENT[op]}, which LiteRT has no built-in kernel for (TensorFlow op {op})"
+        for op in sorted(scopes) if op in _INHERENT
+    ]  # fmt: skip
+    others = sorted(op for op in scopes if op not in _INHERENT)
+    clauses = list(inherent)
+    if others:
+        located = sorted({scope for op in others for scope in scopes[op]})
+        suffix = f" (in {', '.join(repr(scope) for scope in located[:3])})" if located else ""
+        clauses.append(f"TensorFlow ops {others} have no TFLite built-in kernel; replace the layers that use them{suffix}")
+    return "; ".join(clauses)
