@@ -8,6 +8,7 @@ relative positions; `SwinTransformerBackbone`: `roll` of its windows), and
 the file's outputs are compared with Keras's at two sequence lengths.
 """
 
+import doctest
 import os
 
 import keras
@@ -171,3 +172,10 @@ def test_missing_ops_reason_names_ops_and_layers():
         "TensorFlow ops ['Svd'] have no TFLite built-in kernel; replace the layers that use them"
     )
     assert missing_ops_reason("some other converter error") is None
+
+
+def test_docstring_examples_run():
+    from tfprune.export import legalize
+
+    results = doctest.testmod(legalize, optionflags=doctest.ELLIPSIS)
+    assert results.failed == 0 and results.attempted >= 1

@@ -94,7 +94,12 @@ def to_tflite(
     baked in; a mixed-precision model is exported in float32 (TFLite lacks
     float16 kernels; use `quantize="float16"` for half-size weights). Only
     TFLite built-in ops are allowed, so the file runs on the plain LiteRT
-    runtime of a phone. The file is written atomically: an existing file at
+    runtime of a phone; ops the converter would leave as TensorFlow ops
+    although LiteRT computes them otherwise (`x[:, None, :]` over several
+    unknown sizes, as keras-hub's attention masks; int64 `abs` and `sign`;
+    `roll` by a constant along an axis of known size) are rewritten first,
+    and a model that still needs a TensorFlow op (a Fourier transform, a
+    roll along an axis of unknown size) is refused naming its layer. The file is written atomically: an existing file at
     `path` is only replaced once conversion and the interpreter check
     succeeded.
 

@@ -23,9 +23,10 @@ then fails ("'tf.StridedSlice' op is neither a custom op nor a flex op"):
 
 The rewrite edits the functions of the SavedModel's `saved_model.pb`, which
 hold the traced model, and leaves its variables as they are (a frozen graph
-would be limited to 2 GB). Each rewritten node keeps its name and output, so
-the nodes that read it are unchanged. It runs on every export: the rewritten
-ops are the same computation, whichever sizes are known.
+would be limited to 2 GB). The last node of each replacement takes the
+replaced node's name, so the nodes that read it keep reading it (by its new
+output argument's name where that differs). It runs on every export: the
+replacements compute the same tensors, whichever sizes are known.
 """
 
 import os
