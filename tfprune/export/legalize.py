@@ -327,6 +327,7 @@ _INHERENT = {
     "IFFT2D": "an inverse 2-D Fourier transform of complex numbers (keras.ops.ifft2)",
     "Complex": "complex numbers (tf.complex, as keras.ops.fft and fft2 build them)",
 }  # fmt: skip
+_FOURIER = {"FFT", "FFT2D", "FFT3D", "IFFT", "IFFT2D"}
 # One location of the converter's error text: `fused["Op:", "scope/of/layer/op_name@function"]`,
 # on the line that says the op is "neither a custom op nor a flex op".
 _MISSING_OP = re.compile(
@@ -367,13 +368,18 @@ def missing_ops_reason(converter_message):
     if not scopes:
         return None
 
-    def where(op):
+    if scopes.keys() & _FOURIER:
+        scopes.pop("Complex", None)  # the transform's input: its reason says it already
+
+    def uses(op):
         names = scopes[op]
+        if not names:
+            return "the model uses"
         shown = ", ".join(f"'{name}'" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        return f"layer {shown}" if names else "the model"
+        return f"layer {shown} uses" if len(names) == 1 else f"layers {shown} use"
 
     inherent = [
-        f"{where(op)} uses {_INHERENT[op]}, which LiteRT has no built-in kernel for (TensorFlow op {op})"
+        f"{uses(op)} {_INHERENT[op]}, which LiteRT has no built-in kernel for (TensorFlow op {op})"
         for op in sorted(scopes) if op in _INHERENT
     ]  # fmt: skip
     others = sorted(op for op in scopes if op not in _INHERENT)
