@@ -12,7 +12,9 @@ measures its latency and memory; `compare_latency` times several files with
 their invocations interleaved.
 
 The package has one module per step: `inputs` (a model's inputs by name and
-the data fed to them), `convert` (Keras model -> `.tflite` file), `verify`
+the data fed to them), `convert` (Keras model -> `.tflite` file), `legalize`
+(rewrites of the traced graph into ops the converter lowers to LiteRT
+built-ins, and the reason for the ops it cannot), `verify`
 (running a file in the interpreter and comparing it with Keras), `measure`
 (latency and memory) and `report` (the dataclasses the public functions
 return).

@@ -12,7 +12,6 @@ the sparsity encoding.
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from tfprune.export.inputs import (
     model_inputs,
     random_batch,
 )
+from tfprune.export.legalize import missing_ops_reason, rewrite_saved_model
 from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
@@ -94,7 +94,12 @@ def to_tflite(
     baked in; a mixed-precision model is exported in float32 (TFLite lacks
     float16 kernels; use `quantize="float16"` for half-size weights). Only
     TFLite built-in ops are allowed, so the file runs on the plain LiteRT
-    runtime of a phone. The file is written atomically: an existing file at
+    runtime of a phone; ops the converter would leave as TensorFlow ops
+    although LiteRT computes them otherwise (`x[:, None, :]` over several
+    unknown sizes, as keras-hub's attention masks; int64 `abs` and `sign`;
+    `roll` by a constant along an axis of known size) are rewritten first,
+    and a model that still needs a TensorFlow op (a Fourier transform, a
+    roll along an axis of unknown size) is refused naming its layer. The file is written atomically: an existing file at
     `path` is only replaced once conversion and the interpreter check
     succeeded.
 
@@ -409,6 +414,8 @@ def _write_saved_model(model, inputs, directory):
             f"Cannot convert model '{model.name}' to TFLite: its call cannot be traced into a TensorFlow "
             f"graph ({first_line(error)})."
         ) from error
+    # Slices with new axes over unknown sizes and int64 abs/sign as ops the converter lowers to built-ins.
+    rewrite_saved_model(directory)
 
 
 def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name):
@@ -433,12 +440,7 @@ def _convert(saved_model_dir, inputs, quantize, calibration, sparse, model_name)
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
     except Exception as error:  # tf.lite's ConverterError is not a public name
-        missing = sorted(
-            set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)))
-        )
-        reason = (
-            f"TensorFlow ops {missing} have no TFLite built-in kernel; replace the layers that use them"
-            if missing
-            else f"the TFLite converter failed: {str(error).strip().splitlines()[0]}"
+        reason = missing_ops_reason(str(error)) or (
+            f"the TFLite converter failed: {str(error).strip().splitlines()[0]}"
         )
         raise ValueError(f"Cannot convert model '{model_name}' to TFLite: {reason}.") from error
