@@ -400,19 +400,147 @@ class _HubNormalization(_Normalization):
         return _copy_from_attributes(layer)
 
 
-class _Whole(Freeze):
-    """A keras-hub layer kept whole, its channels frozen with `reason`, copied even when its config does not round-trip.
+def _attribute(layer, path):
+    """`layer.a.b` for `path` "a.b", or None when an attribute is missing."""
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+    return layer
 
-    For mixture-of-experts blocks (each token routed to some of the experts,
-    whose weights are stacked in one tensor per projection): the rest of the
-    decoder block around them (its attention heads) still prunes.
+
+class _MixtureOfExperts(Handler):
+    """keras-hub's sparse mixture-of-experts blocks: the experts' units pruned, the same units in every expert.
+
+    A router (a Dense layer, `num_experts` logits per token) sends each token
+    to some experts; the experts' gated MLPs are stacked in one tensor per
+    projection, `(experts, hidden, units)` for the gate and up projections
+    (separate, or fused as `[gate | up]` halves or interleaved `gate, up`
+    pairs) and `(experts, units, hidden)` for the down projection. Unit `u`
+    is slice `u` of every expert's gate, up and down weights: the units are
+    one channel group, so every expert keeps the same units (the stacked
+    tensors cannot hold experts of different widths), scored over all
+    experts. Removing a unit whose gate or up weights are zero in every
+    expert leaves the outputs unchanged, as the routing only reads the
+    router. A shared expert (an ordinary gated MLP beside the routed ones,
+    Qwen-MoE) has its units as a group of its own. The hidden channels are
+    read by the router, the experts and the shared expert, and made by the
+    down projections; the router's logits (the second output) are one per
+    expert, pinned. The block is copied from its constructor's arguments,
+    read back from its attributes (`attributes` maps an argument to the
+    attribute keeping it, where the names differ).
+
+    Args:
+        router: Dotted attribute path of the router Dense layer.
+        experts: Attribute of the expert bank layer.
+        gate: Attribute (on the expert bank) of the gate kernel, or of the
+            fused gate-and-up kernel.
+        down: Attribute of the down kernel.
+        up: Attribute of the up kernel, when not fused.
+        fused: None, `"halves"` or `"interleaved"`: how `gate` holds the up
+            projection too.
+        gate_up_bias: Attribute of the gate (and up) bias `(experts, units)`.
+        down_bias: Attribute of the down bias `(experts, hidden)`.
+        units_key: Constructor argument holding the experts' width.
+        shared: Attribute of the shared expert (an MLP of three Dense layers
+            `_feedforward_gate_dense`, `_feedforward_intermediate_dense`,
+            `_feedforward_output_dense`).
+        shared_key: Constructor argument holding the shared expert's width.
+        shared_gate: Attribute of the Dense layer gating the shared expert.
+        attributes: Dict from constructor argument to attribute name.
     """
 
-    def copy(self, layer):
-        try:
-            return _copy_from_attributes(layer)
-        except Exception:  # noqa: BLE001 - not copyable from its attributes either: copied or shared as before
+    _SHARED = ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
+
+    def __init__(self, router, experts, gate, down, up=None, fused=None, gate_up_bias=None, down_bias=None,
+                 units_key="intermediate_dim", shared=None, shared_key=None, shared_gate=None, attributes=None):  # fmt: skip
+        self.router, self.experts, self.gate, self.down, self.up = router, experts, gate, down, up
+        self.fused, self.gate_up_bias, self.down_bias = fused, gate_up_bias, down_bias
+        self.units_key, self.shared, self.shared_key, self.shared_gate = units_key, shared, shared_key, shared_gate
+        self.attributes = attributes or {}
+        self._layouts = {}  # layer name -> (index of the down kernel, index of the shared down kernel or None)
+
+    def _parts(self, layer):
+        """(router, expert bank, shared expert Dense layers or None), or None when one is missing."""
+        router, bank = _attribute(layer, self.router), getattr(layer, self.experts, None)
+        if not isinstance(router, keras.layers.Dense) or bank is None:
             return None
+        names = [self.gate, self.down] + ([self.up] if self.up else [])
+        if not all(isinstance(getattr(bank, name, None), keras.Variable) for name in names):
+            return None
+        shared = None
+        if self.shared is not None:
+            mlp = getattr(layer, self.shared, None)
+            shared = [getattr(mlp, name, None) for name in self._SHARED]
+            if not all(isinstance(dense, keras.layers.Dense) for dense in shared):
+                return None
+        return router, bank, shared
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        parts = self._parts(layer)
+        if parts is None:
+            return Freeze(f"'{layer.name}' has no router and expert weights tfprune knows").trace(node, tracer)
+        router, bank, shared = parts
+        hidden = tracer.channels(self._hidden_input(node))
+        gate, down = getattr(bank, self.gate), getattr(bank, self.down)
+        units = tracer.new_channels(int(down.shape[1]), f"{layer.name}_experts")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, router.kernel, 0, hidden, "input")
+        # Each unit's positions on the gate (and fused up) kernel's last axis.
+        on_gate = {None: units, "halves": np.concatenate([units, units]), "interleaved": np.repeat(units, 2)}
+        for kernel in [gate] + ([getattr(bank, self.up)] if self.up else []):
+            tracer.use(layer, kernel, 1, hidden, "input")
+            tracer.use(layer, kernel, 2, on_gate[self.fused], "output")
+        if self.gate_up_bias is not None:
+            tracer.use(layer, getattr(bank, self.gate_up_bias), 1, on_gate[self.fused], "output")
+        tracer.use(layer, down, 1, units, "input")
+        tracer.use(layer, down, 2, outputs, "output")
+        if self.down_bias is not None:
+            tracer.use(layer, getattr(bank, self.down_bias), 1, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        shared_down = None
+        if shared is not None:
+            shared_gate, shared_up, shared_output = shared
+            shared_units = tracer.new_channels(shared_output.kernel.shape[0], f"{layer.name}_shared_expert")
+            for dense in (shared_gate, shared_up):
+                tracer.use(layer, dense.kernel, 0, hidden, "input")
+                tracer.use(layer, dense.kernel, 1, shared_units, "output")
+                tracer.use(layer, dense.bias, 0, shared_units, "output")
+            tracer.use(layer, shared_output.kernel, 0, shared_units, "input")
+            tracer.use(layer, shared_output.kernel, 1, outputs, "output")
+            tracer.use(layer, shared_output.bias, 0, outputs, "output")
+            shared_down = weights.index(id(shared_output.kernel))
+        if self.shared_gate is not None:
+            tracer.use(layer, getattr(layer, self.shared_gate).kernel, 0, hidden, "input")
+        self._layouts[layer.name] = (weights.index(id(down)), shared_down)
+        results = [outputs]
+        for extra in node.outputs[1:]:  # the router's logits: one per expert
+            logits = tracer.new_channels(_width(extra), f"{layer.name}_router")
+            tracer.pin(logits, f"'{layer.name}' returns its router's logits, one per expert")
+            results.append(logits)
+        return results
+
+    @staticmethod
+    def _hidden_input(node):
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        return args[0] if args else kwargs["hidden_states"]
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        down, shared_down = self._layouts[config["name"]]
+        config = {**config, "hidden_dim": int(output_width), self.units_key: int(weight_shapes[down][1])}
+        if shared_down is not None:
+            config[self.shared_key] = int(weight_shapes[shared_down][0])
+        return config
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(self._hidden_input(node))])
+
+    def copy(self, layer):
+        """A copy of `layer` made from its constructor's arguments, so that its config round-trips."""
+        copy = type(layer).from_config(_constructor_config(layer, type(layer), self.attributes))
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
 
 
 class _KerasGroupedQueryAttention(_GroupedQueryAttention):
@@ -500,18 +628,22 @@ class _ExplicitHeadDimMixin:
         return copy
 
 
-def _constructor_config(layer, cls):
+def _constructor_config(layer, cls, attributes=None):
     """The config of `layer` from the arguments of `cls.__init__`, read back from its attributes of the same name.
 
     keras-hub's own `get_config` of the Llama and Qwen attention layers reads
     attributes they never set (`rope_scaling_factor`), so it raises.
+    `attributes` maps an argument to the attribute keeping it where the
+    names differ (Qwen-MoE's `moe_intermediate_dim` is `intermediate_dim`).
     """
+    attributes = attributes or {}
     config = {"name": layer.name, "trainable": layer.trainable,
               "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}  # fmt: skip
     for name in inspect.signature(cls.__init__).parameters:
-        if name in ("self", "args", "kwargs") or not hasattr(layer, name):
+        attribute = attributes.get(name, name)
+        if name in ("self", "args", "kwargs") or not hasattr(layer, attribute):
             continue
-        value = getattr(layer, name)
+        value = getattr(layer, attribute)
         if isinstance(value, keras.initializers.Initializer):
             value = keras.initializers.serialize(value)
         config[name] = value
@@ -607,12 +739,26 @@ BY_CLASS = {
     (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
     (_HUB + "qwen3.qwen3_layernorm", "Qwen3LayerNorm"): _HubNormalization(),
 }
-_EXPERTS = "routes each token to some of its experts, whose stacked weights tfprune does not prune"
-# Mixtral's block is copied from its attributes (its own config does not load back). The
-# Qwen and GPT-OSS blocks do not keep their constructor's arguments: not handled.
-BY_CLASS[(_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock")] = _Whole(
-    f"the mixture-of-experts block MixtralSparseMoeBlock {_EXPERTS}"
-)
+# Mixture-of-experts blocks: their experts' units pruned (same units in every expert).
+BY_CLASS.update({
+    (_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        up="_expert_feedforward_intermediate_dense", down="_expert_feedforward_output_dense"),
+    (_HUB + "qwen_moe.qwen_moe_decoder", "QwenSparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        shared="shared_expert_dense", shared_key="shared_expert_intermediate_dim",
+        shared_gate="shared_expert_gate_dense",
+        attributes={"moe_intermediate_dim": "intermediate_dim",
+                    "shared_expert_intermediate_dim": "intermediate_dim_shared"}),
+    (_HUB + "qwen3_moe.qwen3_moe_decoder", "Qwen3SparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        attributes={"moe_intermediate_dim": "intermediate_dim"}),
+    (_HUB + "gpt_oss.gpt_oss_decoder", "GptOssSparseMoeBlock"): _MixtureOfExperts(
+        router="router.router_dense", experts="experts", gate="gate_up_proj", fused="interleaved",
+        gate_up_bias="gate_up_proj_bias", down="down_proj", down_bias="down_proj_bias"),
+})  # fmt: skip
 BY_CLASS.update({
     (_HUB + "llama.llama_layernorm", "LlamaLayerNorm"): _HubNormalization(),
     (_HUB + "gemma.rms_normalization", "RMSNormalization"): _HubNormalization(),
