@@ -331,3 +331,29 @@ def test_pruned_mixtral_decodes_with_a_cache():
     pruned, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
     assert {group.name: group.after for group in result.groups}["transformer_layer_0_mixtral_sparse_moe_block_experts"] == 8
     np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
+
+
+def test_gpt_neo_x_fused_query_key_value_loses_dead_heads_and_reloads(tmp_path):
+    # GPT-NeoX: one fused projection, (hidden, heads, 3 * head width), and an output
+    # projection reading the heads flattened, (heads * head width, hidden).
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPTNeoXBackbone(vocabulary_size=VOCAB, num_layers=1, num_heads=4, hidden_dim=16,
+                                                intermediate_dim=32, max_sequence_length=LENGTH,
+                                                rotary_percentage=0.5)  # fmt: skip
+    model = keras_hub.models.GPTNeoXCausalLM(backbone=backbone, preprocessor=None)
+    attention = backbone.transformer_layers[0]._self_attention_layer
+    fused = keras.ops.convert_to_numpy(attention._qkv_dense.kernel).copy()
+    fused[:, [0, 2]] = 0.0
+    attention._qkv_dense.kernel.assign(fused)
+    output = keras.ops.convert_to_numpy(attention._output_dense.kernel).copy()
+    output[np.r_[0:4, 8:12]] = 0.0  # the rows of heads 0 and 2 (head width 4)
+    attention._output_dense.kernel.assign(output)
+    tokens = _tokens(5)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert [(group.before, group.after) for group in result.groups] == [(4, 2)]
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "GPTNeoXAttention"]
+    assert (layer.num_heads, layer.attn_head_size, tuple(layer._output_dense.kernel.shape)) == (2, 4, (8, 16))
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)

@@ -628,6 +628,164 @@ class _ExplicitHeadDimMixin:
         return copy
 
 
+class _FusedQueryKeyValue(Handler):
+    """GPT-NeoX's attention: one fused query-key-value projection laid out per head.
+
+    The fused kernel is `(hidden, heads, 3 * head width)` (`"abc,cde->abde"`:
+    each head's query, key and value side by side), its bias `(heads, 3 *
+    head width)`, and the output projection reads the heads flattened,
+    `(heads * head width, hidden)`: head `h` is slice `h` of the fused
+    kernel's head axis and rows `h * width ... (h + 1) * width - 1` of the
+    output kernel, so heads are pruned like `MultiHeadAttention` heads. The
+    layer computes its head width as `hidden_dim // num_heads`, so it is
+    rebuilt as tfprune's `GPTNeoXAttention`, which keeps `head_dim`
+    explicit. Called with a key/value cache it is frozen (tfprune.decoding
+    does not run it step by step).
+    """
+
+    explicit_head_dim = "GPTNeoXAttention"
+
+    def __init__(self):
+        self._layouts = {}  # layer name -> (index of the fused kernel, head width)
+
+    @staticmethod
+    def _projections(layer):
+        fused, output = getattr(layer, "_qkv_dense", None), getattr(layer, "_output_dense", None)
+        if not all(isinstance(dense, keras.layers.EinsumDense) for dense in (fused, output)):
+            return None
+        if fused.equation != "abc,cde->abde" or output.equation != "abc,cd->abd":
+            return None
+        return fused, output
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._projections(layer)
+        why = (
+            "has no fused query-key-value and output EinsumDense projections tfprune knows" if projections is None
+            else "is called with a key/value cache" if node.arguments.kwargs.get("cache") is not None
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        fused, output = projections
+        hidden = tracer.channels(self._hidden_input(node))
+        num_heads, width = int(fused.kernel.shape[1]), int(fused.kernel.shape[2]) // 3
+        heads = tracer.new_channels(num_heads, f"{layer.name}_heads")
+        for channel in heads.tolist():
+            tracer._heads[channel] = layer.name
+        tracer.use(layer, fused.kernel, 0, hidden, "input")
+        tracer.use(layer, fused.kernel, 1, heads, "output")
+        tracer.use(layer, getattr(fused, "bias", None), 0, heads, "output")
+        tracer.use(layer, output.kernel, 0, np.repeat(heads, width), "input")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, output.kernel, 1, outputs, "output")
+        tracer.use(layer, getattr(output, "bias", None), 0, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        self._layouts[layer.name] = (weights.index(id(fused.kernel)), width)
+        return [outputs] + [tracer.new_channels(_width(extra), layer.name) for extra in node.outputs[1:]]
+
+    @staticmethod
+    def _hidden_input(node):
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        return args[0] if args else kwargs["hidden_states"]
+
+    def head_kernel(self, layer):
+        """The fused kernel as `(coefficients, heads)`: a head's query, key and value weights together.
+
+        Args:
+            layer: A GPT-NeoX attention layer.
+
+        Returns:
+            NumPy array.
+        """
+        kernel = np.moveaxis(keras.ops.convert_to_numpy(self._projections(layer)[0].kernel), 1, -1)
+        return kernel.reshape(-1, kernel.shape[-1])
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        fused, width = self._layouts[config["name"]]
+        return {**config, "num_heads": int(weight_shapes[fused][1]), "head_dim": width}
+
+    def rebuild(self, layer, config):
+        """A tfprune `GPTNeoXAttention` from `config` (which names the head width)."""
+        return explicit_head_dim_class(self.explicit_head_dim).from_config(config)
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's `GPTNeoXAttention`, which a traced block can record."""
+        explicit = explicit_head_dim_class(self.explicit_head_dim)
+        projections = self._projections(layer)
+        if type(layer) is explicit or projections is None:
+            return None
+        width = int(projections[0].kernel.shape[2]) // 3
+        copy = explicit.from_config({**layer.get_config(), "head_dim": width})
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(self._hidden_input(node))])
+
+
+class _FusedHeadDimMixin:
+    """Keeps `head_dim` explicit in GPT-NeoX's attention, which computes it as `hidden_dim // num_heads`.
+
+    With `head_dim`, the attention's own width (what its call reshapes the
+    heads' outputs to) is `num_heads * head_dim`, and the output projection
+    is rebuilt to read that width and write the input's.
+    """
+
+    def __init__(self, *args, head_dim=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_dim = head_dim
+        if head_dim is not None:
+            self.attn_head_size = int(head_dim)
+            self.rotary_dim = int(self.attn_head_size * self.rotary_percentage)
+            self._inv_norm_factor = 1.0 / math.sqrt(self.attn_head_size)
+            self.hidden_dim = self.num_heads * self.attn_head_size
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.head_dim is None:
+            return
+        old = self._output_dense
+        config = {**old.get_config(), "output_shape": (None, input_shape[-1])}
+        _replace_sub_layer(self, "_output_dense", type(old).from_config(config), (None, None, self.hidden_dim))
+
+    def __call__(self, *args, **kwargs):
+        # Without a cache the layer returns `(output, None)`, and Keras records no operation
+        # with a None output: called on symbolic tensors, the output alone is recorded, and the
+        # pair its callers unpack (`x, cache = attention(...)`) returned.
+        symbolic = any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs)))
+        if not symbolic or kwargs.get("cache") is not None:
+            return super().__call__(*args, **kwargs)
+        self._tfprune_output_only = True
+        try:
+            output = super().__call__(*args, **kwargs)
+        finally:
+            self._tfprune_output_only = False
+        return output, None
+
+    def call(self, *args, **kwargs):
+        outputs = super().call(*args, **kwargs)
+        if getattr(self, "_tfprune_output_only", False) and isinstance(outputs, tuple) and outputs[1] is None:
+            return outputs[0]
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "head_dim": self.head_dim}
+
+
+def _replace_sub_layer(layer, name, new, shape):
+    """Sets `layer.<name>` to `new` built for `shape`, where the old one was among the sub-layers (weights keep their order)."""
+    old = getattr(layer, name)
+    position = next(i for i, sub in enumerate(layer._layers) if sub is old)
+    layer._tracker.untrack(old)
+    setattr(layer, name, new)
+    layer._layers.remove(new)
+    layer._layers.insert(position, new)
+    new.build(shape)
+
+
 def _constructor_config(layer, cls, attributes=None):
     """The config of `layer` from the arguments of `cls.__init__`, read back from its attributes of the same name.
 
@@ -655,7 +813,8 @@ def _explicit_head_dim_class(module, name, projections):
         parent = getattr(__import__(module, fromlist=[name]), name)
     except (ImportError, AttributeError):
         return None
-    cls = type(name, (_ExplicitHeadDimMixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
+    mixin = _MIXINS.get(name, _ExplicitHeadDimMixin)
+    cls = type(name, (mixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
                                                        "__doc__": (
         f"keras-hub's `{name}` with an explicit `head_dim` (what `tfprune.prune` rebuilds it as when its "
         "heads or hidden width shrink)."
@@ -675,7 +834,17 @@ _EXPLICIT = {
     "Phi3Attention": (_HUB + "phi3.phi3_attention", _GEMMA_NAMES),
     "Qwen3Attention": (_HUB + "qwen3.qwen3_attention", _LLAMA_NAMES),
     "CachedMixtralAttention": (_HUB + "mixtral.mixtral_attention", _GEMMA_NAMES),
+    "GPTNeoXAttention": (_HUB + "gpt_neo_x.gpt_neo_x_attention", None),
 }
+# Layers kept explicit in their own way, with their own handler (the others: _ExplicitHeadDimMixin, _GroupedQueryAttention).
+_MIXINS = {"GPTNeoXAttention": _FusedHeadDimMixin}
+_HANDLERS = {"GPTNeoXAttention": _FusedQueryKeyValue}
+
+
+def _explicit_handler(name):
+    if name in _HANDLERS:
+        return _HANDLERS[name]()
+    return _GroupedQueryAttention(_EXPLICIT[name][1], explicit_head_dim=name)
 _EXPLICIT_CLASSES = {}
 
 
@@ -703,7 +872,7 @@ def explicit_head_dim_class(name):
         cls = _explicit_head_dim_class(module, name, projections)
         _EXPLICIT_CLASSES[name] = cls
         if cls is not None:
-            register_handler(cls, _GroupedQueryAttention(projections, explicit_head_dim=name))
+            register_handler(cls, _explicit_handler(name))
     return _EXPLICIT_CLASSES[name]
 
 
@@ -769,7 +938,7 @@ BY_CLASS.update({
 })
 
 for _name, (_module, _names) in _EXPLICIT.items():
-    BY_CLASS[(_module, _name)] = _GroupedQueryAttention(_names, explicit_head_dim=_name)
+    BY_CLASS[(_module, _name)] = _explicit_handler(_name)
     _deferred(_name)
 register_handler("SizeRange", _ReadsShape())
 register_handler("DenseMultiply", handler_for(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)._keras_history.operation))
