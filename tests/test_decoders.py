@@ -357,3 +357,31 @@ def test_gpt_neo_x_fused_query_key_value_loses_dead_heads_and_reloads(tmp_path):
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_smollm3_flat_query_heads_lose_dead_heads_in_each_group_and_reload(tmp_path):
+    # SmolLM3: Dense query/key/value projections with the heads flattened, (hidden, heads * width).
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.SmolLM3Backbone(
+        vocabulary_size=VOCAB, hidden_dim=16, intermediate_dim=32, num_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, attention_bias=False, attention_dropout=0.0, rope_layer_enabled_list=[True],
+        layer_types=["attention"], mlp_bias=False, layer_norm_epsilon=1e-5, max_position_embeddings=LENGTH,
+        rope_theta=10000.0, partial_rotary_factor=1.0,
+    )  # fmt: skip
+    model = keras_hub.models.SmolLM3CausalLM(backbone=backbone, preprocessor=None)
+    attention = backbone.transformer_layers[0].self_attn
+    query = keras.ops.convert_to_numpy(attention.q_proj.kernel).copy()
+    query[:, 4:12] = 0.0  # heads 1 and 2 (width 4): one of each key/value group
+    attention.q_proj.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention.o_proj.kernel).copy()
+    output[[1, 2]] = 0.0
+    attention.o_proj.kernel.assign(output)
+    tokens = _tokens(6)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert sorted((group.before, group.after) for group in result.groups) == [(2, 1), (2, 1)]
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "SmolLM3Attention"]
+    assert (layer.num_attention_heads, layer.num_key_value_heads, layer.head_dim) == (2, 2, 4)
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)

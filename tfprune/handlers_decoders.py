@@ -775,6 +775,157 @@ class _FusedHeadDimMixin:
         return {**super().get_config(), "head_dim": self.head_dim}
 
 
+class _FlatHeadsAttention(_GroupedQueryAttention):
+    """SmolLM3's grouped-query attention: Dense query, key and value projections with the heads flattened.
+
+    The query kernel is `(hidden, query heads * head width)` (and the key
+    and value kernels `(hidden, key/value heads * head width)`): head `h`
+    is columns `h * width ... (h + 1) * width - 1`; the output projection
+    is an EinsumDense `(query heads, head width, hidden)`. Heads follow the
+    `gqa` mode as for the other grouped-query layers. The layer computes its
+    head width as `hidden_size // num_attention_heads`, so it is rebuilt as
+    tfprune's `SmolLM3Attention`, which keeps `head_dim` (and its output
+    width) explicit. Called with a key/value cache it is frozen.
+    """
+
+    def __init__(self):
+        super().__init__(("q_proj", "k_proj", "v_proj", "o_proj"), explicit_head_dim="SmolLM3Attention")
+
+    def _projections(self, layer):
+        found = [getattr(layer, name, None) for name in self.projections]
+        if not all(isinstance(dense, keras.layers.Dense) for dense in found[:3]):
+            return None
+        if not isinstance(found[3], keras.layers.EinsumDense) or found[3].equation != "bquh,uhm->bqm":
+            return None
+        return found
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._projections(layer)
+        why = (
+            "has no q_proj, k_proj, v_proj Dense and o_proj EinsumDense projections tfprune knows"
+            if projections is None
+            else "is called with a key/value cache" if node.arguments.kwargs.get("self_attention_cache") is not None
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        query, key, value, output = projections
+        num_query, num_key_value = int(output.kernel.shape[0]), int(layer.num_key_value_heads)
+        width = int(output.kernel.shape[1])
+        if num_query % num_key_value or key.kernel.shape[1] != num_key_value * width:
+            return Freeze(f"'{layer.name}' has {num_query} query heads over {num_key_value} key/value heads").trace(
+                node, tracer
+            )
+        hidden = tracer.channels(self._inputs(node)[0])
+        query_heads, key_value_heads, all_heads = _head_groups(layer.name, num_query, num_key_value, tracer)
+        for dense in (query, key, value):
+            tracer.use(layer, dense.kernel, 0, hidden, "input")
+            heads = query_heads if dense is query else key_value_heads
+            if heads is not None:
+                columns = np.repeat(heads, width)
+                tracer.use(layer, dense.kernel, 1, columns, "param")
+                tracer.use(layer, dense.bias, 0, columns, "param")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        # The heads are declared made on the output projection's head axis, one position per
+        # head (scores, `head_kernel`, are one per head); the query columns are sliced with them.
+        tracer.use(layer, output.kernel, 0, query_heads, "output")
+        tracer.use(layer, output.kernel, 2, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        self._layouts[layer.name] = (weights.index(id(query.kernel)), weights.index(id(key.kernel)), width)
+        extras = []
+        for extra in node.outputs[1:]:
+            channels = tracer.new_channels(_width(extra), f"{layer.name}_weights")
+            tracer.pin(channels, f"'{layer.name}' returns its attention weights")
+            extras.append(channels)
+        return [outputs] + extras
+
+    def head_kernel(self, layer):
+        """The query kernel as `(coefficients, query heads)`.
+
+        Args:
+            layer: A SmolLM3 attention layer.
+
+        Returns:
+            NumPy array.
+        """
+        query, output = self._projections(layer)[0], self._projections(layer)[3]
+        heads, width = (int(size) for size in output.kernel.shape[:2])
+        kernel = keras.ops.convert_to_numpy(query.kernel).reshape(-1, heads, width)
+        return np.moveaxis(kernel, 1, -1).reshape(-1, heads)
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        query, key, width = self._layouts[config["name"]]
+        return {**config, "num_attention_heads": int(weight_shapes[query][1]) // width,
+                "num_key_value_heads": int(weight_shapes[key][1]) // width, "head_dim": width,
+                "output_dim": int(output_width)}  # fmt: skip
+
+    def rebuild(self, layer, config):
+        """A tfprune `SmolLM3Attention` from `config` (which names the head and output widths)."""
+        return explicit_head_dim_class(self.explicit_head_dim).from_config(config)
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's `SmolLM3Attention`, whose output spec a traced block can record."""
+        explicit = explicit_head_dim_class(self.explicit_head_dim)
+        if type(layer) is explicit or self._projections(layer) is None:
+            return None
+        copy = explicit.from_config({**layer.get_config(), "head_dim": int(layer.head_dim)})
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build([shapes[id(self._inputs(node)[0])]])
+
+
+def _head_groups(name, num_query, num_key_value, tracer):
+    """(query heads, key/value heads or None, the head groups) of a grouped-query layer in `tracer.gqa` mode."""
+    per_group = num_query // num_key_value
+    if tracer.gqa == "groups":
+        key_value_heads = tracer.new_channels(num_key_value, f"{name}_heads")
+        groups = [key_value_heads]
+        query_heads = np.repeat(key_value_heads, per_group)
+    else:
+        groups = [
+            tracer.new_channels(per_group, f"{name}_heads" + (f"_{group}" if num_key_value > 1 else ""))
+            for group in range(num_key_value)
+        ]
+        query_heads, key_value_heads = np.concatenate(groups), None
+    for heads in groups:
+        for channel in heads.tolist():
+            tracer._heads[channel] = name
+    return query_heads, key_value_heads, groups
+
+
+class _FlatHeadDimMixin:
+    """Keeps `head_dim` and the output width explicit in SmolLM3's attention (head width `hidden_size // heads`).
+
+    With `head_dim`, the layer is made for a `hidden_size` of `num_attention_heads
+    * head_dim` (its head width and rotary embedding follow it), and its
+    output projection writes `output_dim` channels.
+    """
+
+    def __init__(self, *args, head_dim=None, output_dim=None, **kwargs):
+        if head_dim is not None:
+            kwargs["hidden_size"] = int(kwargs["num_attention_heads"]) * int(head_dim)
+        super().__init__(*args, **kwargs)
+        self.output_dim = self.hidden_size if output_dim is None else int(output_dim)
+        if self.output_dim != self.hidden_size:
+            old = self.o_proj
+            config = {**old.get_config(), "output_shape": (None, self.output_dim)}
+            _replace_sub_layer(self, "o_proj", type(old).from_config(config),
+                               (None, None, self.num_attention_heads, self.head_dim))  # fmt: skip
+
+    def compute_output_spec(self, *args, **kwargs):
+        # keras-hub's compute_output_shape expects a list of shapes and gives two outputs
+        # (the call returns one tensor without a cache): the spec is given here instead.
+        if kwargs.get("self_attention_cache") is not None:
+            return super().compute_output_spec(*args, **kwargs)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return keras.KerasTensor((*hidden.shape[:-1], self.output_dim), dtype=self.compute_dtype)
+
+
 def _replace_sub_layer(layer, name, new, shape):
     """Sets `layer.<name>` to `new` built for `shape`, where the old one was among the sub-layers (weights keep their order)."""
     old = getattr(layer, name)
@@ -835,10 +986,11 @@ _EXPLICIT = {
     "Qwen3Attention": (_HUB + "qwen3.qwen3_attention", _LLAMA_NAMES),
     "CachedMixtralAttention": (_HUB + "mixtral.mixtral_attention", _GEMMA_NAMES),
     "GPTNeoXAttention": (_HUB + "gpt_neo_x.gpt_neo_x_attention", None),
+    "SmolLM3Attention": (_HUB + "smollm3.smollm3_layers", None),
 }
 # Layers kept explicit in their own way, with their own handler (the others: _ExplicitHeadDimMixin, _GroupedQueryAttention).
-_MIXINS = {"GPTNeoXAttention": _FusedHeadDimMixin}
-_HANDLERS = {"GPTNeoXAttention": _FusedQueryKeyValue}
+_MIXINS = {"GPTNeoXAttention": _FusedHeadDimMixin, "SmolLM3Attention": _FlatHeadDimMixin}
+_HANDLERS = {"GPTNeoXAttention": _FusedQueryKeyValue, "SmolLM3Attention": _FlatHeadsAttention}
 
 
 def _explicit_handler(name):
