@@ -32,7 +32,16 @@ A layer whose head width follows `hidden_dim // num_query_heads` (Llama's
 and Qwen's attention) is rebuilt as a subclass that keeps `head_dim`
 explicit (`LlamaAttention`, `QwenAttention` registered in the `tfprune`
 package), so the pruned model reloads from `.keras` with `tfprune`
-imported.
+imported. Two other head layouts are read the same way: GPT-NeoX's fused
+query-key-value projection `(hidden, heads, 3 * head width)`
+(`GPTNeoXAttention`) and SmolLM3's Dense projections with the heads
+flattened, `(hidden, heads * head width)` (`SmolLM3Attention`).
+
+Mixture-of-experts blocks (Mixtral, Qwen-MoE, Qwen3-MoE, GPT-OSS) keep
+their experts' gated MLPs stacked, one tensor per projection: the units
+of the experts are one channel group, each unit removed from every expert
+(the stacked tensors cannot hold experts of different widths), scored over
+all experts; the router and the number of experts are kept.
 """
 
 import inspect
@@ -268,22 +277,7 @@ class _GroupedQueryAttention(Handler):
             return Freeze(f"'{layer.name}' has {num_query} query heads over {num_key_value} key/value heads").trace(
                 node, tracer
             )
-        per_group = num_query // num_key_value
-        if tracer.gqa == "groups":
-            key_value_heads = tracer.new_channels(num_key_value, f"{layer.name}_heads")
-            query_heads = np.repeat(key_value_heads, per_group)
-            all_heads = [key_value_heads]
-        else:
-            groups = [
-                tracer.new_channels(per_group, f"{layer.name}_heads" + (f"_{group}" if num_key_value > 1 else ""))
-                for group in range(num_key_value)
-            ]
-            query_heads = np.concatenate(groups)
-            key_value_heads = None
-            all_heads = groups
-        for heads in all_heads:
-            for channel in heads.tolist():
-                tracer._heads[channel] = layer.name
+        query_heads, key_value_heads, _ = _head_groups(layer.name, num_query, num_key_value, tracer)
         for dense, (hidden_axis, head_axis), channels in zip((query, key, value), axes[:3], inputs):
             tracer.use(layer, dense.kernel, hidden_axis, channels, "input")
             heads = query_heads if dense is query else key_value_heads
@@ -449,6 +443,7 @@ class _MixtureOfExperts(Handler):
     """
 
     _SHARED = ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
+    makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
 
     def __init__(self, router, experts, gate, down, up=None, fused=None, gate_up_bias=None, down_bias=None,
                  units_key="intermediate_dim", shared=None, shared_key=None, shared_gate=None, attributes=None):  # fmt: skip
@@ -818,7 +813,7 @@ class _FlatHeadsAttention(_GroupedQueryAttention):
                 node, tracer
             )
         hidden = tracer.channels(self._inputs(node)[0])
-        query_heads, key_value_heads, all_heads = _head_groups(layer.name, num_query, num_key_value, tracer)
+        query_heads, key_value_heads, _ = _head_groups(layer.name, num_query, num_key_value, tracer)
         for dense in (query, key, value):
             tracer.use(layer, dense.kernel, 0, hidden, "input")
             heads = query_heads if dense is query else key_value_heads
@@ -880,7 +875,11 @@ class _FlatHeadsAttention(_GroupedQueryAttention):
 
 
 def _head_groups(name, num_query, num_key_value, tracer):
-    """(query heads, key/value heads or None, the head groups) of a grouped-query layer in `tracer.gqa` mode."""
+    """(query heads, key/value heads or None, the head groups) of a grouped-query layer in `tracer.gqa` mode.
+
+    `"groups"`: one group of the key/value heads, each query head the channel of its key/value head;
+    `"query_heads"`: the query heads of each key/value head, a group of their own.
+    """
     per_group = num_query // num_key_value
     if tracer.gqa == "groups":
         key_value_heads = tracer.new_channels(num_key_value, f"{name}_heads")
