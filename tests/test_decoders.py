@@ -247,3 +247,142 @@ def test_a_causal_mask_from_the_sequence_length_is_recorded_for_any_length(tmp_p
         np.testing.assert_allclose(flat(sample), model(sample), atol=1e-6)
         np.testing.assert_allclose(reloaded(sample), model(sample), atol=1e-6)
     assert tfprune.graph.build(flat)["embed"].prunable  # the mask does not pin the channels it is applied to
+
+
+# ---------------------------------------------------------------- mixture of experts
+
+_MOE = dict(vocabulary_size=VOCAB, num_layers=1, num_query_heads=4, num_key_value_heads=2, hidden_dim=16)
+
+
+def _moe_causal_lm(family):
+    keras.utils.set_random_seed(0)
+    if family == "mixtral":
+        backbone = keras_hub.models.MixtralBackbone(**_MOE, intermediate_dim=16, num_experts=4, top_k=2,
+                                                    sliding_window=LENGTH)  # fmt: skip
+        return keras_hub.models.MixtralCausalLM(backbone=backbone, preprocessor=None)
+    if family == "qwen_moe":
+        backbone = keras_hub.models.QwenMoeBackbone(**_MOE, intermediate_dim=16, moe_intermediate_dim=16,
+                                                    shared_expert_intermediate_dim=8, num_experts=4, top_k=2)  # fmt: skip
+        return keras_hub.models.QwenMoeCausalLM(backbone=backbone, preprocessor=None)
+    backbone = keras_hub.models.GptOssBackbone(**_MOE, intermediate_dim=16, num_experts=4, top_k=2, head_dim=4,
+                                               sliding_window=LENGTH)  # fmt: skip
+    return keras_hub.models.GptOssCausalLM(backbone=backbone, preprocessor=None)
+
+
+def _kill_expert_units(block, dead, family):
+    """Zeroes units `dead` of every expert of a MoE block (their gate, up and down weights): dead units."""
+    bank = block.experts if family == "gpt_oss" else block.expert_bank
+    units = 16
+    if family == "mixtral":
+        fan_in = [(bank._expert_feedforward_gate_dense, dead), (bank._expert_feedforward_intermediate_dense, dead)]
+        down = bank._expert_feedforward_output_dense
+    elif family == "qwen_moe":  # gate and up fused as halves
+        fan_in = [(bank._expert_feedforward_gate_dense, np.concatenate([dead, dead + units]))]
+        down = bank._expert_feedforward_output_dense
+    else:  # gate and up interleaved
+        fan_in = [(bank.gate_up_proj, np.concatenate([2 * dead, 2 * dead + 1])),
+                  (bank.gate_up_proj_bias, np.concatenate([2 * dead, 2 * dead + 1]))]  # fmt: skip
+        down = bank.down_proj
+    for weight, columns in fan_in:
+        value = keras.ops.convert_to_numpy(weight).copy()
+        value[..., columns] = 0.0
+        weight.assign(value)
+    value = keras.ops.convert_to_numpy(down).copy()
+    value[:, dead] = 0.0
+    down.assign(value)
+
+
+def _moe_blocks(model, family):
+    layers = model.backbone.transformer_layers
+    if family == "mixtral":
+        return [layer._sparse_moe_block for layer in layers]
+    if family == "qwen_moe":
+        return [layer.mlp for layer in layers]
+    return [layer.sparse_moe_block for layer in layers]
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen_moe", "gpt_oss"])
+def test_dead_expert_units_are_removed_from_every_expert_without_changing_the_logits(family, tmp_path):
+    model = _moe_causal_lm(family)
+    dead = np.arange(1, 16, 2)  # half the units of every expert
+    for block in _moe_blocks(model, family):
+        _kill_expert_units(block, dead, family)
+    tokens = _tokens(3)
+    # targets="mlp" selects the experts' units (and Qwen-MoE's shared expert, whose units are alive).
+    targets = "mlp" if family != "qwen_moe" else (lambda group: group.name.endswith("_experts"))
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, round_to=1, targets=targets)
+    assert {(group.before, group.after) for group in result.groups} == {(16, 8)}
+    blocks = [layer for layer in pruned.layers if "moe_block" in layer.name or layer.name.endswith("_mlp")]
+    assert blocks and all(_expert_width(block) == 8 for block in blocks)
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    reloaded = keras.saving.load_model(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(reloaded, tokens), full, atol=1e-6)
+
+
+def _expert_width(block):
+    bank = getattr(block, "expert_bank", None) or block.experts
+    return bank.intermediate_dim
+
+
+def test_pruned_mixtral_decodes_with_a_cache():
+    model = _moe_causal_lm("mixtral")
+    tokens = _tokens(4)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
+    assert {group.name: group.after for group in result.groups}["transformer_layer_0_mixtral_sparse_moe_block_experts"] == 8
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
+
+
+def test_gpt_neo_x_fused_query_key_value_loses_dead_heads_and_reloads(tmp_path):
+    # GPT-NeoX: one fused projection, (hidden, heads, 3 * head width), and an output
+    # projection reading the heads flattened, (heads * head width, hidden).
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPTNeoXBackbone(vocabulary_size=VOCAB, num_layers=1, num_heads=4, hidden_dim=16,
+                                                intermediate_dim=32, max_sequence_length=LENGTH,
+                                                rotary_percentage=0.5)  # fmt: skip
+    model = keras_hub.models.GPTNeoXCausalLM(backbone=backbone, preprocessor=None)
+    attention = backbone.transformer_layers[0]._self_attention_layer
+    fused = keras.ops.convert_to_numpy(attention._qkv_dense.kernel).copy()
+    fused[:, [0, 2]] = 0.0
+    attention._qkv_dense.kernel.assign(fused)
+    output = keras.ops.convert_to_numpy(attention._output_dense.kernel).copy()
+    output[np.r_[0:4, 8:12]] = 0.0  # the rows of heads 0 and 2 (head width 4)
+    attention._output_dense.kernel.assign(output)
+    tokens = _tokens(5)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert [(group.before, group.after) for group in result.groups] == [(4, 2)]
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "GPTNeoXAttention"]
+    assert (layer.num_heads, layer.attn_head_size, tuple(layer._output_dense.kernel.shape)) == (2, 4, (8, 16))
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_smollm3_flat_query_heads_lose_dead_heads_in_each_group_and_reload(tmp_path):
+    # SmolLM3: Dense query/key/value projections with the heads flattened, (hidden, heads * width).
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.SmolLM3Backbone(
+        vocabulary_size=VOCAB, hidden_dim=16, intermediate_dim=32, num_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, attention_bias=False, attention_dropout=0.0, rope_layer_enabled_list=[True],
+        layer_types=["attention"], mlp_bias=False, layer_norm_epsilon=1e-5, max_position_embeddings=LENGTH,
+        rope_theta=10000.0, partial_rotary_factor=1.0,
+    )  # fmt: skip
+    model = keras_hub.models.SmolLM3CausalLM(backbone=backbone, preprocessor=None)
+    attention = backbone.transformer_layers[0].self_attn
+    query = keras.ops.convert_to_numpy(attention.q_proj.kernel).copy()
+    query[:, 4:12] = 0.0  # heads 1 and 2 (width 4): one of each key/value group
+    attention.q_proj.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention.o_proj.kernel).copy()
+    output[[1, 2]] = 0.0
+    attention.o_proj.kernel.assign(output)
+    tokens = _tokens(6)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    assert sorted((group.before, group.after) for group in result.groups) == [(2, 1), (2, 1)]
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "SmolLM3Attention"]
+    assert (layer.num_attention_heads, layer.num_key_value_heads, layer.head_dim) == (2, 2, 4)
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)

@@ -24,6 +24,9 @@ block computed for the full sequence; layers whose `call` takes a
 Rotary embeddings, computed inside keras-hub's attention layers, follow
 the cache index there. A block that adds its own terms to the mask
 (Mistral's sliding window) is not reproduced: decode within its window.
+Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
+cache under other argument names, are not run step by step here
+(`build_cache` finds no attention layer in them and says so).
 """
 
 import inspect

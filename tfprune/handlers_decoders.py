@@ -32,7 +32,16 @@ A layer whose head width follows `hidden_dim // num_query_heads` (Llama's
 and Qwen's attention) is rebuilt as a subclass that keeps `head_dim`
 explicit (`LlamaAttention`, `QwenAttention` registered in the `tfprune`
 package), so the pruned model reloads from `.keras` with `tfprune`
-imported.
+imported. Two other head layouts are read the same way: GPT-NeoX's fused
+query-key-value projection `(hidden, heads, 3 * head width)`
+(`GPTNeoXAttention`) and SmolLM3's Dense projections with the heads
+flattened, `(hidden, heads * head width)` (`SmolLM3Attention`).
+
+Mixture-of-experts blocks (Mixtral, Qwen-MoE, Qwen3-MoE, GPT-OSS) keep
+their experts' gated MLPs stacked, one tensor per projection: the units
+of the experts are one channel group, each unit removed from every expert
+(the stacked tensors cannot hold experts of different widths), scored over
+all experts; the router and the number of experts are kept.
 """
 
 import inspect
@@ -268,22 +277,7 @@ class _GroupedQueryAttention(Handler):
             return Freeze(f"'{layer.name}' has {num_query} query heads over {num_key_value} key/value heads").trace(
                 node, tracer
             )
-        per_group = num_query // num_key_value
-        if tracer.gqa == "groups":
-            key_value_heads = tracer.new_channels(num_key_value, f"{layer.name}_heads")
-            query_heads = np.repeat(key_value_heads, per_group)
-            all_heads = [key_value_heads]
-        else:
-            groups = [
-                tracer.new_channels(per_group, f"{layer.name}_heads" + (f"_{group}" if num_key_value > 1 else ""))
-                for group in range(num_key_value)
-            ]
-            query_heads = np.concatenate(groups)
-            key_value_heads = None
-            all_heads = groups
-        for heads in all_heads:
-            for channel in heads.tolist():
-                tracer._heads[channel] = layer.name
+        query_heads, key_value_heads, _ = _head_groups(layer.name, num_query, num_key_value, tracer)
         for dense, (hidden_axis, head_axis), channels in zip((query, key, value), axes[:3], inputs):
             tracer.use(layer, dense.kernel, hidden_axis, channels, "input")
             heads = query_heads if dense is query else key_value_heads
@@ -400,19 +394,148 @@ class _HubNormalization(_Normalization):
         return _copy_from_attributes(layer)
 
 
-class _Whole(Freeze):
-    """A keras-hub layer kept whole, its channels frozen with `reason`, copied even when its config does not round-trip.
+def _attribute(layer, path):
+    """`layer.a.b` for `path` "a.b", or None when an attribute is missing."""
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+    return layer
 
-    For mixture-of-experts blocks (each token routed to some of the experts,
-    whose weights are stacked in one tensor per projection): the rest of the
-    decoder block around them (its attention heads) still prunes.
+
+class _MixtureOfExperts(Handler):
+    """keras-hub's sparse mixture-of-experts blocks: the experts' units pruned, the same units in every expert.
+
+    A router (a Dense layer, `num_experts` logits per token) sends each token
+    to some experts; the experts' gated MLPs are stacked in one tensor per
+    projection, `(experts, hidden, units)` for the gate and up projections
+    (separate, or fused as `[gate | up]` halves or interleaved `gate, up`
+    pairs) and `(experts, units, hidden)` for the down projection. Unit `u`
+    is slice `u` of every expert's gate, up and down weights: the units are
+    one channel group, so every expert keeps the same units (the stacked
+    tensors cannot hold experts of different widths), scored over all
+    experts. Removing a unit whose gate or up weights are zero in every
+    expert leaves the outputs unchanged, as the routing only reads the
+    router. A shared expert (an ordinary gated MLP beside the routed ones,
+    Qwen-MoE) has its units as a group of its own. The hidden channels are
+    read by the router, the experts and the shared expert, and made by the
+    down projections; the router's logits (the second output) are one per
+    expert, pinned. The block is copied from its constructor's arguments,
+    read back from its attributes (`attributes` maps an argument to the
+    attribute keeping it, where the names differ).
+
+    Args:
+        router: Dotted attribute path of the router Dense layer.
+        experts: Attribute of the expert bank layer.
+        gate: Attribute (on the expert bank) of the gate kernel, or of the
+            fused gate-and-up kernel.
+        down: Attribute of the down kernel.
+        up: Attribute of the up kernel, when not fused.
+        fused: None, `"halves"` or `"interleaved"`: how `gate` holds the up
+            projection too.
+        gate_up_bias: Attribute of the gate (and up) bias `(experts, units)`.
+        down_bias: Attribute of the down bias `(experts, hidden)`.
+        units_key: Constructor argument holding the experts' width.
+        shared: Attribute of the shared expert (an MLP of three Dense layers
+            `_feedforward_gate_dense`, `_feedforward_intermediate_dense`,
+            `_feedforward_output_dense`).
+        shared_key: Constructor argument holding the shared expert's width.
+        shared_gate: Attribute of the Dense layer gating the shared expert.
+        attributes: Dict from constructor argument to attribute name.
     """
 
-    def copy(self, layer):
-        try:
-            return _copy_from_attributes(layer)
-        except Exception:  # noqa: BLE001 - not copyable from its attributes either: copied or shared as before
+    _SHARED = ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
+    makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
+
+    def __init__(self, router, experts, gate, down, up=None, fused=None, gate_up_bias=None, down_bias=None,
+                 units_key="intermediate_dim", shared=None, shared_key=None, shared_gate=None, attributes=None):  # fmt: skip
+        self.router, self.experts, self.gate, self.down, self.up = router, experts, gate, down, up
+        self.fused, self.gate_up_bias, self.down_bias = fused, gate_up_bias, down_bias
+        self.units_key, self.shared, self.shared_key, self.shared_gate = units_key, shared, shared_key, shared_gate
+        self.attributes = attributes or {}
+        self._layouts = {}  # layer name -> (index of the down kernel, index of the shared down kernel or None)
+
+    def _parts(self, layer):
+        """(router, expert bank, shared expert Dense layers or None), or None when one is missing."""
+        router, bank = _attribute(layer, self.router), getattr(layer, self.experts, None)
+        if not isinstance(router, keras.layers.Dense) or bank is None:
             return None
+        names = [self.gate, self.down] + ([self.up] if self.up else [])
+        if not all(isinstance(getattr(bank, name, None), keras.Variable) for name in names):
+            return None
+        shared = None
+        if self.shared is not None:
+            mlp = getattr(layer, self.shared, None)
+            shared = [getattr(mlp, name, None) for name in self._SHARED]
+            if not all(isinstance(dense, keras.layers.Dense) for dense in shared):
+                return None
+        return router, bank, shared
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        parts = self._parts(layer)
+        if parts is None:
+            return Freeze(f"'{layer.name}' has no router and expert weights tfprune knows").trace(node, tracer)
+        router, bank, shared = parts
+        hidden = tracer.channels(self._hidden_input(node))
+        gate, down = getattr(bank, self.gate), getattr(bank, self.down)
+        units = tracer.new_channels(int(down.shape[1]), f"{layer.name}_experts")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, router.kernel, 0, hidden, "input")
+        # Each unit's positions on the gate (and fused up) kernel's last axis.
+        on_gate = {None: units, "halves": np.concatenate([units, units]), "interleaved": np.repeat(units, 2)}
+        for kernel in [gate] + ([getattr(bank, self.up)] if self.up else []):
+            tracer.use(layer, kernel, 1, hidden, "input")
+            tracer.use(layer, kernel, 2, on_gate[self.fused], "output")
+        if self.gate_up_bias is not None:
+            tracer.use(layer, getattr(bank, self.gate_up_bias), 1, on_gate[self.fused], "output")
+        tracer.use(layer, down, 1, units, "input")
+        tracer.use(layer, down, 2, outputs, "output")
+        if self.down_bias is not None:
+            tracer.use(layer, getattr(bank, self.down_bias), 1, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        shared_down = None
+        if shared is not None:
+            shared_gate, shared_up, shared_output = shared
+            shared_units = tracer.new_channels(shared_output.kernel.shape[0], f"{layer.name}_shared_expert")
+            for dense in (shared_gate, shared_up):
+                tracer.use(layer, dense.kernel, 0, hidden, "input")
+                tracer.use(layer, dense.kernel, 1, shared_units, "output")
+                tracer.use(layer, dense.bias, 0, shared_units, "output")
+            tracer.use(layer, shared_output.kernel, 0, shared_units, "input")
+            tracer.use(layer, shared_output.kernel, 1, outputs, "output")
+            tracer.use(layer, shared_output.bias, 0, outputs, "output")
+            shared_down = weights.index(id(shared_output.kernel))
+        if self.shared_gate is not None:
+            tracer.use(layer, getattr(layer, self.shared_gate).kernel, 0, hidden, "input")
+        self._layouts[layer.name] = (weights.index(id(down)), shared_down)
+        results = [outputs]
+        for extra in node.outputs[1:]:  # the router's logits: one per expert
+            logits = tracer.new_channels(_width(extra), f"{layer.name}_router")
+            tracer.pin(logits, f"'{layer.name}' returns its router's logits, one per expert")
+            results.append(logits)
+        return results
+
+    @staticmethod
+    def _hidden_input(node):
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        return args[0] if args else kwargs["hidden_states"]
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        down, shared_down = self._layouts[config["name"]]
+        config = {**config, "hidden_dim": int(output_width), self.units_key: int(weight_shapes[down][1])}
+        if shared_down is not None:
+            config[self.shared_key] = int(weight_shapes[shared_down][0])
+        return config
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(self._hidden_input(node))])
+
+    def copy(self, layer):
+        """A copy of `layer` made from its constructor's arguments, so that its config round-trips."""
+        copy = type(layer).from_config(_constructor_config(layer, type(layer), self.attributes))
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
 
 
 class _KerasGroupedQueryAttention(_GroupedQueryAttention):
@@ -500,18 +623,335 @@ class _ExplicitHeadDimMixin:
         return copy
 
 
-def _constructor_config(layer, cls):
+class _FusedQueryKeyValue(Handler):
+    """GPT-NeoX's attention: one fused query-key-value projection laid out per head.
+
+    The fused kernel is `(hidden, heads, 3 * head width)` (`"abc,cde->abde"`:
+    each head's query, key and value side by side), its bias `(heads, 3 *
+    head width)`, and the output projection reads the heads flattened,
+    `(heads * head width, hidden)`: head `h` is slice `h` of the fused
+    kernel's head axis and rows `h * width ... (h + 1) * width - 1` of the
+    output kernel, so heads are pruned like `MultiHeadAttention` heads. The
+    layer computes its head width as `hidden_dim // num_heads`, so it is
+    rebuilt as tfprune's `GPTNeoXAttention`, which keeps `head_dim`
+    explicit. Called with a key/value cache it is frozen (tfprune.decoding
+    does not run it step by step).
+    """
+
+    explicit_head_dim = "GPTNeoXAttention"
+
+    def __init__(self):
+        self._layouts = {}  # layer name -> (index of the fused kernel, head width)
+
+    @staticmethod
+    def _projections(layer):
+        fused, output = getattr(layer, "_qkv_dense", None), getattr(layer, "_output_dense", None)
+        if not all(isinstance(dense, keras.layers.EinsumDense) for dense in (fused, output)):
+            return None
+        if fused.equation != "abc,cde->abde" or output.equation != "abc,cd->abd":
+            return None
+        return fused, output
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._projections(layer)
+        why = (
+            "has no fused query-key-value and output EinsumDense projections tfprune knows" if projections is None
+            else "is called with a key/value cache" if node.arguments.kwargs.get("cache") is not None
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        fused, output = projections
+        hidden = tracer.channels(self._hidden_input(node))
+        num_heads, width = int(fused.kernel.shape[1]), int(fused.kernel.shape[2]) // 3
+        heads = tracer.new_channels(num_heads, f"{layer.name}_heads")
+        for channel in heads.tolist():
+            tracer._heads[channel] = layer.name
+        tracer.use(layer, fused.kernel, 0, hidden, "input")
+        tracer.use(layer, fused.kernel, 1, heads, "output")
+        tracer.use(layer, getattr(fused, "bias", None), 0, heads, "output")
+        tracer.use(layer, output.kernel, 0, np.repeat(heads, width), "input")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, output.kernel, 1, outputs, "output")
+        tracer.use(layer, getattr(output, "bias", None), 0, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        self._layouts[layer.name] = (weights.index(id(fused.kernel)), width)
+        return [outputs] + [tracer.new_channels(_width(extra), layer.name) for extra in node.outputs[1:]]
+
+    @staticmethod
+    def _hidden_input(node):
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        return args[0] if args else kwargs["hidden_states"]
+
+    def head_kernel(self, layer):
+        """The fused kernel as `(coefficients, heads)`: a head's query, key and value weights together.
+
+        Args:
+            layer: A GPT-NeoX attention layer.
+
+        Returns:
+            NumPy array.
+        """
+        kernel = np.moveaxis(keras.ops.convert_to_numpy(self._projections(layer)[0].kernel), 1, -1)
+        return kernel.reshape(-1, kernel.shape[-1])
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        fused, width = self._layouts[config["name"]]
+        return {**config, "num_heads": int(weight_shapes[fused][1]), "head_dim": width}
+
+    def rebuild(self, layer, config):
+        """A tfprune `GPTNeoXAttention` from `config` (which names the head width)."""
+        return explicit_head_dim_class(self.explicit_head_dim).from_config(config)
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's `GPTNeoXAttention`, which a traced block can record."""
+        explicit = explicit_head_dim_class(self.explicit_head_dim)
+        projections = self._projections(layer)
+        if type(layer) is explicit or projections is None:
+            return None
+        width = int(projections[0].kernel.shape[2]) // 3
+        copy = explicit.from_config({**layer.get_config(), "head_dim": width})
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(self._hidden_input(node))])
+
+
+class _FusedHeadDimMixin:
+    """Keeps `head_dim` explicit in GPT-NeoX's attention, which computes it as `hidden_dim // num_heads`.
+
+    With `head_dim`, the attention's own width (what its call reshapes the
+    heads' outputs to) is `num_heads * head_dim`, and the output projection
+    is rebuilt to read that width and write the input's.
+    """
+
+    def __init__(self, *args, head_dim=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_dim = head_dim
+        if head_dim is not None:
+            self.attn_head_size = int(head_dim)
+            self.rotary_dim = int(self.attn_head_size * self.rotary_percentage)
+            self._inv_norm_factor = 1.0 / math.sqrt(self.attn_head_size)
+            self.hidden_dim = self.num_heads * self.attn_head_size
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.head_dim is None:
+            return
+        old = self._output_dense
+        config = {**old.get_config(), "output_shape": (None, input_shape[-1])}
+        _replace_sub_layer(self, "_output_dense", type(old).from_config(config), (None, None, self.hidden_dim))
+
+    def __call__(self, *args, **kwargs):
+        # Without a cache the layer returns `(output, None)`, and Keras records no operation
+        # with a None output: called on symbolic tensors, the output alone is recorded, and the
+        # pair its callers unpack (`x, cache = attention(...)`) returned.
+        symbolic = any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs)))
+        if not symbolic or kwargs.get("cache") is not None:
+            return super().__call__(*args, **kwargs)
+        self._tfprune_output_only = True
+        try:
+            output = super().__call__(*args, **kwargs)
+        finally:
+            self._tfprune_output_only = False
+        return output, None
+
+    def call(self, *args, **kwargs):
+        outputs = super().call(*args, **kwargs)
+        if getattr(self, "_tfprune_output_only", False) and isinstance(outputs, tuple) and outputs[1] is None:
+            return outputs[0]
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "head_dim": self.head_dim}
+
+
+class _FlatHeadsAttention(_GroupedQueryAttention):
+    """SmolLM3's grouped-query attention: Dense query, key and value projections with the heads flattened.
+
+    The query kernel is `(hidden, query heads * head width)` (and the key
+    and value kernels `(hidden, key/value heads * head width)`): head `h`
+    is columns `h * width ... (h + 1) * width - 1`; the output projection
+    is an EinsumDense `(query heads, head width, hidden)`. Heads follow the
+    `gqa` mode as for the other grouped-query layers. The layer computes its
+    head width as `hidden_size // num_attention_heads`, so it is rebuilt as
+    tfprune's `SmolLM3Attention`, which keeps `head_dim` (and its output
+    width) explicit. Called with a key/value cache it is frozen.
+    """
+
+    def __init__(self):
+        super().__init__(("q_proj", "k_proj", "v_proj", "o_proj"), explicit_head_dim="SmolLM3Attention")
+
+    def _projections(self, layer):
+        found = [getattr(layer, name, None) for name in self.projections]
+        if not all(isinstance(dense, keras.layers.Dense) for dense in found[:3]):
+            return None
+        if not isinstance(found[3], keras.layers.EinsumDense) or found[3].equation != "bquh,uhm->bqm":
+            return None
+        return found
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._projections(layer)
+        why = (
+            "has no q_proj, k_proj, v_proj Dense and o_proj EinsumDense projections tfprune knows"
+            if projections is None
+            else "is called with a key/value cache" if node.arguments.kwargs.get("self_attention_cache") is not None
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        query, key, value, output = projections
+        num_query, num_key_value = int(output.kernel.shape[0]), int(layer.num_key_value_heads)
+        width = int(output.kernel.shape[1])
+        if num_query % num_key_value or key.kernel.shape[1] != num_key_value * width:
+            return Freeze(f"'{layer.name}' has {num_query} query heads over {num_key_value} key/value heads").trace(
+                node, tracer
+            )
+        hidden = tracer.channels(self._inputs(node)[0])
+        query_heads, key_value_heads, _ = _head_groups(layer.name, num_query, num_key_value, tracer)
+        for dense in (query, key, value):
+            tracer.use(layer, dense.kernel, 0, hidden, "input")
+            heads = query_heads if dense is query else key_value_heads
+            if heads is not None:
+                columns = np.repeat(heads, width)
+                tracer.use(layer, dense.kernel, 1, columns, "param")
+                tracer.use(layer, dense.bias, 0, columns, "param")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        # The heads are declared made on the output projection's head axis, one position per
+        # head (scores, `head_kernel`, are one per head); the query columns are sliced with them.
+        tracer.use(layer, output.kernel, 0, query_heads, "output")
+        tracer.use(layer, output.kernel, 2, outputs, "output")
+        weights = [id(weight) for weight in layer.weights]
+        self._layouts[layer.name] = (weights.index(id(query.kernel)), weights.index(id(key.kernel)), width)
+        extras = []
+        for extra in node.outputs[1:]:
+            channels = tracer.new_channels(_width(extra), f"{layer.name}_weights")
+            tracer.pin(channels, f"'{layer.name}' returns its attention weights")
+            extras.append(channels)
+        return [outputs] + extras
+
+    def head_kernel(self, layer):
+        """The query kernel as `(coefficients, query heads)`.
+
+        Args:
+            layer: A SmolLM3 attention layer.
+
+        Returns:
+            NumPy array.
+        """
+        query, output = self._projections(layer)[0], self._projections(layer)[3]
+        heads, width = (int(size) for size in output.kernel.shape[:2])
+        kernel = keras.ops.convert_to_numpy(query.kernel).reshape(-1, heads, width)
+        return np.moveaxis(kernel, 1, -1).reshape(-1, heads)
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        query, key, width = self._layouts[config["name"]]
+        return {**config, "num_attention_heads": int(weight_shapes[query][1]) // width,
+                "num_key_value_heads": int(weight_shapes[key][1]) // width, "head_dim": width,
+                "output_dim": int(output_width)}  # fmt: skip
+
+    def rebuild(self, layer, config):
+        """A tfprune `SmolLM3Attention` from `config` (which names the head and output widths)."""
+        return explicit_head_dim_class(self.explicit_head_dim).from_config(config)
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's `SmolLM3Attention`, whose output spec a traced block can record."""
+        explicit = explicit_head_dim_class(self.explicit_head_dim)
+        if type(layer) is explicit or self._projections(layer) is None:
+            return None
+        copy = explicit.from_config({**layer.get_config(), "head_dim": int(layer.head_dim)})
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build([shapes[id(self._inputs(node)[0])]])
+
+
+def _head_groups(name, num_query, num_key_value, tracer):
+    """(query heads, key/value heads or None, the head groups) of a grouped-query layer in `tracer.gqa` mode.
+
+    `"groups"`: one group of the key/value heads, each query head the channel of its key/value head;
+    `"query_heads"`: the query heads of each key/value head, a group of their own.
+    """
+    per_group = num_query // num_key_value
+    if tracer.gqa == "groups":
+        key_value_heads = tracer.new_channels(num_key_value, f"{name}_heads")
+        groups = [key_value_heads]
+        query_heads = np.repeat(key_value_heads, per_group)
+    else:
+        groups = [
+            tracer.new_channels(per_group, f"{name}_heads" + (f"_{group}" if num_key_value > 1 else ""))
+            for group in range(num_key_value)
+        ]
+        query_heads, key_value_heads = np.concatenate(groups), None
+    for heads in groups:
+        for channel in heads.tolist():
+            tracer._heads[channel] = name
+    return query_heads, key_value_heads, groups
+
+
+class _FlatHeadDimMixin:
+    """Keeps `head_dim` and the output width explicit in SmolLM3's attention (head width `hidden_size // heads`).
+
+    With `head_dim`, the layer is made for a `hidden_size` of `num_attention_heads
+    * head_dim` (its head width and rotary embedding follow it), and its
+    output projection writes `output_dim` channels.
+    """
+
+    def __init__(self, *args, head_dim=None, output_dim=None, **kwargs):
+        if head_dim is not None:
+            kwargs["hidden_size"] = int(kwargs["num_attention_heads"]) * int(head_dim)
+        super().__init__(*args, **kwargs)
+        self.output_dim = self.hidden_size if output_dim is None else int(output_dim)
+        if self.output_dim != self.hidden_size:
+            old = self.o_proj
+            config = {**old.get_config(), "output_shape": (None, self.output_dim)}
+            _replace_sub_layer(self, "o_proj", type(old).from_config(config),
+                               (None, None, self.num_attention_heads, self.head_dim))  # fmt: skip
+
+    def compute_output_spec(self, *args, **kwargs):
+        # keras-hub's compute_output_shape expects a list of shapes and gives two outputs
+        # (the call returns one tensor without a cache): the spec is given here instead.
+        if kwargs.get("self_attention_cache") is not None:
+            return super().compute_output_spec(*args, **kwargs)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return keras.KerasTensor((*hidden.shape[:-1], self.output_dim), dtype=self.compute_dtype)
+
+
+def _replace_sub_layer(layer, name, new, shape):
+    """Sets `layer.<name>` to `new` built for `shape`, where the old one was among the sub-layers (weights keep their order)."""
+    old = getattr(layer, name)
+    position = next(i for i, sub in enumerate(layer._layers) if sub is old)
+    layer._tracker.untrack(old)
+    setattr(layer, name, new)
+    layer._layers.remove(new)
+    layer._layers.insert(position, new)
+    new.build(shape)
+
+
+def _constructor_config(layer, cls, attributes=None):
     """The config of `layer` from the arguments of `cls.__init__`, read back from its attributes of the same name.
 
     keras-hub's own `get_config` of the Llama and Qwen attention layers reads
     attributes they never set (`rope_scaling_factor`), so it raises.
+    `attributes` maps an argument to the attribute keeping it where the
+    names differ (Qwen-MoE's `moe_intermediate_dim` is `intermediate_dim`).
     """
+    attributes = attributes or {}
     config = {"name": layer.name, "trainable": layer.trainable,
               "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}  # fmt: skip
     for name in inspect.signature(cls.__init__).parameters:
-        if name in ("self", "args", "kwargs") or not hasattr(layer, name):
+        attribute = attributes.get(name, name)
+        if name in ("self", "args", "kwargs") or not hasattr(layer, attribute):
             continue
-        value = getattr(layer, name)
+        value = getattr(layer, attribute)
         if isinstance(value, keras.initializers.Initializer):
             value = keras.initializers.serialize(value)
         config[name] = value
@@ -523,7 +963,8 @@ def _explicit_head_dim_class(module, name, projections):
         parent = getattr(__import__(module, fromlist=[name]), name)
     except (ImportError, AttributeError):
         return None
-    cls = type(name, (_ExplicitHeadDimMixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
+    mixin = _MIXINS.get(name, _ExplicitHeadDimMixin)
+    cls = type(name, (mixin, parent), {"__module__": __name__, "_tfprune_projections": projections,
                                                        "__doc__": (
         f"keras-hub's `{name}` with an explicit `head_dim` (what `tfprune.prune` rebuilds it as when its "
         "heads or hidden width shrink)."
@@ -543,7 +984,18 @@ _EXPLICIT = {
     "Phi3Attention": (_HUB + "phi3.phi3_attention", _GEMMA_NAMES),
     "Qwen3Attention": (_HUB + "qwen3.qwen3_attention", _LLAMA_NAMES),
     "CachedMixtralAttention": (_HUB + "mixtral.mixtral_attention", _GEMMA_NAMES),
+    "GPTNeoXAttention": (_HUB + "gpt_neo_x.gpt_neo_x_attention", None),
+    "SmolLM3Attention": (_HUB + "smollm3.smollm3_layers", None),
 }
+# Layers kept explicit in their own way, with their own handler (the others: _ExplicitHeadDimMixin, _GroupedQueryAttention).
+_MIXINS = {"GPTNeoXAttention": _FusedHeadDimMixin, "SmolLM3Attention": _FlatHeadDimMixin}
+_HANDLERS = {"GPTNeoXAttention": _FusedQueryKeyValue, "SmolLM3Attention": _FlatHeadsAttention}
+
+
+def _explicit_handler(name):
+    if name in _HANDLERS:
+        return _HANDLERS[name]()
+    return _GroupedQueryAttention(_EXPLICIT[name][1], explicit_head_dim=name)
 _EXPLICIT_CLASSES = {}
 
 
@@ -571,7 +1023,7 @@ def explicit_head_dim_class(name):
         cls = _explicit_head_dim_class(module, name, projections)
         _EXPLICIT_CLASSES[name] = cls
         if cls is not None:
-            register_handler(cls, _GroupedQueryAttention(projections, explicit_head_dim=name))
+            register_handler(cls, _explicit_handler(name))
     return _EXPLICIT_CLASSES[name]
 
 
@@ -607,12 +1059,26 @@ BY_CLASS = {
     (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
     (_HUB + "qwen3.qwen3_layernorm", "Qwen3LayerNorm"): _HubNormalization(),
 }
-_EXPERTS = "routes each token to some of its experts, whose stacked weights tfprune does not prune"
-# Mixtral's block is copied from its attributes (its own config does not load back). The
-# Qwen and GPT-OSS blocks do not keep their constructor's arguments: not handled.
-BY_CLASS[(_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock")] = _Whole(
-    f"the mixture-of-experts block MixtralSparseMoeBlock {_EXPERTS}"
-)
+# Mixture-of-experts blocks: their experts' units pruned (same units in every expert).
+BY_CLASS.update({
+    (_HUB + "mixtral.mixtral_decoder", "MixtralSparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        up="_expert_feedforward_intermediate_dense", down="_expert_feedforward_output_dense"),
+    (_HUB + "qwen_moe.qwen_moe_decoder", "QwenSparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        shared="shared_expert_dense", shared_key="shared_expert_intermediate_dim",
+        shared_gate="shared_expert_gate_dense",
+        attributes={"moe_intermediate_dim": "intermediate_dim",
+                    "shared_expert_intermediate_dim": "intermediate_dim_shared"}),
+    (_HUB + "qwen3_moe.qwen3_moe_decoder", "Qwen3SparseMoeBlock"): _MixtureOfExperts(
+        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
+        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        attributes={"moe_intermediate_dim": "intermediate_dim"}),
+    (_HUB + "gpt_oss.gpt_oss_decoder", "GptOssSparseMoeBlock"): _MixtureOfExperts(
+        router="router.router_dense", experts="experts", gate="gate_up_proj", fused="interleaved",
+        gate_up_bias="gate_up_proj_bias", down="down_proj", down_bias="down_proj_bias"),
+})  # fmt: skip
 BY_CLASS.update({
     (_HUB + "llama.llama_layernorm", "LlamaLayerNorm"): _HubNormalization(),
     (_HUB + "gemma.rms_normalization", "RMSNormalization"): _HubNormalization(),
@@ -623,7 +1089,7 @@ BY_CLASS.update({
 })
 
 for _name, (_module, _names) in _EXPLICIT.items():
-    BY_CLASS[(_module, _name)] = _GroupedQueryAttention(_names, explicit_head_dim=_name)
+    BY_CLASS[(_module, _name)] = _explicit_handler(_name)
     _deferred(_name)
 register_handler("SizeRange", _ReadsShape())
 register_handler("DenseMultiply", handler_for(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)._keras_history.operation))

@@ -319,7 +319,7 @@ def _targeted_groups(model, graph, targets, ignore):
         selected = [group for group in prunable if group.heads_of is not None]
     elif targets == "mlp":
         selected = [group for group in prunable if group.producers and all(
-            isinstance(model.get_layer(name), _MLP_LAYERS) for name in group.producers)]  # fmt: skip
+            _makes_mlp_units(model.get_layer(name)) for name in group.producers)]  # fmt: skip
     elif targets == "hidden":
         selected = [group for group in prunable if group.normalized_by]
     else:
@@ -336,6 +336,11 @@ def _targeted_groups(model, graph, targets, ignore):
 _TARGETS = ("all", "expansion", "heads", "mlp", "hidden")
 # Producers of MLP units: keras-hub's Gemma writes its gated MLP with EinsumDense layers.
 _MLP_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
+
+
+def _makes_mlp_units(layer):
+    # A layer whose handler says it holds MLP units (a mixture-of-experts block's experts).
+    return isinstance(layer, _MLP_LAYERS) or getattr(graph_module.handler_for(layer), "makes_mlp_units", False)
 
 
 def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore):
@@ -971,7 +976,8 @@ def prune(
             `expansion_layers`), `"heads"` (the heads of `MultiHeadAttention`
             and grouped-query attention layers, see `gqa`), `"mlp"` (the
             hidden units of Dense and EinsumDense layers, such as a
-            transformer's MLP, gated ones included), `"hidden"` (a transformer's hidden width:
+            transformer's MLP, gated ones included, and the experts' units
+            of keras-hub's mixture-of-experts blocks), `"hidden"` (a transformer's hidden width:
             the groups normalised by LayerNormalization/RMSNormalization,
             coupled through every residual add, embedding and attention
             projection; the normalisation statistics change, see

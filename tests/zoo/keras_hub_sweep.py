@@ -390,7 +390,9 @@ def _moonshine(hub):
 
 # ---------------------------------------------------------------- decoder backbones
 
-_GQA = dict(vocabulary_size=VOCAB, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=HIDDEN,
+# Grouped-query attention: HEADS query heads over one key/value head, so that rate 0.3 takes one
+# query head of each key/value group (Llama 3.2 1B has 4 query heads per key/value head).
+_GQA = dict(vocabulary_size=VOCAB, num_layers=2, num_query_heads=HEADS, num_key_value_heads=1, hidden_dim=HIDDEN,
             intermediate_dim=INTERMEDIATE)  # fmt: skip
 
 
@@ -411,7 +413,8 @@ def _bloom(hub):
 
 
 def _gpt_neo_x(hub):
-    return hub.models.GPTNeoXBackbone(**_ENCODER, max_sequence_length=LENGTH)
+    # Heads of HIDDEN // HEADS = 4: the default rotary_percentage 0.25 would rotate 1 (odd) dimension.
+    return hub.models.GPTNeoXBackbone(**_ENCODER, max_sequence_length=LENGTH, rotary_percentage=0.5)
 
 
 def _falcon(hub):
@@ -431,7 +434,7 @@ def _gemma3(hub):
 
 def _gemma3n(hub):
     return hub.models.Gemma3nBackbone(
-        text_vocab_size=VOCAB, text_hidden_size=HIDDEN, num_hidden_layers=1, pad_token_id=0, num_attention_heads=2,
+        text_vocab_size=VOCAB, text_hidden_size=HIDDEN, num_hidden_layers=1, pad_token_id=0, num_attention_heads=HEADS,
         num_key_value_heads=1, head_dim=8, intermediate_size=[INTERMEDIATE], hidden_activation="gelu_approximate",
         layer_types=["full_attention"], sliding_window=4, rope_theta=10000.0, max_position_embeddings=LENGTH,
         vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=2, altup_num_inputs=2, laurel_rank=1,
@@ -498,7 +501,7 @@ def _gpt_oss(hub):
 
 def _smollm3(hub):
     return hub.models.SmolLM3Backbone(vocabulary_size=VOCAB, hidden_dim=HIDDEN, intermediate_dim=INTERMEDIATE,
-                                      num_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                      num_layers=2, num_attention_heads=HEADS, num_key_value_heads=1,
                                       attention_bias=False, attention_dropout=0.0,
                                       rope_layer_enabled_list=[True, False], layer_types=["attention", "attention"],
                                       mlp_bias=False, layer_norm_epsilon=1e-5, max_position_embeddings=LENGTH,
@@ -529,7 +532,7 @@ def _blip2(hub, t5=False):
                                           intermediate_dim=INTERMEDIATE, num_query_tokens=2,
                                           qformer_hidden_dim=HIDDEN, key_value_dim=8, dropout=0.0)  # fmt: skip
     else:
-        language = hub.models.BLIP2CustomOPT(vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=HIDDEN,
+        language = hub.models.BLIP2CustomOPT(vocabulary_size=VOCAB, num_layers=1, num_heads=HEADS, hidden_dim=HIDDEN,
                                              intermediate_dim=INTERMEDIATE, num_query_tokens=2, dropout=0.0,
                                              max_sequence_length=LENGTH + 2, qformer_hidden_dim=HIDDEN)  # fmt: skip
     return hub.models.BLIP2Backbone(vision_encoder=vision, qformer=qformer, language_model=language)
