@@ -79,7 +79,6 @@ def test_keras_hub_rms_normalization_under_mixed_precision_is_not_copied_as_kera
     assert handlers.handler_for(norm).copy(norm) is None
 
 
-@pytest.mark.slow
 def test_dfine_decoder_copy_writes_a_config_that_loads_back_with_the_same_weights():
     keras.utils.set_random_seed(0)
     decoder = CONFIGURATIONS["DFineBackbone"].build(keras_hub).get_layer("decoder")
