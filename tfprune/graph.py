@@ -1177,6 +1177,8 @@ def _traced(shadow, changed, fallback=None):
                 why = "its trace with sequence-length markers reads no size, or records a marker"
             elif _branches_on_training(shadow, args, kwargs, outputs):
                 why = "its call branches on `training`"
+            elif (function := _unnamed_function(args, kwargs, outputs)) is not None:
+                why = f"its call passes the function '{function}' to an operation, which a `.keras` file cannot name"
             # Nested in another trace, a block is checked with the outermost one: alone, its inputs
             # would be probed with a batch that is no multiple of the windows folded into it (Swin).
             elif _NESTING[0] == 1 and not _verified(
@@ -1293,6 +1295,21 @@ def _records_a_marker(args, kwargs, outputs):
     return any(
         _holds_marker((node.arguments.args, node.arguments.kwargs)) for node in _nodes_between(inputs, outputs)
     )
+
+
+def _unnamed_function(args, kwargs, outputs):
+    """The name of a Python function an operation of the trace takes as an argument and a `.keras` file cannot name, or None.
+
+    `keras.ops.map(gather, ...)` with a function local to a layer's `call`
+    (keras-hub's D-FINE query generator) records the function itself: the
+    model holding the operation would not load back.
+    """
+    inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
+    for node in _nodes_between(inputs, outputs):
+        for value in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)):
+            if (inspect.isfunction(value) or inspect.ismethod(value)) and not _utils.loads_back(value):
+                return value.__name__
+    return None
 
 
 def _holds_marker(value):

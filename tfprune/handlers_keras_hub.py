@@ -11,6 +11,7 @@ import types
 
 import keras
 
+from tfprune import _utils, handlers
 from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width, channel_mixing_activation
 
 __all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
@@ -269,3 +270,76 @@ def handler_for(operation):
 
     key = (type(operation).__module__, type(operation).__name__)
     return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)
+
+
+# ---------------------------------------------------------------- layers whose constructor takes no base arguments
+
+
+class _AsKerasRMSNormalization(handlers._Normalization):
+    """keras-hub's `keras_hub.layers.RMSNormalization` (Flux's query and key norms), copied as Keras's own.
+
+    Its constructor takes `input_dim` alone, not the `name`, `dtype` and
+    `trainable` every Keras config holds, and it keeps no attribute for
+    `input_dim`: no config of that class loads back, so neither would a
+    model holding it. It computes `x * rsqrt(mean(x**2, axis=-1) + 1e-6) *
+    scale` in float32, which is `keras.layers.RMSNormalization(axis=-1,
+    epsilon=1e-6)` under a float32 policy: the copy is that layer, with the
+    same `scale`, used only if it gives the layer's outputs on a probe
+    input. Under another policy (the keras-hub layer computes in float32
+    whatever the policy is) it is not copied.
+    """
+
+    def copy(self, layer):
+        if layer.dtype_policy.compute_dtype != "float32" or layer.dtype_policy.variable_dtype != "float32":
+            return None
+        copy = keras.layers.RMSNormalization(axis=-1, epsilon=1e-6, name=layer.name, dtype=layer.dtype_policy)
+        copy.build((None, layer.scale.shape[0]))
+        copy.set_weights(layer.get_weights())
+        return copy if _utils._same_outputs(copy, layer) else None
+
+
+_BY_CLASS[("keras_hub.src.layers.modeling.rms_normalization", "RMSNormalization")] = _AsKerasRMSNormalization()
+
+
+class _DFineDecoder(Freeze):
+    """D-FINE's decoder: kept whole (its channels frozen), copied with a config that loads back.
+
+    Two defects of keras-hub's `DFineDecoder` keep its own config from
+    loading back once it is built: `build` replaces the `upsampling_factor`
+    argument by a weight of that name, so the config holds that Variable
+    (which a copy made from it would share, and which `.keras` cannot
+    write), and `build` refuses the list a `.keras` file gives back for its
+    input shape (it asks for a tuple). The backbone reloads all the same,
+    since its constructor builds the decoder by calling it; a pruned model
+    loads each layer from that layer's own config. The copy's config holds
+    the factor's value, and the copy writes no build config: loaded back,
+    it is built by its call in the model, as in the backbone.
+    """
+
+    def __init__(self):
+        super().__init__("")
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        reason = f"tfprune cannot see inside layer '{layer.name}' ({type(layer).__name__}): it is kept whole"
+        return Freeze(reason).trace(node, tracer)
+
+    def copy(self, layer):
+        config = layer.get_config()
+        factor = config.get("upsampling_factor")
+        if isinstance(factor, keras.Variable):
+            config["upsampling_factor"] = float(keras.ops.convert_to_numpy(factor).reshape(-1)[0])
+        try:
+            copy = type(layer).from_config(config)
+            object.__setattr__(copy, "get_build_config", lambda: None)
+            _utils._build_like(copy, layer)
+            if [tuple(weight.shape) for weight in copy.weights] != [tuple(weight.shape) for weight in layer.weights]:
+                return None
+            copy.set_weights(layer.get_weights())
+        except Exception:  # noqa: BLE001 - not copyable this way: copied or shared as before
+            return None
+        _utils._write_config(copy, config)
+        return copy
+
+
+_BY_CLASS[(_MODELS + "d_fine.d_fine_decoder", "DFineDecoder")] = _DFineDecoder()

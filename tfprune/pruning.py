@@ -658,8 +658,9 @@ def _probe_inputs(model):
 
     The values are those `tfprune.export` verifies files with
     (`tfprune.export.inputs.random_batch`: floats uniform in [0, 1), token
-    ids 0, masks and booleans 1); unknown sizes are `_PROBE_SPATIAL_SIZE` on
-    the spatial axes of images and `_PROBE_SIZE` otherwise.
+    ids 0, masks and booleans 1), except an integer input of one value per
+    example, which is 1; unknown sizes are `_PROBE_SPATIAL_SIZE` on the
+    spatial axes of images and `_PROBE_SIZE` otherwise.
     """
     items = input_data.model_inputs(model)
 
@@ -673,6 +674,11 @@ def _probe_inputs(model):
     shapes = {item.name: known(item.shape)[1:] for item in input_data._unknown_sizes(items)}
     count = next((item.shape[0] for item in items if item.shape[0] is not None), 1)
     batch = input_data.random_batch(items, count, shapes)
+    for item in items:
+        # One integer per example is a count rather than a token id: a diffusion
+        # model's `num_steps`, whose scheduler has no noise level to take at 0 steps.
+        if len(item.shape) == 1 and "int" in item.dtype:
+            batch[item.name] = np.ones_like(batch[item.name])
     return input_data._call_arguments(input_data._input_structure(model), items, batch)
 
 
