@@ -10,6 +10,7 @@ them up here by class, only for layers of a model that uses keras-hub.
 import types
 
 import keras
+import numpy as np
 
 from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width, channel_mixing_activation
 
@@ -190,6 +191,116 @@ class _BlockFeedForward(Handler):
         layer(*args, **kwargs)
 
 
+class _DenseProjectionHeads(Handler):
+    """Hand-written attention kept whole, with Dense query, key, value and output projections: heads prune.
+
+    The query, key and value Dense layers make `heads * head_dim` units,
+    head `h` being units `h * head_dim` to `(h + 1) * head_dim` (the call
+    reshapes them to `(batch, length, heads, head_dim)`); the output Dense
+    reads them in the same order. The heads are a channel group of their own
+    (`ChannelGroup.heads_of`): removing head `h` slices those units out of
+    the three projections' kernels and biases and those rows out of the
+    output projection's kernel, so a head whose output rows are zero leaves
+    the outputs unchanged (the heads are summed through the output
+    projection); a rotary embedding acts within each head and is untouched.
+    The hidden channels are read on the projections' first kernel axis and
+    made by the output projection, like a Dense layer's units. RoFormer V2's
+    and ESM2's attention are such layers (their call reshapes with a batch
+    size read while the model runs, so `tfprune.graph.flatten` cannot inline
+    them).
+
+    Args:
+        projections: Tuple of four attribute names: the query, key, value and
+            output Dense layers.
+        heads_key: String. The constructor argument (and attribute) holding
+            the number of heads.
+        output_key: String or None. A constructor argument holding the output
+            width, written explicitly (it may default to `heads * head_dim`).
+    """
+
+    def __init__(self, projections, heads_key, output_key=None):
+        self.projections = projections
+        self.heads_key = heads_key
+        self.output_key = output_key
+        self._query_index = {}  # layer name -> (index of the query kernel in `layer.weights`, head_dim)
+
+    def _dense_layers(self, layer):
+        found = [getattr(layer, name, None) for name in self.projections]
+        if not all(type(dense) is keras.layers.Dense for dense in found):
+            return None
+        if any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in found):
+            return None
+        return found
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._dense_layers(layer)
+        num_heads = int(getattr(layer, self.heads_key))
+        why = (
+            "has no query, key, value and output Dense projections tfprune knows" if projections is None
+            else "returns more than its output" if len(node.outputs) != 1
+            else f"has {projections[0].units} query units, no multiple of its {num_heads} heads"
+            if projections[0].units % num_heads or any(dense.units != projections[0].units for dense in projections[1:3])
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        query, key, value, output = projections
+        head_dim = query.units // num_heads
+        hidden = tracer.channels(_first_input(node))
+        heads = tracer.new_channels(num_heads, f"{layer.name}_heads")
+        for channel in heads.tolist():
+            tracer._heads[channel] = layer.name
+        units = np.repeat(heads, head_dim)
+        for dense in (query, key, value):
+            # Heads are scored on all three projections (`head_kernel`); key and value are sliced with them.
+            role = "output" if dense is query else "param"
+            tracer.use(layer, dense.kernel, 0, hidden, "input")
+            tracer.use(layer, dense.kernel, -1, units, role)
+            tracer.use(layer, getattr(dense, "bias", None), 0, units, role)
+        tracer.use(layer, output.kernel, 0, units, "input")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, output.kernel, -1, outputs, "output")
+        tracer.use(layer, getattr(output, "bias", None), 0, outputs, "output")
+        self._query_index[layer.name] = ([id(weight) for weight in layer.weights].index(id(query.kernel)), head_dim)
+        return [outputs]
+
+    def head_kernel(self, layer):
+        """The query, key and value kernels stacked as `(3 * width, heads * head_dim)`: what magnitude criteria score.
+
+        Criteria score each query unit (a column) and add the units of a
+        head up (the heads group's member positions are the query units), so
+        a head's score is that of all its projection weights.
+
+        Args:
+            layer: An attention layer this handler traces.
+
+        Returns:
+            NumPy array.
+        """
+        return np.concatenate(
+            [keras.ops.convert_to_numpy(dense.kernel) for dense in self._dense_layers(layer)[:3]], axis=0
+        )
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        # The surgery builds the graph (so traces the layer) before it resizes.
+        index, head_dim = self._query_index[config["name"]]
+        config = {**config, self.heads_key: int(weight_shapes[index][-1]) // head_dim}
+        if self.output_key is not None:
+            config[self.output_key] = output_width
+        return config
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(_first_input(node))])
+
+
+def _first_input(node):
+    """The first argument of a call: the hidden sequence an attention layer reads."""
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    return args[0] if args else next(iter(kwargs.values()))
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -217,6 +328,18 @@ _BY_CLASS = {
     ),
     (_MODELS + "t5.t5_transformer_layer", "T5TransformerLayer"): _BlockFeedForward(
         ("input_projector", "gate_projector"), "output_projector", "intermediate_dim"
+    ),
+    # FNet mixes the tokens with a 2-D Fourier transform over the sequence and the hidden width:
+    # the hidden width is inherently frozen (every output channel reads every input channel),
+    # and the block cannot be inlined (Keras's `fft2` refuses a sequence of unknown length).
+    (_MODELS + "roformer_v2.roformer_v2_attention", "RoformerAttention"): _DenseProjectionHeads(
+        ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
+    ),
+    (_MODELS + "esm.esm_attention", "EsmSelfAttention"): _DenseProjectionHeads(
+        ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
+    ),
+    ("keras_hub.src.layers.modeling.f_net_encoder", "FNetEncoder"): _BlockFeedForward(
+        ("_intermediate_dense",), "_output_dense", "intermediate_dim"
     ),
 }
 
