@@ -344,6 +344,93 @@ def _first_input(node):
     return args[0] if args else next(iter(kwargs.values()))
 
 
+class _UniformWidthBlock(Handler):
+    """A block kept whole whose every convolution maps its one width to itself: that width prunes.
+
+    Depth Anything's feature fusion layer adds its two inputs, runs two
+    pre-activation residual layers (ReLU, 3x3 convolution, ReLU, 3x3
+    convolution, plus the input), resizes the image bilinearly (channel by
+    channel; keras-hub calls TensorFlow's resize directly, so
+    `tfprune.graph.flatten` cannot trace it) and projects with a 1x1
+    convolution, every one of the width `width_key`. The inputs' channels,
+    the outputs' and those between the convolutions are then one group:
+    channel `c` is sliced from both kernel axes and the bias of every
+    convolution, so a channel that is zero everywhere stays zero and removing
+    it changes nothing else. A block with a convolution of another shape, or
+    whose data format is not channels-last, is frozen.
+
+    Args:
+        width_key: String. The constructor argument holding the width.
+    """
+
+    def __init__(self, width_key):
+        self.width_key = width_key
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        width = _width(node.outputs[0])
+        convolutions = [sub for sub in _sub_layers(layer) if isinstance(sub, keras.layers.Conv2D)]
+        why = (
+            f"uses data_format={getattr(layer, 'data_format', None)!r}"
+            if getattr(layer, "data_format", "channels_last") != "channels_last"
+            else "has an input or a convolution of another width"
+            if any(_width(tensor) != width for tensor in node.input_tensors)
+            or any(tuple(conv.kernel.shape[-2:]) != (width, width) or conv.groups != 1 for conv in convolutions)
+            or len(node.outputs) != 1
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        channels = tracer.channels(node.input_tensors[0])
+        tracer.couple(*[tracer.channels(tensor) for tensor in node.input_tensors])
+        for conv in convolutions:
+            tracer.use(layer, conv.kernel, -2, channels, "input")
+            tracer.use(layer, conv.kernel, -1, channels, "output")
+            tracer.use(layer, getattr(conv, "bias", None), 0, channels, "output")
+        return [channels]
+
+    def resize(self, config, output_width):
+        return {**config, self.width_key: output_width}
+
+    def build(self, layer, input_shapes, node=None):
+        layer.build(input_shapes[0])  # its inputs all have the one width
+
+
+class _FirstConvolutionReads(Handler):
+    """A head kept whole that reads one of its inputs with its first convolution only.
+
+    Depth Anything's depth estimation head takes the neck's feature maps and
+    reads the one at `head_in_index` with a 3x3 convolution (whose input
+    axis follows the input it is built on), then resizes (keras-hub calls
+    TensorFlow's resize directly, which `tfprune.graph.flatten` cannot trace)
+    and maps to one depth channel: the input's channels are sliced from that
+    convolution's kernel; its own widths and outputs stay.
+
+    Args:
+        convolution: String. The attribute holding the reading convolution.
+        index_key: String. The attribute holding which input it reads.
+    """
+
+    def __init__(self, convolution, index_key):
+        self.convolution = convolution
+        self.index_key = index_key
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        convolution = getattr(layer, self.convolution, None)
+        inputs = _first_input(node)
+        read = inputs[getattr(layer, self.index_key)] if isinstance(inputs, (list, tuple)) else inputs
+        if not isinstance(convolution, keras.layers.Conv2D) or getattr(layer, "data_format", None) != "channels_last":
+            return Freeze(f"'{layer.name}' has no channels-last convolution '{self.convolution}'").trace(node, tracer)
+        tracer.use(layer, convolution.kernel, -2, tracer.channels(read), "input")
+        outputs = []
+        for tensor in node.outputs:
+            width = _width(tensor)
+            outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
+            tracer.pin(outputs[-1], f"'{layer.name}' ({type(layer).__name__}) is a head tfprune keeps as one layer")
+        return outputs
+
+
 class _ExplicitDINOV3Attention:
     """DINOv3's attention with an explicit `head_dim` (keras-hub's computes `hidden_dim // num_heads`).
 
@@ -526,6 +613,12 @@ _BY_CLASS = {
     (_MODELS + "vit_det.vit_layers", "MultiHeadAttentionWithRelativePE"): _DenseProjectionHeads(
         ("qkv", "projection"), "num_heads", "key_dim", output_key="output_dim",
         subclass="MultiHeadAttentionWithRelativePE",
+    ),
+    (_MODELS + "depth_anything.depth_anything_layers", "DepthAnythingFeatureFusionLayer"): _UniformWidthBlock(
+        "hidden_dim"
+    ),
+    (_MODELS + "depth_anything.depth_anything_layers", "DepthAnythingDepthEstimationHead"): _FirstConvolutionReads(
+        "conv1", "head_in_index"
     ),
     (_MODELS + "esm.esm_attention", "EsmSelfAttention"): _DenseProjectionHeads(
         ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
