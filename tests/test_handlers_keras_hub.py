@@ -123,3 +123,27 @@ def test_the_rebuilt_subclasses_are_known_to_keras_as_soon_as_tfprune_is_importe
     # A `.keras` file names them `tfprune>...`: loading it must not need a prune first.
     for name in ("DINOV3Attention", "MultiHeadAttentionWithRelativePE"):
         assert keras.saving.get_registered_object(f"tfprune>{name}") is not None
+
+
+@pytest.mark.slow  # a four-stage neck over a four-layer encoder: about 35 s on 2 cores
+def test_depth_anything_fusion_layers_and_head_let_the_neck_width_prune(tmp_path):
+    # Its fusion layers and head resize with TensorFlow directly, so they stay whole: the
+    # fusion layers' one width (inputs, inner convolutions, outputs) is a group, which the
+    # head reads with its first convolution.
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.DINOV2Backbone(patch_size=8, num_layers=4, hidden_dim=16, num_heads=4,
+                                              intermediate_dim=32, image_shape=(48, 48, 3),
+                                              position_embedding_shape=(48, 48, 3))  # fmt: skip
+    model = keras_hub.models.DepthAnythingBackbone(image_encoder=encoder, reassemble_factors=[4, 2, 1, 0.5],
+                                                   neck_hidden_dims=[8, 8, 8, 8], fusion_hidden_dim=8,
+                                                   head_hidden_dim=4, head_in_index=-1,
+                                                   feature_keys=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    graph = tfprune.graph.build(flat)
+    (neck,) = [group for group in graph if any(name.startswith("neck_fusion_stage") for name in group.producers)]
+    assert neck.prunable and neck.size == 8
+    fused = {member.layer_name for member in neck.members}
+    assert {f"neck_fusion_stage_{stage}" for stage in range(4)} | {"head"} <= fused
+    x = np.random.default_rng(0).uniform(size=(2, 48, 48, 3)).astype("float32")
+    small = _dead_removed(flat, neck.name, [1, 6], x, tmp_path)
+    assert small.get_layer("neck_fusion_stage_0").hidden_dim == 6
