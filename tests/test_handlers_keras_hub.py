@@ -147,3 +147,16 @@ def test_depth_anything_fusion_layers_and_head_let_the_neck_width_prune(tmp_path
     x = np.random.default_rng(0).uniform(size=(2, 48, 48, 3)).astype("float32")
     small = _dead_removed(flat, neck.name, [1, 6], x, tmp_path)
     assert small.get_layer("neck_fusion_stage_0").hidden_dim == 6
+
+
+def test_dinov3_embedding_passes_its_hidden_width_like_dinov2s():
+    # Patch convolution, class and register tokens, mask token: all of the hidden width, which
+    # then stops only at the backbone's output (a task model's head can read it pruned).
+    keras.utils.set_random_seed(0)
+    model, _ = _dinov3()
+    graph = tfprune.graph.build(tfprune.graph.flatten(model), hidden=True)
+    hidden = graph["embeddings"]
+    assert not hidden.prunable and "model output" in hidden.reason
+    tables = {path.split("/")[-1] for member in hidden.members if member.layer_name == "embeddings"
+              for path, _ in member.weights}  # fmt: skip
+    assert {"cls_token", "register_tokens", "kernel"} <= tables

@@ -56,7 +56,7 @@ class _PatchEmbedding(Handler):
     or a LayerNormalization, all of the hidden width: the output channels are
     the convolution's filters and the last axis of every such table.
     Resizing sets the config entry `width_key`. The same shape of layer is
-    found in ViT, DeiT, CLIP, SigLIP, MetaCLIP 2, DINOv2, PaliGemma's and
+    found in ViT, DeiT, CLIP, SigLIP, MetaCLIP 2, DINOv2, DINOv3, PaliGemma's and
     Gemma 3's vision towers, ViTDet and SegFormer's MiT.
 
     Args:
@@ -580,6 +580,7 @@ _BY_CLASS = {
     (_MODELS + "siglip.siglip_layers", "SigLIPVisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "metaclip_2.metaclip_2_layers", "MetaCLIP2VisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "dinov2.dinov2_layers", "DINOV2Embedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "dinov3.dinov3_layers", "DINOV3Embedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "pali_gemma.pali_gemma_vit", "PaliGemmaVitEmbeddings"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "gemma3.gemma3_vision_encoder", "Gemma3VisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "vit_det.vit_layers", "ViTDetPatchingAndEmbedding"): _PatchEmbedding("embed_dim"),
