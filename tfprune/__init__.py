@@ -43,6 +43,9 @@ from tfprune import (
     decoding,
     export,
     graph,
+    # Registers the names of the keras-hub layers tfprune rebuilds as its own subclasses
+    # (`tfprune>DINOV3Attention`), so that a pruned model reloads from `.keras`.
+    handlers_keras_hub,  # noqa: F401
     layers,
     magnitude,
     models,

@@ -10,9 +10,17 @@ them up here by class, only for layers of a model that uses keras-hub.
 import types
 
 import keras
+import numpy as np
 
-from tfprune import _utils, handlers
-from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width, channel_mixing_activation
+from tfprune import _utils, handlers, handlers_decoders
+from tfprune.handlers import (
+    Freeze,
+    Handler,
+    _MultiHeadAttention,
+    _width,
+    channel_mixing_activation,
+    register_handler,
+)
 
 __all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
 
@@ -48,7 +56,7 @@ class _PatchEmbedding(Handler):
     or a LayerNormalization, all of the hidden width: the output channels are
     the convolution's filters and the last axis of every such table.
     Resizing sets the config entry `width_key`. The same shape of layer is
-    found in ViT, DeiT, CLIP, SigLIP, MetaCLIP 2, DINOv2, PaliGemma's and
+    found in ViT, DeiT, CLIP, SigLIP, MetaCLIP 2, DINOv2, DINOv3, PaliGemma's and
     Gemma 3's vision towers, ViTDet and SegFormer's MiT.
 
     Args:
@@ -191,6 +199,379 @@ class _BlockFeedForward(Handler):
         layer(*args, **kwargs)
 
 
+class _DenseProjectionHeads(Handler):
+    """Hand-written attention kept whole, with Dense query, key, value and output projections: heads prune.
+
+    The query, key and value Dense layers make `heads * head_dim` units each
+    (or one fused Dense makes `3 * heads * head_dim`, laid out `(3, heads,
+    head_dim)`), head `h` being units `h * head_dim` to `(h + 1) * head_dim`
+    of each part (the call reshapes them to `(..., heads, head_dim)`); the
+    output Dense reads them in the same order. The heads are a channel group
+    of their own (`ChannelGroup.heads_of`): removing head `h` slices its
+    units out of the projections' kernels and biases and its rows out of the
+    output projection's kernel, so a head whose output rows are zero leaves
+    the outputs unchanged (the heads are summed through the output
+    projection); a rotary or relative position embedding acts within each
+    head (on `head_dim`) and is untouched. The hidden channels are read on
+    the projections' first kernel axis and made by the output projection,
+    like a Dense layer's units.
+
+    RoFormer V2's and ESM2's attention are such layers (their call reshapes
+    with a batch size read while the model runs, so `tfprune.graph.flatten`
+    cannot inline them), and so are DINOv3's and ViTDet's (SAM's image
+    encoder), whose head width or output width follows the number of heads:
+    those are rebuilt as a tfprune subclass that keeps it explicit
+    (`subclass`), so that the pruned model reloads from `.keras` with
+    tfprune imported.
+
+    Args:
+        projections: Tuple of attribute names: the query, key and value
+            Dense layers (or the one fused Dense), then the output Dense.
+        heads_key: String. The constructor argument (and attribute) holding
+            the number of heads.
+        head_dim_key: String or None. The attribute holding the head width;
+            None reads it as the query units over the heads.
+        output_key: String or None. A constructor argument holding the output
+            width, written explicitly (it may default to `heads * head_dim`).
+        subclass: String or None. A key of `_SUBCLASSES`: the tfprune
+            subclass the layer is rebuilt as.
+    """
+
+    def __init__(self, projections, heads_key, head_dim_key=None, output_key=None, subclass=None):
+        self.projections = projections
+        self.heads_key = heads_key
+        self.head_dim_key = head_dim_key
+        self.output_key = output_key
+        self.subclass = subclass
+        self._layouts = {}  # layer name -> (index of the first projection's kernel in `layer.weights`, head_dim)
+
+    def _dense_layers(self, layer):
+        found = [getattr(layer, name, None) for name in self.projections]
+        if not all(type(dense) is keras.layers.Dense for dense in found):
+            return None
+        if any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in found):
+            return None
+        return found
+
+    def _head_dim(self, layer, projections):
+        num_heads = int(getattr(layer, self.heads_key))
+        if self.head_dim_key is not None:
+            return int(getattr(layer, self.head_dim_key))
+        return projections[0].units // num_heads
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        projections = self._dense_layers(layer)
+        num_heads = int(getattr(layer, self.heads_key))
+        head_dim = None if projections is None else self._head_dim(layer, projections)
+        why = (
+            "has no query, key, value and output Dense projections tfprune knows" if projections is None
+            else "returns more than its output" if len(node.outputs) != 1
+            else f"has projections that are no multiple of its {num_heads} heads of width {head_dim}"
+            if any(dense.units % (num_heads * head_dim) for dense in projections[:-1])
+            or projections[-1].kernel.shape[0] != num_heads * head_dim
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        *inner, output = projections
+        hidden = tracer.channels(_first_input(node))
+        heads = tracer.new_channels(num_heads, f"{layer.name}_heads")
+        for channel in heads.tolist():
+            tracer._heads[channel] = layer.name
+        units = np.repeat(heads, head_dim)
+        for dense in inner:
+            # Heads are scored on all the projections making them (`head_kernel`): the
+            # first one carries the group's scored member, the others are sliced with it.
+            role = "output" if dense is inner[0] else "param"
+            parts = np.tile(units, dense.units // len(units))
+            tracer.use(layer, dense.kernel, 0, hidden, "input")
+            tracer.use(layer, dense.kernel, -1, parts, role)
+            tracer.use(layer, getattr(dense, "bias", None), 0, parts, role)
+        tracer.use(layer, output.kernel, 0, units, "input")
+        outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
+        tracer.use(layer, output.kernel, -1, outputs, "output")
+        tracer.use(layer, getattr(output, "bias", None), 0, outputs, "output")
+        index = [id(weight) for weight in layer.weights].index(id(inner[0].kernel))
+        self._layouts[layer.name] = (index, head_dim, inner[0].units // len(units))
+        return [outputs]
+
+    def head_kernel(self, layer):
+        """The projections making the heads, as `(coefficients, units)`: what magnitude criteria score.
+
+        The query, key and value kernels are stacked on their input axis (a
+        fused one is taken whole). Criteria score each unit (a column) and
+        add the units of a head up (the heads group's member positions are
+        the first projection's units), so a head's score is that of all its
+        projection weights.
+
+        Args:
+            layer: An attention layer this handler traces.
+
+        Returns:
+            NumPy array.
+        """
+        inner = self._dense_layers(layer)[:-1]
+        return np.concatenate([keras.ops.convert_to_numpy(dense.kernel) for dense in inner], axis=0)
+
+    def resize_for_weights(self, config, output_width, weight_shapes):
+        # The surgery builds the graph (so traces the layer) before it resizes.
+        index, head_dim, parts = self._layouts[config["name"]]
+        config = {**config, self.heads_key: int(weight_shapes[index][-1]) // (parts * head_dim)}
+        if self.output_key is not None:
+            config[self.output_key] = output_width
+        return config
+
+    def rebuild(self, layer, config):
+        """A new layer from `config`; with `subclass`, of that class, keeping the head and output widths."""
+        if self.subclass is None:
+            return _utils.rebuild_from_config(layer, config)
+        cls = subclass_of(self.subclass)
+        parent = cls.__mro__[2]  # (subclass, mixin, keras-hub's class, ...)
+        arguments = handlers_decoders._constructor_config(layer, parent)
+        arguments.update({key: config[key] for key in (self.heads_key, self.output_key) if key in config})
+        arguments["name"] = config["name"]
+        return cls.from_config({**arguments, **cls.explicit_arguments(self._layouts[layer.name][1])})
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(_first_input(node))])
+
+
+def _first_input(node):
+    """The first argument of a call: the hidden sequence an attention layer reads."""
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+class _UniformWidthBlock(Handler):
+    """A block kept whole whose every convolution maps its one width to itself: that width prunes.
+
+    Depth Anything's feature fusion layer adds its two inputs, runs two
+    pre-activation residual layers (ReLU, 3x3 convolution, ReLU, 3x3
+    convolution, plus the input), resizes the image bilinearly (channel by
+    channel; keras-hub calls TensorFlow's resize directly, so
+    `tfprune.graph.flatten` cannot trace it) and projects with a 1x1
+    convolution, every one of the width `width_key`. The inputs' channels,
+    the outputs' and those between the convolutions are then one group:
+    channel `c` is sliced from both kernel axes and the bias of every
+    convolution, so a channel that is zero everywhere stays zero and removing
+    it changes nothing else. A block with a convolution of another shape, or
+    whose data format is not channels-last, is frozen.
+
+    Args:
+        width_key: String. The constructor argument holding the width.
+    """
+
+    def __init__(self, width_key):
+        self.width_key = width_key
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        width = _width(node.outputs[0])
+        convolutions = [sub for sub in _sub_layers(layer) if isinstance(sub, keras.layers.Conv2D)]
+        why = (
+            f"uses data_format={getattr(layer, 'data_format', None)!r}"
+            if getattr(layer, "data_format", "channels_last") != "channels_last"
+            else "has an input or a convolution of another width"
+            if any(_width(tensor) != width for tensor in node.input_tensors)
+            or any(tuple(conv.kernel.shape[-2:]) != (width, width) or conv.groups != 1 for conv in convolutions)
+            or len(node.outputs) != 1
+            else None
+        )  # fmt: skip
+        if why is not None:
+            return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
+        channels = tracer.channels(node.input_tensors[0])
+        tracer.couple(*[tracer.channels(tensor) for tensor in node.input_tensors])
+        for conv in convolutions:
+            tracer.use(layer, conv.kernel, -2, channels, "input")
+            tracer.use(layer, conv.kernel, -1, channels, "output")
+            tracer.use(layer, getattr(conv, "bias", None), 0, channels, "output")
+        return [channels]
+
+    def resize(self, config, output_width):
+        return {**config, self.width_key: output_width}
+
+    def build(self, layer, input_shapes, node=None):
+        layer.build(input_shapes[0])  # its inputs all have the one width
+
+
+class _FirstConvolutionReads(Handler):
+    """A head kept whole that reads one of its inputs with its first convolution only.
+
+    Depth Anything's depth estimation head takes the neck's feature maps and
+    reads the one at `head_in_index` with a 3x3 convolution (whose input
+    axis follows the input it is built on), then resizes (keras-hub calls
+    TensorFlow's resize directly, which `tfprune.graph.flatten` cannot trace)
+    and maps to one depth channel: the input's channels are sliced from that
+    convolution's kernel; its own widths and outputs stay.
+
+    Args:
+        convolution: String. The attribute holding the reading convolution.
+        index_key: String. The attribute holding which input it reads.
+    """
+
+    def __init__(self, convolution, index_key):
+        self.convolution = convolution
+        self.index_key = index_key
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        convolution = getattr(layer, self.convolution, None)
+        inputs = _first_input(node)
+        read = inputs[getattr(layer, self.index_key)] if isinstance(inputs, (list, tuple)) else inputs
+        if not isinstance(convolution, keras.layers.Conv2D) or getattr(layer, "data_format", None) != "channels_last":
+            return Freeze(f"'{layer.name}' has no channels-last convolution '{self.convolution}'").trace(node, tracer)
+        tracer.use(layer, convolution.kernel, -2, tracer.channels(read), "input")
+        outputs = []
+        for tensor in node.outputs:
+            width = _width(tensor)
+            outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
+            tracer.pin(outputs[-1], f"'{layer.name}' ({type(layer).__name__}) is a head tfprune keeps as one layer")
+        return outputs
+
+
+class _ExplicitDINOV3Attention:
+    """DINOv3's attention with an explicit `head_dim` (keras-hub's computes `hidden_dim // num_heads`).
+
+    The query, key and value projections make `num_heads * head_dim` units
+    and the output projection reads them back to `hidden_dim`, so heads can
+    go while the hidden width and the head width stay.
+    """
+
+    def __init__(self, *args, head_dim=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.explicit_head_dim = head_dim
+        if head_dim is not None:
+            self.head_dim = int(head_dim)
+            self.scale = self.head_dim**-0.5
+            for dense in (self.query_dense, self.key_dense, self.value_dense):
+                dense.units = self.num_heads * self.head_dim  # not built yet: `build` makes the kernels
+
+    def build(self, input_shape):
+        for dense in (self.query_dense, self.key_dense, self.value_dense):
+            dense.build(input_shape)
+        self.output_dense.build((*input_shape[:-1], self.num_heads * self.head_dim))
+        self.built = True
+
+    def get_config(self):
+        # keras-hub's own config writes `query_bias` for the argument `use_query_bias` (it does not load back).
+        config = handlers_decoders._constructor_config(self, type(self).__mro__[2])
+        return {**config, "head_dim": self.explicit_head_dim}
+
+    @staticmethod
+    def explicit_arguments(head_dim):
+        return {"head_dim": int(head_dim)}
+
+
+class _ExplicitViTDetAttention:
+    """ViTDet's attention with an explicit `output_dim` (keras-hub's writes `num_heads * key_dim` channels).
+
+    keras-hub's layer reads its fused query/key/value projection from a
+    width of `num_heads * key_dim` and reshapes the attended heads to its
+    input's width; here the projection reads the input's own width, the
+    heads are reshaped to `num_heads * key_dim` and the output projection
+    makes `output_dim` channels, so heads can go while the hidden width stays.
+    """
+
+    def __init__(self, *args, output_dim=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.output_dim = output_dim
+        if output_dim is not None:
+            self.projection.units = int(output_dim)  # not built yet: `build` makes the kernel
+
+    def build(self, input_shape=None):
+        self.qkv.build([input_shape[-1]])
+        self.projection.build([self.key_dim * self.num_heads])
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.projection.units)
+
+    def call(self, x):
+        batch, height, width = keras.ops.shape(x)[0], keras.ops.shape(x)[1], keras.ops.shape(x)[2]
+        tokens = height * width
+        # (batch, tokens, 3 * heads * key_dim) -> (3, batch * heads, tokens, key_dim)
+        projected = keras.ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.key_dim))
+        projected = keras.ops.transpose(projected, axes=(2, 0, 3, 1, 4))
+        projected = keras.ops.reshape(projected, (3, batch * self.num_heads, tokens, self.key_dim))
+        queries, keys, values = projected[0], projected[1], projected[2]
+        scores = keras.ops.matmul(queries * self.scale, keras.ops.transpose(keys, axes=(0, 2, 1)))
+        if self.use_rel_pos:
+            scores = self.add_decomposed_relative_pe(
+                scores, queries=queries, query_size=(height, width), key_size=(height, width)
+            )
+        attended = keras.ops.matmul(keras.ops.softmax(scores, axis=-1), values)
+        attended = keras.ops.reshape(attended, (batch, self.num_heads, height, width, self.key_dim))
+        attended = keras.ops.transpose(attended, axes=(0, 2, 3, 1, 4))
+        return self.projection(keras.ops.reshape(attended, (batch, height, width, self.num_heads * self.key_dim)))
+
+    def get_config(self):
+        return {**super().get_config(), "output_dim": self.output_dim}
+
+    @staticmethod
+    def explicit_arguments(head_dim):
+        return {}
+
+
+# keras-hub layers rebuilt as tfprune subclasses when their heads shrink: name -> (keras-hub
+# module, mixin). The classes are made on first use (importing tfprune does not import
+# keras-hub) and registered for serialization as `tfprune>name`.
+_SUBCLASSES = {
+    "DINOV3Attention": ("keras_hub.src.models.dinov3.dinov3_layers", _ExplicitDINOV3Attention),
+    "MultiHeadAttentionWithRelativePE": ("keras_hub.src.models.vit_det.vit_layers", _ExplicitViTDetAttention),
+}
+_SUBCLASS_CLASSES = {}
+
+
+def subclass_of(name):
+    """tfprune's subclass of keras-hub's layer `name` that keeps a width explicit, made on first use.
+
+    Args:
+        name: String. A key of `_SUBCLASSES`: `"DINOV3Attention"` or
+            `"MultiHeadAttentionWithRelativePE"`.
+
+    Returns:
+        The class (registered for serialization in package `tfprune`).
+
+    Raises:
+        ImportError: If keras-hub is not installed.
+
+    Example:
+
+    >>> subclass_of("DINOV3Attention").__name__  # doctest: +SKIP
+    'DINOV3Attention'
+    """
+    if name not in _SUBCLASS_CLASSES:
+        module, mixin = _SUBCLASSES[name]
+        parent = getattr(__import__(module, fromlist=[name]), name)
+        cls = type(name, (mixin, parent), {"__module__": __name__, "__doc__": mixin.__doc__})
+        _SUBCLASS_CLASSES[name] = keras.saving.register_keras_serializable(package="tfprune")(cls)
+        register_handler(cls, _BY_CLASS[(module, name)])  # its module is tfprune's: found by class
+    return _SUBCLASS_CLASSES[name]
+
+
+def _register_stand_in(name):
+    """Stands for `subclass_of(name)` in Keras's registry until it is made (a `.keras` file names `tfprune>name`)."""
+
+    def from_config(cls, config):
+        return subclass_of(name).from_config(config)
+
+    stand_in = type(f"_Deferred{name}", (), {"from_config": classmethod(from_config), "get_config": lambda self: {}})
+    keras.saving.register_keras_serializable(package="tfprune", name=name)(stand_in)
+
+
+for _name in _SUBCLASSES:
+    _register_stand_in(_name)
+
+
+def __getattr__(name):
+    # `tfprune.handlers_keras_hub.DINOV3Attention` (how Keras finds the class of a saved layer).
+    if name in _SUBCLASSES:
+        return subclass_of(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -199,6 +580,7 @@ _BY_CLASS = {
     (_MODELS + "siglip.siglip_layers", "SigLIPVisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "metaclip_2.metaclip_2_layers", "MetaCLIP2VisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "dinov2.dinov2_layers", "DINOV2Embedding"): _PatchEmbedding("hidden_dim"),
+    (_MODELS + "dinov3.dinov3_layers", "DINOV3Embedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "pali_gemma.pali_gemma_vit", "PaliGemmaVitEmbeddings"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "gemma3.gemma3_vision_encoder", "Gemma3VisionEmbedding"): _PatchEmbedding("hidden_dim"),
     (_MODELS + "vit_det.vit_layers", "ViTDetPatchingAndEmbedding"): _PatchEmbedding("embed_dim"),
@@ -218,6 +600,32 @@ _BY_CLASS = {
     ),
     (_MODELS + "t5.t5_transformer_layer", "T5TransformerLayer"): _BlockFeedForward(
         ("input_projector", "gate_projector"), "output_projector", "intermediate_dim"
+    ),
+    # FNet mixes the tokens with a 2-D Fourier transform over the sequence and the hidden width:
+    # the hidden width is inherently frozen (every output channel reads every input channel),
+    # and the block cannot be inlined (Keras's `fft2` refuses a sequence of unknown length).
+    (_MODELS + "roformer_v2.roformer_v2_attention", "RoformerAttention"): _DenseProjectionHeads(
+        ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
+    ),
+    (_MODELS + "dinov3.dinov3_layers", "DINOV3Attention"): _DenseProjectionHeads(
+        ("query_dense", "key_dense", "value_dense", "output_dense"), "num_heads", "head_dim",
+        output_key="hidden_dim", subclass="DINOV3Attention",
+    ),
+    (_MODELS + "vit_det.vit_layers", "MultiHeadAttentionWithRelativePE"): _DenseProjectionHeads(
+        ("qkv", "projection"), "num_heads", "key_dim", output_key="output_dim",
+        subclass="MultiHeadAttentionWithRelativePE",
+    ),
+    (_MODELS + "depth_anything.depth_anything_layers", "DepthAnythingFeatureFusionLayer"): _UniformWidthBlock(
+        "hidden_dim"
+    ),
+    (_MODELS + "depth_anything.depth_anything_layers", "DepthAnythingDepthEstimationHead"): _FirstConvolutionReads(
+        "conv1", "head_in_index"
+    ),
+    (_MODELS + "esm.esm_attention", "EsmSelfAttention"): _DenseProjectionHeads(
+        ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
+    ),
+    ("keras_hub.src.layers.modeling.f_net_encoder", "FNetEncoder"): _BlockFeedForward(
+        ("_intermediate_dense",), "_output_dense", "intermediate_dim"
     ),
 }
 
