@@ -342,6 +342,14 @@ _BY_CLASS = {
         ("input_projector", "gate_projector"), "output_projector", "intermediate_dim",
         attentions=("self_attention", "cross_attention"), chain=("position_bias", 1, 1),
     ),
+    # T5Gemma's decoder blocks: their grouped-query attention layers (`num_key_value_heads`
+    # key/value heads) keep their heads here; the gated MLP's units prune.
+    (_MODELS + "t5gemma.t5gemma_decoder", "T5GemmaDecoderLayer"): _BlockFeedForward(
+        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size", "mlp.act_fn"
+    ),
+    (_MODELS + "t5gemma2.t5gemma2_decoder", "T5Gemma2DecoderLayer"): _BlockFeedForward(
+        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size", "mlp.act_fn"
+    ),
 }
 
 
