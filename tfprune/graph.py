@@ -372,7 +372,7 @@ def flatten(model, composites=True):
     empty range). A few keras-hub layers that hold weights are inlined all
     the same, each weight becoming a `tfprune.layers.Weight`
     (`MaskedLMHead`, whose copy would untie the token embedding it shares
-    with the backbone, and Swin's `WindowAttention`). `Lambda` layers are traced the same way, so that a
+    with the backbone, Swin's `WindowAttention` and PARSeq's decoder). `Lambda` layers are traced the same way, so that a
     function of plain `keras.ops` becomes operations tfprune can read (and a
     model that Keras can reload without turning its safe mode off). Layers are copied through `from_config`, `Lambda`
     layers from their function (Keras's safe mode stays on). A layer whose
@@ -731,7 +731,7 @@ class _TracedBatch:
     It is unknown, but code computes with it (`B * windows`, `B // windows`,
     then reshapes to it): such arithmetic keeps the marker, and a reshape
     whose first entry is the marker records -1 there (`_batch_free_shape`).
-    `keras.ops.broadcast_to` to a shape holding it records an operation that
+    `keras.ops.broadcast_to` (or `keras.ops.ones`) to a shape holding it records an operation that
     reads the size from `source` when the model runs (`_traced_broadcast_to`).
     Used as a number anywhere else it raises, so the layer is kept whole.
 

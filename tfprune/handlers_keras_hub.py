@@ -359,7 +359,9 @@ _BY_CLASS = {
 # with the backbone (the copy has one more vocabulary table than the model);
 # inlined, the embedding is one layer called forwards and in reverse. Swin's
 # `WindowAttention` (its relative position bias table) has a config that does
-# not load back (it writes its output Dropout layer as `proj_drop`).
+# not load back (it writes its output Dropout layer as `proj_drop`). PARSeq's
+# decoder holds its position queries itself; kept whole, the attention heads
+# and MLP units of its blocks could not prune.
 INLINED_WITH_OWN_WEIGHTS = {
     ("keras_hub.src.layers.modeling.masked_lm_head", "MaskedLMHead"),
     ("keras_hub.src.models.swin_transformer.swin_transformer_layers", "WindowAttention"),
