@@ -12,9 +12,17 @@ import types
 import keras
 import numpy as np
 
-from tfprune.handlers import Freeze, Handler, _MultiHeadAttention, _width, channel_mixing_activation
+from tfprune import _utils
+from tfprune.handlers import (
+    Freeze,
+    Handler,
+    _MultiHeadAttention,
+    _width,
+    channel_mixing_activation,
+    register_handler,
+)
 
-__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
+__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights", "recordable_moonshine_attention"]
 
 
 def _sub_layers(layer):
@@ -313,6 +321,96 @@ class _BlockFeedForward(Handler):
         layer(*args, **kwargs)
 
 
+_MOONSHINE_ATTENTION = ("keras_hub.src.models.moonshine.moonshine_multi_head_attention", "MoonshineMultiHeadAttention")
+_RECORDABLE = {}  # the class made by `recordable_moonshine_attention`, once made
+
+
+def recordable_moonshine_attention():
+    """tfprune's subclass of keras-hub's `MoonshineMultiHeadAttention`, which a functional graph can record.
+
+    Moonshine's blocks call their attention layers with a `rotary_embedding`
+    (and a `cache`), which Keras's `MultiHeadAttention.compute_output_spec`
+    refuses, so a block could not be inlined: it stayed whole and neither its
+    heads nor its MLP units pruned. `tfprune.graph.flatten` copies the
+    attention layers as this class (same weights, same `call`), whose output
+    spec takes those arguments; its config also keeps `attention_bias`,
+    `attention_dropout`, `use_causal_mask` and `apply_rotary_embedding`,
+    which keras-hub's own does not write. Its heads prune as a
+    `MultiHeadAttention`'s do. Made and registered for serialization
+    (package `tfprune`) on first use, so that importing tfprune does not
+    import keras-hub.
+
+    Returns:
+        The class, or None when keras-hub (or Moonshine) is not installed.
+
+    Example:
+
+    >>> recordable_moonshine_attention().__name__  # doctest: +SKIP
+    'MoonshineMultiHeadAttention'
+    """
+    if "class" not in _RECORDABLE:
+        try:
+            module, name = _MOONSHINE_ATTENTION
+            parent = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            return None
+
+        def compute_output_spec(self, query, value, key=None, rotary_embedding=None, attention_mask=None, cache=None,
+                                cache_update_index=None, training=None, **kwargs):  # fmt: skip
+            output = parent.compute_output_spec(self, query, value, key, attention_mask=attention_mask)
+            return output if cache is None else (output, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+
+        def get_config(self):
+            return {**parent.get_config(self), "attention_bias": self.attention_bias,
+                    "attention_dropout": self.attention_dropout, "use_causal_mask": self.use_causal_mask,
+                    "apply_rotary_embedding": self.apply_rotary_embedding}  # fmt: skip
+
+        cls = type(name, (parent,), {
+            "__module__": __name__, "__doc__": recordable_moonshine_attention.__doc__.split("\n\n")[0],
+            "compute_output_spec": compute_output_spec, "get_config": get_config,
+        })  # fmt: skip
+        _RECORDABLE["class"] = keras.saving.register_keras_serializable(package="tfprune")(cls)
+        register_handler(_RECORDABLE["class"], _RecordableAttention())
+    return _RECORDABLE["class"]
+
+
+class _RecordableAttention(_MultiHeadAttention):
+    """Moonshine's attention layers: heads as a `MultiHeadAttention`'s, copied as `recordable_moonshine_attention`."""
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's recordable class (`tfprune.graph.flatten`)."""
+        cls = recordable_moonshine_attention()
+        if type(layer) is cls:
+            return None  # its own config loads back
+        copy = cls.from_config({**layer.get_config(), "attention_bias": layer.attention_bias,
+                                "attention_dropout": layer.attention_dropout, "use_causal_mask": layer.use_causal_mask,
+                                "apply_rotary_embedding": layer.apply_rotary_embedding})  # fmt: skip
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+
+class _DeferredMoonshineAttention:
+    """Stands for `recordable_moonshine_attention()` in Keras's registry until it is made.
+
+    A `.keras` file names the class `tfprune>MoonshineMultiHeadAttention`;
+    this stand-in, registered under that name when tfprune is imported,
+    makes the real class when such a file is loaded.
+    """
+
+    @classmethod
+    def from_config(cls, config):
+        return recordable_moonshine_attention().from_config(config)
+
+    def get_config(self):
+        return {}
+
+
+keras.saving.register_keras_serializable(package="tfprune", name="MoonshineMultiHeadAttention")(
+    _DeferredMoonshineAttention
+)
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -335,6 +433,7 @@ _BY_CLASS = {
     # functional graph) it computes what MultiHeadAttention does, with the same weights
     # (keras-hub's own CachedMultiHeadAttention: handlers_decoders).
     (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
+    _MOONSHINE_ATTENTION: _RecordableAttention(),
     (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _BlockFeedForward(
         ("feedforward_intermediate_dense",), "feedforward_output_dense", "intermediate_dim", "activation_function_ff"
     ),
