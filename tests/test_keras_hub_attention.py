@@ -150,3 +150,45 @@ def test_ones_over_the_traced_batch_size_is_inlined():
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 5)).astype("float32")
         np.testing.assert_allclose(_all_outputs(flat, x)[0], _all_outputs(model, x)[0], atol=1e-6)
+
+
+def _moonshine(keras_hub):
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.MoonshineBackbone(vocabulary_size=30, filter_dim=16, encoder_num_layers=1,
+                                              decoder_num_layers=1, hidden_dim=16, intermediate_dim=32,
+                                              encoder_num_heads=4, decoder_num_heads=4)  # fmt: skip
+
+
+def _moonshine_inputs():
+    rng = np.random.default_rng(0)
+    return {"encoder_input_values": rng.uniform(size=(2, 1600, 1)).astype("float32"),
+            "encoder_padding_mask": np.ones((2, 1600), bool),
+            "decoder_token_ids": rng.integers(1, 30, (2, 5)).astype("int32"),
+            "decoder_padding_mask": np.ones((2, 5), bool)}  # fmt: skip
+
+
+def test_moonshine_blocks_inline_and_their_heads_and_mlp_units_prune(tmp_path):
+    # Moonshine's attention layers take a rotary embedding, which Keras's MultiHeadAttention
+    # output spec refuses: copied as tfprune's recordable subclass, the blocks around them inline.
+    keras_hub = pytest.importorskip("keras_hub")
+    from tfprune import handlers_keras_hub
+
+    flat = tfprune.graph.flatten(_moonshine(keras_hub))
+    names = [layer.name for layer in flat.layers]
+    assert "encoder_block_0" not in names and "decoder_block_0" not in names
+    recordable = handlers_keras_hub.recordable_moonshine_attention()
+    attention = flat.get_layer("encoder_block_0_self_attention_layer")
+    assert type(attention) is recordable
+    x = _moonshine_inputs()
+    small = _assert_dead_channels_leave_no_trace(flat, "encoder_block_0_self_attention_layer_heads", [1, 2], x,
+                                                 tmp_path)  # fmt: skip
+    assert small.get_layer("encoder_block_0_self_attention_layer").num_heads == 2
+    # The decoder's gated MLP (SwiGLU: its first Dense makes both halves).
+    mlp = next(group.name for group in tfprune.graph.build(flat) if group.name.endswith("mlp_dense_1"))
+    _assert_dead_channels_leave_no_trace(flat, mlp, [0, 40], x, tmp_path)
+    # A `.keras` file names the class `tfprune>MoonshineMultiHeadAttention`: the stand-in
+    # registered at import makes the class (a process that has not made it yet).
+    config = attention.get_config()
+    assert config["apply_rotary_embedding"] is True and config["attention_bias"] is False
+    rebuilt = handlers_keras_hub._DeferredMoonshineAttention.from_config(config)
+    assert type(rebuilt) is recordable and rebuilt.num_heads == 4
