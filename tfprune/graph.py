@@ -372,7 +372,7 @@ def flatten(model, composites=True):
     empty range). A few keras-hub layers that hold weights are inlined all
     the same, each weight becoming a `tfprune.layers.Weight`
     (`MaskedLMHead`, whose copy would untie the token embedding it shares
-    with the backbone, and Swin's `WindowAttention`). `Lambda` layers are traced the same way, so that a
+    with the backbone, Swin's `WindowAttention` and PARSeq's decoder). `Lambda` layers are traced the same way, so that a
     function of plain `keras.ops` becomes operations tfprune can read (and a
     model that Keras can reload without turning its safe mode off). Layers are copied through `from_config`, `Lambda`
     layers from their function (Keras's safe mode stays on). A layer whose
@@ -713,6 +713,7 @@ _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
 _SHAPE = keras.ops.shape
 _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
+_ONES = keras.ops.ones
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -730,7 +731,7 @@ class _TracedBatch:
     It is unknown, but code computes with it (`B * windows`, `B // windows`,
     then reshapes to it): such arithmetic keeps the marker, and a reshape
     whose first entry is the marker records -1 there (`_batch_free_shape`).
-    `keras.ops.broadcast_to` to a shape holding it records an operation that
+    `keras.ops.broadcast_to` (or `keras.ops.ones`) to a shape holding it records an operation that
     reads the size from `source` when the model runs (`_traced_broadcast_to`).
     Used as a number anywhere else it raises, so the layer is kept whole.
 
@@ -857,6 +858,18 @@ def _traced_broadcast_to(x, shape):
     if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
         x = keras.ops.convert_to_tensor(x)
     return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+
+
+def _traced_ones(shape, dtype=None):
+    """`keras.ops.ones` while a composite is traced: a shape holding traced sizes is a recorded broadcast of a one.
+
+    PARSeq's decoder repeats its position queries over the batch with
+    `ops.ones((batch, 1, 1)) * queries`.
+    """
+    entries = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+    if _tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries):
+        return _traced_broadcast_to(_ONES((), dtype=dtype), shape)
+    return _ONES(shape, dtype=dtype)
 
 
 class _UnknownReshape(ValueError):
@@ -1105,6 +1118,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.shape = _traced_shape
                 keras.ops.arange = _traced_arange
                 keras.ops.broadcast_to = _traced_broadcast_to
+                keras.ops.ones = _traced_ones
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1115,6 +1129,7 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.shape = _SHAPE
                     keras.ops.arange = _ARANGE
                     keras.ops.broadcast_to = _BROADCAST_TO
+                    keras.ops.ones = _ONES
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 

@@ -22,7 +22,7 @@ from tfprune.handlers import (
     register_handler,
 )
 
-__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights"]
+__all__ = ["INLINED_WITH_OWN_WEIGHTS", "handler_for", "inlined_with_own_weights", "recordable_moonshine_attention"]
 
 
 def _sub_layers(layer):
@@ -128,8 +128,48 @@ class _PerChannelTables(Handler):
         return {**config, self.width_key: output_width} if self.width_key else config
 
 
+def _attribute(layer, path):
+    """`layer.a.b` for the dotted `path` "a.b", or None where an attribute is missing."""
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+    return layer
+
+
+# Attribute names of an attention layer's query, key, value and output projections.
+_PROJECTION_NAMES = (
+    ("query_projector", "key_projector", "value_projector", "output_projector"),  # T5
+    ("_query_dense", "_key_dense", "_value_dense", "_output_dense"),  # keras.layers.MultiHeadAttention
+)
+
+
+def _projections(attention):
+    """The query, key, value and output Dense / EinsumDense layers of an attention layer, or None."""
+    for names in _PROJECTION_NAMES:
+        found = [getattr(attention, name, None) for name in names]
+        if all(isinstance(dense, (keras.layers.Dense, keras.layers.EinsumDense)) for dense in found):
+            if not any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None)
+                       for dense in found):  # fmt: skip
+                return found
+    return None
+
+
+def _head_count(attention):
+    """An attention layer's number of heads (`num_heads`, or Keras's `_num_heads`), or None."""
+    return getattr(attention, "num_heads", getattr(attention, "_num_heads", None))
+
+
+def _head_ids(weight, axis, heads):
+    """One channel id per entry of `weight`'s `axis`: each head's id repeated over its head width.
+
+    A Dense kernel lays the heads out flat (`(width, heads * dim)`), an
+    EinsumDense one on an axis of their own (`(width, heads, dim)`).
+    """
+    size = weight.shape[axis]
+    return np.repeat(heads, size // len(heads)) if size % len(heads) == 0 else None
+
+
 class _BlockFeedForward(Handler):
-    """A transformer block kept as one layer: the units of its feed-forward part prune.
+    """A transformer block kept as one layer: the units of its feed-forward part and its attention heads prune.
 
     XLNet's encoder block holds per-head attention biases of its own, and T5's
     attention layers return None for their cache, so `tfprune.graph.flatten`
@@ -141,21 +181,46 @@ class _BlockFeedForward(Handler):
     `units_key` records the new width. An activation on the units that does
     not act on each channel alone pins them.
 
+    With `attentions`, the heads of those attention sub-layers are a group
+    too: head `h` is the `h`-th slice of the query, key and value kernels
+    and biases and of the output projection's input axis, and of the last
+    axis of any other weight of the attention layer with one entry per head
+    (T5's relative position bias table). The block's constructor takes one
+    head count (`heads_key`) for all of them, so head `h` of each is removed
+    together. Blocks that pass one layer's per-head tensor on to the next
+    (T5's position bias, with the first block's relative position bias and
+    the attention mask folded in, reused by every later block of the stack)
+    name it with `chain`: the heads of every block along the chain are one
+    group. Removing a head whose output-projection rows are zero leaves the
+    block's outputs unchanged.
+
     Args:
         producers: Tuple of strings. The attributes holding the Dense layers
-            making the units (a missing one, such as an optional gate, is skipped).
+            making the units (a missing one, such as an optional gate, is
+            skipped); dotted paths reach into a sub-layer (`"mlp.gate_proj"`).
         consumer: String. The attribute holding the Dense layer reading them.
         units_key: String. The constructor argument holding the units.
         activation_name: String or None. An attribute holding an activation
             applied to the units besides the Dense layers' own.
+        attentions: Tuple of strings. Attributes holding attention layers
+            whose heads prune (a missing one is skipped).
+        heads_key: String. The constructor argument holding the head count.
+        chain: Tuple `(keyword, output index, head axis)` or None: the call
+            keyword taking the previous block's per-head tensor, which output
+            passes it on, and its axis of heads.
     """
 
-    def __init__(self, producers, consumer, units_key, activation_name=None):
+    def __init__(self, producers, consumer, units_key, activation_name=None, attentions=(), heads_key="num_heads",
+                 chain=None):  # fmt: skip
         self.producers = producers
         self.consumer = consumer
         self.units_key = units_key
         self.activation_name = activation_name
+        self.attentions = attentions
+        self.heads_key = heads_key
+        self.chain = chain
         self._kernel_index = {}  # layer name -> index of the first producer's kernel in `layer.weights`
+        self._heads_layout = {}  # layer name -> (index of a query kernel in `layer.weights`, its head axis, heads)
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -167,8 +232,8 @@ class _BlockFeedForward(Handler):
             width = _width(tensor)
             outputs.append(tracer.new_channels(1 if width is None else width, layer.name))
             tracer.pin(outputs[-1], reason)
-        producers = [getattr(layer, name) for name in self.producers if getattr(layer, name, None) is not None]
-        consumer = getattr(layer, self.consumer)
+        producers = [_attribute(layer, name) for name in self.producers if _attribute(layer, name) is not None]
+        consumer = _attribute(layer, self.consumer)
         self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(producers[0].kernel))
         units = tracer.new_channels(producers[0].units, f"{layer.name}_{producers[0].name}")
         for dense in producers:
@@ -177,24 +242,81 @@ class _BlockFeedForward(Handler):
         tracer.use(layer, consumer.kernel, 0, units, "input")
         activations = list(producers)
         if self.activation_name is not None:
-            activations.append(types.SimpleNamespace(activation=getattr(layer, self.activation_name), name=layer.name))
+            holder = types.SimpleNamespace(activation=_attribute(layer, self.activation_name), name=layer.name)
+            activations.append(holder)
         for holder in activations:
             why = channel_mixing_activation(holder)
             if why is not None:
                 tracer.pin(units, why)
+        if self.attentions:
+            self._trace_heads(node, tracer)
         return outputs
+
+    def _trace_heads(self, node, tracer):
+        layer = node.operation
+        attentions = [_attribute(layer, name) for name in self.attentions]
+        attentions = [attention for attention in attentions if attention is not None]
+        found = [_projections(attention) for attention in attentions]
+        counts = {_head_count(attention) for attention in attentions}
+        count = getattr(layer, self.heads_key, None)
+        if count is None and len(counts) == 1:
+            count = next(iter(counts))
+        if not attentions or None in found or counts != {count} or not isinstance(count, int):
+            return  # heads tfprune cannot lay out: they stay, as they did without `attentions`
+        # The previous block's per-head tensor: its heads are these heads.
+        chains = tracer.__dict__.setdefault("_tfprune_chained_heads", {})
+        passed = node.arguments.kwargs.get(self.chain[0]) if self.chain else None
+        heads = chains.get(id(passed)) if isinstance(passed, keras.KerasTensor) else None
+        if heads is None:
+            heads = tracer.new_channels(count, f"{layer.name}_heads")
+            if isinstance(passed, keras.KerasTensor):  # made elsewhere: its heads cannot follow
+                tracer.pin(heads, f"'{layer.name}' reads a per-head tensor '{self.chain[0]}' tfprune cannot follow")
+        if self.chain:
+            chains[id(node.outputs[self.chain[1]])] = heads
+        for attention, (query, key, value, output) in zip(attentions, found):
+            projection_weights = set()
+            for dense in (query, key, value):
+                axis = -1 if len(dense.kernel.shape) == 2 else -2
+                tracer.use(layer, dense.kernel, axis, _head_ids(dense.kernel, axis, heads), "output")
+                bias = getattr(dense, "bias", None)
+                if bias is not None:
+                    bias_axis = -1 if len(bias.shape) == 1 else -2
+                    tracer.use(layer, bias, bias_axis, _head_ids(bias, bias_axis, heads), "output")
+            tracer.use(layer, output.kernel, 0, _head_ids(output.kernel, 0, heads), "input")
+            for dense in (query, key, value, output):
+                projection_weights |= {id(weight) for weight in dense.weights}
+            for table in attention.weights:
+                if id(table) not in projection_weights and len(table.shape) and table.shape[-1] == count:
+                    tracer.use(layer, table, -1, heads, "param")
+        query = found[0][0]
+        self._heads_layout[layer.name] = (
+            [id(weight) for weight in layer.weights].index(id(query.kernel)),
+            -1 if len(query.kernel.shape) == 2 else -2,
+            query.kernel.shape[-1] // count if len(query.kernel.shape) == 2 else 1,
+        )
 
     def resize_for_weights(self, config, output_width, weight_shapes):
         # The surgery builds the graph (so traces the layer) before it resizes.
-        return {**config, self.units_key: int(weight_shapes[self._kernel_index[config["name"]]][-1])}
+        config = {**config, self.units_key: int(weight_shapes[self._kernel_index[config["name"]]][-1])}
+        if config["name"] in self._heads_layout:
+            index, axis, head_width = self._heads_layout[config["name"]]
+            config[self.heads_key] = int(weight_shapes[index][axis]) // head_width
+        return config
 
     def build(self, layer, input_shapes, node=None):
         # Called as in the model (on symbolic tensors of the new shapes): such blocks build
         # their sub-layers from several inputs, or only when called.
-        values = {
-            id(tensor): keras.KerasTensor(shape, dtype=tensor.dtype)
-            for tensor, shape in zip(node.input_tensors, input_shapes)
-        }
+        # A tensor whose last axis is unknown (a mask, T5's position bias over the keys) keeps it
+        # unknown; the chained per-head tensor has the new block's head count.
+        passed = node.arguments.kwargs.get(self.chain[0]) if self.chain else None
+        values = {}
+        for tensor, shape in zip(node.input_tensors, input_shapes):
+            shape = list(shape)
+            if tensor.shape[-1] is None:
+                shape[-1] = None
+            if tensor is passed:
+                shape[self.chain[2]] = _head_count(_attribute(layer, self.attentions[0]))
+            values[id(tensor)] = keras.KerasTensor(tuple(shape), dtype=tensor.dtype)
         args, kwargs = node.arguments.fill_in(values)
         layer(*args, **kwargs)
 
@@ -572,6 +694,96 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_MOONSHINE_ATTENTION = ("keras_hub.src.models.moonshine.moonshine_multi_head_attention", "MoonshineMultiHeadAttention")
+_RECORDABLE = {}  # the class made by `recordable_moonshine_attention`, once made
+
+
+def recordable_moonshine_attention():
+    """tfprune's subclass of keras-hub's `MoonshineMultiHeadAttention`, which a functional graph can record.
+
+    Moonshine's blocks call their attention layers with a `rotary_embedding`
+    (and a `cache`), which Keras's `MultiHeadAttention.compute_output_spec`
+    refuses, so a block could not be inlined: it stayed whole and neither its
+    heads nor its MLP units pruned. `tfprune.graph.flatten` copies the
+    attention layers as this class (same weights, same `call`), whose output
+    spec takes those arguments; its config also keeps `attention_bias`,
+    `attention_dropout`, `use_causal_mask` and `apply_rotary_embedding`,
+    which keras-hub's own does not write. Its heads prune as a
+    `MultiHeadAttention`'s do. Made and registered for serialization
+    (package `tfprune`) on first use, so that importing tfprune does not
+    import keras-hub.
+
+    Returns:
+        The class, or None when keras-hub (or Moonshine) is not installed.
+
+    Example:
+
+    >>> recordable_moonshine_attention().__name__  # doctest: +SKIP
+    'MoonshineMultiHeadAttention'
+    """
+    if "class" not in _RECORDABLE:
+        try:
+            module, name = _MOONSHINE_ATTENTION
+            parent = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            return None
+
+        def compute_output_spec(self, query, value, key=None, rotary_embedding=None, attention_mask=None, cache=None,
+                                cache_update_index=None, training=None, **kwargs):  # fmt: skip
+            output = parent.compute_output_spec(self, query, value, key, attention_mask=attention_mask)
+            return output if cache is None else (output, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+
+        def get_config(self):
+            return {**parent.get_config(self), "attention_bias": self.attention_bias,
+                    "attention_dropout": self.attention_dropout, "use_causal_mask": self.use_causal_mask,
+                    "apply_rotary_embedding": self.apply_rotary_embedding}  # fmt: skip
+
+        cls = type(name, (parent,), {
+            "__module__": __name__, "__doc__": recordable_moonshine_attention.__doc__.split("\n\n")[0],
+            "compute_output_spec": compute_output_spec, "get_config": get_config,
+        })  # fmt: skip
+        _RECORDABLE["class"] = keras.saving.register_keras_serializable(package="tfprune")(cls)
+        register_handler(_RECORDABLE["class"], _RecordableAttention())
+    return _RECORDABLE["class"]
+
+
+class _RecordableAttention(_MultiHeadAttention):
+    """Moonshine's attention layers: heads as a `MultiHeadAttention`'s, copied as `recordable_moonshine_attention`."""
+
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's recordable class (`tfprune.graph.flatten`)."""
+        cls = recordable_moonshine_attention()
+        if type(layer) is cls:
+            return None  # its own config loads back
+        copy = cls.from_config({**layer.get_config(), "attention_bias": layer.attention_bias,
+                                "attention_dropout": layer.attention_dropout, "use_causal_mask": layer.use_causal_mask,
+                                "apply_rotary_embedding": layer.apply_rotary_embedding})  # fmt: skip
+        _utils._build_like(copy, layer)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+
+class _DeferredMoonshineAttention:
+    """Stands for `recordable_moonshine_attention()` in Keras's registry until it is made.
+
+    A `.keras` file names the class `tfprune>MoonshineMultiHeadAttention`;
+    this stand-in, registered under that name when tfprune is imported,
+    makes the real class when such a file is loaded.
+    """
+
+    @classmethod
+    def from_config(cls, config):
+        return recordable_moonshine_attention().from_config(config)
+
+    def get_config(self):
+        return {}
+
+
+keras.saving.register_keras_serializable(package="tfprune", name="MoonshineMultiHeadAttention")(
+    _DeferredMoonshineAttention
+)
+
+
 _MODELS = "keras_hub.src.models."
 _BY_CLASS = {
     (_MODELS + "vit.vit_layers", "ViTPatchingAndEmbedding"): _PatchEmbedding("hidden_dim"),
@@ -595,11 +807,21 @@ _BY_CLASS = {
     # functional graph) it computes what MultiHeadAttention does, with the same weights
     # (keras-hub's own CachedMultiHeadAttention: handlers_decoders).
     (_MODELS + "whisper.whisper_cached_multi_head_attention", "WhisperCachedMultiHeadAttention"): _MultiHeadAttention(),
+    _MOONSHINE_ATTENTION: _RecordableAttention(),
     (_MODELS + "xlnet.xlnet_encoder", "XLNetEncoder"): _BlockFeedForward(
         ("feedforward_intermediate_dense",), "feedforward_output_dense", "intermediate_dim", "activation_function_ff"
     ),
     (_MODELS + "t5.t5_transformer_layer", "T5TransformerLayer"): _BlockFeedForward(
-        ("input_projector", "gate_projector"), "output_projector", "intermediate_dim"
+        ("input_projector", "gate_projector"), "output_projector", "intermediate_dim",
+        attentions=("self_attention", "cross_attention"), chain=("position_bias", 1, 1),
+    ),
+    # T5Gemma's decoder blocks: their grouped-query attention layers (`num_key_value_heads`
+    # key/value heads) keep their heads here; the gated MLP's units prune.
+    (_MODELS + "t5gemma.t5gemma_decoder", "T5GemmaDecoderLayer"): _BlockFeedForward(
+        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size", "mlp.act_fn"
+    ),
+    (_MODELS + "t5gemma2.t5gemma2_decoder", "T5Gemma2DecoderLayer"): _BlockFeedForward(
+        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size", "mlp.act_fn"
     ),
     # FNet mixes the tokens with a 2-D Fourier transform over the sequence and the hidden width:
     # the hidden width is inherently frozen (every output channel reads every input channel),
@@ -636,10 +858,13 @@ _BY_CLASS = {
 # with the backbone (the copy has one more vocabulary table than the model);
 # inlined, the embedding is one layer called forwards and in reverse. Swin's
 # `WindowAttention` (its relative position bias table) has a config that does
-# not load back (it writes its output Dropout layer as `proj_drop`).
+# not load back (it writes its output Dropout layer as `proj_drop`). PARSeq's
+# decoder holds its position queries itself; kept whole, the attention heads
+# and MLP units of its blocks could not prune.
 INLINED_WITH_OWN_WEIGHTS = {
     ("keras_hub.src.layers.modeling.masked_lm_head", "MaskedLMHead"),
     ("keras_hub.src.models.swin_transformer.swin_transformer_layers", "WindowAttention"),
+    (_MODELS + "parseq.parseq_decoder", "PARSeqDecoder"),
 }
 
 
