@@ -954,7 +954,10 @@ class _DFineDecoder(Freeze):
 
     def trace(self, node, tracer):
         layer = node.operation
-        reason = f"tfprune cannot see inside layer '{layer.name}' ({type(layer).__name__}): it is kept whole"
+        reason = (
+            f"tfprune cannot see inside layer '{layer.name}' ({type(layer).__name__}): it holds weights of its "
+            "own (`reg_scale`, `upsampling_factor`) and is kept whole"
+        )
         return Freeze(reason).trace(node, tracer)
 
     def copy(self, layer):
