@@ -222,7 +222,7 @@ class _BlockFeedForward(Handler):
         self.heads_key = heads_key
         self.chain = chain
         self._kernel_index = {}  # layer name -> index of the first producer's kernel in `layer.weights`
-        self._heads_layout = {}  # layer name -> (index of a query kernel in `layer.weights`, its head axis, heads)
+        self._heads_layout = {}  # layer name -> (index of a query kernel in `layer.weights`, its head axis, head width)
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -411,7 +411,13 @@ class _DeferredMoonshineAttention:
 
     @classmethod
     def from_config(cls, config):
-        return recordable_moonshine_attention().from_config(config)
+        recordable = recordable_moonshine_attention()
+        if recordable is None:
+            raise ImportError(
+                f"Loading layer '{config.get('name')}' (tfprune's MoonshineMultiHeadAttention) needs keras-hub's "
+                "Moonshine; install keras-hub (`pip install keras-hub`)."
+            )
+        return recordable.from_config(config)
 
     def get_config(self):
         return {}
