@@ -191,8 +191,10 @@ class _BlockFeedForward(Handler):
     (T5's position bias, with the first block's relative position bias and
     the attention mask folded in, reused by every later block of the stack)
     name it with `chain`: the heads of every block along the chain are one
-    group. Removing a head whose output-projection rows are zero leaves the
-    block's outputs unchanged.
+    group. Its `ChannelGroup.heads_of` is `"<block>/<attention attribute>"`
+    (of the first block), so it is pruned as heads (`targets="heads"`, never
+    rounded to `round_to`). Removing a head whose output-projection rows are
+    zero leaves the block's outputs unchanged.
 
     Args:
         producers: Tuple of strings. The attributes holding the Dense layers
@@ -220,7 +222,7 @@ class _BlockFeedForward(Handler):
         self.heads_key = heads_key
         self.chain = chain
         self._kernel_index = {}  # layer name -> index of the first producer's kernel in `layer.weights`
-        self._heads_layout = {}  # layer name -> (index of a query kernel in `layer.weights`, its head axis, heads)
+        self._heads_layout = {}  # layer name -> (index of a query kernel in `layer.weights`, its head axis, head width)
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -254,15 +256,32 @@ class _BlockFeedForward(Handler):
 
     def _trace_heads(self, node, tracer):
         layer = node.operation
+        self._heads_layout.pop(layer.name, None)
         attentions = [_attribute(layer, name) for name in self.attentions]
         attentions = [attention for attention in attentions if attention is not None]
         found = [_projections(attention) for attention in attentions]
         counts = {_head_count(attention) for attention in attentions}
-        count = getattr(layer, self.heads_key, None)
-        if count is None and len(counts) == 1:
-            count = next(iter(counts))
-        if not attentions or None in found or counts != {count} or not isinstance(count, int):
-            return  # heads tfprune cannot lay out: they stay, as they did without `attentions`
+        count = next(iter(counts)) if len(counts) == 1 else None
+        cached = any(isinstance(value, keras.KerasTensor) and "cache" in name
+                     for name, value in node.arguments.kwargs.items())  # fmt: skip
+        # Heads tfprune cannot lay out, or a key/value cache laid out by heads: they stay.
+        if not attentions or None in found or not isinstance(count, int) or cached:
+            return
+        # Every weight axis laid out by heads: (weight, axis, one channel position per entry), head by head.
+        layout = []
+        for attention, (query, key, value, output) in zip(attentions, found):
+            for dense in (query, key, value):
+                layout.append((dense.kernel, -1 if len(dense.kernel.shape) == 2 else -2, "output"))
+                bias = getattr(dense, "bias", None)
+                if bias is not None:
+                    layout.append((bias, -1 if len(bias.shape) == 1 else -2, "output"))
+            layout.append((output.kernel, 0, "input"))
+            projection_weights = {id(weight) for dense in (query, key, value, output) for weight in dense.weights}
+            layout += [(table, -1, "param") for table in attention.weights
+                       if id(table) not in projection_weights and len(table.shape) and table.shape[-1] == count]  # fmt: skip
+        placeholder = np.arange(count)
+        if any(_head_ids(weight, axis, placeholder) is None for weight, axis, _ in layout):
+            return
         # The previous block's per-head tensor: its heads are these heads.
         chains = tracer.__dict__.setdefault("_tfprune_chained_heads", {})
         passed = node.arguments.kwargs.get(self.chain[0]) if self.chain else None
@@ -271,23 +290,15 @@ class _BlockFeedForward(Handler):
             heads = tracer.new_channels(count, f"{layer.name}_heads")
             if isinstance(passed, keras.KerasTensor):  # made elsewhere: its heads cannot follow
                 tracer.pin(heads, f"'{layer.name}' reads a per-head tensor '{self.chain[0]}' tfprune cannot follow")
+            # Heads, not channels (`ChannelGroup.heads_of`: no `round_to`, `targets="heads"`), named by
+            # the block's first attention layer (a block's path: its weights are scored as a producer's).
+            name = next(path for path in self.attentions if _attribute(layer, path) is not None)
+            for channel in heads.tolist():
+                tracer._heads[channel] = f"{layer.name}/{name}"
         if self.chain:
             chains[id(node.outputs[self.chain[1]])] = heads
-        for attention, (query, key, value, output) in zip(attentions, found):
-            projection_weights = set()
-            for dense in (query, key, value):
-                axis = -1 if len(dense.kernel.shape) == 2 else -2
-                tracer.use(layer, dense.kernel, axis, _head_ids(dense.kernel, axis, heads), "output")
-                bias = getattr(dense, "bias", None)
-                if bias is not None:
-                    bias_axis = -1 if len(bias.shape) == 1 else -2
-                    tracer.use(layer, bias, bias_axis, _head_ids(bias, bias_axis, heads), "output")
-            tracer.use(layer, output.kernel, 0, _head_ids(output.kernel, 0, heads), "input")
-            for dense in (query, key, value, output):
-                projection_weights |= {id(weight) for weight in dense.weights}
-            for table in attention.weights:
-                if id(table) not in projection_weights and len(table.shape) and table.shape[-1] == count:
-                    tracer.use(layer, table, -1, heads, "param")
+        for weight, axis, role in layout:
+            tracer.use(layer, weight, axis, _head_ids(weight, axis, heads), role)
         query = found[0][0]
         self._heads_layout[layer.name] = (
             [id(weight) for weight in layer.weights].index(id(query.kernel)),
@@ -773,7 +784,13 @@ class _DeferredMoonshineAttention:
 
     @classmethod
     def from_config(cls, config):
-        return recordable_moonshine_attention().from_config(config)
+        recordable = recordable_moonshine_attention()
+        if recordable is None:
+            raise ImportError(
+                f"Loading layer '{config.get('name')}' (tfprune's MoonshineMultiHeadAttention) needs keras-hub's "
+                "Moonshine; install keras-hub (`pip install keras-hub`)."
+            )
+        return recordable.from_config(config)
 
     def get_config(self):
         return {}

@@ -531,7 +531,8 @@ def _blip2(hub, t5=False):
                                       intermediate_dim=INTERMEDIATE, vision_dim=HIDDEN, cross_attention_frequency=1,
                                       dropout=0.0, layer_norm_epsilon=1e-6)  # fmt: skip
     if t5:
-        language = hub.models.BLIP2FlanT5(vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=HIDDEN,
+        # HEADS (4), not 2: rate 0.3 takes no head of 2, and Flan-T5's smallest model has 8.
+        language = hub.models.BLIP2FlanT5(vocabulary_size=VOCAB, num_layers=1, num_heads=HEADS, hidden_dim=HIDDEN,
                                           intermediate_dim=INTERMEDIATE, num_query_tokens=2,
                                           qformer_hidden_dim=HIDDEN, key_value_dim=8, dropout=0.0)  # fmt: skip
     else:
