@@ -189,3 +189,16 @@ def test_docstring_examples_run():
 
     results = doctest.testmod(legalize, optionflags=doctest.ELLIPSIS)
     assert results.failed == 0 and results.attempted >= 1
+
+
+def test_bool_and_unsigned_outputs_are_verified(tmp_path):
+    # MoonshineBackbone returns its padding mask (bool) beside its features; verification
+    # subtracted the file's outputs from Keras's and failed on bool ones.
+    padding_mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    is_token = keras.ops.greater(padding_mask, 0)
+    as_byte = keras.ops.cast(padding_mask * 3, "uint8")
+    model = keras.Model(padding_mask, [is_token, as_byte, keras.ops.cast(padding_mask, "float32") * 0.5])
+    sample = np.array([[1, 1, 0], [0, 1, 1]], "int32")
+    report = export.to_tflite(model, tmp_path / "mask.tflite", sample_inputs=sample, verbose=0)
+    assert report.max_abs_error == 0.0
+    assert [output["dtype"] for output in report.outputs] == ["bool", "uint8", "float32"]
