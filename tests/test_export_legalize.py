@@ -189,3 +189,44 @@ def test_docstring_examples_run():
 
     results = doctest.testmod(legalize, optionflags=doctest.ELLIPSIS)
     assert results.failed == 0 and results.attempted >= 1
+
+
+def test_bool_and_unsigned_outputs_are_verified(tmp_path):
+    # MoonshineBackbone returns its padding mask (bool) beside its features; verification
+    # subtracted the file's outputs from Keras's and failed on bool ones.
+    padding_mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    is_token = keras.ops.greater(padding_mask, 0)
+    as_byte = keras.ops.cast(padding_mask * 3, "uint8")
+    model = keras.Model(padding_mask, [is_token, as_byte, keras.ops.cast(padding_mask, "float32") * 0.5])
+    sample = np.array([[1, 1, 0], [0, 1, 1]], "int32")
+    report = export.to_tflite(model, tmp_path / "mask.tflite", sample_inputs=sample, verbose=0)
+    assert report.max_abs_error == 0.0
+    assert [output["dtype"] for output in report.outputs] == ["bool", "uint8", "float32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_pruned_grouped_query_causal_lm_exports(family, tmp_path):
+    # The decoders of issue 29: their padding mask is broadcast over heads with `[:, None, :, :]`.
+    keras_hub = pytest.importorskip("keras_hub")
+    import tfprune
+
+    keras.utils.set_random_seed(0)
+    config = dict(vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+                  intermediate_dim=64)  # fmt: skip
+    if family == "llama":
+        model = keras_hub.models.LlamaCausalLM(backbone=keras_hub.models.LlamaBackbone(**config), preprocessor=None)
+    else:
+        backbone = keras_hub.models.GemmaBackbone(**config, head_dim=8)
+        model = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="heads", verbose=0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 50, (2, 7)).astype("int32")
+    padding_mask = np.ones_like(tokens)
+    padding_mask[1, 5:] = 0
+    report = export.to_tflite(pruned, tmp_path / f"{family}.tflite",
+                              sample_inputs={"token_ids": tokens, "padding_mask": padding_mask}, verbose=0)  # fmt: skip
+    assert report.max_abs_error < 1e-4
+    longer = {"token_ids": rng.integers(1, 50, (1, 11)).astype("int32"), "padding_mask": np.ones((1, 11), "int32")}
+    (logits,) = export.predict(report.path, longer)
+    np.testing.assert_allclose(logits, _keras_outputs(pruned, longer), atol=1e-4)

@@ -145,6 +145,11 @@ def _constant_values(tensor_name, producers):
     return tf.make_ndarray(producer.attr["value"].tensor)
 
 
+def _controls(node):
+    """The control inputs (`^name`) of a node, which the node replacing it must keep."""
+    return [name for name in node.input if name.startswith("^")]
+
+
 def _node(name, op, inputs, **attributes):
     node = tf.compat.v1.NodeDef(name=name, op=op, input=list(inputs))
     for key, value in attributes.items():
@@ -178,7 +183,9 @@ def _expand_new_axes(node, producers):
     input once every new axis is inserted, so the new axis of entry i is
     inserted at axis i (lowest first). After an ellipsis, entries count from
     the end: entry j of n is axis j - n, inserted highest first. Returns the
-    new nodes (the slice last, under its own name), or None to leave it.
+    new nodes (the slice, or an Identity where it no longer slices anything,
+    last and under the slice's name) and that node's output argument, or
+    None to leave the slice.
     """
     ellipsis_mask = _integer(node, "ellipsis_mask")
     new_axis_mask = _integer(node, "new_axis_mask") & ~ellipsis_mask  # TensorFlow: the ellipsis wins
@@ -220,7 +227,7 @@ def _expand_new_axes(node, producers):
         and np.all(strides == 1)
     ):
         # `x[:, None, :]` slices nothing once the axes are inserted: leave no STRIDED_SLICE in the file.
-        identity = _node(node.name, "Identity", [current], T=node.attr["T"])
+        identity = _node(node.name, "Identity", [current, *_controls(node)], T=node.attr["T"])
         return [*nodes, identity], "output"
     slice_node = tf.compat.v1.NodeDef()
     slice_node.CopyFrom(node)
@@ -239,7 +246,7 @@ def _integer_abs(node, producers):
     negative = _unique_name(f"{node.name}/negative", producers)
     nodes = [
         _node(negative, "Neg", [node.input[0]], T=node.attr["T"]),
-        _node(node.name, "Maximum", [node.input[0], f"{negative}:y:0"], T=node.attr["T"]),
+        _node(node.name, "Maximum", [node.input[0], f"{negative}:y:0", *_controls(node)], T=node.attr["T"]),
     ]
     return nodes, "z"
 
@@ -255,7 +262,7 @@ def _integer_sign(node, producers):
         _constant(minus_one, -1, _INT64),
         _constant(one, 1, _INT64),
         _node(at_least, "Maximum", [node.input[0], f"{minus_one}:output:0"], T=node.attr["T"]),
-        _node(node.name, "Minimum", [f"{at_least}:z:0", f"{one}:output:0"], T=node.attr["T"]),
+        _node(node.name, "Minimum", [f"{at_least}:z:0", f"{one}:output:0", *_controls(node)], T=node.attr["T"]),
     ]
     return nodes, "z"
 
@@ -293,12 +300,13 @@ def _roll_as_split_concat(node, producers):
             _constant(axis_name, axis, _INT32),
             _node(split, "SplitV", [current, f"{split_sizes}:output:0", f"{axis_name}:output:0"],
                   T=node.attr["T"], Tlen=_type_attribute(_INT32), num_split=tf.compat.v1.AttrValue(i=2)),
-            _node(concat, "ConcatV2", [f"{split}:output:1", f"{split}:output:0", f"{axis_name}:output:0"],
+            _node(concat, "ConcatV2",
+                  [f"{split}:output:1", f"{split}:output:0", f"{axis_name}:output:0", *(_controls(node) if last else [])],
                   T=node.attr["T"], Tidx=_type_attribute(_INT32), N=tf.compat.v1.AttrValue(i=2)),
         ]  # fmt: skip
         current = f"{concat}:output:0"
     if not rolled:  # every shift a whole turn
-        nodes.append(_node(node.name, "Identity", [current], T=node.attr["T"]))
+        nodes.append(_node(node.name, "Identity", [current, *_controls(node)], T=node.attr["T"]))
     return nodes, "output"
 
 

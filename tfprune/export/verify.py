@@ -238,7 +238,8 @@ def _verify(model, inputs, content, batches, report):
     for outputs, batch in zip(results, batches):
         expected = _keras_outputs(model, inputs, batch)
         for index, (actual, reference) in enumerate(zip(outputs, expected)):
-            errors.append(float(np.max(np.abs(actual - reference))))
+            # In float64: bool outputs (a padding mask) cannot be subtracted, unsigned ones would wrap.
+            errors.append(float(np.max(np.abs(np.asarray(actual, "float64") - np.asarray(reference, "float64")))))
             if reference.ndim == 2 and reference.shape[1] > 1:
                 same = np.argmax(actual, axis=-1) == np.argmax(reference, axis=-1)
                 matches.setdefault(index, []).append(same)
