@@ -386,3 +386,16 @@ def test_smollm3_flat_query_heads_lose_dead_heads_in_each_group_and_reload(tmp_p
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_mixtral_hidden_width_shrinks_through_its_experts_but_not_the_vocabulary(tmp_path):
+    model = _moe_causal_lm("mixtral")
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    assert tuple(pruned.get_layer("token_embedding").embeddings.shape) == (VOCAB, 8)
+    (block,) = [layer for layer in pruned.layers if "moe_block" in layer.name]
+    down = block.expert_bank._expert_feedforward_output_dense
+    assert (block.hidden_dim, tuple(down.shape)) == (8, (4, 16, 8))
+    logits = _logits(pruned, _tokens())
+    assert logits.shape == (2, LENGTH, VOCAB) and np.isfinite(logits).all()
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), _tokens()), logits, atol=1e-6)
