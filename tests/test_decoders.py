@@ -399,3 +399,26 @@ def test_mixtral_hidden_width_shrinks_through_its_experts_but_not_the_vocabulary
     assert logits.shape == (2, LENGTH, VOCAB) and np.isfinite(logits).all()
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), _tokens()), logits, atol=1e-6)
+
+
+def test_gpt_oss_loses_dead_heads_with_their_attention_sinks_and_decodes_with_a_cache(tmp_path):
+    model = _moe_causal_lm("gpt_oss")  # 4 query heads over 2 key/value heads, each with a learned sink
+    attention = model.backbone.transformer_layers[0].self_attention_layer
+    query = keras.ops.convert_to_numpy(attention.query_dense.kernel).copy()  # (hidden, heads, width)
+    query[:, [1, 2]] = 0.0
+    attention.query_dense.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention.output_dense.kernel).copy()  # (heads, width, hidden)
+    output[[1, 2]] = 0.0
+    attention.output_dense.kernel.assign(output)
+    sinks = np.array([0.5, -1.0, 2.0, 0.25], "float32")  # the kept heads' sinks must stay theirs
+    attention.sinks.assign(sinks)
+    tokens = _tokens(7)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "GptOssAttention"]
+    assert (layer.num_query_heads, layer.num_key_value_heads) == (2, 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.sinks), sinks[[0, 3]])
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
