@@ -264,6 +264,10 @@ def _moe_causal_lm(family):
         backbone = keras_hub.models.QwenMoeBackbone(**_MOE, intermediate_dim=16, moe_intermediate_dim=16,
                                                     shared_expert_intermediate_dim=8, num_experts=4, top_k=2)  # fmt: skip
         return keras_hub.models.QwenMoeCausalLM(backbone=backbone, preprocessor=None)
+    if family == "qwen3_moe":
+        backbone = keras_hub.models.Qwen3MoeBackbone(**_MOE, intermediate_dim=16, moe_intermediate_dim=16,
+                                                     num_experts=4, top_k=2, head_dim=4)  # fmt: skip
+        return keras_hub.models.Qwen3MoeCausalLM(backbone=backbone, preprocessor=None)
     backbone = keras_hub.models.GptOssBackbone(**_MOE, intermediate_dim=16, num_experts=4, top_k=2, head_dim=4,
                                                sliding_window=LENGTH)  # fmt: skip
     return keras_hub.models.GptOssCausalLM(backbone=backbone, preprocessor=None)
@@ -422,3 +426,21 @@ def test_gpt_oss_loses_dead_heads_with_their_attention_sinks_and_decodes_with_a_
     np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_qwen3_moe_loses_dead_query_heads_and_decodes_with_a_cache():
+    model = _moe_causal_lm("qwen3_moe")
+    attention = model.backbone.transformer_layers[0]._self_attention_layer
+    query = keras.ops.convert_to_numpy(attention._query_dense.kernel).copy()  # (hidden, heads, width)
+    query[:, [0, 3]] = 0.0
+    attention._query_dense.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention._output_dense.kernel).copy()  # (heads, width, hidden)
+    output[[0, 3]] = 0.0
+    attention._output_dense.kernel.assign(output)
+    tokens = _tokens(8)
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "Qwen3MoeAttention"]
+    assert (layer.num_query_heads, layer.num_key_value_heads, layer.head_dim) == (2, 2, 4)
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)

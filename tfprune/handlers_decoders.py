@@ -1066,6 +1066,7 @@ BY_CLASS = {
     (_HUB + "gemma3.gemma3_attention", "CachedGemma3Attention"): _GroupedQueryAttention(_GEMMA_NAMES),
     (_HUB + "gpt_oss.gpt_oss_attention", "GptOssAttention"): _GroupedQueryAttention(
         _GEMMA_NAMES, per_head_weights=("sinks",)),
+    (_HUB + "qwen3_moe.qwen3_moe_attention", "Qwen3MoeAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
     (_HUB + "gemma3.gemma3_layers", "RMSNormalization"): _HubNormalization(),
     (_HUB + "phi3.phi3_layernorm", "Phi3LayerNorm"): _HubNormalization(),
     (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),
