@@ -264,6 +264,10 @@ def _moe_causal_lm(family):
         backbone = keras_hub.models.QwenMoeBackbone(**_MOE, intermediate_dim=16, moe_intermediate_dim=16,
                                                     shared_expert_intermediate_dim=8, num_experts=4, top_k=2)  # fmt: skip
         return keras_hub.models.QwenMoeCausalLM(backbone=backbone, preprocessor=None)
+    if family == "qwen3_moe":
+        backbone = keras_hub.models.Qwen3MoeBackbone(**_MOE, intermediate_dim=16, moe_intermediate_dim=16,
+                                                     num_experts=4, top_k=2, head_dim=4)  # fmt: skip
+        return keras_hub.models.Qwen3MoeCausalLM(backbone=backbone, preprocessor=None)
     backbone = keras_hub.models.GptOssBackbone(**_MOE, intermediate_dim=16, num_experts=4, top_k=2, head_dim=4,
                                                sliding_window=LENGTH)  # fmt: skip
     return keras_hub.models.GptOssCausalLM(backbone=backbone, preprocessor=None)
@@ -386,3 +390,57 @@ def test_smollm3_flat_query_heads_lose_dead_heads_in_each_group_and_reload(tmp_p
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_mixtral_hidden_width_shrinks_through_its_experts_but_not_the_vocabulary(tmp_path):
+    model = _moe_causal_lm("mixtral")
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    assert tuple(pruned.get_layer("token_embedding").embeddings.shape) == (VOCAB, 8)
+    (block,) = [layer for layer in pruned.layers if "moe_block" in layer.name]
+    down = block.expert_bank._expert_feedforward_output_dense
+    assert (block.hidden_dim, tuple(down.shape)) == (8, (4, 16, 8))
+    logits = _logits(pruned, _tokens())
+    assert logits.shape == (2, LENGTH, VOCAB) and np.isfinite(logits).all()
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), _tokens()), logits, atol=1e-6)
+
+
+def test_gpt_oss_loses_dead_heads_with_their_attention_sinks_and_decodes_with_a_cache(tmp_path):
+    model = _moe_causal_lm("gpt_oss")  # 4 query heads over 2 key/value heads, each with a learned sink
+    attention = model.backbone.transformer_layers[0].self_attention_layer
+    query = keras.ops.convert_to_numpy(attention.query_dense.kernel).copy()  # (hidden, heads, width)
+    query[:, [1, 2]] = 0.0
+    attention.query_dense.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention.output_dense.kernel).copy()  # (heads, width, hidden)
+    output[[1, 2]] = 0.0
+    attention.output_dense.kernel.assign(output)
+    sinks = np.array([0.5, -1.0, 2.0, 0.25], "float32")  # the kept heads' sinks must stay theirs
+    attention.sinks.assign(sinks)
+    tokens = _tokens(7)
+    pruned, result = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "GptOssAttention"]
+    assert (layer.num_query_heads, layer.num_key_value_heads) == (2, 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.sinks), sinks[[0, 3]])
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
+
+
+def test_qwen3_moe_loses_dead_query_heads_and_decodes_with_a_cache():
+    model = _moe_causal_lm("qwen3_moe")
+    attention = model.backbone.transformer_layers[0]._self_attention_layer
+    query = keras.ops.convert_to_numpy(attention._query_dense.kernel).copy()  # (hidden, heads, width)
+    query[:, [0, 3]] = 0.0
+    attention._query_dense.kernel.assign(query)
+    output = keras.ops.convert_to_numpy(attention._output_dense.kernel).copy()  # (heads, width, hidden)
+    output[[0, 3]] = 0.0
+    attention._output_dense.kernel.assign(output)
+    tokens = _tokens(8)
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    (layer,) = [layer for layer in pruned.layers if type(layer).__name__ == "Qwen3MoeAttention"]
+    assert (layer.num_query_heads, layer.num_key_value_heads, layer.head_dim) == (2, 2, 4)
+    full = _logits(pruned, tokens)
+    np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
+    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)

@@ -223,11 +223,15 @@ class _GroupedQueryAttention(Handler):
             rebuilt as (`explicit_head_dim_class`), which keeps `head_dim`
             in its config (for layers whose head width is
             `hidden_dim // num_query_heads`).
+        per_head_weights: Tuple of attribute names of the layer's own
+            weights with one entry per query head (GPT-OSS's attention
+            sinks), sliced with the query heads.
     """
 
-    def __init__(self, projections, extra_per_head=(), explicit_head_dim=None):
+    def __init__(self, projections, extra_per_head=(), explicit_head_dim=None, per_head_weights=()):
         self.projections = projections
         self.extra_per_head = extra_per_head
+        self.per_head_weights = per_head_weights
         self.explicit_head_dim = explicit_head_dim
         self._layouts = {}  # layer name -> weight indices and head axes, for the resize
 
@@ -287,6 +291,8 @@ class _GroupedQueryAttention(Handler):
                 tracer.use(layer, dense.kernel, head_axis, heads, role)
                 if getattr(dense, "bias", None) is not None:
                     self._use_bias(layer, dense, heads, tracer, role)
+        for name in self.per_head_weights:
+            tracer.use(layer, getattr(layer, name, None), 0, query_heads, "param")
         for name in self.extra_per_head:
             extra = getattr(layer, name, None)
             if isinstance(extra, keras.layers.EinsumDense):
@@ -342,6 +348,10 @@ class _GroupedQueryAttention(Handler):
         config = dict(config)
         config["num_query_heads"] = int(weight_shapes[query_index][query_axis])
         config["num_key_value_heads"] = int(weight_shapes[key_index][key_axis])
+        if "head_dim" in config and config["head_dim"] is None:
+            # Left to `hidden_dim // num_query_heads` it would change with the heads: the query kernel's
+            # last axis is the head width ("muh").
+            config["head_dim"] = int(weight_shapes[query_index][-1])
         return config
 
     def _explicit_class(self):
@@ -1054,6 +1064,9 @@ BY_CLASS = {
     (_HUB + "mistral.mistral_attention", "CachedMistralAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
     (_HUB + "gemma.gemma_attention", "CachedGemmaAttention"): _GroupedQueryAttention(_GEMMA_NAMES),
     (_HUB + "gemma3.gemma3_attention", "CachedGemma3Attention"): _GroupedQueryAttention(_GEMMA_NAMES),
+    (_HUB + "gpt_oss.gpt_oss_attention", "GptOssAttention"): _GroupedQueryAttention(
+        _GEMMA_NAMES, per_head_weights=("sinks",)),
+    (_HUB + "qwen3_moe.qwen3_moe_attention", "Qwen3MoeAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
     (_HUB + "gemma3.gemma3_layers", "RMSNormalization"): _HubNormalization(),
     (_HUB + "phi3.phi3_layernorm", "Phi3LayerNorm"): _HubNormalization(),
     (_HUB + "mixtral.mixtral_layer_norm", "MixtralLayerNormalization"): _HubNormalization(),

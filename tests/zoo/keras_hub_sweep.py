@@ -523,11 +523,11 @@ def _pali_gemma(hub):
 
 
 def _blip2(hub, t5=False):
-    vision = hub.models.BLIP2VisionEncoder(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+    vision = hub.models.BLIP2VisionEncoder(image_size=32, patch_size=8, num_layers=1, num_heads=HEADS,
                                            hidden_dim=HIDDEN, intermediate_dim=INTERMEDIATE, use_patch_bias=True,
                                            use_class_token=True, use_mha_bias=True, use_mlp_bias=True,
                                            dropout_rate=0.0, layer_norm_epsilon=1e-6, initializer_range=0.02)  # fmt: skip
-    qformer = hub.models.BLIP2QFormer(num_query_tokens=2, num_layers=1, num_heads=2, hidden_dim=HIDDEN,
+    qformer = hub.models.BLIP2QFormer(num_query_tokens=2, num_layers=1, num_heads=HEADS, hidden_dim=HIDDEN,
                                       intermediate_dim=INTERMEDIATE, vision_dim=HIDDEN, cross_attention_frequency=1,
                                       dropout=0.0, layer_norm_epsilon=1e-6)  # fmt: skip
     if t5:
