@@ -49,6 +49,7 @@ def _paths(group):
     return {path.split("/", 1)[1] for member in group.members for path, _ in member.weights}
 
 
+@pytest.mark.slow  # T5 traces and rebuilds slowly (over a minute); test_handlers_ops's T5 test covers heads in CI
 def test_t5_blocks_prune_heads_chained_through_the_position_bias(tmp_path):
     # Every block of a T5 stack adds the first block's position bias (one row per head)
     # to its scores: the heads of a stack are one group, with the bias table's columns;
