@@ -774,6 +774,7 @@ class BNSparsity(keras.callbacks.Callback):
         statistics = self.gamma_statistics()
         statistics["bn_gamma_l1"] = float(ops.convert_to_numpy(self._strength))
         if self.target is not None and self._quantile is not None:
+            statistics["bn_channel_share"] = float(np.mean(self._group_norms() < self.target_threshold))
             statistics["bn_gamma_quantile"] = self._quantile
             statistics["bn_gamma_quantile_goal"] = self.scheduled_quantile(epoch + 1)
         if logs is not None:
