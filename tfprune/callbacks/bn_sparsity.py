@@ -184,18 +184,21 @@ def share_quantile(magnitudes, share):
     return float(np.partition(magnitudes, count - 1)[count - 1])
 
 
-def tracking_error(quantile, goal, floor):
-    """Returns the controller's error: `log2(max(quantile, floor) / goal)` clipped to `[-1, 1]`.
+def tracking_error(quantile, goal):
+    """Returns the controller's error: `log2(quantile / goal)` clipped to `[-1, 1]`, and `0` at an exact zero.
 
     Positive when the scale at the target share is above where it should be
-    (too few small scales: the strength must rise), negative below. The
-    error saturates at a factor of 2 either way; `floor` stands for exact
-    zeros, so that a share already past the target gives `-1`.
+    (too few small scales: the strength must rise), negative below (the
+    shrinking is ahead of the ramp: it slows down). The error saturates at a
+    factor of 2 either way. An exact zero (the proximal step gives them) means
+    the target share is reached: the strength is held, so that the zeroed
+    channels stay zero (lowering it let a zeroed channel grow back to 0.01 in
+    the tests); the channels above the share are not penalised, so holding
+    it costs them nothing.
 
     Args:
         quantile: Non-negative float, from `share_quantile`.
         goal: Positive float. Where the quantile should be now.
-        floor: Positive float, at most `goal`. The value an exact zero counts as.
 
     Returns:
         Float in `[-1, 1]`.
@@ -203,12 +206,14 @@ def tracking_error(quantile, goal, floor):
     Example:
 
     >>> from tfprune.callbacks.bn_sparsity import tracking_error
-    >>> tracking_error(0.2, 0.1, 0.0025), tracking_error(0.0, 0.005, 0.0025), tracking_error(3.0, 0.1, 0.0025)
-    (1.0, -1.0, 1.0)
-    >>> round(tracking_error(0.12, 0.1, 0.0025), 4)
+    >>> tracking_error(0.2, 0.1), tracking_error(0.0, 0.005), tracking_error(0.01, 0.1)
+    (1.0, 0.0, -1.0)
+    >>> round(tracking_error(0.12, 0.1), 4)
     0.263
     """
-    return float(np.clip(np.log2(max(quantile, floor) / goal), -1.0, 1.0))
+    if quantile <= 0.0:
+        return 0.0
+    return float(np.clip(np.log2(quantile / goal), -1.0, 1.0))
 
 
 def adapt_strength(strength, error, gain, elapsed):
@@ -715,7 +720,7 @@ class BNSparsity(keras.callbacks.Callback):
             self._quantile = share_quantile(self._group_norms(), self.target)
             if self._start_quantile is None:
                 self._start_quantile = self._quantile
-            error = tracking_error(self._quantile, self.scheduled_quantile(done), 0.25 * self.target_threshold)
+            error = tracking_error(self._quantile, self.scheduled_quantile(done))
             # bounded so that an unreachable target cannot run the strength away
             self._controlled = float(
                 np.clip(adapt_strength(self._controlled, error, self.gain, executed / steps),
