@@ -418,10 +418,16 @@ class BNSparsity(keras.callbacks.Callback):
     strength, the VGG-BN, a ResNet-style CNN and MobileNetV3-Small
     (`targets="expansion"`) end with half of their targeted channels at
     zero under Adam and under SGD, and pruning half of them with
-    `bn_gamma` costs nothing before fine-tuning; the fixed default left 10%
-    of the VGG-BN's γ below 1e-2. With very few epochs the ramp is short
-    and the strength may not rise fast enough (2 epochs of the VGG-BN: 14%
-    of a 0.5 target); raise `gain` or train longer.
+    `bn_gamma` costs nothing before fine-tuning (the sparsity-trained
+    accuracy is from 0.6 points above to 1.4 below plain training's; one
+    run each); the fixed default left 9.9% of
+    the VGG-BN's γ below 1e-2 (10.0% accuracy once pruned at 0.5). On
+    10,000 Fashion-MNIST training images (VGG-BN, Adam, 10 epochs): 50% at
+    zero, nothing lost by pruning at 0.5, 81.7% against 85.1% plain (the
+    fixed default: 26.6% below 1e-2, 18.5% once pruned). With very few
+    epochs the ramp is short and the strength may not rise fast enough
+    (2 epochs of the VGG-BN: 13.5% of a 0.5 target); raise `gain` or train
+    longer.
     The logs get `bn_channel_share` (the share of the penalised groups with
     a norm below `target_threshold`: channels with `penalty="channel"`),
     `bn_gamma_quantile` (`q`) and `bn_gamma_quantile_goal` (the path at the
