@@ -41,6 +41,7 @@ EXPECTED_SECTIONS = {
     "sparse_deploy": ["## Sparse deployment (STR 90%)"],
     "str_grid": ["## STR vs magnitude pruning: grid"],
     "bn_sparsity_digits": ["## BN-γ sparsity training (digits): VGG-BN (32/32/64/64)"],
+    "bn_sparsity_target": ["## BN-γ sparsity training to a target (digits): VGG-BN (32/32/64/64)"],
     "vit_digits": ["## Attention pruning: digits ViT"],
 }
 

@@ -399,3 +399,139 @@ def test_get_config_round_trip():
     again = BNSparsity(**config)
     assert again.get_config() == config
     assert config["mode"] == "proximal" and config["l1"] == 0.1
+
+
+# --- the target form (issue 30): a controller adapts the strength -------------------------------
+
+from tfprune.callbacks.bn_sparsity import adapt_strength, share_quantile, tracking_error  # noqa: E402
+
+
+def test_share_quantile_is_the_magnitude_below_which_the_share_lies():
+    magnitudes = np.array([0.3, 0.0, 1.0, 0.004, 0.2])
+    assert share_quantile(magnitudes, 0.2) == 0.0  # ceil(0.2 * 5) = 1st smallest
+    assert share_quantile(magnitudes, 0.5) == 0.2  # ceil(2.5) = 3rd smallest
+    assert share_quantile(magnitudes, 0.4) == 0.004
+    # share s below t  <=>  the quantile is below t
+    for share in (0.2, 0.4, 0.5, 0.8):
+        assert (np.mean(magnitudes < 0.25) >= share) == (share_quantile(magnitudes, share) < 0.25)
+
+
+def test_controller_raises_the_strength_below_target_and_lowers_it_above():
+    goal = 0.1
+    # the quantile above its goal: too few small scales, the strength rises
+    error_below_target = tracking_error(0.14, goal)
+    assert error_below_target == pytest.approx(np.log2(1.4))
+    raised = adapt_strength(0.02, error_below_target, 2.0, 0.25)
+    assert raised == pytest.approx(0.02 * np.exp(2.0 * np.log2(1.4) * 0.25))
+    # the quantile below its goal (shrinking ahead of the ramp): the strength falls
+    lowered = adapt_strength(0.02, tracking_error(0.08, goal), 2.0, 0.25)
+    assert lowered == pytest.approx(0.02 * np.exp(2.0 * np.log2(0.8) * 0.25))
+    assert raised > 0.02 > lowered
+    # saturation: a factor of 2 off or more counts as 1
+    assert tracking_error(50.0, goal) == 1.0 and tracking_error(0.04, goal) == -1.0
+    # on the goal, or an exact zero at the target share (reached): held
+    assert adapt_strength(0.02, tracking_error(goal, goal), 2.0, 1.0) == pytest.approx(0.02)
+    assert tracking_error(0.0, goal) == 0.0
+
+
+def test_scheduled_quantile_falls_linearly_to_half_the_threshold_after_the_warmup():
+    callback = BNSparsity(target=0.5, ramp_epochs=4, warmup_epochs=1, target_threshold=0.02)
+    callback._start_quantile = 0.81
+    assert callback.scheduled_quantile(0.5) == pytest.approx(0.81)  # warm-up
+    assert callback.scheduled_quantile(3.0) == pytest.approx(0.01 + 0.8 * 0.5)
+    assert callback.scheduled_quantile(5.0) == pytest.approx(0.01)
+    assert callback.scheduled_quantile(50.0) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="needs a `target`"):
+        BNSparsity().scheduled_quantile(1.0)
+
+
+def test_group_soft_threshold_cutoff_and_units_guard():
+    values = np.array([0.05, 0.5, 0.08, 0.02, 3.0], "float32")
+    steps = np.ones(5, "float32")
+    group_ids = np.arange(5)
+    # groups above the cutoff are untouched, the others soft-thresholded
+    got = np.asarray(group_soft_threshold(values, steps, group_ids, 5, 0.1, cutoff=0.1))
+    np.testing.assert_allclose(got, [0.0, 0.5, 0.0, 0.0, 3.0], atol=1e-7)
+    # units {0, 1, 2} and {3, 4}: a strength that zeroes everything leaves each unit its largest group
+    units = np.array([0, 0, 0, 1, 1])
+    got = np.asarray(group_soft_threshold(values, steps, group_ids, 5, 10.0, group_units=units))
+    np.testing.assert_allclose(got, [0.0, 0.5, 0.0, 0.0, 3.0], atol=1e-7)
+    # a unit that keeps a group by itself is left to the plain soft threshold
+    got = np.asarray(group_soft_threshold(values, steps, group_ids, 5, 0.4, group_units=units))
+    np.testing.assert_allclose(got, [0.0, 0.1, 0.0, 0.0, 2.6], atol=1e-6)
+
+
+def test_a_huge_fixed_strength_never_empties_a_batch_norm_layer():
+    model = _toy_model()
+    gammas = _fit(model, keras.optimizers.SGD(0.1), [BNSparsity(100.0)], epochs=2)
+    # without the guard every channel of the only group is zeroed (100 * 0.1 >> every |γ|)
+    assert np.count_nonzero(gammas) == 1
+    assert np.argmax(np.abs(gammas)) == 5  # the largest channel (γ = 2.0) is the one kept
+
+
+def _redundant_target_run(optimizer, target, epochs):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = ((x[:, 0] + x[:, 1]) > 0).astype("int32") + 2 * (x[:, 2] > 0.5).astype("int32")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(32, use_bias=False, name="dense")(inputs)
+    hidden = keras.layers.BatchNormalization(momentum=0.9, name="bn")(hidden)
+    hidden = keras.layers.ReLU()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="head")(hidden))
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    callback = BNSparsity(target=target)
+    history = model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[callback])
+    return model, history.history, x
+
+
+@pytest.mark.parametrize(
+    "make_optimizer", [lambda: keras.optimizers.Adam(1e-2), lambda: keras.optimizers.SGD(0.1, momentum=0.9)],
+    ids=["adam", "sgd"],
+)
+def test_target_form_reaches_its_share_without_a_strength_and_removal_is_free(make_optimizer):
+    model, history, x = _redundant_target_run(make_optimizer(), 0.25, epochs=12)
+    gammas = np.abs(model.get_layer("bn").gamma.numpy())
+    # 8 of the 32 channels end below 1e-2 (most exactly at zero), and no more: only the groups
+    # ranked in the bottom share are penalised
+    assert np.sum(gammas < 1e-2) == 8, gammas
+    assert np.sum(gammas == 0.0) >= 6, gammas
+    assert np.sort(gammas)[8] > 0.1, gammas
+    assert history["bn_channel_share"][-1] == pytest.approx(0.25)
+    assert history["bn_gamma_below_0.01"][-1] == pytest.approx(0.25)
+    # the strength was adapted: it rose from 0.02 while nothing was zero yet
+    assert history["bn_gamma_l1"][0] > 0.02
+    assert {"bn_gamma_quantile", "bn_gamma_quantile_goal"} <= set(history)
+    pruned, _ = tfprune.prune(model, "bn_gamma", rate=0.25, round_to=1)
+    # removing the (near-)zero channels leaves the outputs nearly unchanged
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-2)
+
+
+def test_target_form_config_round_trip_and_old_configs_still_load():
+    callback = BNSparsity(target=0.4, target_threshold=0.02, ramp_epochs=5, gain=3.0, targets="expansion")
+    config = callback.get_config()
+    assert BNSparsity(**config).get_config() == config
+    assert (config["target"], config["target_threshold"], config["ramp_epochs"], config["gain"]) == (0.4, 0.02, 5, 3.0)
+    # a config saved before the target form (no target keys) is the fixed strength
+    old = {key: value for key, value in BNSparsity(0.1).get_config().items()
+           if key not in ("target", "target_threshold", "ramp_epochs", "gain")}
+    assert BNSparsity(**old).target is None and BNSparsity(**old).strength(3) == 0.1
+
+
+def test_target_form_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match=r"`target` must be .*target=1.5"):
+        BNSparsity(target=1.5)
+    with pytest.raises(ValueError, match=r"`target` must be .*target=True"):
+        BNSparsity(target=True)
+    with pytest.raises(ValueError, match=r"use mode='proximal'.*mode='subgradient'"):
+        BNSparsity(target=0.5, mode="subgradient", penalty="gamma")
+    with pytest.raises(ValueError, match=r"either `target` or `schedule`"):
+        BNSparsity(target=0.5, schedule=lambda epoch, l1: l1)
+    with pytest.raises(ValueError, match=r"`l1` is the starting strength.*l1=0"):
+        BNSparsity(0, target=0.5)
+    with pytest.raises(ValueError, match=r"`target_threshold` must be.*target_threshold=0"):
+        BNSparsity(target=0.5, target_threshold=0)
+    with pytest.raises(ValueError, match=r"`ramp_epochs` must be.*ramp_epochs=-1"):
+        BNSparsity(target=0.5, ramp_epochs=-1)
+    with pytest.raises(ValueError, match=r"`gain` must be.*gain=0"):
+        BNSparsity(target=0.5, gain=0)
