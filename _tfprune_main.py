@@ -7,7 +7,8 @@ was. This module imports nothing heavy until `main` runs inside its handler.
 
 import sys
 
-INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+# tfprune.cli.INTERRUPTED (a test checks they agree): this module cannot import tfprune before its handler.
+INTERRUPTED = 130
 
 
 def main(argv=None):
@@ -31,6 +32,8 @@ def main(argv=None):
 
         return run(argv)
     except KeyboardInterrupt:
+        if "--traceback" in (sys.argv[1:] if argv is None else argv):
+            raise
         print("tfprune: interrupted", file=sys.stderr)
         return INTERRUPTED
 

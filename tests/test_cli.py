@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -360,20 +361,39 @@ def test_prune_targets_a_transformers_heads_or_hidden_width(tmp_path, capsys):
     assert len(lines) == 1 and "Criterion 'taylor' scores channels on data" in lines[0]
 
 
-@pytest.mark.parametrize("delay", [0.5, 8.0], ids=["while-importing", "while-running"])
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, delay):
-    # Ctrl-C during the imports (TensorFlow takes seconds to load) or during the work.
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen([*_command(), "demo", "--quick", "--out", str(tmp_path / "demo")],
+def _launcher(*arguments):
+    # The console script's own entry point, whatever an older install's script names.
+    code = f"import sys, _tfprune_main; sys.exit(_tfprune_main.main({list(arguments)!r}))"
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.parametrize("when", ["while-importing", "while-running"])
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, when):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(_launcher("demo", "--quick", "--out", str(tmp_path / "demo")),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)  # fmt: skip
-    try:
-        process.wait(timeout=delay)
-        pytest.fail(f"the demo ended before the interrupt at {delay} s")
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGINT)
+    if when == "while-importing":
+        time.sleep(0.5)  # TensorFlow takes seconds to import
+    else:
+        assert process.stdout.readline(), "the demo printed nothing"  # its first line: the imports are done
+    process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "Traceback" not in errors and errors.splitlines()[-1] == "tfprune: interrupted"
+
+
+def test_the_launcher_and_the_cli_agree_on_the_interrupt_code_and_traceback(monkeypatch):
+    import _tfprune_main
+
+    assert _tfprune_main.INTERRUPTED == cli.INTERRUPTED == 130
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    assert _tfprune_main.main(["report", "x.keras"]) == 130
+    with pytest.raises(KeyboardInterrupt):
+        _tfprune_main.main(["--traceback", "report", "x.keras"])
 
 
 def test_an_interrupted_command_returns_130_without_traceback(monkeypatch, capsys):

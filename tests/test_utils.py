@@ -114,19 +114,42 @@ def test_docstring_examples_run():
 def test_atomic_path_removes_what_killed_runs_left_and_nothing_else(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
-    stale = tmp_path / f".tfprune-{dead.pid}-abc123.keras"
-    stale.write_text("half-written by a killed run")
-    stale_directory = tmp_path / f".tfprune-{dead.pid}-def456.savedmodel"
-    stale_directory.mkdir()
-    live = tmp_path / f".tfprune-{os.getpid()}-ghi789.keras"  # a run writing now
-    live.write_text("in progress")
-    others = [tmp_path / ".tfprune-notes.txt", tmp_path / "model.keras"]
-    for path in others:
-        path.write_text("user file")
+    old = 0  # a modification time long past
+    stale = tmp_path / f".tfprune-{dead.pid}-abc12345.keras"
+    kept = {
+        "recent": tmp_path / f".tfprune-{dead.pid}-def12345.keras",  # maybe another host's run: too young
+        "live": tmp_path / f".tfprune-{os.getpid()}-ghi12345.keras",  # a run writing now
+        "user file": tmp_path / f".tfprune-{dead.pid}-notes.txt",  # not the form atomic_path writes
+        "user dated file": tmp_path / ".tfprune-2024-backup1.keras",
+        "plain": tmp_path / "model.keras",
+    }
+    for path in [stale, *kept.values()]:
+        path.write_text("contents")
+    directory = tmp_path / f".tfprune-{dead.pid}-jkl12345.keras"  # a directory is never removed
+    directory.mkdir()
+    for path in [stale, directory, *(kept[name] for name in ("live", "user file", "user dated file"))]:
+        os.utime(path, (old, old))
     with _utils.atomic_path(tmp_path / "out.txt") as temporary:
+        assert _utils._TEMPORARY_NAME.fullmatch(os.path.basename(temporary))
         assert os.path.basename(temporary).startswith(f".tfprune-{os.getpid()}-")
         with open(temporary, "w") as handle:
             handle.write("new")
-    assert not stale.exists() and not stale_directory.exists()
-    assert live.exists() and all(path.exists() for path in others)
+    assert not stale.exists()
+    assert [name for name, path in kept.items() if not path.exists()] == [] and directory.is_dir()
     assert (tmp_path / "out.txt").read_text() == "new"
+
+
+def test_atomic_path_keeps_the_writers_error_when_it_left_a_directory(tmp_path):
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with _utils.atomic_path(tmp_path / "model.savedmodel") as temporary:
+            os.makedirs(os.path.join(temporary, "variables"))
+            raise RuntimeError("writer failed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_remove_stale_temporaries_docstring_example_runs():
+    runner = doctest.DocTestRunner()
+    globs = {"remove_stale_temporaries": _utils.remove_stale_temporaries}
+    for test in doctest.DocTestFinder().find(_utils.remove_stale_temporaries, globs=globs):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries == 6

@@ -56,7 +56,6 @@ from tfprune import (
     search,
     surgery,
 )
-from tfprune import handlers_keras_hub as _handlers_keras_hub  # noqa: F401 - registers names `.keras` files use
 from tfprune.analysis import analyze
 from tfprune.magnitude import (
     ConstantSparsity,

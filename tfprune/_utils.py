@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 
 import keras
@@ -166,16 +167,22 @@ def functional_view(model):
 
 
 TEMPORARY_PREFIX = ".tfprune-"
+# Exactly what `atomic_path` names: prefix, process id, tempfile's 8 random characters, the output's suffix.
+_TEMPORARY_NAME = re.compile(r"\.tfprune-(\d+)-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
+# A file younger than this is never removed: its writer may run on another host sharing the
+# directory (an NFS mount, another container), where its process id means nothing here.
+STALE_AFTER_SECONDS = 3600
 
 
 def remove_stale_temporaries(directory):
     """Deletes the hidden temporary files that killed `tfprune` runs left in `directory`.
 
-    `atomic_path` writes to `.tfprune-<process id>-<random><suffix>` beside the
-    output and renames it at the end; a run killed outright (SIGKILL, power
-    loss) cannot delete it. A file whose process no longer runs is removed;
-    files of running processes (another `tfprune` writing there now) and
-    every other file are left alone.
+    `atomic_path` writes to `.tfprune-<process id>-<8 random characters><suffix>`
+    beside the output and renames it at the end; a run killed outright
+    (SIGKILL, power loss) cannot delete it. A file of exactly that form is
+    removed when it is over an hour old and no process of its id runs on this
+    machine; every other file (yours, a running `tfprune`'s, one that might be
+    written from another host) is left alone. Nothing is removed on Windows.
 
     Args:
         directory: String or path-like. The directory to clean.
@@ -183,24 +190,29 @@ def remove_stale_temporaries(directory):
     Returns:
         List of the removed paths (strings).
 
+    Raises:
+        OSError: If `directory` cannot be listed.
+
     Example:
 
-    >>> remove_stale_temporaries(".")  # doctest: +SKIP
-    []
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> path = os.path.join(directory, ".tfprune-999999999-abcd1234.keras")
+    >>> open(path, "w").close()
+    >>> os.utime(path, (0, 0))  # written long ago, by a process that is gone
+    >>> [os.path.basename(p) for p in remove_stale_temporaries(directory)]
+    ['.tfprune-999999999-abcd1234.keras']
     """
     removed = []
     for name in os.listdir(directory):
-        if not name.startswith(TEMPORARY_PREFIX):
-            continue
-        pid = name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _process_runs(int(pid)):
-            continue
+        match = _TEMPORARY_NAME.fullmatch(name)
         candidate = os.path.join(directory, name)
+        if match is None or _process_runs(int(match.group(1))) or not os.path.isfile(candidate):
+            continue
         try:
-            if os.path.isdir(candidate):
-                shutil.rmtree(candidate)
-            else:
-                os.unlink(candidate)
+            if time.time() - os.path.getmtime(candidate) < STALE_AFTER_SECONDS:
+                continue
+            os.unlink(candidate)
             removed.append(candidate)
         except OSError:
             pass  # another run removed it first, or it is not ours to remove
@@ -253,7 +265,10 @@ def atomic_path(path, overwrite=True):
         yield temporary
         os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
+        # What the writer left behind on failure (a file, or a directory from a writer that made one).
+        if os.path.isdir(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif os.path.exists(temporary):
             os.unlink(temporary)
 
 

@@ -48,6 +48,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
+# 128 + SIGINT: the code a shell reports for a process ended by Ctrl-C.
+INTERRUPTED = 130
+
+
 def main(argv=None):
     """Runs the `tfprune` command.
 
@@ -80,7 +84,7 @@ def main(argv=None):
         if show_traceback:
             raise
         print("tfprune: interrupted", file=sys.stderr)
-        return 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+        return INTERRUPTED
     except (UsageError, ValueError, TypeError, OSError) as error:
         if show_traceback:
             raise

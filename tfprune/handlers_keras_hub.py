@@ -236,6 +236,11 @@ class _BlockFeedForward(Handler):
             tracer.pin(outputs[-1], reason)
         producers = [_attribute(layer, name) for name in self.producers if _attribute(layer, name) is not None]
         consumer = _attribute(layer, self.consumer)
+        dense_layers = [*producers, consumer]
+        if not producers or any(getattr(dense, "kernel", None) is None for dense in dense_layers) or any(
+            getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in dense_layers
+        ):  # another keras-hub version's attribute names, or LoRA/quantized projections: nothing is sliced
+            return outputs
         self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(producers[0].kernel))
         units = tracer.new_channels(producers[0].units, f"{layer.name}_{producers[0].name}")
         for dense in producers:
@@ -688,7 +693,14 @@ def _register_stand_in(name):
     """Stands for `subclass_of(name)` in Keras's registry until it is made (a `.keras` file names `tfprune>name`)."""
 
     def from_config(cls, config):
-        return subclass_of(name).from_config(config)
+        try:
+            made = subclass_of(name)
+        except ImportError as error:
+            raise ImportError(
+                f"Layer '{config.get('name', name)}' of this .keras file is tfprune's {name}, a subclass of "
+                "keras-hub's layer of that name; install keras-hub (`pip install keras-hub`) to load it."
+            ) from error
+        return made.from_config(config)
 
     stand_in = type(f"_Deferred{name}", (), {"from_config": classmethod(from_config), "get_config": lambda self: {}})
     keras.saving.register_keras_serializable(package="tfprune", name=name)(stand_in)
@@ -701,7 +713,10 @@ for _name in _SUBCLASSES:
 def __getattr__(name):
     # `tfprune.handlers_keras_hub.DINOV3Attention` (how Keras finds the class of a saved layer).
     if name in _SUBCLASSES:
-        return subclass_of(name)
+        try:
+            return subclass_of(name)
+        except ImportError as error:  # hasattr() must say False, not raise, without keras-hub
+            raise AttributeError(f"{name} needs keras-hub, which is not installed") from error
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
