@@ -54,3 +54,26 @@ def assert_same_weights(model, snapshot):
 def outputs(model, x):
     """`model(x)` as a NumPy array, on any backend (PyTorch's tensors carry gradients)."""
     return keras.ops.convert_to_numpy(model(x))
+
+
+def all_outputs(model, x):
+    """Every output of `model` on `x` (nested outputs flattened), as NumPy arrays."""
+    return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(model(x))]
+
+
+def assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path, roles=("output", "param")):
+    """Channels whose weights (`roles`, as `kill_channels`) are zero are removed with the outputs
+    unchanged to 1e-5; the smaller model reloads from `.keras` to 1e-6. Returns the smaller model."""
+    import tfprune
+
+    graph = tfprune.graph.build(model)
+    assert graph[group].prunable, graph[group].reason
+    kill_channels(model, graph[group], channels, roles=roles)
+    small = tfprune.surgery.remove_channels(model, {group: list(channels)})
+    for got, want in zip(all_outputs(small, x), all_outputs(model, x)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.models.load_model(tmp_path / "small.keras")
+    for got, want in zip(all_outputs(reloaded, x), all_outputs(small, x)):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    return small

@@ -9,34 +9,14 @@ import keras
 import numpy as np
 import pytest
 from keras import layers, ops
-from surgery_helpers import kill_channels, outputs
+from surgery_helpers import all_outputs as _all_outputs
+from surgery_helpers import assert_dead_channels_leave_no_trace, outputs
 
 import tfprune
 
 
 def _random(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path):
-    """Channels whose producer weights are zero are removed with the outputs unchanged;
-    the smaller model reloads from `.keras` to 1e-6."""
-    graph = tfprune.graph.build(model)
-    assert graph[group].prunable, graph[group].reason
-    kill_channels(model, graph[group], channels)
-    small = tfprune.surgery.remove_channels(model, {group: list(channels)})
-    for got, want in zip(_all_outputs(small, x), _all_outputs(model, x)):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    small.save(tmp_path / "small.keras")
-    reloaded = keras.models.load_model(tmp_path / "small.keras")
-    for got, want in zip(_all_outputs(reloaded, x), _all_outputs(small, x)):
-        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    return small
-
-
-def _all_outputs(model, x):
-    """Every output of `model(x)` as NumPy arrays (a dict of outputs in key order)."""
-    return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(model(x))]
 
 
 def einsum_attention(length=5, width=8, key_width=6, value_width=7):

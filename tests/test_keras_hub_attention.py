@@ -7,28 +7,15 @@ outputs are unchanged, and reloads the smaller model from `.keras`.
 import keras
 import numpy as np
 import pytest
-from surgery_helpers import kill_channels
+from surgery_helpers import all_outputs as _all_outputs
+from surgery_helpers import assert_dead_channels_leave_no_trace
 
 import tfprune
 
 
-def _all_outputs(model, x):
-    return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(model(x))]
-
-
 def _assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path):
-    """Zeroes every weight of `channels` of `group`, removes them: same outputs, and the same after a `.keras` reload."""
-    graph = tfprune.graph.build(model)
-    assert graph[group].prunable, graph[group].reason
-    kill_channels(model, graph[group], channels, roles=("output", "param", "input"))
-    small = tfprune.surgery.remove_channels(model, {group: list(channels)})
-    for got, want in zip(_all_outputs(small, x), _all_outputs(model, x)):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    small.save(tmp_path / "small.keras")
-    reloaded = keras.models.load_model(tmp_path / "small.keras")
-    for got, want in zip(_all_outputs(reloaded, x), _all_outputs(small, x)):
-        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    return small
+    # Heads: their query/key/value units and their rows of the output projection are zeroed.
+    return assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path, roles=("output", "param", "input"))
 
 
 def _seq2seq_inputs(seed=0, vocabulary=30):
