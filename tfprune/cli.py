@@ -161,7 +161,11 @@ def build_parser():
     )
     prune.add_argument("model", help="input .keras file")
     prune.add_argument("--criterion", required=True, help="importance criterion, e.g. sparsity_gamma, l1")
-    prune.add_argument("--rate", required=True, type=_rate, help="share of channels to remove, in (0, 1)")
+    prune.add_argument(
+        "--rate", type=_rate, default=None,
+        help="share of channels to remove, in (0, 1); required except with --criterion str_zero_filters, "
+        "which removes exactly the filters STR trained to zero",
+    )
     prune.add_argument(
         "--scope",
         default=None,
@@ -464,6 +468,8 @@ def _run_prune(args):
             f"Criterion {args.criterion!r} scores channels on data, which the command line does not take; "
             "use a weight criterion (l1, l2, bn_gamma, sparsity_gamma, ...) or tfprune.prune(..., data=...) in Python."
         )
+    if args.rate is None and args.criterion != "str_zero_filters":
+        raise UsageError(f"--rate is required with --criterion {args.criterion}, e.g. --rate 0.5.")
     model = _load_model(args.model, args.unsafe_load)
     try:
         pruned, result = tfprune.prune(

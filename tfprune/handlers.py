@@ -371,6 +371,8 @@ def handler_for(operation):
         from tfprune import handlers_keras_hub
 
         return handlers_keras_hub.handler_for(operation)
+    if hasattr(operation, "stripped_layer"):
+        return _TRAINING_LAYER
     return None
 
 
@@ -394,6 +396,29 @@ class _Input(Handler):
 
 
 INPUT = _Input()
+
+
+class _TrainingLayer(Handler):
+    """tfprune's training-time layers (STR layers, `prune_low_magnitude` wrappers): refused, strip first.
+
+    An STR layer's threshold acts on the whole kernel (on each filter's norm
+    over all its inputs in `mode="channel"`, and its shrinkage compensation
+    on the kernel's norm), so removing channels would change which weights
+    survive: the pruned layer would not compute what the trained one did.
+    `tfprune.prune` strips such layers itself; `tfprune.graph.build` and
+    `tfprune.surgery` are given models without them.
+    """
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        raise ValueError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) is a tfprune training layer whose sparsity depends "
+            "on its whole kernel, so its channels cannot be removed in place: call `tfprune.strip(model)` first "
+            "(`tfprune.prune` does it for you)."
+        )
+
+
+_TRAINING_LAYER = _TrainingLayer()
 
 
 class Freeze(Handler):

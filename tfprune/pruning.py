@@ -52,6 +52,7 @@ import numpy as np
 
 from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
+from tfprune import sparsity as sparsity_module
 from tfprune import surgery
 from tfprune._utils import (
     check_verbose,
@@ -495,6 +496,32 @@ def _inlined(model):
     if graph_module.needs_flattening(model):
         return graph_module.flatten(model)
     return model
+
+
+def _stripped(model):
+    # STR layers and magnitude-pruning wrappers: their sparsity depends on the whole
+    # kernel, so they are baked into plain layers (`tfprune.strip`) before channels go.
+    if any(hasattr(layer, "stripped_layer") for layer in model.layers):
+        return sparsity_module.strip(model)
+    return model
+
+
+def _zero_filters_threshold(criterion, rate, threshold):
+    """`(rate, threshold)` for `prune`: `"str_zero_filters"` removes exactly the zero filters.
+
+    Its scores tie at 1 for every live channel, so a rate would remove live
+    filters picked by their order: it is refused, and with neither argument
+    the threshold is 0 (the zero channels).
+    """
+    if criterion != "str_zero_filters":
+        return rate, threshold
+    if rate is not None:
+        raise ValueError(
+            "criterion='str_zero_filters' removes exactly the filters STR trained to zero, so it takes no "
+            f"`rate` (received rate={rate!r}): call it without one, or choose another criterion such as 'l1' "
+            "to remove a share of the channels."
+        )
+    return None, (0.0 if threshold is None else threshold)
 
 
 def _balanced_heads(graph, records, widths):
@@ -1036,6 +1063,12 @@ def prune(
             query heads (the cache shrinks too). Heads are scored on their
             query projection weights. Defaults to `"query_heads"`.
 
+    Layers that train sparsity (STR layers, `prune_low_magnitude` wrappers)
+    are stripped first (`tfprune.strip`): their sparsity depends on the
+    whole kernel, so the pruned model holds plain layers with their sparse
+    kernels. `criterion="str_zero_filters"` takes no `rate`: with neither
+    argument it removes exactly the filters channel-mode STR drove to zero.
+
     Numbers may be Python or NumPy scalars (`rate=np.float32(0.5)`). A model
     with nested models (a backbone called as one layer) is inlined first with
     `tfprune.graph.flatten`, so the pruned model is one flat functional model
@@ -1063,7 +1096,8 @@ def prune(
     Raises:
         TypeError: If `model` is not a graph model or `ignore` is not a tuple of names.
         ValueError: If an argument is out of range (`verbose` included), both or neither of
-            `rate`/`threshold` are given, the criterion is unknown, `ignore`
+            `rate`/`threshold` are given (`"str_zero_filters"` takes no rate and
+            defaults to `threshold=0.0`), the criterion is unknown, `ignore`
             names a layer the model does not have, no group may be pruned
             (every group frozen, e.g. a `channels_first` model, or excluded by
             `targets`/`ignore`), the criterion scores none of the targeted
@@ -1093,7 +1127,8 @@ def prune(
     """
     require_graph_model(model, "tfprune.prune")
     given = model
-    model = _inlined(model)
+    model = _stripped(_inlined(model))
+    rate, threshold = _zero_filters_threshold(criterion, rate, threshold)
     rate, threshold = _check_arguments(
         rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore
     )

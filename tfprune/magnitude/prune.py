@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
+from tfprune.layers.str_base import SoftThresholdMixin
 from tfprune.magnitude.policy import PruningPolicy
 from tfprune.magnitude.schedules import ConstantSparsity
 from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
@@ -126,8 +127,10 @@ def prune_low_magnitude(
         ValueError: If a pattern argument is invalid, `skip` names a layer the
             model does not have, no layer is left to prune, an argument is
             given under both its tfprune and its TFMOT name, `pruning_policy`
-            is given with a single layer, or the policy refuses the model
-            (`PruneForLatencyOnXNNPack` with no 1x1 convolution).
+            is given with a single layer, the policy refuses the model
+            (`PruneForLatencyOnXNNPack` with no 1x1 convolution), or the model
+            holds an STR layer that `skip` does not exclude (`tfprune.strip` it
+            first: STR learns its own sparsity).
 
     Example:
 
@@ -165,6 +168,7 @@ def prune_low_magnitude(
     if graph.needs_flattening(model):
         model = graph.flatten(model)
     skipped = _skip_test(skip, model)
+    _refuse_str_layers(model, skipped)
     if pruning_policy is not None:
         if not isinstance(pruning_policy, PruningPolicy):
             raise TypeError(
@@ -193,6 +197,17 @@ def prune_low_magnitude(
     skipped_names = {layer.name for layer in model.layers if skipped(layer)}
     warn_partial_coverage(model, wrapped, skipped_names, "tfprune.prune_low_magnitude", "wrapped")
     return pruned
+
+
+def _refuse_str_layers(model, skipped):
+    """Refuses a model whose STR layers would be wrapped: they learn their own sparsity."""
+    for layer in model.layers:
+        if isinstance(layer, SoftThresholdMixin) and not skipped(layer):
+            raise ValueError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) is an STR layer, which learns its own sparsity, so "
+                "magnitude pruning cannot mask it: call `tfprune.strip(model)` first to keep its sparse kernel as "
+                "a plain layer, or leave it out with `skip`."
+            )
 
 
 def pruning_wrappers(model):
