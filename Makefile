@@ -10,8 +10,12 @@ STAMP := $(VENV)/.tfprune-installed
 TFMOT_VENV := .venv-tfmot
 BENCH_STAMP := $(TFMOT_VENV)/.tfprune-bench-installed
 PYTEST_WORKERS ?= 2
+# The oldest Keras of setup.cfg's range: the core tests run on it too, in their own virtualenv.
+KERAS_OLDEST := 3.12.*
+OLDEST_VENV := .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.tfprune-oldest-installed
 
-.PHONY: demo test test-all lint bench fashion-mnist clean
+.PHONY: demo test test-oldest test-all lint bench fashion-mnist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +28,12 @@ $(BENCH_STAMP): $(STAMP)
 	$(TFMOT_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TFMOT_VENV)/bin/python -m pip install --quiet -e ".[bench]"
 	touch $(BENCH_STAMP)
+
+$(OLDEST_STAMP): setup.cfg pyproject.toml
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test]" "keras==$(KERAS_OLDEST)"
+	touch $(OLDEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tfprune demo
@@ -48,10 +58,17 @@ JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_
 JAX_ENV := KERAS_BACKEND=jax
 TORCH_ENV := KERAS_BACKEND=torch
 
-test: lint $(BENCH_STAMP)
+# The core (graph, surgery, prune, STR, magnitude pruning) on the oldest Keras of the range.
+CORE_TESTS := tests/test_graph.py tests/test_surgery.py tests/test_str_layers.py tests/test_magnitude_prune.py \
+	tests/test_magnitude_masks.py tests/test_sparsity.py tests/test_prune_str.py
+
+test: lint $(BENCH_STAMP) test-oldest
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15
 	$(JAX_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
 	$(TORCH_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
+
+test-oldest: $(OLDEST_STAMP)
+	KERAS_BACKEND=tensorflow $(OLDEST_VENV)/bin/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(CORE_TESTS)
 
 test-all: lint $(BENCH_STAMP)
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --durations=25
@@ -75,4 +92,4 @@ fashion-mnist:
 	dpkg -L dataset-fashion-mnist | grep idx
 
 clean:
-	rm -rf $(VENV) $(TFMOT_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TFMOT_VENV) $(OLDEST_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -170,12 +170,13 @@ def _step_dtype():
     return "int64"
 
 
-class _MaskConstraint:
+class _MaskConstraint(keras.constraints.Constraint):
     """Re-applies the mask after every optimizer step, then any constraint of the layer.
 
     Masked gradients are zero, but optimizer momentum or Adam's running moments
     from before the weight was pruned would still move it; this keeps pruned
-    weights exactly zero.
+    weights exactly zero. (A `Constraint` subclass: Keras 3.12 accepts
+    no other object as a variable's constraint.)
     """
 
     def __init__(self, mask, original):
