@@ -65,28 +65,24 @@ class PadToSizes(keras.Operation):
                           for pair in pad_width]  # fmt: skip
         self.constant_values = constant_values
 
-    def _widths(self, x, sources, shape_of):
-        """The pad widths, with `None` for a pad whose sizes `shape_of` does not know."""
-        widths = []
-        for axis, pair in enumerate(self.pad_width):
-            sides = []
-            for side in pair:
-                if isinstance(side, list):
-                    target, own = shape_of(sources[side[0]])[side[1]], shape_of(x)[axis]
-                    side = None if target is None or own is None else target - own
-                sides.append(side)
-            widths.append(sides)
-        return widths
-
     def call(self, x, *sources):
-        return keras.ops.pad(x, self._widths(x, sources, keras.ops.shape), constant_values=self.constant_values)
+        shape = keras.ops.shape(x)
+        widths = [[keras.ops.shape(sources[side[0]])[side[1]] - shape[axis] if isinstance(side, list) else side
+                   for side in pair] for axis, pair in enumerate(self.pad_width)]  # fmt: skip
+        return keras.ops.pad(x, widths, constant_values=self.constant_values)
 
     def compute_output_spec(self, x, *sources):
-        widths = self._widths(x, sources, lambda tensor: tensor.shape)
-        shape = tuple(
-            None if size is None or None in pair else size + sum(pair) for size, pair in zip(x.shape, widths)
-        )
-        return keras.KerasTensor(shape, dtype=x.dtype)
+        shape = []
+        for size, pair in zip(x.shape, self.pad_width):
+            references = [side for side in pair if isinstance(side, list)]
+            others = sum(side for side in pair if not isinstance(side, list))
+            if references:  # padded to the size of the tensor it refers to
+                targets = [sources[index].shape[axis] for index, axis in references]
+                size = None if None in targets or len(targets) > 1 else targets[0] + others
+            elif size is not None:
+                size += others
+            shape.append(size)
+        return keras.KerasTensor(tuple(shape), dtype=x.dtype)
 
     def get_config(self):
         return {"pad_width": self.pad_width, "constant_values": self.constant_values, "name": self.name}
