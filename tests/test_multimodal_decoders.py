@@ -141,7 +141,7 @@ def _blip2_inputs(length=LENGTH, seed=0):
             "padding_mask": np.ones_like(tokens)}  # fmt: skip
 
 
-def test_blip2_causal_lm_keeps_one_token_embedding_tied_to_its_output_projection(tmp_path):
+def test_blip2_causal_lm_keeps_one_token_embedding_tied_to_its_output_projection_and_decodes_with_a_cache(tmp_path):
     model = _blip2_causal_lm()
     flat = tfprune.graph.flatten(model)
     embeddings = [layer for layer in flat.layers if type(layer).__name__ == "ReversibleEmbedding"]
@@ -170,3 +170,13 @@ def test_blip2_causal_lm_keeps_one_token_embedding_tied_to_its_output_projection
     path = tmp_path / "blip2.keras"
     pruned.save(path)
     np.testing.assert_allclose(_numpy(keras.saving.load_model(path)(sample)), full, atol=1e-6)
+
+    # Cached decoding: the 2 query tokens and the prompt first; the text's positions then follow the cache.
+    queries, tokens = 2, sample["token_ids"]
+    logits, cache = tfprune.decoding.build_cache(pruned, tokens[:, :PROMPT], max_length=queries + LENGTH,
+                                                 inputs={"images": sample["images"]})  # fmt: skip
+    steps = [_numpy(logits)]
+    for index in range(PROMPT, LENGTH):
+        logits, cache = tfprune.decoding.call_with_cache(pruned, tokens[:, index : index + 1], cache, queries + index)
+        steps.append(_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)

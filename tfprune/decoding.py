@@ -48,7 +48,7 @@ import inspect
 
 import keras
 
-from tfprune import _utils, handlers
+from tfprune import _utils, handlers, handlers_decoders
 
 __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
@@ -192,16 +192,21 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
     names = [tensor._keras_history.operation.name for tensor in functional.inputs]
     absent = [name for name in names if name not in values]
     updated = dict(cache)
-    dropped = {}  # axis -> leading positions a concatenation left out this call
+    # axis -> leading positions the concatenations `concatenations` leave out.
+    dropped, concatenations = _left_out(functional, absent)
+    # The tokens' own positions: those of the cache, less the image tokens left out.
+    first_position = cache_update_index - dropped.get(1, 0)
 
     def operation_fn(operation):
         if isinstance(operation, keras.layers.Layer) and operation.name in cache:
             run = _cached(operation)
         elif isinstance(operation, keras.layers.Layer) and "start_index" in inspect.signature(operation.call).parameters:
             run = lambda *args, **kwargs: operation(*args, **{**kwargs, "start_index": cache_update_index})  # noqa: E731
+        elif isinstance(operation, handlers_decoders.SizeRange) and operation.axis == 1:
+            run = _shifted(operation, first_position)
         else:
             run = operation
-        return _without_absent(operation, run, dropped) if absent else run
+        return _without_absent(operation, run, dropped, concatenations) if absent else run
 
     def _cached(layer):
         def call(*args, **kwargs):
@@ -231,22 +236,49 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def _without_absent(operation, run, dropped):
+def _shifted(operation, first_position):
+    """A `SizeRange` of sequence positions (BLIP-2's OPT embedding) starting at the tokens' own first position."""
+
+    def call(x):
+        positions = operation(x)
+        return positions + keras.ops.cast(first_position, positions.dtype)
+
+    return call
+
+
+def _left_out(functional, absent):
+    """`({axis: positions}, ids of the concatenations)` that leave positions out when the inputs named `absent` are not given.
+
+    Only leading parts computed from those inputs alone are left out (image
+    tokens before the text), and only parts whose size is known.
+    """
+    derived = {id(tensor) for tensor in functional.inputs if tensor._keras_history.operation.name in absent}
+    dropped, concatenations = {}, set()
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            if node.is_input or not any(id(tensor) in derived for tensor in node.input_tensors):
+                continue
+            parts = node.arguments.args[0] if node.arguments.args else None
+            if type(node.operation).__name__ == "Concatenate" and isinstance(parts, (list, tuple)):
+                flags = [id(part) in derived for part in parts]
+                lead = flags.index(False) if False in flags else len(flags)
+                axis = node.operation.axis % len(node.outputs[0].shape)
+                sizes = [part.shape[axis] for part in parts[:lead]]
+                if 0 < lead and not any(flags[lead:]) and None not in sizes:
+                    dropped[axis] = sum(sizes)
+                    concatenations.add(id(node.operation))
+                    continue
+            derived.update(id(tensor) for tensor in node.outputs)
+    return dropped, concatenations
+
+
+def _without_absent(operation, run, dropped, concatenations):
     """`run`, skipped on absent values: a concatenation takes its other parts; a slice of the dropped prefix keeps all."""
 
     def call(*args, **kwargs):
         name = type(operation).__name__
-        if name == "Concatenate" and args and isinstance(args[0], (list, tuple)):
-            parts = [part for part in args[0] if part is not _ABSENT]
-            if parts and len(parts) < len(args[0]):
-                node = operation._inbound_nodes[0]
-                axis = operation.axis % len(node.outputs[0].shape)
-                # The absent parts come first (image tokens before the text), and their size is known.
-                lead = next(i for i, part in enumerate(args[0]) if part is not _ABSENT)
-                if any(part is _ABSENT for part in args[0][lead:]):
-                    return _ABSENT
-                dropped[axis] = sum(int(part.shape[axis]) for part in node.arguments.args[0][:lead])
-                return run(parts, *args[1:], **kwargs)
+        if id(operation) in concatenations:  # its absent parts lead (image tokens before the text)
+            return run([part for part in args[0] if part is not _ABSENT], *args[1:], **kwargs)
         if any(value is _ABSENT for value in keras.tree.flatten((args, kwargs))):
             return _ABSENT
         if name == "GetItem" and dropped and len(args) == 2 and isinstance(args[1], tuple):

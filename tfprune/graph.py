@@ -796,7 +796,9 @@ class _TracedSize:
     `ops.broadcast_to` given one record operations that read the size from
     `source` when the model runs (`handlers_decoders.SizeRange`,
     `handlers_decoders.BroadcastToSizes`), so the trace holds for any
-    length. Used as a number anywhere else it raises; the trace is then
+    length; one length less another is a pad `ops.pad` records
+    (`handlers_multimodal.PadToSizes`). Used as a number anywhere else it
+    raises; the trace is then
     retried with None sizes, as before markers existed (`_SIZE_MARKERS`).
     """
 
