@@ -180,3 +180,12 @@ def test_blip2_causal_lm_keeps_one_token_embedding_tied_to_its_output_projection
         logits, cache = tfprune.decoding.call_with_cache(pruned, tokens[:, index : index + 1], cache, queries + index)
         steps.append(_numpy(logits))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from tfprune import handlers_multimodal
+
+    results = doctest.testmod(handlers_multimodal, extraglobs={"tfprune": tfprune, "keras": keras})
+    assert results.attempted and not results.failed
