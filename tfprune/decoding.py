@@ -27,13 +27,28 @@ the cache index there. A block that adds its own terms to the mask
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
 (`build_cache` finds no attention layer in them and says so).
+
+Vision-language models (PaliGemma) put image tokens before the text: the
+prompt call is given the images (`inputs={"images": ...}`) and puts the
+image tokens in the cache with the prompt; later calls leave them out
+(their concatenation takes the text alone, and the slice that drops the
+image positions from the logits keeps every position), and
+`prefix_length` names the positions every token sees both ways (the
+image tokens and the prompt, where PaliGemma's `response_mask` is 0):
+
+```python
+logits, cache = tfprune.decoding.build_cache(small, prompt, max_length=images + 32,
+                                             inputs={"images": images}, prefix_length=images + prompt_length)
+next_logits, cache = tfprune.decoding.call_with_cache(small, next_tokens, cache, images + prompt_length,
+                                                      prefix_length=images + prompt_length)
+```
 """
 
 import inspect
 
 import keras
 
-from tfprune import _utils, handlers
+from tfprune import _utils, handlers, handlers_decoders
 
 __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
@@ -83,15 +98,19 @@ def _cache_shape(layer, batch_size, max_length):
     return (batch_size, 2, max_length, heads, width)
 
 
-def build_cache(model, token_ids, max_length=None):
+def build_cache(model, token_ids, max_length=None, inputs=None, prefix_length=0):
     """Runs the prompt through a pruned causal LM and fills a new key/value cache with it.
 
     Args:
         model: A causal language model pruned by `tfprune.prune` (a flat
             functional model with `token_ids` and `padding_mask` inputs).
         token_ids: Int array `(batch, length)`: the prompt.
-        max_length: Int. Positions in the cache. Defaults to the prompt's
-            length.
+        max_length: Int. Positions in the cache (image tokens included).
+            Defaults to the prompt's length.
+        inputs: Optional dict of the model's other inputs (`{"images":
+            ...}`); see `call_with_cache`.
+        prefix_length: Int. Positions every position sees (see
+            `call_with_cache`). Defaults to 0.
 
     Returns:
         Tuple `(outputs, cache)`: the model's outputs for the prompt (the
@@ -120,10 +139,10 @@ def build_cache(model, token_ids, max_length=None):
         layer.name: keras.ops.zeros(_cache_shape(layer, batch_size, max_length), dtype=layer.compute_dtype)
         for layer in layers
     }
-    return call_with_cache(model, token_ids, cache, 0)
+    return call_with_cache(model, token_ids, cache, 0, inputs=inputs, prefix_length=prefix_length)
 
 
-def call_with_cache(model, token_ids, cache, cache_update_index):
+def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, prefix_length=0):
     """Runs a pruned causal LM on `token_ids` at position `cache_update_index` of a key/value cache.
 
     What keras-hub's `CausalLM.call_with_cache` does, for the flat model
@@ -136,14 +155,25 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
         token_ids: Int array `(batch, length)`: the tokens at positions
             `cache_update_index ...`.
         cache: Dict from `build_cache` (or a previous call).
-        cache_update_index: Int. The position of the first token.
+        cache_update_index: Int. The position of the first token (image
+            tokens counted).
+        inputs: Optional dict of the model's inputs other than
+            `token_ids`, `padding_mask` and `response_mask` for this call
+            (PaliGemma's `images` on the prompt call). Inputs left out are
+            absent: the operations reading them are skipped, a
+            concatenation takes its other parts, and a slice that drops
+            that many leading positions keeps them all.
+        prefix_length: Int. Positions at the start of the cache that every
+            position sees, also the ones before them: 0 for a causal LM;
+            PaliGemma's image tokens and prompt. Defaults to 0.
 
     Returns:
         Tuple `(outputs, cache)`: the model's outputs (the logits for these
         tokens) and the updated cache (a new dict).
 
     Raises:
-        ValueError: If `cache` misses an attention layer of the model.
+        ValueError: If `cache` misses an attention layer of the model, or
+            the outputs need an input that was left out.
 
     Example:
 
@@ -157,31 +187,33 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
             "with tfprune.decoding.build_cache(model, ...)."
         )
     token_ids = keras.ops.convert_to_tensor(token_ids, dtype="int32")
-    length = keras.ops.shape(token_ids)[1]
-    values = {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)}
-    inputs = []
-    for tensor in functional.inputs:
-        name = tensor._keras_history.operation.name
-        if name not in values:
-            raise ValueError(
-                f"tfprune.decoding runs models whose inputs are token_ids and padding_mask; model "
-                f"'{model.name}' also takes '{name}'."
-            )
-        inputs.append(values[name])
+    ones = keras.ops.ones_like(token_ids)
+    values = {"token_ids": token_ids, "padding_mask": ones, "response_mask": ones, **(inputs or {})}
+    names = [tensor._keras_history.operation.name for tensor in functional.inputs]
+    absent = [name for name in names if name not in values]
     updated = dict(cache)
+    # axis -> leading positions the concatenations `concatenations` leave out.
+    dropped, concatenations = _left_out(functional, absent)
+    # The tokens' own positions: those of the cache, less the image tokens left out.
+    first_position = cache_update_index - dropped.get(1, 0)
 
     def operation_fn(operation):
         if isinstance(operation, keras.layers.Layer) and operation.name in cache:
-            return _cached(operation)
-        if isinstance(operation, keras.layers.Layer) and "start_index" in inspect.signature(operation.call).parameters:
-            return lambda *args, **kwargs: operation(*args, **{**kwargs, "start_index": cache_update_index})
-        return operation
+            run = _cached(operation)
+        elif isinstance(operation, keras.layers.Layer) and "start_index" in inspect.signature(operation.call).parameters:
+            run = lambda *args, **kwargs: operation(*args, **{**kwargs, "start_index": cache_update_index})  # noqa: E731
+        elif isinstance(operation, handlers_decoders.SizeRange) and operation.axis == 1:
+            run = _shifted(operation, first_position)
+        else:
+            run = operation
+        return _without_absent(operation, run, dropped, concatenations) if absent else run
 
     def _cached(layer):
         def call(*args, **kwargs):
             layer_cache = cache[layer.name]
-            mask = _causal_mask(keras.ops.shape(token_ids)[0], length, keras.ops.shape(layer_cache)[2],
-                                cache_update_index)  # fmt: skip
+            query = args[0] if args else next(value for value in kwargs.values() if keras.ops.is_tensor(value))
+            mask = _causal_mask(keras.ops.shape(token_ids)[0], keras.ops.shape(query)[1],
+                                keras.ops.shape(layer_cache)[2], cache_update_index, prefix_length)  # fmt: skip
             kwargs = {**kwargs, "attention_mask": mask, "cache": layer_cache, "cache_update_index": cache_update_index}
             kwargs.pop("training", None)
             output, updated[layer.name] = layer(*args, **kwargs)
@@ -189,12 +221,80 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
 
         return call
 
-    outputs = functional._run_through_graph(inputs, operation_fn=operation_fn)
+    outputs = functional._run_through_graph([values.get(name, _ABSENT) for name in names], operation_fn=operation_fn)
+    if any(value is _ABSENT for value in keras.tree.flatten(outputs)):
+        raise ValueError(
+            f"The outputs of model '{model.name}' need its input(s) {absent} in this call; pass them in `inputs`."
+        )
     return outputs, updated
 
 
-def _causal_mask(batch_size, query_length, cache_length, cache_update_index):
-    """Query `i` sees cache positions `<= cache_update_index + i` (keras-hub's `compute_causal_mask`)."""
+class _Absent:
+    """An input left out of this call, and what is computed from it."""
+
+
+_ABSENT = _Absent()
+
+
+def _shifted(operation, first_position):
+    """A `SizeRange` of sequence positions (BLIP-2's OPT embedding) starting at the tokens' own first position."""
+
+    def call(x):
+        positions = operation(x)
+        return positions + keras.ops.cast(first_position, positions.dtype)
+
+    return call
+
+
+def _left_out(functional, absent):
+    """`({axis: positions}, ids of the concatenations)` that leave positions out when the inputs named `absent` are not given.
+
+    Only leading parts computed from those inputs alone are left out (image
+    tokens before the text), and only parts whose size is known.
+    """
+    derived = {id(tensor) for tensor in functional.inputs if tensor._keras_history.operation.name in absent}
+    dropped, concatenations = {}, set()
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            if node.is_input or not any(id(tensor) in derived for tensor in node.input_tensors):
+                continue
+            parts = node.arguments.args[0] if node.arguments.args else None
+            if type(node.operation).__name__ == "Concatenate" and isinstance(parts, (list, tuple)):
+                flags = [id(part) in derived for part in parts]
+                lead = flags.index(False) if False in flags else len(flags)
+                axis = node.operation.axis % len(node.outputs[0].shape)
+                sizes = [part.shape[axis] for part in parts[:lead]]
+                if 0 < lead and not any(flags[lead:]) and None not in sizes:
+                    dropped[axis] = sum(sizes)
+                    concatenations.add(id(node.operation))
+                    continue
+            derived.update(id(tensor) for tensor in node.outputs)
+    return dropped, concatenations
+
+
+def _without_absent(operation, run, dropped, concatenations):
+    """`run`, skipped on absent values: a concatenation takes its other parts; a slice of the dropped prefix keeps all."""
+
+    def call(*args, **kwargs):
+        name = type(operation).__name__
+        if id(operation) in concatenations:  # its absent parts lead (image tokens before the text)
+            return run([part for part in args[0] if part is not _ABSENT], *args[1:], **kwargs)
+        if any(value is _ABSENT for value in keras.tree.flatten((args, kwargs))):
+            return _ABSENT
+        if name == "GetItem" and dropped and len(args) == 2 and isinstance(args[1], tuple):
+            key = args[1]
+            if all(key[axis] == slice(size, None, None) for axis, size in dropped.items() if axis < len(key)):
+                others = [entry for axis, entry in enumerate(key) if axis not in dropped]
+                if all(entry == slice(None) for entry in others):
+                    return args[0]
+        return run(*args, **kwargs)
+
+    return call
+
+
+def _causal_mask(batch_size, query_length, cache_length, cache_update_index, prefix_length=0):
+    """Query `i` sees cache positions `<= cache_update_index + i` (keras-hub's `compute_causal_mask`) and the prefix."""
     rows = keras.ops.arange(query_length, dtype="float32")[:, None] + keras.ops.cast(cache_update_index, "float32")
     columns = keras.ops.arange(cache_length, dtype="float32")[None, :]
-    return keras.ops.broadcast_to((rows >= columns)[None], (batch_size, query_length, cache_length))
+    visible = keras.ops.logical_or(rows >= columns, columns < prefix_length)
+    return keras.ops.broadcast_to(visible[None], (batch_size, query_length, cache_length))

@@ -68,7 +68,14 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune import _batch_axis, _utils, handlers, handlers_decoders, handlers_inferred
+from tfprune import (
+    _batch_axis,
+    _utils,
+    handlers,
+    handlers_decoders,
+    handlers_inferred,
+    handlers_multimodal,
+)
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -566,6 +573,9 @@ def _shadow(layer, copies, name=None):
     object.__setattr__(shadow, "name", owner[0])
     object.__setattr__(shadow, "_tfprune_is_shadow", True)
     object.__setattr__(shadow, "_tfprune_own_name", own_name)
+    traceable = handlers_multimodal.traceable_call(layer)
+    if traceable is not None:  # traced in place of `call`; `_verified` still runs the layer's own
+        object.__setattr__(shadow, "call", traceable.__get__(shadow))
     # The shadow's calls must not be recorded in the original layer's node lists.
     object.__setattr__(shadow, "_inbound_nodes", [])
     object.__setattr__(shadow, "_outbound_nodes", [])
@@ -714,6 +724,7 @@ _SHAPE = keras.ops.shape
 _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
 _ONES = keras.ops.ones
+_PAD = keras.ops.pad
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -785,13 +796,21 @@ class _TracedSize:
     `ops.broadcast_to` given one record operations that read the size from
     `source` when the model runs (`handlers_decoders.SizeRange`,
     `handlers_decoders.BroadcastToSizes`), so the trace holds for any
-    length. Used as a number anywhere else it raises; the trace is then
+    length; one length less another is a pad `ops.pad` records
+    (`handlers_multimodal.PadToSizes`). Used as a number anywhere else it
+    raises; the trace is then
     retried with None sizes, as before markers existed (`_SIZE_MARKERS`).
     """
 
     def __init__(self, source, axis):
         self.source = source
         self.axis = axis
+
+    def __sub__(self, other):
+        # `length - ops.shape(mask)[1]`: what PaliGemma pads its mask by (`_traced_pad`).
+        if type(self) is type(other) is _TracedSize and None not in (self.source, other.source):
+            return _TracedDifference(self, other)
+        return NotImplemented
 
     def __index__(self):
         raise TypeError("a sequence length is unknown while tfprune traces the layer")
@@ -800,6 +819,14 @@ class _TracedSize:
 
     def __repr__(self):
         return f"<size of axis {self.axis}, unknown while traced>"
+
+
+class _TracedDifference(_TracedSize):
+    """One traced size less another: only `keras.ops.pad` records it (`_traced_pad`), as a pad to a size."""
+
+    def __init__(self, minuend, subtrahend):
+        super().__init__(None, None)
+        self.minuend, self.subtrahend = minuend, subtrahend
 
 
 def _traced_shape(x):
@@ -858,6 +885,32 @@ def _traced_broadcast_to(x, shape):
     if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
         x = keras.ops.convert_to_tensor(x)
     return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+
+
+def _traced_pad(x, pad_width, mode="constant", constant_values=None):
+    """`keras.ops.pad` while a composite is traced: a pad of `size - own size` makes an axis of `x` that size when the model runs."""
+    pairs = [list(pair) for pair in pad_width] if isinstance(pad_width, (list, tuple)) else None
+    if not (_tracing_here() and pairs and _holds_marker(pairs)):
+        return _PAD(x, pad_width, mode=mode, constant_values=constant_values)
+    sources, widths = [], []
+    for axis, pair in enumerate(pairs):
+        sides = []
+        for side in pair:
+            if isinstance(side, _TracedDifference):
+                target, own = side.minuend, side.subtrahend
+                if mode != "constant" or own.source is not x or own.axis != axis:
+                    raise TypeError("a pad by a size unknown while traced cannot be recorded")
+                index = next((i for i, source in enumerate(sources) if source is target.source), None)
+                if index is None:
+                    sources.append(target.source)
+                    index = len(sources) - 1
+                side = [index, target.axis]
+            elif not _utils.is_integer(side):
+                raise TypeError(f"a pad by {side!r} cannot be recorded")
+            sides.append(side if isinstance(side, list) else int(side))
+        widths.append(sides)
+    constant = 0 if constant_values is None else constant_values
+    return handlers_multimodal.PadToSizes(pad_width=widths, constant_values=constant)(x, *sources)
 
 
 def _traced_ones(shape, dtype=None):
@@ -978,7 +1031,8 @@ def _verified(shadow, args, kwargs, outputs, strict=False, variables=None):
     try:
         for key, value in (variables or {}).items():
             object.__setattr__(shadow, key, value)
-        own = shadow.call(*keras.tree.map_structure(probe, args), **keras.tree.map_structure(probe, kwargs))
+        own = type(shadow).call(shadow, *keras.tree.map_structure(probe, args),
+                                **keras.tree.map_structure(probe, kwargs))  # fmt: skip
         want = [value for value, spec in zip(keras.tree.flatten(own), keras.tree.flatten(outputs))
                 if isinstance(spec, keras.KerasTensor)]  # fmt: skip
     except Exception:  # noqa: BLE001 - the layer's own code needs other inputs: nothing to compare with
@@ -1119,6 +1173,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.arange = _traced_arange
                 keras.ops.broadcast_to = _traced_broadcast_to
                 keras.ops.ones = _traced_ones
+                keras.ops.pad = _traced_pad
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1130,6 +1185,7 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.arange = _ARANGE
                     keras.ops.broadcast_to = _BROADCAST_TO
                     keras.ops.ones = _ONES
+                    keras.ops.pad = _PAD
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 
@@ -1297,7 +1353,7 @@ def _reads_sizes(args, kwargs, outputs):
     it is redone without markers, as every trace was before them.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    return bool({"SizeRange", "BroadcastToSizes"} & set(_operations_between(inputs, outputs)))
+    return bool({"SizeRange", "BroadcastToSizes", "PadToSizes"} & set(_operations_between(inputs, outputs)))
 
 
 def _records_a_marker(args, kwargs, outputs):
