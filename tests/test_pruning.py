@@ -773,6 +773,8 @@ def test_search_classes_accept_the_unknown_option_they_advise():
 def test_docstring_examples_run():
     results = doctest.testmod(tfprune.pruning, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 10 and results.failed == 0
+    results = doctest.testmod(tfprune.structure, optionflags=doctest.ELLIPSIS)
+    assert results.attempted >= 6 and results.failed == 0
 
 
 class _CachesItsFirstCall(keras.layers.Layer):

@@ -26,7 +26,7 @@ def _gammas_of(value, label):
     import keras
 
     if isinstance(value, keras.Model):
-        from tfprune.callbacks.bn_sparsity import batch_norm_layers
+        from tfprune.structure import batch_norm_layers
 
         layers = batch_norm_layers(value)
         if not layers:

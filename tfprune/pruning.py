@@ -65,18 +65,9 @@ from tfprune._utils import (
 )
 from tfprune.analysis import analyze
 from tfprune.export import inputs as input_data
+from tfprune.structure import expansion_layers
 
 _SCOPES = ("global", "group")
-
-# Layers an expansion conv's output may pass through before the depthwise conv.
-_EXPANSION_PASS_THROUGH = (
-    keras.layers.BatchNormalization,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ZeroPadding2D,
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class GroupWidth:
@@ -268,45 +259,6 @@ def _shown(names, limit=3, quote=True):
     """The first `limit` names, comma-separated, with ", ..." when there are more."""
     shown = [repr(name) if quote else name for name in names[:limit]]
     return ", ".join(shown) + (", ..." if len(names) > limit else "")
-
-
-def expansion_layers(model):
-    """Names of the 1x1 expansion convs of the model's inverted-residual blocks.
-
-    Recognised from the graph, not from names: a `Conv2D` with a 1x1 kernel
-    (and `groups=1`) whose output reaches a `DepthwiseConv2D` through nothing
-    but BatchNormalization, activation and zero-padding layers, each read by
-    one layer only.
-
-    Args:
-        model: A built Sequential or functional Keras model.
-
-    Returns:
-        List of layer names.
-
-    Example:
-
-    >>> import tfprune
-    >>> model = tfprune.models.mobilenet_v3("small")
-    >>> tfprune.pruning.expansion_layers(model)[:2]
-    ['expanded_conv_1_expand', 'expanded_conv_2_expand']
-    """
-    readers = criteria_module.base.consumers(model)
-    names = []
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.Conv2D) or layer.groups != 1:
-            continue
-        if tuple(layer.kernel_size) != (1, 1):
-            continue
-        current = layer
-        while len(readers.get(current.name, ())) == 1:
-            current = readers[current.name][0]
-            if isinstance(current, keras.layers.DepthwiseConv2D):
-                names.append(layer.name)
-                break
-            if not isinstance(current, _EXPANSION_PASS_THROUGH):
-                break
-    return names
 
 
 def _targeted_groups(model, graph, targets, ignore):

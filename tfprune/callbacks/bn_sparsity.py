@@ -7,38 +7,11 @@ import numpy as np
 from keras import ops
 
 from tfprune._utils import write_summary
+from tfprune.structure import batch_norm_layers, expansion_layers
 
 _MODES = ("proximal", "subgradient")
 _PENALTIES = ("channel", "gamma")
 _TARGETS = ("all", "expansion")
-
-
-def batch_norm_layers(model):
-    """Returns every BatchNormalization layer with a trainable scale, nested models included.
-
-    Args:
-        model: A Keras model (or layer with sub-layers).
-
-    Returns:
-        List of `keras.layers.BatchNormalization` layers, in graph order.
-
-    Example:
-
-    >>> import keras
-    >>> from tfprune.callbacks.bn_sparsity import batch_norm_layers
-    >>> inputs = keras.Input((4,))
-    >>> model = keras.Model(inputs, keras.layers.BatchNormalization()(inputs))
-    >>> len(batch_norm_layers(model))
-    1
-    """
-    found = []
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            if layer.scale and layer.trainable:
-                found.append(layer)
-        elif getattr(layer, "layers", None):
-            found.extend(batch_norm_layers(layer))
-    return found
 
 
 def effective_step(optimizer, variable):
@@ -265,12 +238,11 @@ def _histogram(values, bins=30):
 def _targeted_groups(model, targets):
     """The prunable channel groups `tfprune.prune(..., targets=targets)` would score."""
     from tfprune import graph as graph_module
-    from tfprune import pruning
 
     graph = graph_module.build(model)
     groups = [group for group in graph.groups if group.prunable]
     if targets == "expansion":
-        expansion = set(pruning.expansion_layers(model))
+        expansion = set(expansion_layers(model))
         return [group for group in groups if expansion & set(group.producers)]
     if callable(targets):
         return [group for group in groups if targets(group)]
