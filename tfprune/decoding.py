@@ -26,7 +26,11 @@ the cache index there. A block that adds its own terms to the mask
 (Mistral's sliding window) is not reproduced: decode within its window.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
-(`build_cache` finds no attention layer in them and says so).
+(`build_cache` finds no attention layer in them and says so). A layer whose
+handler keeps a state of its own (`initial_cache` and `call_with_cache`:
+Qwen 3.5's GatedDeltaNet, a recurrent linear attention,
+`tfprune.handlers_qwen3_5`) is given its own entry in the cache, which its
+handler makes and updates.
 """
 
 import inspect
@@ -56,9 +60,17 @@ def attention_layers(model):
     functional = _utils.functional_view(model)
     found = []
     for layer in functional.layers:
-        if _key_projection(layer) is not None and "cache" in inspect.signature(layer.call).parameters:
+        if _state_handler(layer) is not None or (
+            _key_projection(layer) is not None and "cache" in inspect.signature(layer.call).parameters
+        ):
             found.append(layer)
     return found
+
+
+def _state_handler(layer):
+    """The handler of a layer that keeps a state of its own (`initial_cache`, `call_with_cache`), or None."""
+    handler = handlers.handler_for(layer)
+    return handler if hasattr(handler, "initial_cache") else None
 
 
 def _key_projection(layer):
@@ -96,7 +108,8 @@ def build_cache(model, token_ids, max_length=None):
     Returns:
         Tuple `(outputs, cache)`: the model's outputs for the prompt (the
         logits) and a dict mapping each attention layer's name to its cache
-        `(batch, 2, max_length, key/value heads, head width)`.
+        `(batch, 2, max_length, key/value heads, head width)` (a layer with
+        a state of its own: that state, made by its handler).
 
     Raises:
         ValueError: If the model has no attention layer that takes a cache,
@@ -117,7 +130,9 @@ def build_cache(model, token_ids, max_length=None):
             "attention layers), so tfprune.decoding cannot run it step by step."
         )
     cache = {
-        layer.name: keras.ops.zeros(_cache_shape(layer, batch_size, max_length), dtype=layer.compute_dtype)
+        layer.name: _state_handler(layer).initial_cache(layer, batch_size, max_length)
+        if _state_handler(layer) is not None
+        else keras.ops.zeros(_cache_shape(layer, batch_size, max_length), dtype=layer.compute_dtype)
         for layer in layers
     }
     return call_with_cache(model, token_ids, cache, 0)
@@ -180,6 +195,11 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
     def _cached(layer):
         def call(*args, **kwargs):
             layer_cache = cache[layer.name]
+            if _state_handler(layer) is not None:
+                output, updated[layer.name] = _state_handler(layer).call_with_cache(
+                    layer, args, kwargs, layer_cache, cache_update_index
+                )
+                return output
             mask = _causal_mask(keras.ops.shape(token_ids)[0], length, keras.ops.shape(layer_cache)[2],
                                 cache_update_index)  # fmt: skip
             kwargs = {**kwargs, "attention_mask": mask, "cache": layer_cache, "cache_update_index": cache_update_index}
