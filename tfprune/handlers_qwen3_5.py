@@ -33,7 +33,7 @@ registered in the `tfprune` package, which says its output shape (its
 output has the input's shape with `hidden_size` channels) and computes
 the same values. For the same reason a model holding it cannot be traced
 into a TensorFlow graph with an unknown sequence length, which LiteRT
-export needs.
+export needs: the copy says so in one sentence.
 
 Qwen 3.5-MoE's sparse block is handled like Qwen-MoE's
 (`tfprune.handlers_decoders._MixtureOfExperts`): the experts' units are one
@@ -70,8 +70,19 @@ class _GatedDeltaNetShapes:
     read the sequence length, so Keras cannot infer its output on symbolic
     tensors of unknown length; the output has the input's shape with
     `hidden_size` channels (and, called with a cache, the cache's shapes).
-    Everything else is keras-hub's.
+    Run in a graph traced with an unknown sequence length (a LiteRT export),
+    it refuses in one sentence instead of TensorFlow's error. Everything
+    else is keras-hub's.
     """
+
+    def call(self, hidden_states, attention_mask=None, cache=None, cache_update_index=None, training=None):
+        # The arguments spelled out: Keras reads the call's signature to tell tensors from other arguments.
+        if not isinstance(keras.ops.shape(hidden_states)[1], int):
+            raise ValueError(
+                f"Layer '{self.name}' (Qwen 3.5's GatedDeltaNet) loops over the sequence in Python, so it "
+                "cannot run in a graph traced with an unknown sequence length; run it eagerly or with a fixed length."
+            )
+        return super().call(hidden_states, attention_mask, cache, cache_update_index, training)
 
     def compute_output_spec(self, hidden_states, attention_mask=None, cache=None, cache_update_index=None,
                             training=None):  # fmt: skip
