@@ -43,14 +43,15 @@ __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
 
 def attention_layers(model):
-    """The attention layers of `model` that take a key/value cache, in call order.
+    """The attention layers of `model` that take a key/value cache (or keep a state of their own), in call order.
 
     Args:
         model: A functional model, such as a pruned causal language model.
 
     Returns:
         List of layers: keras-hub's grouped-query attention layers (Llama,
-        Gemma, Qwen, Mistral) and its `CachedMultiHeadAttention` (GPT-2, OPT).
+        Gemma, Qwen, Mistral), its `CachedMultiHeadAttention` (GPT-2, OPT)
+        and Qwen 3.5's GatedDeltaNet layers.
 
     Example:
 

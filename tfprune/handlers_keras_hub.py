@@ -666,8 +666,9 @@ def subclass_of(name):
     """tfprune's subclass of keras-hub's layer `name` that keeps a width explicit, made on first use.
 
     Args:
-        name: String. A key of `_SUBCLASSES`: `"DINOV3Attention"` or
-            `"MultiHeadAttentionWithRelativePE"`.
+        name: String. A key of `_SUBCLASSES`: `"DINOV3Attention"`,
+            `"MultiHeadAttentionWithRelativePE"` or (added by
+            `tfprune.handlers_qwen3_5`) `"Qwen3_5GatedDeltaNet"`.
 
     Returns:
         The class (registered for serialization in package `tfprune`).
