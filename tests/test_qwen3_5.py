@@ -144,3 +144,11 @@ def test_hidden_width_shrinks_through_the_gated_delta_net_and_export_is_refused_
                                          r"the sequence in Python, so it cannot run in a graph traced with an unknown"):
         tfprune.export.to_tflite(pruned, str(tmp_path / "small.tflite"), verbose=0,
                                  sample_inputs={"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+
+
+def test_a_gated_delta_net_with_lora_projections_stays_whole():
+    model = _causal_lm()
+    model.backbone.transformer_layers[0]._linear_attn.in_proj_qkv.enable_lora(2)
+    graph = tfprune.graph.build(tfprune.graph.flatten(model), unknown="freeze")
+    assert not any("linear_attn" in group.name for group in graph)
+    assert graph["transformer_layer_1_self_attention_heads_0"].prunable  # the other block still prunes

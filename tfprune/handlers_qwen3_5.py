@@ -92,6 +92,14 @@ class _GatedDeltaNetShapes:
         return output, tuple(keras.KerasTensor(tuple(state.shape), dtype=state.dtype) for state in cache)
 
 
+def _projections(layer):
+    """The GatedDeltaNet's query-key-value, z, b, a and output Dense layers, or None if any is LoRA or quantized."""
+    projections = (layer.in_proj_qkv, layer.in_proj_z, layer.in_proj_b, layer.in_proj_a, layer.out_proj)
+    if any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in projections):
+        return None
+    return projections
+
+
 class _GatedDeltaNet(Handler):
     """`Qwen3_5GatedDeltaNet`: value heads pruned within each key head's group (see the module docstring).
 
@@ -108,6 +116,9 @@ class _GatedDeltaNet(Handler):
         layer = node.operation
         if node.arguments.kwargs.get("cache") is not None or len(node.outputs) != 1:
             return Freeze(f"'{layer.name}' is called with a cache").trace(node, tracer)
+        projections = _projections(layer)
+        if projections is None:
+            return Freeze(f"'{layer.name}' has LoRA or quantized projections").trace(node, tracer)
         num_key, num_value = layer.num_k_heads, layer.num_v_heads
         if num_value % num_key:
             return Freeze(f"'{layer.name}' has {num_value} value heads over {num_key} key heads").trace(node, tracer)
@@ -124,7 +135,7 @@ class _GatedDeltaNet(Handler):
             tracer.use(layer, dense.kernel, 1, value_heads, "output")
         tracer.use(layer, layer.in_proj_qkv.kernel, 1, fused, "output")
         tracer.use(layer, layer.in_proj_z.kernel, 1, values, "output")
-        for dense in (layer.in_proj_qkv, layer.in_proj_z, layer.in_proj_b, layer.in_proj_a):
+        for dense in projections[:4]:
             tracer.use(layer, dense.kernel, 0, hidden, "input")
         tracer.use(layer, layer.conv1d_weight, 0, fused, "param")
         tracer.use(layer, layer.dt_bias, 0, value_heads, "param")
@@ -178,7 +189,12 @@ class _GatedDeltaNet(Handler):
         return handlers_keras_hub.subclass_of(_GATED_DELTA_NET).from_config(config)
 
     def copy(self, layer):
-        """A copy of `layer` with its weights, as tfprune's subclass (`tfprune.graph.flatten` calls it symbolically)."""
+        """A copy of `layer` with its weights, as tfprune's subclass (`tfprune.graph.flatten` calls it symbolically).
+
+        None (copied as it is, so its block stays whole) with LoRA or quantized projections.
+        """
+        if _projections(layer) is None:
+            return None
         copy = handlers_keras_hub.subclass_of(_GATED_DELTA_NET).from_config(layer.get_config())
         _utils._build_like(copy, layer)
         copy.set_weights(layer.get_weights())
