@@ -26,7 +26,11 @@ the cache index there. A block that adds its own terms to the mask
 (Mistral's sliding window) is not reproduced: decode within its window.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
-(`build_cache` finds no attention layer in them and says so).
+(`build_cache` finds no attention layer in them and says so). A layer whose
+handler keeps a state of its own (`initial_cache` and `call_with_cache`:
+Qwen 3.5's GatedDeltaNet, a recurrent linear attention,
+`tfprune.handlers_qwen3_5`) is given its own entry in the cache, which its
+handler makes and updates.
 
 Vision-language models (PaliGemma) put image tokens before the text: the
 prompt call is given the images (`inputs={"images": ...}`) and puts the
@@ -54,14 +58,15 @@ __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
 
 def attention_layers(model):
-    """The attention layers of `model` that take a key/value cache, in call order.
+    """The attention layers of `model` that take a key/value cache (or keep a state of their own), in call order.
 
     Args:
         model: A functional model, such as a pruned causal language model.
 
     Returns:
         List of layers: keras-hub's grouped-query attention layers (Llama,
-        Gemma, Qwen, Mistral) and its `CachedMultiHeadAttention` (GPT-2, OPT).
+        Gemma, Qwen, Mistral), its `CachedMultiHeadAttention` (GPT-2, OPT)
+        and Qwen 3.5's GatedDeltaNet layers.
 
     Example:
 
@@ -71,9 +76,17 @@ def attention_layers(model):
     functional = _utils.functional_view(model)
     found = []
     for layer in functional.layers:
-        if _key_projection(layer) is not None and "cache" in inspect.signature(layer.call).parameters:
+        if _state_handler(layer) is not None or (
+            _key_projection(layer) is not None and "cache" in inspect.signature(layer.call).parameters
+        ):
             found.append(layer)
     return found
+
+
+def _state_handler(layer):
+    """The handler of a layer that keeps a state of its own (`initial_cache`, `call_with_cache`), or None."""
+    handler = handlers.handler_for(layer)
+    return handler if hasattr(handler, "initial_cache") else None
 
 
 def _key_projection(layer):
@@ -115,7 +128,8 @@ def build_cache(model, token_ids, max_length=None, inputs=None, prefix_length=0)
     Returns:
         Tuple `(outputs, cache)`: the model's outputs for the prompt (the
         logits) and a dict mapping each attention layer's name to its cache
-        `(batch, 2, max_length, key/value heads, head width)`.
+        `(batch, 2, max_length, key/value heads, head width)` (a layer with
+        a state of its own: that state, made by its handler).
 
     Raises:
         ValueError: If the model has no attention layer that takes a cache,
@@ -136,7 +150,9 @@ def build_cache(model, token_ids, max_length=None, inputs=None, prefix_length=0)
             "attention layers), so tfprune.decoding cannot run it step by step."
         )
     cache = {
-        layer.name: keras.ops.zeros(_cache_shape(layer, batch_size, max_length), dtype=layer.compute_dtype)
+        layer.name: _state_handler(layer).initial_cache(layer, batch_size, max_length)
+        if _state_handler(layer) is not None
+        else keras.ops.zeros(_cache_shape(layer, batch_size, max_length), dtype=layer.compute_dtype)
         for layer in layers
     }
     return call_with_cache(model, token_ids, cache, 0, inputs=inputs, prefix_length=prefix_length)
@@ -211,6 +227,11 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
     def _cached(layer):
         def call(*args, **kwargs):
             layer_cache = cache[layer.name]
+            if _state_handler(layer) is not None:
+                output, updated[layer.name] = _state_handler(layer).call_with_cache(
+                    layer, args, kwargs, layer_cache, cache_update_index
+                )
+                return output
             query = args[0] if args else next(value for value in kwargs.values() if keras.ops.is_tensor(value))
             mask = _causal_mask(keras.ops.shape(token_ids)[0], keras.ops.shape(query)[1],
                                 keras.ops.shape(layer_cache)[2], cache_update_index, prefix_length)  # fmt: skip

@@ -666,8 +666,9 @@ def subclass_of(name):
     """tfprune's subclass of keras-hub's layer `name` that keeps a width explicit, made on first use.
 
     Args:
-        name: String. A key of `_SUBCLASSES`: `"DINOV3Attention"` or
-            `"MultiHeadAttentionWithRelativePE"`.
+        name: String. A key of `_SUBCLASSES`: `"DINOV3Attention"`,
+            `"MultiHeadAttentionWithRelativePE"` or (added by
+            `tfprune.handlers_qwen3_5`) `"Qwen3_5GatedDeltaNet"`.
 
     Returns:
         The class (registered for serialization in package `tfprune`).
@@ -685,7 +686,7 @@ def subclass_of(name):
         parent = getattr(__import__(module, fromlist=[name]), name)
         cls = type(name, (mixin, parent), {"__module__": __name__, "__doc__": mixin.__doc__})
         _SUBCLASS_CLASSES[name] = keras.saving.register_keras_serializable(package="tfprune")(cls)
-        register_handler(cls, _BY_CLASS[(module, name)])  # its module is tfprune's: found by class
+        register_handler(cls, _by_class((module, name)))  # its module is tfprune's: found by class
     return _SUBCLASS_CLASSES[name]
 
 
@@ -931,10 +932,13 @@ def handler_for(operation):
     >>> handler_for(object()) is None
     True
     """
-    from tfprune import handlers_decoders  # imports tfprune.handlers, as this module does
+    return _by_class((type(operation).__module__, type(operation).__name__))
 
-    key = (type(operation).__module__, type(operation).__name__)
-    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)
+
+def _by_class(key):
+    from tfprune import handlers_qwen3_5  # imports this module
+
+    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key) or handlers_qwen3_5.BY_CLASS.get(key)
 
 
 # ---------------------------------------------------------------- layers whose constructor takes no base arguments
