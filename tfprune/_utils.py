@@ -273,7 +273,16 @@ def atomic_path(path, overwrite=True):
 
 
 class SharedLayerWarning(UserWarning):
-    """A layer could not be copied, so a new model shares it with the original."""
+    """A layer could not be copied, so a new model shares it with the original.
+
+    Example:
+
+    >>> import warnings, tfprune
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", tfprune.graph.SharedLayerWarning)  # refuse shared layers
+    ...     issubclass(tfprune.graph.SharedLayerWarning, UserWarning)
+    True
+    """
 
 
 def loads_back(function):
@@ -390,7 +399,16 @@ def copy_layer(layer):
 
 
 class ConfigRepairWarning(UserWarning):
-    """tfprune copied a layer whose own config would not load back, and repaired the copy's."""
+    """tfprune copied a layer whose own config would not load back, and repaired the copy's.
+
+    Example:
+
+    >>> import warnings, tfprune
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", tfprune.graph.ConfigRepairWarning)  # repairs expected
+    ...     issubclass(tfprune.graph.ConfigRepairWarning, UserWarning)
+    True
+    """
 
 
 # Keyword arguments `keras.layers.Layer.__init__` accepts besides its named ones.

@@ -66,6 +66,8 @@ from tfprune._utils import (
 from tfprune.analysis import analyze
 from tfprune.export import inputs as input_data
 
+__all__ = ["GroupWidth", "PruneResult", "SensitivityResult", "expansion_layers", "prune", "sensitivity"]
+
 _SCOPES = ("global", "group")
 
 # Layers an expansion conv's output may pass through before the depthwise conv.

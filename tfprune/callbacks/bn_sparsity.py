@@ -8,6 +8,8 @@ from keras import ops
 
 from tfprune._utils import write_summary
 
+__all__ = ["BNSparsity"]
+
 _MODES = ("proximal", "subgradient")
 _PENALTIES = ("channel", "gamma")
 _TARGETS = ("all", "expansion")

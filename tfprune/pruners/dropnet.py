@@ -2,6 +2,8 @@
 
 from tfprune.pruning import prune
 
+__all__ = ["DropNet"]
+
 
 class DropNet:
     """Iterative pruning by mean post-activation value, with retraining between rounds.
