@@ -6,6 +6,8 @@ import doctest
 import importlib
 import inspect
 import pathlib
+import sys
+import types
 
 import pytest
 
@@ -102,7 +104,23 @@ def test_the_checks_catch_an_undocumented_function():
     test_every_exported_function_and_class_is_documented("documented", documented)
     with pytest.raises(AssertionError, match="no docstring"):
         test_every_exported_function_and_class_is_documented("undocumented", undocumented)
+    undocumented.__doc__ = "Returns `model`.\n\nArgs:\n    model: Anything.\n"
+    with pytest.raises(AssertionError, match="no Example section"):
+        test_every_exported_function_and_class_is_documented("undocumented", undocumented)
+    undocumented.__doc__ = "Returns `model`.\n\nExample:\n\n>>> undocumented(1)\n1\n"
+    with pytest.raises(AssertionError, match="no Args section"):
+        test_every_exported_function_and_class_is_documented("undocumented", undocumented)
 
+
+
+def test_the_checks_catch_a_module_without_all_or_with_a_missing_name(monkeypatch):
+    module = types.ModuleType("tfprune_stand_in")
+    monkeypatch.setitem(sys.modules, "tfprune_stand_in", module)
+    with pytest.raises(AssertionError, match="tfprune_stand_in has no __all__"):
+        test_every_public_module_declares_all_with_existing_names("tfprune_stand_in")
+    module.__all__ = ["absent"]
+    with pytest.raises(AssertionError, match=r"does not define: \['absent'\]"):
+        test_every_public_module_declares_all_with_existing_names("tfprune_stand_in")
 
 def _run_examples(value, name):
     globs = dict(vars(importlib.import_module(value.__module__)))
