@@ -92,7 +92,7 @@ def _methods(args):
 def _dropnet(model, train, test, args):
     """DropNet rounds: prune 1 - (1 - rate)^(1/rounds) of the remaining channels, then fine-tune."""
     fraction = 1 - (1 - args.rate) ** (1 / args.rounds)
-    pruner = tfprune.pruners.DropNet(fraction=fraction, scope="global", targets="expansion")
+    pruner = tfprune.pruners.DropNet(rate=fraction, scope="global", targets="expansion")
     epochs = [
         args.fine_tune_epochs // args.rounds + (index < args.fine_tune_epochs % args.rounds)
         for index in range(args.rounds)

@@ -116,9 +116,7 @@ def test_channel_pruning_arguments_and_data_are_checked():
 def test_dropnet_step_removes_the_dead_channel():
     model = _maps_model()
     snapshot = weights_snapshot(model)
-    pruner = tfprune.pruners.DropNet(
-        fraction=0.34, scope="group", targets=lambda group: group.name == "maps"
-    )
+    pruner = tfprune.pruners.DropNet(rate=0.34, scope="group", targets=lambda group: group.name == "maps")
     small, result = pruner.step(model, _positive_images())
     assert result.widths_after == {"maps": 2} and pruner.results == [result]
     np.testing.assert_array_equal(small.get_layer("maps").get_weights()[0].reshape(-1), [0.0, 1.0])
@@ -135,7 +133,7 @@ def test_dropnet_fit_prunes_the_remaining_channels_each_round_and_trains():
     model = _compiled_vgg()
     images = np.random.default_rng(0).uniform(size=(32, 12, 12, 3)).astype("float32")
     labels = np.arange(32) % 4
-    pruner = tfprune.pruners.DropNet(fraction=0.25, scope="group")
+    pruner = tfprune.pruners.DropNet(rate=0.25, scope="group")
     small = pruner.fit(model, images, labels, rounds=2, epochs=1, batch_size=16, verbose=0)
     # conv0: 8 -> 6 -> 6 - floor(1.5) = 5; conv1: 12 -> 9 -> 9 - floor(2.25) = 7 (never more than the fraction)
     assert [result.widths_after["conv0"] for result in pruner.results] == [6, 5]
@@ -161,9 +159,24 @@ def test_dropnet_reinitialize_gives_fresh_weights():
     )
 
 
+def test_dropnet_fraction_is_a_deprecated_alias_of_rate():
+    model = _maps_model()
+    only_maps = lambda group: group.name == "maps"  # noqa: E731
+    with pytest.warns(DeprecationWarning, match=r"`tfprune.pruners.DropNet\(fraction=...\)` is deprecated; use `rate=...`") as caught:
+        old = tfprune.pruners.DropNet(fraction=0.34, scope="group", targets=only_maps)
+    assert caught[0].filename == __file__  # points at the caller's line
+    new = tfprune.pruners.DropNet(rate=0.34, scope="group", targets=only_maps)
+    assert old.rate == new.rate == 0.34
+    (old_small, old_result), (small, result) = old.step(model, _positive_images()), new.step(model, _positive_images())
+    assert old_result.widths_after == result.widths_after == {"maps": 2}
+    np.testing.assert_array_equal(old_small.get_layer("maps").get_weights()[0], small.get_layer("maps").get_weights()[0])
+    with pytest.raises(TypeError, match=r"got both `rate` and its old name `fraction`"):
+        tfprune.pruners.DropNet(rate=0.3, fraction=0.34)
+
+
 def test_dropnet_errors():
-    with pytest.raises(ValueError, match=r"Received: fraction=1.5"):
-        tfprune.pruners.DropNet(fraction=1.5)
+    with pytest.raises(ValueError, match=r"`rate` must be a number in \[0, 1\).*Received: rate=1.5"):
+        tfprune.pruners.DropNet(rate=1.5)
     with pytest.raises(ValueError, match="not compiled"):
         tfprune.pruners.DropNet().fit(_vgg_like(), np.zeros((4, 12, 12, 3)), np.zeros(4), epochs=1)
     with pytest.raises(ValueError, match=r"Received: rounds=0"):

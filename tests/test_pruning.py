@@ -235,9 +235,28 @@ def test_default_round_to_rounds_widths_up_to_multiples_of_8():
     assert exact.widths_after == {"wide": 45, "mid": 14, "narrow": 6}
 
 
-def test_ignore_by_group_or_layer_name():
-    _, result = prune(_small_model(), "l1", rate=0.5, scope="group", ignore=("conv1", "bn4"))
+def test_skip_by_group_or_layer_name():
+    _, result = prune(_small_model(), "l1", rate=0.5, scope="group", skip=("conv1", "bn4"))
     assert [g.name for g in result.groups] == ["conv2"]
+
+
+def test_ignore_is_a_deprecated_alias_of_skip():
+    model = _small_model()
+    small, result = prune(model, "l1", rate=0.5, scope="group", skip=("conv1", "bn4"))
+    with pytest.warns(DeprecationWarning) as caught:
+        old_small, old_result = prune(model, "l1", rate=0.5, scope="group", ignore=("conv1", "bn4"))
+    deprecations = [warning for warning in caught if issubclass(warning.category, DeprecationWarning)]
+    assert len(deprecations) == 1
+    assert str(deprecations[0].message).startswith(
+        "`tfprune.prune(ignore=...)` is deprecated; use `skip=...` instead"
+    )
+    assert deprecations[0].filename == __file__  # points at the caller's line
+    assert old_result.groups == result.groups and [g.name for g in result.groups] == ["conv2"]
+    for layer, old_layer in zip(small.layers, old_small.layers):
+        for weight, old_weight in zip(layer.get_weights(), old_layer.get_weights()):
+            np.testing.assert_array_equal(old_weight, weight)
+    with pytest.raises(TypeError, match=r"got both `skip` and its old name `ignore`; pass only `skip`"):
+        prune(model, "l1", rate=0.5, skip=("conv1",), ignore=("bn4",))
 
 
 def test_threshold_removes_every_channel_scoring_at_or_below_it():
@@ -350,19 +369,19 @@ def test_mobilenet_v3_large_expansion_pruning_matches_the_paper_band():
         ({"rate": 0.5, "max_group_rate": 1.5}, ValueError, r"`max_group_rate`.*max_group_rate=1.5"),
         ({"rate": 0.5, "max_group_rate": "half"}, ValueError, r"max_group_rate='half'"),
         ({"rate": 0.5, "round_to": 0}, ValueError, r"`round_to` must be an int >= 1.*round_to=0"),
-        ({"rate": 0.5, "ignore": "conv1"}, TypeError, r"`ignore` must be a tuple.*ignore='conv1'"),
+        ({"rate": 0.5, "skip": "conv1"}, TypeError, r"`skip` must be a tuple.*skip='conv1'"),
         ({"rate": 0.5, "criterion": "nope"}, ValueError, r"Unknown criterion 'nope'"),
         ({"rate": float("nan")}, ValueError, r"`rate` must be a number in \[0, 1\).*rate=nan"),
         ({"rate": np.bool_(True)}, ValueError, r"`rate` must be a number"),
         ({"threshold": float("nan")}, ValueError, r"`threshold` must be a number.*threshold=nan"),
         ({"threshold": "0"}, ValueError, r"`threshold` must be a number.*threshold='0'"),
         ({"rate": 0.5, "min_channels": 1.0}, ValueError, r"`min_channels` must be an int.*min_channels=1.0"),
-        ({"rate": 0.5, "ignore": ("conv_1",)}, ValueError,
-         r"`ignore` names layers or groups that model '\w+' does not have.*unknown: \['conv_1'\]"),
+        ({"rate": 0.5, "skip": ("conv_1",)}, ValueError,
+         r"`skip` names layers or groups that model '\w+' does not have.*unknown: \['conv_1'\]"),
         ({"rate": 0.5, "targets": lambda group: False}, ValueError,
-         r"`targets` and `ignore` leave none of the 3 prunable groups.*nothing would be removed"),
-        ({"rate": 0.5, "ignore": ("conv1", "conv2", "conv3")}, ValueError,
-         r"leave none of the 3 prunable groups .*ignore=\('conv1', 'conv2', 'conv3'\)"),
+         r"`targets` and `skip` leave none of the 3 prunable groups.*nothing would be removed"),
+        ({"rate": 0.5, "skip": ("conv1", "conv2", "conv3")}, ValueError,
+         r"leave none of the 3 prunable groups .*skip=\('conv1', 'conv2', 'conv3'\)"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, message):
@@ -672,7 +691,7 @@ def test_a_pruned_model_that_cannot_run_is_refused_naming_the_layer(monkeypatch)
     with pytest.raises(ValueError, match=r"^tfprune.prune refuses to return the pruned model '\w+': layer 'mixer' "
                                          r"\(_RowMixer\) fails on a probe input that the input model runs "
                                          r"\(\w+: .*\), so its code or config likely holds a channel count "
-                                         r"the pruning changed; .*ignore=\('mixer',\)\)\.$"):  # fmt: skip
+                                         r"the pruning changed; .*skip=\('mixer',\)\)\.$"):  # fmt: skip
         prune(model, "l1", rate=0.25, targets=lambda group: group.name == "proj")
 
 
@@ -684,7 +703,7 @@ def test_a_pruned_model_whose_config_does_not_rebuild_is_refused_naming_the_laye
     with pytest.raises(ValueError, match=r"^tfprune.prune refuses to return the pruned model '\w+': it would not "
                                          r"reload, as layer 'scale' \(_Scale\) rebuilds weights of shapes \[\(16,\)\] "
                                          r"from its config where the pruned layer holds \[\(12,\)\] \(its config does "
-                                         r"not record the width the pruning gave it\); .*ignore=\('scale',\)\)\.$"):  # fmt: skip
+                                         r"not record the width the pruning gave it\); .*skip=\('scale',\)\)\.$"):  # fmt: skip
         prune(model, "l1", rate=0.25, targets=lambda group: group.name == "proj")
 
 

@@ -272,8 +272,70 @@ def atomic_path(path, overwrite=True):
             os.unlink(temporary)
 
 
+
+def renamed_argument(function_name, name, value, default, old_name, old_value):
+    """The value of an argument that was renamed (CONTRIBUTING.md, "API conventions").
+
+    The old name keeps working, with a `DeprecationWarning` naming the new
+    one; the new name wins when only it is given.
+
+    Args:
+        function_name: String. The public function, e.g. `"tfprune.prune"`.
+        name: String. The argument's conventional name.
+        value: Its value.
+        default: Its default value (`value == default` means it was not given).
+        old_name: String. The old name.
+        old_value: Its value; None when the old name was not used.
+
+    Returns:
+        `old_value` if the old name was used, else `value`.
+
+    Raises:
+        TypeError: If both names were given.
+
+    Example:
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     renamed_argument("tfprune.prune", "skip", (), (), "ignore", ("conv",))
+    ('conv',)
+    >>> str(caught[0].message).split(";")[0]
+    '`tfprune.prune(ignore=...)` is deprecated'
+    """
+    if old_value is None:
+        return value
+    if not _same(value, default):
+        raise TypeError(
+            f"{function_name} got both `{name}` and its old name `{old_name}`; pass only "
+            f"`{name}`. Received: {name}={value!r}, {old_name}={old_value!r}"
+        )
+    warnings.warn(
+        f"`{function_name}({old_name}=...)` is deprecated; use `{name}=...` instead (same meaning). "
+        f"`{old_name}` will be removed in a future release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
+def _same(value, default):
+    try:
+        return bool(value == default)
+    except Exception:  # an array compared element-wise: given, not the default
+        return False
+
 class SharedLayerWarning(UserWarning):
-    """A layer could not be copied, so a new model shares it with the original."""
+    """A layer could not be copied, so a new model shares it with the original.
+
+    Example:
+
+    >>> import warnings, tfprune
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", tfprune.graph.SharedLayerWarning)  # refuse shared layers
+    ...     issubclass(tfprune.graph.SharedLayerWarning, UserWarning)
+    True
+    """
 
 
 def loads_back(function):
@@ -390,7 +452,16 @@ def copy_layer(layer):
 
 
 class ConfigRepairWarning(UserWarning):
-    """tfprune copied a layer whose own config would not load back, and repaired the copy's."""
+    """tfprune copied a layer whose own config would not load back, and repaired the copy's.
+
+    Example:
+
+    >>> import warnings, tfprune
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", tfprune.graph.ConfigRepairWarning)  # repairs expected
+    ...     issubclass(tfprune.graph.ConfigRepairWarning, UserWarning)
+    True
+    """
 
 
 # Keyword arguments `keras.layers.Layer.__init__` accepts besides its named ones.

@@ -35,6 +35,8 @@ import numpy as np
 
 from tfprune._utils import functional_view, is_integer, require_graph_model
 
+__all__ = ["Analysis", "LayerRecord", "analyze", "register_macs"]
+
 _MAC_FUNCTIONS = {}
 
 

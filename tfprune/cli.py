@@ -36,6 +36,8 @@ import textwrap
 import warnings
 import zipfile
 
+__all__ = ["main"]
+
 
 class UsageError(Exception):
     """Bad input from the command line: reported in one sentence, exit code 2."""

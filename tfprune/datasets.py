@@ -24,6 +24,17 @@ import numpy as np
 
 from tfprune._utils import LazyModule
 
+__all__ = [
+    "FASHION_MNIST_ENVIRONMENT_VARIABLE",
+    "DatasetInfo",
+    "DatasetNotAvailableError",
+    "Splits",
+    "cifar10",
+    "cifar100",
+    "digits",
+    "fashion_mnist",
+]
+
 tf = LazyModule("tensorflow")  # tf.data is TensorFlow's; imported when a dataset is built
 
 
@@ -93,7 +104,20 @@ class Splits(tuple):
 
 
 class DatasetNotAvailableError(FileNotFoundError):
-    """Raised when a dataset is not prepared in `data_dir` and `download=False`."""
+    """Raised when a dataset is not prepared in `data_dir` and `download=False`.
+
+    A `FileNotFoundError`; its message names where tfprune looked and how to
+    prepare the data.
+
+    Example:
+
+    >>> import tempfile, tfprune
+    >>> try:
+    ...     tfprune.datasets.fashion_mnist(path=tempfile.mkdtemp())
+    ... except tfprune.datasets.DatasetNotAvailableError as error:
+    ...     print(type(error).__name__, isinstance(error, FileNotFoundError))
+    DatasetNotAvailableError True
+    """
 
 
 def digits(

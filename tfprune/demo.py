@@ -29,6 +29,8 @@ import time
 import keras
 import numpy as np
 
+__all__ = ["DemoResult", "run"]
+
 _SETTINGS = {
     # variant, dense epochs, fine-tune epochs, STR epochs, latency runs
     "full": {"variant": "large", "dense_epochs": 10, "finetune_epochs": 5, "str_epochs": 10, "runs": 50},
@@ -63,6 +65,13 @@ class DemoResult:
             |γ| below 1e-3, 1e-2, 1e-1).
         files: Dict mapping a description to a path written in the output dir.
         seconds: Float. Wall time of the whole run.
+
+    Example:
+
+    >>> from tfprune.demo import DemoResult
+    >>> result = DemoResult(rows=[{"model": "dense"}], settings={"epochs": 1}, files={}, seconds=1.5)
+    >>> result.to_dict()["seconds"]
+    1.5
     """
 
     rows: list

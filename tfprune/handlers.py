@@ -13,6 +13,19 @@ import numpy as np
 
 from tfprune import layers as _tfprune_layers
 
+__all__ = [
+    "ROLES",
+    "ChannelMismatchError",
+    "Freeze",
+    "Handler",
+    "Preserve",
+    "Tracer",
+    "channel_mixing_activation",
+    "handler_for",
+    "register_activation",
+    "register_handler",
+]
+
 ROLES = ("output", "input", "param")
 
 

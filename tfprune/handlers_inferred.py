@@ -31,6 +31,8 @@ import numpy as np
 
 from tfprune import _utils
 
+__all__ = ["activation_reason", "infer"]
+
 # Size given to unknown axes (other than the batch) of the probe inputs.
 UNKNOWN_AXIS_SIZE = 8
 _BATCH = 2

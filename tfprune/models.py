@@ -4,6 +4,8 @@ import keras
 
 from tfprune._utils import clone_graph
 
+__all__ = ["mobilenet_v3"]
+
 _MOBILENET_V3 = {
     "small": keras.applications.MobileNetV3Small,
     "large": keras.applications.MobileNetV3Large,

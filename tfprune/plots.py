@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 from tfprune._utils import atomic_path
 
+__all__ = ["accuracy_vs_rate", "gamma_distribution", "layer_sparsity", "sensitivity", "widths"]
+
 
 def _save(figure, path, overwrite=True):
     if path is not None:

@@ -61,11 +61,14 @@ from tfprune._utils import (
     functional_view,
     is_integer,
     is_number,
+    renamed_argument,
     require_graph_model,
 )
 from tfprune.analysis import analyze
 from tfprune.export import inputs as input_data
 from tfprune.structure import expansion_layers
+
+__all__ = ["GroupWidth", "PruneResult", "SensitivityResult", "expansion_layers", "prune", "sensitivity"]
 
 _SCOPES = ("global", "group")
 
@@ -329,20 +332,20 @@ def _check_arguments(rate, threshold, scope, targets, min_channels, max_group_ra
         raise ValueError(f"`round_to` must be an int >= 1. Received: round_to={round_to!r}")
     if isinstance(ignore, str) or not all(isinstance(name, str) for name in ignore):
         raise TypeError(
-            "`ignore` must be a tuple of group or layer names, e.g. ('conv',). "
-            f"Received: ignore={ignore!r}"
+            "`skip` must be a tuple of group or layer names, e.g. ('conv',). "
+            f"Received: skip={ignore!r}"
         )
     return (None if rate is None else float(rate)), (None if threshold is None else float(threshold))
 
 
 def _check_ignore(model, graph, ignore):
-    """Refuses `ignore` names that are neither a layer nor a channel group of the model."""
+    """Refuses `skip` names that are neither a layer nor a channel group of the model."""
     known = {layer.name for layer in model.layers} | {group.name for group in graph.groups}
     unknown = sorted(set(ignore) - known)
     if unknown:
         raise ValueError(
-            f"`ignore` names layers or groups that model '{model.name}' does not have, so they "
-            f"would be pruned; check the names in model.summary(). Received: ignore={tuple(ignore)!r} "
+            f"`skip` names layers or groups that model '{model.name}' does not have, so they "
+            f"would be pruned; check the names in model.summary(). Received: skip={tuple(ignore)!r} "
             f"(unknown: {unknown})"
         )
 
@@ -370,9 +373,9 @@ def _require_targets(model, graph, targeted, targets, ignore):
         )
     if prunable:
         raise ValueError(
-            f"`targets` and `ignore` leave none of the {len(prunable)} prunable groups of model "
+            f"`targets` and `skip` leave none of the {len(prunable)} prunable groups of model "
             f"'{model.name}' (e.g. {prunable[0].name!r}) to prune; nothing would be removed. "
-            f"Received: targets={targets!r}, ignore={tuple(ignore)!r}"
+            f"Received: targets={targets!r}, skip={tuple(ignore)!r}"
         )
     reasons = [group.reason for group in graph.groups if "model input" not in group.reason]
     reasons = list(dict.fromkeys(reasons))[:2] or [group.reason for group in graph.groups][:1]
@@ -904,7 +907,7 @@ def _named(operation, otherwise):
 
 
 def _ignore(operation):
-    return f"ignore=({operation.name!r},)" if operation is not None else "`ignore=`"
+    return f"skip=({operation.name!r},)" if operation is not None else "`skip=`"
 
 
 def prune(
@@ -916,7 +919,7 @@ def prune(
     min_channels=1,
     max_group_rate=None,
     round_to=8,
-    ignore=(),
+    skip=(),
     reinitialize=False,
     data=None,
     seed=None,
@@ -924,6 +927,7 @@ def prune(
     unknown="raise",
     verbose="auto",
     gqa="query_heads",
+    ignore=None,
 ):
     """Removes the least important channels of a model; returns a smaller model.
 
@@ -984,7 +988,9 @@ def prune(
             "Structured pruning: LiteRT speed-up"). Groups of 8 channels or
             fewer are then left whole below rate 1 (with a warning); pass
             `round_to=1` for exact rates on small models.
-        ignore: Tuple of group or layer names whose groups are left alone.
+        skip: Tuple of group or layer names whose groups are left alone
+            (as `skip` of `tfprune.sparsify` and `prune_low_magnitude`).
+            Defaults to `()`.
         reinitialize: Bool. If True, the pruned architecture gets fresh
             random weights (the "Rethinking" train-from-scratch baseline).
         data: Optional data passed to data-driven criteria: inputs, or for
@@ -1014,6 +1020,8 @@ def prune(
             their size; or `"groups"`, whole key/value heads with their
             query heads (the cache shrinks too). Heads are scored on their
             query projection weights. Defaults to `"query_heads"`.
+        ignore: Deprecated name of `skip`; it still works, with a
+            `DeprecationWarning`.
 
     Layers that train sparsity (STR layers, `prune_low_magnitude` wrappers)
     are stripped first (`tfprune.strip`): their sparsity depends on the
@@ -1046,13 +1054,14 @@ def prune(
         when no channel was removed.
 
     Raises:
-        TypeError: If `model` is not a graph model or `ignore` is not a tuple of names.
+        TypeError: If `model` is not a graph model, `skip` is not a tuple of
+            names, or both `skip` and its old name `ignore` are given.
         ValueError: If an argument is out of range (`verbose` included), both or neither of
             `rate`/`threshold` are given (`"str_zero_filters"` takes no rate and
-            defaults to `threshold=0.0`), the criterion is unknown, `ignore`
+            defaults to `threshold=0.0`), the criterion is unknown, `skip`
             names a layer the model does not have, no group may be pruned
             (every group frozen, e.g. a `channels_first` model, or excluded by
-            `targets`/`ignore`), the criterion scores none of the targeted
+            `targets`/`skip`), the criterion scores none of the targeted
             groups, or it returns NaN scores, or `scope="global"` with a
             criterion whose scores are not comparable across groups would
             remove every channel of a group, or the pruned model fails on the
@@ -1078,6 +1087,7 @@ def prune(
     True
     """
     require_graph_model(model, "tfprune.prune")
+    ignore = renamed_argument("tfprune.prune", "skip", skip, (), "ignore", ignore)
     given = model
     model = _stripped(_inlined(model))
     rate, threshold = _zero_filters_threshold(criterion, rate, threshold)

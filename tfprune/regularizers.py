@@ -11,6 +11,8 @@ from keras import ops
 
 from tfprune._utils import clone_graph, require_graph_model
 
+__all__ = ["BNGammaL1", "GroupLasso", "attach"]
+
 
 def _check_strength(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -20,6 +20,8 @@ import numpy as np
 from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
 from tfprune.layers.str_base import _STR_CONFIG_KEYS
 
+__all__ = ["SparsityReport", "sparsify", "sparsity_report", "str_layers", "strip"]
+
 
 def strip(model):
     """Returns a plain Keras model with the sparse kernels baked in.

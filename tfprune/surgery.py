@@ -336,7 +336,7 @@ def _rewrite(model, graph, removals):
                 f"Removing these channels would leave layer '{layer.name}' (group '{group}') with no "
                 "output channel: its channels are only part of the group (joined by a Concatenate), "
                 "and none of them is kept. Keep more channels of that group, or leave it out "
-                "(`ignore=` in tfprune.prune)."
+                "(`skip=` in tfprune.prune)."
             )
         resized = output_width != node.outputs[0].shape[-1]
         if layer.name not in slices and not resized:

@@ -9,6 +9,8 @@ from keras import ops
 from tfprune._utils import write_summary
 from tfprune.structure import batch_norm_layers, expansion_layers
 
+__all__ = ["BNSparsity"]
+
 _MODES = ("proximal", "subgradient")
 _PENALTIES = ("channel", "gamma")
 _TARGETS = ("all", "expansion")

@@ -8,6 +8,8 @@ import numpy as np
 from tfprune._utils import is_integer, write_summary
 from tfprune.magnitude.prune import _require_wrappers, mask_sparsity
 
+__all__ = ["PruningSummaries", "UpdatePruningStep"]
+
 
 class UpdatePruningStep(keras.callbacks.Callback):
     """Advances the pruning schedules of a model's `PruneLowMagnitude` layers in `fit`.

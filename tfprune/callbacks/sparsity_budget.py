@@ -5,6 +5,8 @@ import numpy as np
 
 from tfprune.sparsity import str_layers
 
+__all__ = ["SparsityBudget", "common_threshold_scale", "global_sparsity"]
+
 STARTS = ("equal", "uniform")
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from tfprune import _features
 from tfprune.criteria.base import register
 
+__all__ = ["activation"]
+
 
 def _mean_absolute_activation(features):
     """`(batch, ..., channels)` -> `(batch, channels)`: mean |a| over the positions."""

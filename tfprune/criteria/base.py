@@ -30,6 +30,16 @@ import numpy as np
 from tfprune import handlers
 from tfprune._utils import functional_view
 
+__all__ = [
+    "AttentionHeads",
+    "available",
+    "comparable_across_groups",
+    "consumers",
+    "from_layer_scores",
+    "get",
+    "register",
+]
+
 _CRITERIA = {}
 # Names of the criteria whose scores may be ranked across groups (one global threshold).
 _COMPARABLE = set()

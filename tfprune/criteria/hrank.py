@@ -11,6 +11,8 @@ import numpy as np
 from tfprune import _features
 from tfprune.criteria.base import register
 
+__all__ = ["hrank"]
+
 
 def _feature_map_ranks(features):
     """`(batch, height, width, channels)` -> `(batch, channels)` matrix ranks; None otherwise."""

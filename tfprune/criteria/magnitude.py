@@ -12,6 +12,17 @@ import numpy as np
 
 from tfprune.criteria.base import from_layer_scores, register
 
+__all__ = [
+    "bn_gamma",
+    "filter_sparsity",
+    "l1",
+    "l2",
+    "random",
+    "sparsity",
+    "sparsity_gamma",
+    "str_zero_filters",
+]
+
 
 def to_numpy(value):
     """A variable or tensor as a NumPy array (`np.asarray` on a Keras variable is deprecated)."""
@@ -155,68 +166,119 @@ def random(model, graph, data=None, seed=None):
     }
 
 
-l1 = from_layer_scores(_per_filter(lambda filters: np.abs(filters).sum(axis=0)), combine="sum")
-l1.__doc__ = """L1 norm of each filter, `Σ|W[..., n]|` (Li et al.), summed over the group's producers.
+# The criteria below share the signature of every criterion
+# (`from_layer_scores`); their docstrings share its Args and Returns.
+_CRITERION_ARGUMENTS = """
+Args:
+    model: A built Sequential or functional Keras model.
+    graph: `tfprune.graph.build(model)`.
+    data: Unused (these criteria read weights only).
+    seed: Unused.
 
-Example:
+Returns:
+    Dict `{group_name: scores}`: one float per channel of each prunable
+    group with at least one scored producer.
 
->>> # scores = tfprune.criteria.l1(model, tfprune.graph.build(model))
 """
+
+# The examples' model: `hidden` (4 units, followed by a BN with |γ| = 0.5, 2, 0, 1) is
+# the one prunable group.
+_EXAMPLE_MODEL = """
+>>> import keras, numpy as np, tfprune
+>>> inputs = keras.Input((3,))
+>>> hidden = keras.layers.Dense(4, name="hidden")
+>>> normalization = keras.layers.BatchNormalization(name="normalization")
+>>> model = keras.Model(inputs, keras.layers.Dense(2)(normalization(hidden(inputs))))
+>>> hidden.set_weights([np.ones((3, 4)) * [1.0, -2.0, 0.0, 3.0], np.zeros(4)])
+>>> normalization.set_weights([np.array([0.5, -2.0, 0.0, 1.0]), np.zeros(4), np.zeros(4), np.ones(4)])
+"""
+
+l1 = from_layer_scores(_per_filter(lambda filters: np.abs(filters).sum(axis=0)), combine="sum")
+l1.__doc__ = (
+    """L1 norm of each filter, `Σ|W[..., n]|` (Li et al.), summed over the group's producers.
+"""
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.l1(model, tfprune.graph.build(model))["hidden"].tolist()
+[3.0, 6.0, 0.0, 9.0]
+"""
+)
 
 l2 = from_layer_scores(
     _per_filter(lambda filters: np.square(filters).sum(axis=0)), combine="sum", finish=np.sqrt
 )
-l2.__doc__ = """L2 norm of each channel's filters over all the group's producers.
-
-Example:
-
->>> # scores = tfprune.criteria.l2(model, tfprune.graph.build(model))
+l2.__doc__ = (
+    """L2 norm of each channel's filters over all the group's producers.
 """
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.l2(model, tfprune.graph.build(model))["hidden"].round(3).tolist()
+[1.732, 3.464, 0.0, 5.196]
+"""
+)
 
 bn_gamma = from_layer_scores(
     _per_filter(lambda filters: np.ones(filters.shape[-1])), combine="mean", batch_norm=True
 )
-bn_gamma.__doc__ = """`|γ|` of the BatchNormalization right after each producer (Network Slimming).
+bn_gamma.__doc__ = (
+    """`|γ|` of the BatchNormalization right after each producer (Network Slimming).
 
 Averaged over the producers that have one; groups without are not scored.
-
-Example:
-
->>> # scores = tfprune.criteria.bn_gamma(model, tfprune.graph.build(model))
 """
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.bn_gamma(model, tfprune.graph.build(model))["hidden"].tolist()
+[0.5, 2.0, 0.0, 1.0]
+"""
+)
 
 sparsity = from_layer_scores(filter_sparsity, combine="mean")
-sparsity.__doc__ = """The filter sparsity value S (see `filter_sparsity`), averaged over producers.
-
-Example:
-
->>> # scores = tfprune.criteria.sparsity(model, tfprune.graph.build(model))
+sparsity.__doc__ = (
+    """The filter sparsity value S (see `filter_sparsity`), averaged over producers.
 """
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.sparsity(model, tfprune.graph.build(model))["hidden"].tolist()  # mean |W| is 1.5
+[0.0, 1.0, 0.0, 1.0]
+"""
+)
 
 sparsity_gamma = from_layer_scores(filter_sparsity, combine="mean", batch_norm=True)
-sparsity_gamma.__doc__ = """`|γ|·S`, the MobileNetV3 criterion of Liu & Lei (docs/METHODS.md §11).
+sparsity_gamma.__doc__ = (
+    """`|γ|·S`, the MobileNetV3 criterion of Liu & Lei (docs/METHODS.md §11).
 
 S of each producer times `|γ|` of the BN right after it, averaged over the
 producers that have one; groups without are not scored.
-
-Example:
-
->>> # tfprune.prune(model, criterion="sparsity_gamma", rate=0.5, targets="expansion")
 """
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.sparsity_gamma(model, tfprune.graph.build(model))["hidden"].tolist()
+[0.0, 2.0, 0.0, 1.0]
+"""
+)
 
 str_zero_filters = from_layer_scores(_nonzero_filters, combine="mean")
-str_zero_filters.__doc__ = """0 for channels whose every producer filter is zero, else > 0.
+str_zero_filters.__doc__ = (
+    """0 for channels whose every producer filter is zero, else > 0.
 
 STR layers in `mode="channel"` expose their zero filters with `zero_filters()`;
 for plain layers (such as the output of `tfprune.strip`) a filter whose
 kernel is all zeros counts as zero. The score is the share of the group's
 producers whose filter is not zero. `prune(criterion="str_zero_filters", threshold=0.0)`
 removes exactly the zero channels.
-
-Example:
-
->>> # tfprune.prune(model, criterion="str_zero_filters", threshold=0.0)
 """
+    + _CRITERION_ARGUMENTS
+    + "Example:\n"
+    + _EXAMPLE_MODEL
+    + """>>> tfprune.criteria.str_zero_filters(model, tfprune.graph.build(model))["hidden"].tolist()
+[1.0, 1.0, 0.0, 1.0]
+"""
+)
 
 for _name, _criterion in {
     "l1": l1,

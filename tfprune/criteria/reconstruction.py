@@ -29,6 +29,8 @@ from tfprune import _features
 from tfprune._utils import functional_view
 from tfprune.criteria.base import register
 
+__all__ = ["reconstruction"]
+
 
 def _conv_patches(layer, inputs):
     patches = keras.ops.image.extract_patches(

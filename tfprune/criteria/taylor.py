@@ -20,6 +20,8 @@ from tfprune import _features, _gradients
 from tfprune._utils import check_verbose
 from tfprune.criteria.base import register
 
+__all__ = ["taylor"]
+
 _CALLER = "Criterion 'taylor'"
 
 

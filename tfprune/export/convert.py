@@ -35,6 +35,14 @@ from tfprune.export.report import ExportReport
 from tfprune.export.verify import _op_counts, _tensor_summaries, _verify
 from tfprune.sparsity import strip
 
+__all__ = [
+    "MAX_CALIBRATION_SAMPLES",
+    "MAX_VERIFICATION_SAMPLES",
+    "QUANTIZERS",
+    "RANDOM_SAMPLES",
+    "to_tflite",
+]
+
 tf = LazyModule("tensorflow")  # imported by the first conversion, not by `import tfprune`
 
 # TensorFlow's guide recommends a few hundred calibration samples; more only

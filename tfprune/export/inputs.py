@@ -22,6 +22,8 @@ import numpy as np
 
 from tfprune._utils import LazyModule
 
+__all__ = ["ModelInput", "as_batches", "model_inputs", "random_batch"]
+
 tf = LazyModule("tensorflow")  # only for isinstance checks of tf.data datasets
 
 # Characters a TensorFlow signature name may hold (`[A-Za-z0-9_.\-/]`, not first `_-/`).
@@ -39,6 +41,14 @@ class ModelInput:
         shape: Tuple. The input's shape, batch axis first, None for unknown
             sizes.
         dtype: String. The input's dtype, e.g. "float32" or "int32".
+
+    Example:
+
+    >>> import keras
+    >>> from tfprune.export.inputs import model_inputs
+    >>> inputs = keras.Input((3,), name="pixels")
+    >>> model_inputs(keras.Model(inputs, keras.layers.Dense(2)(inputs)))[0]
+    ModelInput(name='pixels', signature_name='pixels', shape=(None, 3), dtype='float32')
     """
 
     name: str

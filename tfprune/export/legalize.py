@@ -36,6 +36,8 @@ import numpy as np
 
 from tfprune._utils import LazyModule
 
+__all__ = ["missing_ops_reason", "rewrite_saved_model"]
+
 tf = LazyModule("tensorflow")
 saved_model_pb2 = LazyModule("tensorflow.core.protobuf.saved_model_pb2")
 

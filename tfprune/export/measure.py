@@ -11,6 +11,8 @@ import numpy as np
 from tfprune.export.report import BenchmarkReport
 from tfprune.export.verify import _interpreter
 
+__all__ = ["benchmark", "compare_latency"]
+
 
 def benchmark(path, threads=(1, 2), runs=50, warmup=5, input_shapes=None):
     """Measures LiteRT latency and peak memory of a `.tflite` file.

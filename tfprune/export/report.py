@@ -2,6 +2,8 @@
 
 import dataclasses
 
+__all__ = ["BenchmarkReport", "ExportReport"]
+
 
 def _format_bytes(size):
     return f"{size / 1024:.1f} KiB"

@@ -9,6 +9,8 @@ import numpy as np
 from tfprune._utils import LazyModule
 from tfprune.export.inputs import _call_arguments, _input_structure, _sample_count
 
+__all__ = ["predict"]
+
 litert = LazyModule("ai_edge_litert.interpreter")  # imported when a file is first run
 
 

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+__all__ = ["STRMixin", "SoftThresholdMixin"]
+
 # g and its inverse (NumPy, used to rescale thresholds after training steps).
 THRESHOLD_FUNCTIONS = {
     "sigmoid": (ops.sigmoid, lambda threshold: np.log(threshold) - np.log1p(-threshold)),

@@ -4,6 +4,8 @@ import keras
 
 from tfprune.layers.str_base import STRMixin
 
+__all__ = ["STRConv1D", "STRConv2D", "STRDepthwiseConv2D"]
+
 
 @keras.saving.register_keras_serializable(package="tfprune")
 class STRConv1D(STRMixin, keras.layers.Conv1D):

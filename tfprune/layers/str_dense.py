@@ -4,6 +4,8 @@ import keras
 
 from tfprune.layers.str_base import STRMixin
 
+__all__ = ["STRDense"]
+
 
 @keras.saving.register_keras_serializable(package="tfprune")
 class STRDense(STRMixin, keras.layers.Dense):

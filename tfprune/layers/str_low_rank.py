@@ -6,6 +6,8 @@ from keras import ops
 
 from tfprune.layers.str_base import SoftThresholdMixin
 
+__all__ = ["STRLowRankDense"]
+
 
 @keras.saving.register_keras_serializable(package="tfprune")
 class STRLowRankDense(SoftThresholdMixin, keras.layers.Layer):

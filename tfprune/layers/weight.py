@@ -2,6 +2,8 @@
 
 import keras
 
+__all__ = ["Weight"]
+
 
 @keras.saving.register_keras_serializable(package="tfprune")
 class Weight(keras.layers.Layer):

@@ -10,6 +10,8 @@ from tfprune.magnitude.wrapper import (
     prunable_weights,
 )
 
+__all__ = ["check_m_by_n", "count_m_by_n_violations"]
+
 
 def count_m_by_n_violations(weight, m, n):
     """Counts the runs of `n` input channels of a kernel with more than `m` non-zeros.

@@ -18,6 +18,8 @@ import math
 
 from keras import ops
 
+__all__ = ["block_mask", "m_by_n_mask", "magnitude_mask", "mask_for"]
+
 _POOLINGS = {
     "avg": lambda tiles, counts: ops.sum(tiles, axis=(-3, -1)) / counts,
     "max": lambda tiles, counts: ops.max(tiles, axis=(-3, -1)),

@@ -2,6 +2,8 @@
 
 import keras
 
+__all__ = ["PruneForLatencyOnXNNPack", "PruningPolicy"]
+
 
 class PruningPolicy:
     """Decides which layers of a model `prune_low_magnitude` may wrap.

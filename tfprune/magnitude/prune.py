@@ -10,6 +10,14 @@ from tfprune.magnitude.policy import PruningPolicy
 from tfprune.magnitude.schedules import ConstantSparsity
 from tfprune.magnitude.wrapper import PruneLowMagnitude, check_pattern, is_prunable
 
+__all__ = [
+    "mask_sparsity",
+    "prune_low_magnitude",
+    "pruning_wrappers",
+    "strip_pruning",
+    "update_pruning_step",
+]
+
 
 def _skip_test(skip, model):
     """Returns `layer -> bool` from `skip`: a callable, or layer names and classes."""

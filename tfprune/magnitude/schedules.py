@@ -10,6 +10,8 @@ and they serialize with the model that uses them.
 
 import keras
 
+__all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule"]
+
 
 def _check_sparsity(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -6,6 +6,8 @@ from keras import ops
 from tfprune.magnitude.masks import mask_for
 from tfprune.magnitude.schedules import PruningSchedule
 
+__all__ = ["PRUNABLE_LAYERS", "PruneLowMagnitude", "is_prunable", "prunable_weights"]
+
 # Layer class -> (attributes holding its prunable weights, whether those weights
 # sum over an input-channel axis, the second-to-last one, so that M:N sparsity
 # applies). Depthwise kernels and embedding tables have no such axis.

@@ -27,6 +27,8 @@ from tfprune.criteria.reconstruction import (
 # means the same thing here.
 from tfprune.pruning import GroupWidth, PruneResult, _check_arguments, _floor, _targeted_groups
 
+__all__ = ["ChannelPruning"]
+
 
 class ChannelPruning:
     """Prunes channels by LASSO selection and least-squares reconstruction (He et al.).

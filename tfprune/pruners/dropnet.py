@@ -1,12 +1,15 @@
 """`DropNet` (Tan & Motani, ICML 2020): iteratively drop the least active channels, retrain."""
 
+from tfprune._utils import renamed_argument
 from tfprune.pruning import prune
+
+__all__ = ["DropNet"]
 
 
 class DropNet:
     """Iterative pruning by mean post-activation value, with retraining between rounds.
 
-    Each round removes `fraction` of the remaining targeted channels with the
+    Each round removes `rate` of the remaining targeted channels with the
     lowest `tfprune.criteria.activation` score (per group or one global
     threshold), optionally gives the pruned network fresh weights (the paper
     shows pruned networks can be re-initialised and retrained), then trains it
@@ -14,38 +17,42 @@ class DropNet:
     `fit` to run `rounds` of prune-then-fit with your `fit` arguments.
 
     Args:
-        fraction: Float in [0, 1). Share of the remaining channels removed per
-            round. Defaults to `0.2`.
+        rate: Float in [0, 1). Share of the remaining channels removed per
+            round (`rate` of `tfprune.prune`, applied each round). Defaults to `0.2`.
         scope: String. `"global"` (one threshold over all targeted channels)
-            or `"group"` (every group loses `fraction`). Defaults to `"global"`.
+            or `"group"` (every group loses `rate`). Defaults to `"global"`.
         targets: `"all"`, `"expansion"` or a callable `ChannelGroup -> bool`,
             as in `tfprune.prune`. Defaults to `"all"`.
         reinitialize: Bool. Give the pruned network fresh random weights each
             round. Defaults to `False`.
         min_channels: Int. A group never keeps fewer. Defaults to `1`.
+        fraction: Deprecated name of `rate`; it still works, with a
+            `DeprecationWarning`.
 
     Raises:
         ValueError: If an argument is out of range (checked by the first round).
+        TypeError: If both `rate` and its old name `fraction` are given.
 
     Example:
 
-    >>> # pruner = tfprune.pruners.DropNet(fraction=0.3)
+    >>> # pruner = tfprune.pruners.DropNet(rate=0.3)
     >>> # small = pruner.fit(model, x_train, y_train, rounds=2, epochs=3, verbose=0)
     >>> # [result.params_after for result in pruner.results]
     """
 
     def __init__(
-        self, fraction=0.2, scope="global", targets="all", reinitialize=False, min_channels=1
+        self,
+        rate=0.2,
+        scope="global",
+        targets="all",
+        reinitialize=False,
+        min_channels=1,
+        fraction=None,
     ):
-        if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, (int, float))
-            or not 0 <= fraction < 1
-        ):
-            raise ValueError(
-                f"`fraction` must be a number in [0, 1), e.g. 0.2. Received: fraction={fraction!r}"
-            )
-        self.fraction = fraction
+        rate = renamed_argument("tfprune.pruners.DropNet", "rate", rate, 0.2, "fraction", fraction)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"`rate` must be a number in [0, 1), e.g. 0.2. Received: rate={rate!r}")
+        self.rate = rate
         self.scope = scope
         self.targets = targets
         self.reinitialize = bool(reinitialize)
@@ -70,16 +77,16 @@ class DropNet:
 
         Example:
 
-        >>> # small, result = tfprune.pruners.DropNet(fraction=0.5).step(model, x_train)
+        >>> # small, result = tfprune.pruners.DropNet(rate=0.5).step(model, x_train)
         """
         pruned, result = prune(
             model,
             "activation",
-            rate=self.fraction,
+            rate=self.rate,
             scope=self.scope,
             targets=self.targets,
             min_channels=self.min_channels,
-            round_to=1,  # DropNet removes exactly its fraction of the lowest-activity channels
+            round_to=1,  # DropNet removes exactly its rate of the lowest-activity channels
             reinitialize=self.reinitialize,
             data=data,
         )

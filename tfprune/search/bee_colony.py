@@ -53,6 +53,8 @@ from tfprune.search.gates import ChannelMasks, chain_ranks, gated_model, reading
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
 from tfprune.surgery import squeeze_excite_widths
 
+__all__ = ["ABCPruner", "ColonyResult", "bee_colony"]
+
 _DEFAULT_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from tfprune.analysis import analyze
 
+__all__ = ["CostModel"]
+
 _COSTS = ("macs", "params")
 
 

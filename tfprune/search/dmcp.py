@@ -44,6 +44,8 @@ from tfprune.search.gates import SiteGates, chain_ranks, gated_model, reading_si
 from tfprune.search.result import build_pruned, compile_like, make_result, prepare
 from tfprune.surgery import squeeze_excite_widths
 
+__all__ = ["DMCP", "ExpectedCostPenalty", "MarkovChannelGates", "expected_width", "keep_probabilities"]
+
 
 def keep_probabilities(transition_logits):
     """Probability that each channel of a Markov chain of channels is kept.

@@ -22,6 +22,9 @@ import numpy as np
 from tfprune import criteria
 from tfprune._utils import functional_view
 
+# The gates the searches train; nothing here is meant to be imported by users.
+__all__ = []
+
 CHANNEL_ORDERS = ("l1", "index")
 
 

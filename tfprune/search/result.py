@@ -10,6 +10,8 @@ from tfprune.pruning import _targeted_groups  # the same `targets` rule as tfpru
 from tfprune.search.cost import CostModel
 from tfprune.surgery import squeeze_excite_widths
 
+__all__ = ["SearchResult"]
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
