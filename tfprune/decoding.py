@@ -26,14 +26,16 @@ the cache index there. A block that adds its own terms to the mask
 (Mistral's sliding window) is not reproduced: decode within its window.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
-(`build_cache` finds no attention layer in them and says so).
+(`build_cache` finds no attention layer in them and says so). A pruned
+RWKV-7 causal LM carries a recurrent state instead of a key/value cache:
+both functions hand it to `tfprune.decoding_rwkv`.
 """
 
 import inspect
 
 import keras
 
-from tfprune import _utils, handlers
+from tfprune import _utils, decoding_rwkv, handlers
 
 __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
@@ -110,6 +112,8 @@ def build_cache(model, token_ids, max_length=None):
     max_length = length if max_length is None else int(max_length)
     if max_length < length:
         raise ValueError(f"`max_length` must be at least the prompt's length {length}. Received: max_length={max_length}")
+    if decoding_rwkv.recurrent_layers(model):  # RWKV-7: a recurrent state, no key/value cache
+        return decoding_rwkv.build_cache(model, token_ids)
     layers = attention_layers(model)
     if not layers:
         raise ValueError(
@@ -150,6 +154,8 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
     >>> # logits, cache = tfprune.decoding.call_with_cache(small, next_tokens, cache, 7)
     """
     functional = _utils.functional_view(model)
+    if decoding_rwkv.recurrent_layers(functional):  # RWKV-7: the state holds every earlier position
+        return decoding_rwkv.call_with_cache(model, token_ids, cache)
     missing = [layer.name for layer in attention_layers(functional) if layer.name not in cache]
     if missing:
         raise ValueError(
