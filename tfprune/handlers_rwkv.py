@@ -320,7 +320,7 @@ def tfprune_class(name):
 
     Example:
 
-    >>> tfprune.handlers_rwkv.tfprune_class("RWKV7TimeMix").__name__  # doctest: +SKIP
+    >>> tfprune.handlers_rwkv.tfprune_class("RWKV7TimeMix").__name__
     'RWKV7TimeMix'
     """
     if name not in _CLASSES:
