@@ -13,7 +13,10 @@ VOCAB, LENGTH, HEAD_SIZE = 50, 7, 4
 # 4 heads of 4 channels, 32 channel-mix units.
 _CONFIG = dict(hidden_size=16, head_size=HEAD_SIZE, num_layers=2, vocabulary_size=VOCAB, intermediate_dim=32,
                gate_lora=8, mv_lora=8, aaa_lora=8, decay_lora=8)  # fmt: skip
-DEAD_HEAD, DEAD_UNITS = 2, [1, 5, 6, 12, 17, 20, 29, 31]
+DEAD_HEAD, DEAD_UNITS, DEAD_RANKS = 2, [1, 5, 6, 12, 17, 20, 29, 31], [0, 6]
+
+
+_RANKS = ("decay_lora", "aaa_lora", "mv_lora", "gate_lora")
 
 
 def _causal_lm():
@@ -36,11 +39,15 @@ def _zero(weight, index, axis):
 
 
 def _kill(model):
-    """Head DEAD_HEAD of every time mix and units DEAD_UNITS of every channel mix contribute nothing (and score 0)."""
+    """Head DEAD_HEAD and ranks DEAD_RANKS of every time mix, units DEAD_UNITS of every channel mix: dead, scored 0."""
     head = slice(DEAD_HEAD * HEAD_SIZE, (DEAD_HEAD + 1) * HEAD_SIZE)
     for block in model.backbone.rwkv_layers:
         _zero(block.att.receptance.kernel, head, 1)
         _zero(block.att.output_layer.kernel, head, 0)
+        for letter in "wavg":
+            if hasattr(block.att, f"{letter}1"):  # the first block has no value mix
+                _zero(getattr(block.att, f"{letter}1"), DEAD_RANKS, 1)
+                _zero(getattr(block.att, f"{letter}2"), DEAD_RANKS, 0)
         _zero(block.ffn.key.kernel, DEAD_UNITS, 1)
         _zero(block.ffn.value.kernel, DEAD_UNITS, 0)
 
@@ -81,10 +88,14 @@ def test_dead_heads_and_units_are_removed_without_changing_the_logits_and_decode
     tokens = _tokens()
     pruned, result = tfprune.prune(model, "l1", rate=0.25, targets="all", round_to=1, verbose=0)
     groups = {group.name: (group.before, group.after) for group in result.groups}
-    # One heads group for both blocks (coupled by v_first), one units group per channel mix.
+    # One heads group for both blocks (coupled by v_first), one units group per channel mix, one per rank.
+    ranks = [f"rwkv_layer_{block}_RWKV_TIME_MIX_{key}" for block in (0, 1) for key in _RANKS]
+    ranks.remove("rwkv_layer_0_RWKV_TIME_MIX_mv_lora")
     assert groups == {"rwkv_layer_0_RWKV_TIME_MIX_heads": (4, 3), "rwkv_layer_0_RWKV_CMIX_dense_k": (32, 24),
-                      "rwkv_layer_1_RWKV_CMIX_dense_k": (32, 24)}  # fmt: skip
-    assert [(layer.n_head, layer.hidden_size) for layer in _mixes(pruned, "RWKV7TimeMix")] == [(3, 12)] * 2
+                      "rwkv_layer_1_RWKV_CMIX_dense_k": (32, 24), **{name: (8, 6) for name in ranks}}  # fmt: skip
+    time_mixes = _mixes(pruned, "RWKV7TimeMix")
+    assert [(layer.n_head, layer.hidden_size) for layer in time_mixes] == [(3, 12)] * 2
+    assert [getattr(time_mixes[1], key) for key in _RANKS] == [6] * 4
     assert [layer.dim_ffn for layer in _mixes(pruned, "RWKV7ChannelMix")] == [24, 24]
     full = _logits(pruned, tokens)
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)

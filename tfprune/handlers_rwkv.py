@@ -24,7 +24,10 @@ run holds weights of its own and stays one layer each, with a handler here:
   so it is pruned as heads, `targets="heads"`). The hidden width indexes the
   six token-shift coefficients `x_r ... x_g`, the rows of `w1`, `a1`, `v1`,
   `g1` and of the receptance, key and value kernels, and the output
-  projection's columns.
+  projection's columns. The rank of each low-rank projection `x @ w1 @ w2`
+  (and `a`, `v`, `g`: `decay_lora`, `aaa_lora`, `mv_lora`, `gate_lora`)
+  is a group of its own, the first factor's columns and the second's rows:
+  between them it passes nothing, a tanh or a sigmoid, channel by channel.
 
 keras-hub's time mix makes its inner width (the heads) equal to its input
 width; a pruned one is rebuilt as tfprune's `RWKV7TimeMix` (registered in
@@ -65,8 +68,10 @@ def _plain(*dense_layers):
 
 
 def _cached(node, names):
-    kwargs = node.arguments.kwargs
-    return kwargs.get("not_generation_mode", True) is False or any(kwargs.get(name) is not None for name in names)
+    """Whether the mix is called in keras-hub's generation mode or with a cache (a keyword, or a second argument)."""
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    return (kwargs.get("not_generation_mode", True) is False or any(kwargs.get(name) is not None for name in names)
+            or any(value is not None for value in args[1:]))  # fmt: skip
 
 
 def _hidden_input(node):
@@ -131,7 +136,7 @@ class _TimeMix(Handler):
     """keras-hub's `RWKV7TimeMix` (and tfprune's): whole heads prune, and the hidden width passes through it."""
 
     def __init__(self):
-        self._kernel_index = {}  # layer name -> index of the receptance kernel in `layer.weights`
+        self._kernel_index = {}  # layer name -> (receptance kernel's index in `layer.weights`, {rank argument: index})
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -152,14 +157,23 @@ class _TimeMix(Handler):
         inner = np.repeat(heads, layer.head_size)
         for name in _MIXING:
             tracer.use(layer, getattr(layer, name), 0, hidden, "param")
-        for letter, _, _ in _LOW_RANK:
-            tracer.use(layer, getattr(layer, f"{letter}1", None), 0, hidden, "input")
-            tracer.use(layer, getattr(layer, f"{letter}2", None), 1, inner, "param")
+        ranks = {}  # rank argument -> index of the first factor in `layer.weights`
+        for letter, rank_key, _ in _LOW_RANK:
+            first, second = getattr(layer, f"{letter}1", None), getattr(layer, f"{letter}2", None)
+            if first is None:  # the first block has no value mix (`add_v_first=False`)
+                continue
+            tracer.use(layer, first, 0, hidden, "input")
+            tracer.use(layer, second, 1, inner, "param")
             tracer.use(layer, getattr(layer, f"{letter}0", None), 0, inner, "param")
+            # The rank passes the factors' product (or a tanh or sigmoid, channel by channel) alone.
+            rank = tracer.new_channels(first.shape[1], f"{layer.name}_{rank_key}")
+            tracer.use(layer, first, 1, rank, "output")
+            tracer.use(layer, second, 0, rank, "input")
+            ranks[rank_key] = _weight_index(layer, first)
         for name in _PER_HEAD:
             tracer.use(layer, getattr(layer, name), 0, inner, "param")
         tracer.use(layer, layer.r_k, 0, heads, "param")
-        # Heads are scored on the receptance, key and value columns (the first "output" weight scores them).
+        # Heads are scored on their receptance columns (a group's first "output" weight); key and value follow.
         for dense in (receptance, key, value):
             tracer.use(layer, dense.kernel, 0, hidden, "input")
             tracer.use(layer, dense.kernel, 1, inner, "output")
@@ -177,11 +191,13 @@ class _TimeMix(Handler):
             values = inner
         state = tracer.new_channels(layer.head_size, f"{layer.name}_state")
         tracer.pin(state, f"'{layer.name}' returns its recurrent state, whose channels are a head's")
-        self._kernel_index[layer.name] = _weight_index(layer, receptance.kernel)
+        self._kernel_index[layer.name] = (_weight_index(layer, receptance.kernel), ranks)
         return [outputs, values, state]
 
     def resize_for_weights(self, config, output_width, weight_shapes):
-        return {**config, "hidden_size": int(weight_shapes[self._kernel_index[config["name"]]][1])}
+        receptance, ranks = self._kernel_index[config["name"]]
+        config = {**config, "hidden_size": int(weight_shapes[receptance][1])}
+        return {**config, **{key: int(weight_shapes[index][1]) for key, index in ranks.items()}}
 
     def rebuild(self, layer, config):
         """tfprune's `RWKV7TimeMix` from `config`: its input width may differ from its heads' width."""
