@@ -140,3 +140,9 @@ def test_docstring_examples():
 
     results = doctest.testmod(handlers_rwkv, extraglobs={"tfprune": tfprune, "keras": keras})
     assert results.attempted and not results.failed
+
+
+def test_mlp_targets_are_the_channel_mix_units():
+    _, result = tfprune.prune(_causal_lm(), "l1", rate=0.25, targets="mlp", round_to=1, verbose=0)
+    assert {group.name: (group.before, group.after) for group in result.groups} == {
+        "rwkv_layer_0_RWKV_CMIX_dense_k": (32, 24), "rwkv_layer_1_RWKV_CMIX_dense_k": (32, 24)}

@@ -86,6 +86,8 @@ def _weight_index(layer, weight):
 class _ChannelMix(Handler):
     """keras-hub's `RWKV7ChannelMix`: its units prune, and the hidden width passes through it."""
 
+    makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
+
     def __init__(self):
         self._kernel_index = {}  # layer name -> index of dense_k's kernel in `layer.weights`
 
