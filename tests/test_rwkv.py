@@ -146,3 +146,28 @@ def test_mlp_targets_are_the_channel_mix_units():
     _, result = tfprune.prune(_causal_lm(), "l1", rate=0.25, targets="mlp", round_to=1, verbose=0)
     assert {group.name: (group.before, group.after) for group in result.groups} == {
         "rwkv_layer_0_RWKV_CMIX_dense_k": (32, 24), "rwkv_layer_1_RWKV_CMIX_dense_k": (32, 24)}
+
+
+def test_the_recurrence_as_one_loop_computes_keras_hubs():
+    from keras_hub.src.models.rwkv7.rwkv7_layer import rnn_generalized_delta_rule
+
+    random = np.random.default_rng(0)
+    tensors = [random.normal(size=(2, 5, 3, HEAD_SIZE)).astype("float32") * 0.5 for _ in range(6)]
+    state = random.normal(size=(2, 3, HEAD_SIZE, HEAD_SIZE)).astype("float32")
+    for initial_state in (None, state):
+        want = rnn_generalized_delta_rule(*tensors, initial_state=initial_state)
+        got = handlers_rwkv._recurrence_loop(*tensors, initial_state=initial_state)
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), atol=1e-5)
+
+
+@pytest.mark.slow  # about 30 s: conversion and the interpreter check
+def test_pruned_model_exports_to_litert_for_any_length(tmp_path):
+    # Only the units are pruned: the time mixes keep their size, copied as tfprune's, which export.
+    pruned, _ = tfprune.prune(_causal_lm(), "l1", rate=0.25, targets="mlp", round_to=1, verbose=0)
+    tokens = _tokens(2)
+    report = tfprune.export.to_tflite(pruned, tmp_path / "rwkv.tflite", verbose=0,
+                                      sample_inputs={"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    assert report.max_abs_error < 1e-4
+    assert [list(entry["shape"]) for entry in report.inputs] == [[-1, -1]] * 2  # any batch, any length
+    assert "WHILE" in report.ops  # the recurrence, one loop

@@ -30,12 +30,15 @@ run holds weights of its own and stays one layer each, with a handler here:
   between them it passes nothing, a tanh or a sigmoid, channel by channel.
 
 keras-hub's time mix makes its inner width (the heads) equal to its input
-width; a pruned one is rebuilt as tfprune's `RWKV7TimeMix` (registered in
-the `tfprune` package), whose weights read the input's width and whose
-`hidden_size` is the heads' width, `num_heads * head_size`. keras-hub's
-channel mix does not load back from its own config (its `build` takes the
-list `.keras` gives back for its input shape as a list of shapes), so it is
-copied as tfprune's `RWKV7ChannelMix`, which does.
+width, and on TensorFlow it loops in Python over the sequence length, so a
+graph traced for any length (an export) fails. `tfprune.graph.flatten`
+copies it as tfprune's `RWKV7TimeMix` (registered in the `tfprune`
+package): its weights read the input's width, its `hidden_size` is the
+heads' width, `num_heads * head_size`, and traced for an unknown length it
+runs the same recurrence as one loop operation. keras-hub's channel mix
+does not load back from its own config (its `build` takes the list `.keras`
+gives back for its input shape as a list of shapes), so it is copied as
+tfprune's `RWKV7ChannelMix`, which does.
 
 Called with a recurrent cache (keras-hub's `generate_call`), both layers
 are frozen; `tfprune.decoding` runs a pruned RWKV-7 causal LM step by step
@@ -77,6 +80,17 @@ def _cached(node, names):
 def _hidden_input(node):
     args, kwargs = node.arguments.args, node.arguments.kwargs
     return args[0] if args else kwargs["x"]
+
+
+def _copy_as(layer, name):
+    """A copy of a built keras-hub mix (same weights) as tfprune's class `name`, or None to copy it from its config."""
+    cls = tfprune_class(name)
+    if type(layer) is cls or not layer.built:
+        return None
+    copy = cls.from_config(layer.get_config())
+    copy.build(tuple(layer.get_build_config()["input_shape"]))
+    copy.set_weights(layer.get_weights())
+    return copy
 
 
 def _weight_index(layer, weight):
@@ -121,13 +135,7 @@ class _ChannelMix(Handler):
 
     def copy(self, layer):
         """A copy of `layer` (built, same weights) as tfprune's `RWKV7ChannelMix`, whose config loads back."""
-        cls = tfprune_class("RWKV7ChannelMix")
-        if type(layer) is cls:
-            return None
-        copy = cls.from_config(layer.get_config())
-        copy.build(tuple(layer.get_build_config()["input_shape"]))
-        copy.set_weights(layer.get_weights())
-        return copy
+        return _copy_as(layer, "RWKV7ChannelMix")
 
     def build(self, layer, input_shapes, node=None):
         shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
@@ -205,9 +213,42 @@ class _TimeMix(Handler):
         """tfprune's `RWKV7TimeMix` from `config`: its input width may differ from its heads' width."""
         return tfprune_class("RWKV7TimeMix").from_config(config)
 
+    def copy(self, layer):
+        """A copy of `layer` (built, same weights) as tfprune's `RWKV7TimeMix`, which also exports."""
+        return _copy_as(layer, "RWKV7TimeMix")
+
     def build(self, layer, input_shapes, node=None):
         shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
         layer.build(shapes[id(_hidden_input(node))])
+
+
+def _recurrence_loop(receptance, decay, key, value, a, b, initial_state=None):
+    """keras-hub's generalized delta rule (`rnn_generalized_delta_rule`) as one `ops.fori_loop` over the length.
+
+    Per head, `state = state * exp(-exp(decay_t)) + state @ a_t @ b_t +
+    value_t @ key_t` and the output is `state @ receptance_t`, all `(batch,
+    length, heads, size)` tensors; the state is `(batch, heads, size, size)`.
+    """
+    batch, length, heads, size = ops.shape(receptance)
+    dtype = receptance.dtype
+    receptance, key, value, a, b = (ops.cast(tensor, "float32") for tensor in (receptance, key, value, a, b))
+    decay = ops.exp(-ops.exp(ops.cast(decay, "float32")))
+    state = ops.zeros((batch, heads, size, size)) if initial_state is None else initial_state
+    state = ops.cast(ops.broadcast_to(state, (batch, heads, size, size)), "float32")
+
+    def step(index, carry):
+        state, out = carry
+
+        def at(tensor):  # (batch, heads, size) at position `index`
+            return ops.squeeze(ops.slice(tensor, (0, index, 0, 0), (batch, 1, heads, size)), 1)
+
+        state = (state * at(decay)[:, :, None, :] + ops.matmul(ops.matmul(state, at(a)[..., None]), at(b)[:, :, None, :])
+                 + ops.matmul(at(value)[..., None], at(key)[:, :, None, :]))  # fmt: skip
+        output = ops.matmul(state, at(receptance)[..., None])
+        return state, ops.slice_update(out, (0, index, 0, 0), ops.reshape(output, (batch, 1, heads, size)))
+
+    state, out = ops.fori_loop(0, length, step, (state, ops.zeros((batch, length, heads, size))))
+    return ops.cast(out, dtype), state
 
 
 class _TimeMixMixin:
@@ -217,7 +258,10 @@ class _TimeMixMixin:
     factors of the low-rank projections, the receptance, key and value
     kernels' rows) and the output projection's columns have the input's
     width; the others have the heads' width, `hidden_size`. With both equal
-    it computes what keras-hub's layer computes.
+    it computes what keras-hub's layer computes. Traced on TensorFlow for a
+    sequence length it does not know (an export), it runs the recurrence as
+    one `ops.fori_loop` (keras-hub's operator loops in Python over the
+    length there, as it does nowhere else).
     """
 
     def build(self, input_shape):
@@ -288,6 +332,10 @@ class _TimeMixMixin:
         if padding_mask is not None:
             decay = ops.where(padding_mask, decay, -1e9)
         operator = self.RWKV7_OP if training else self.RWKV7_OP_RNN if rnn_mode else self.RWKV7_OP_INFERENCE
+        if not isinstance(length, int) and keras.config.backend() == "tensorflow":
+            # keras-hub's TensorFlow operator loops in Python over the length, which a graph traced
+            # for any length (an export) does not know: the same recurrence as one loop operation.
+            operator = _recurrence_loop
         state = None if initial_state is None else ops.cast(initial_state, "float32")
         out, final_state = operator(by_head(receptance), by_head(decay), by_head(key), by_head(value), -removal,
                                     removal * by_head(rate), initial_state=state)  # fmt: skip
