@@ -24,7 +24,7 @@ from surgery_helpers import kill_channels, outputs, random_weights
 from test_handlers_inferred import COLOUR_LAYERS, PER_CHANNEL_LAYERS
 
 import tfprune
-from tfprune import handlers, handlers_decoders
+from tfprune import handlers, handlers_decoders, handlers_rwkv
 
 # keras.applications has no public name for these layers.
 from keras.src.applications.convnext import LayerScale  # noqa: E402  isort: skip
@@ -512,6 +512,7 @@ def test_every_registered_handler_is_audited():
     # Decoder language models: tests/test_decoders.py.
     audited |= {"SizeRange", "BroadcastToSizes", "DenseMultiply", layers.GroupQueryAttention}
     audited |= {cls for cls in handlers_decoders._EXPLICIT_CLASSES.values() if cls is not None}
+    audited |= {cls for cls in handlers_rwkv._CLASSES.values() if cls is not None}  # tests/test_rwkv.py
     assert set(handlers._HANDLERS) - audited == set()
 
 

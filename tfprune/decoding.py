@@ -30,7 +30,9 @@ cache under other argument names, are not run step by step here
 handler keeps a state of its own (`initial_cache` and `call_with_cache`:
 Qwen 3.5's GatedDeltaNet, a recurrent linear attention,
 `tfprune.handlers_qwen3_5`) is given its own entry in the cache, which its
-handler makes and updates.
+handler makes and updates. A pruned
+RWKV-7 causal LM carries a recurrent state instead of a key/value cache:
+both functions hand it to `tfprune.decoding_rwkv`.
 
 Vision-language models (PaliGemma) put image tokens before the text: the
 prompt call is given the images (`inputs={"images": ...}`) and puts the
@@ -52,7 +54,7 @@ import inspect
 
 import keras
 
-from tfprune import _utils, handlers, handlers_decoders
+from tfprune import _utils, decoding_rwkv, handlers, handlers_decoders
 
 __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
@@ -143,6 +145,8 @@ def build_cache(model, token_ids, max_length=None, inputs=None, prefix_length=0)
     max_length = length if max_length is None else int(max_length)
     if max_length < length:
         raise ValueError(f"`max_length` must be at least the prompt's length {length}. Received: max_length={max_length}")
+    if decoding_rwkv.recurrent_layers(model):  # RWKV-7: a recurrent state, no key/value cache
+        return decoding_rwkv.build_cache(model, token_ids)
     layers = attention_layers(model)
     if not layers:
         raise ValueError(
@@ -196,6 +200,8 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
     >>> # logits, cache = tfprune.decoding.call_with_cache(small, next_tokens, cache, 7)
     """
     functional = _utils.functional_view(model)
+    if decoding_rwkv.recurrent_layers(functional):  # RWKV-7: the state holds every earlier position
+        return decoding_rwkv.call_with_cache(model, token_ids, cache)
     missing = [layer.name for layer in attention_layers(functional) if layer.name not in cache]
     if missing:
         raise ValueError(

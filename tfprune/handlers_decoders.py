@@ -1111,3 +1111,8 @@ register_handler(
     keras.layers.GroupQueryAttention,
     _KerasGroupedQueryAttention(("_query_dense", "_key_dense", "_value_dense", "_output_dense")),
 )
+
+# RWKV-7 (tfprune.handlers_rwkv): imported here so that its saved layers' stand-in is registered with tfprune.
+from tfprune import handlers_rwkv  # noqa: E402
+
+BY_CLASS.update(handlers_rwkv.BY_CLASS)
