@@ -931,10 +931,13 @@ def handler_for(operation):
     >>> handler_for(object()) is None
     True
     """
-    from tfprune import handlers_decoders  # imports tfprune.handlers, as this module does
+    from tfprune import (  # imports tfprune.handlers, as this module does
+        handlers_decoders,
+        handlers_diffusion,
+    )
 
     key = (type(operation).__module__, type(operation).__name__)
-    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)
+    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key) or handlers_diffusion.BY_CLASS.get(key)
 
 
 # ---------------------------------------------------------------- layers whose constructor takes no base arguments
