@@ -110,3 +110,26 @@ def test_batch_rows_add_up_over_a_concatenation_along_the_batch():
     doubled = keras.ops.concatenate([x, x], axis=0)
     assert _batch_axis.factor(doubled, {}) == 2
     assert _batch_axis.factor(keras.ops.einsum("btd,bsd->bts", doubled, doubled), {}) == 2
+
+
+def test_a_reshape_beside_the_batch_over_an_unknown_length_is_traced_as_the_reshape_layer():
+    # `(batch, -1, heads, dim)` of a sequence of any length: the batch entry is the input's own first axis.
+    class SplitHeads(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.project = keras.layers.Dense(8, name="project")
+
+        def call(self, x):
+            heads = keras.ops.reshape(self.project(x), (keras.ops.shape(x)[0], -1, 2, 4))
+            return keras.ops.reshape(keras.ops.relu(heads), (keras.ops.shape(x)[0], -1, 8))
+
+    SplitHeads.__module__ = "my_project.layers"
+    inputs = keras.Input((None, 8))
+    model = keras.Model(inputs, SplitHeads(name="split")(inputs))
+    flat = tfprune.graph.flatten(model)
+    assert [layer.target_shape for layer in flat.layers if isinstance(layer, keras.layers.Reshape)] == [
+        (-1, 2, 4), (-1, 8)
+    ]  # fmt: skip
+    for length in (2, 5):
+        x = np.random.default_rng(length).normal(size=(3, length, 8)).astype("float32")
+        np.testing.assert_allclose(flat.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6, rtol=0)

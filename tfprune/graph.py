@@ -914,7 +914,7 @@ def _traced_getitem(self, key):
     parts = key if isinstance(key, tuple) else (key,)
     if not _tracing_here() or not _holds_marker(parts):
         return _GET_ITEM(self, key)
-    axis = next((i for i, part in enumerate(parts) if part != slice(None)), None)
+    axis = next((i for i, part in enumerate(parts) if not (isinstance(part, slice) and part == slice(None))), None)
     part = parts[axis] if axis is not None else None
     if axis is None or axis != len(parts) - 1 or not isinstance(part, slice) or part.step is not None:
         return _GET_ITEM(self, key)
