@@ -104,6 +104,15 @@ def test_slice_to_sizes_reads_the_bounds_when_it_runs():
     assert tuple(SliceToSizes(axis=1, stop=2).compute_output_spec(keras.KerasTensor((None, 4, 3))).shape) == (None, 2, 3)
 
 
+def test_docstring_examples():
+    import doctest
+
+    from tfprune import handlers_diffusion
+
+    results = doctest.testmod(handlers_diffusion, extraglobs={"tfprune": tfprune, "keras": keras})
+    assert results.attempted and not results.failed
+
+
 def test_batch_rows_add_up_over_a_concatenation_along_the_batch():
     # Classifier-free guidance runs the diffuser on `[latents, latents]`: two rows per sample.
     x = keras.Input((4, 3))
@@ -133,3 +142,29 @@ def test_a_reshape_beside_the_batch_over_an_unknown_length_is_traced_as_the_resh
     for length in (2, 5):
         x = np.random.default_rng(length).normal(size=(3, length, 8)).astype("float32")
         np.testing.assert_allclose(flat.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow  # the Stable Diffusion 3 backbone (two CLIP encoders, a VAE) traces in about a minute
+def test_dead_mlp_units_of_the_stable_diffusion_3_backbone_are_removed_with_the_outputs_unchanged(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    from keras_hub.src.models.vae.vae_backbone import VAEBackbone
+
+    keras.utils.set_random_seed(0)
+    clip_l = keras_hub.models.CLIPTextEncoder(30, 16, 16, 2, 2, 32, "quick_gelu", -2, name="clip_l")
+    clip_g = keras_hub.models.CLIPTextEncoder(30, 16, 16, 2, 2, 32, "gelu", -2, name="clip_g")
+    vae = VAEBackbone([32, 32], [1, 1], [32, 32], [1, 1], sampler_method="mode", name="vae")
+    model = keras_hub.models.StableDiffusion3Backbone(
+        mmdit_patch_size=2, mmdit_hidden_dim=32, mmdit_num_layers=1, mmdit_num_heads=2, mmdit_position_size=32,
+        mmdit_qk_norm=None, mmdit_dual_attention_indices=None, vae=vae, clip_l=clip_l, clip_g=clip_g,
+        latent_channels=16, image_shape=(32, 32, 3),
+    )  # fmt: skip
+    flat = tfprune.graph.flatten(model)
+    assert not [layer.name for layer in flat.layers if type(layer).__name__ == "MMDiTBlock"]
+    rng = np.random.default_rng(0)
+    tokens = {name: rng.integers(1, 30, (2, 5)).astype("int32") for name in (
+        "clip_l_token_ids", "clip_l_negative_token_ids", "clip_g_token_ids", "clip_g_negative_token_ids")}  # fmt: skip
+    x = {"images": rng.uniform(size=(2, 32, 32, 3)).astype("float32"),
+         "latents": rng.uniform(size=(2, 4, 4, 16)).astype("float32"), **tokens,
+         "num_steps": np.ones((2,), "int32"), "guidance_scale": np.ones((2,), "float32")}  # fmt: skip
+    small = assert_dead_channels_leave_no_trace(flat, "joint_block_0_x_block_mlp_dense1", [1, 2, 7], x, tmp_path)
+    assert small.get_layer("joint_block_0_x_block_mlp_dense1").units == 128 - 3
