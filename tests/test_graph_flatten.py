@@ -470,8 +470,8 @@ class FoldsThenReadsTheBatch(layers.Layer):
     def call(self, x):
         batch = ops.shape(x)[0]
         folded = ops.reshape(x, (-1, 4, 8))
-        if self.stack:  # joins two batches along the first axis: its rows per sample are not known
-            folded = ops.concatenate([folded, folded], axis=0)
+        if self.stack:  # repeats the batch along the first axis: its rows per sample are not worked out
+            folded = ops.tile(folded, (2, 1, 1))
         return ops.reshape(self.dense(folded), (batch, -1, 2))
 
 
@@ -507,10 +507,10 @@ def test_rows_per_sample_follow_reshapes_and_stop_at_operations_on_the_first_axi
     windows = ops.reshape(x, (-1, 4, 4, 3))  # 4 windows per sample
     moved = ops.transpose(windows, (0, 2, 1, 3))  # the first axis stays
     back = ops.reshape(layers.Dense(6)(moved), (-1, 16, 6))
-    joined = ops.concatenate([windows, windows], axis=0)
-    assert [_batch_axis.factor(tensor, {}) for tensor in (x, windows, moved, back)] == [1, 4, 4, 4]
+    joined = ops.concatenate([windows, windows], axis=0)  # joined along the first axis: the rows add up
+    assert [_batch_axis.factor(tensor, {}) for tensor in (x, windows, moved, back, joined)] == [1, 4, 4, 4, 8]
     assert _batch_axis.factor(ops.reshape(windows, (-1, 8, 8, 3)), {}) == 1
-    assert _batch_axis.factor(joined, {}) is None
+    assert _batch_axis.factor(ops.tile(windows, (2, 1, 1, 1)), {}) is None
     assert _batch_axis.factor(ops.transpose(windows, (1, 0, 2, 3)), {}) is None
 
 
@@ -585,14 +585,19 @@ class _BiasedAttention(layers.Layer):
 
 
 class _HeadsAttention(layers.Layer):
-    """Like T5's other attention layers: reshapes to `(batch, -1, heads, dim)`, returns `(x, None)`."""
+    """Like T5's other attention layers, returns `(x, None)`; reshapes to `(batch, length, heads, -1)`.
+
+    (A reshape to `(batch, -1, heads, dim)` keeps the input's first axis and is
+    traced as the Reshape layer; one to the sequence length read from the input
+    is not.)
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.project = layers.Dense(8, name="project")
 
     def call(self, x):
-        heads = ops.reshape(self.project(x), (ops.shape(x)[0], -1, 2, 4))
+        heads = ops.reshape(self.project(x), (ops.shape(x)[0], ops.shape(x)[1], 2, -1))
         return ops.reshape(heads, (ops.shape(x)[0], -1, 8)), None
 
 

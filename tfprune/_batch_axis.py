@@ -11,8 +11,10 @@ sample once the code folded windows or heads into it (`(B * windows, ...)`).
 model input has one row per sample (factor 1); a reshape to `(-1, rest)`
 of an input with factor `g` and known sizes has `g * prod(input rest) /
 prod(rest)`; an operation that may move, join or split the first axis gives
-an unknown factor (None); any other operation keeps the common factor of its
-inputs whose first axis is the batch.
+an unknown factor (None), but a concatenation along the first axis adds
+its inputs' factors up; any other operation (an einsum whose output and
+operands all start with one letter) keeps the common factor of its inputs
+whose first axis is the batch.
 """
 
 import fractions
@@ -29,8 +31,20 @@ def _first_axis_is_batch(tensor):
     return shape is not None and len(shape) > 0 and shape[0] is None
 
 
+def _einsum_keeps_first_axis(operation, node):
+    """An einsum whose output and every tensor operand start with one letter (`"btnh,bsnh->bnts"`)."""
+    inputs, arrow, output = str(getattr(operation, "subscripts", "")).replace(" ", "").partition("->")
+    specs = inputs.split(",")
+    if not arrow or not output or not output[0].isalpha() or len(specs) != len(node.arguments.args):
+        return False
+    tensors = [spec for spec, operand in zip(specs, node.arguments.args) if hasattr(operand, "shape")]
+    return bool(tensors) and all(spec[:1] == output[0] for spec in tensors)
+
+
 def _may_change_first_axis(operation, node):
     name = type(operation).__name__
+    if name == "Einsum" and _einsum_keeps_first_axis(operation, node):
+        return False
     if name in _ALWAYS_UNKNOWN:
         return True
     tensors = [tensor for tensor in node.input_tensors if getattr(tensor, "shape", None) is not None]
@@ -61,6 +75,11 @@ def _output_factor(node, output, input_factors):
         if any(size is None for size in sizes):
             return None
         return batched[0] * fractions.Fraction(math.prod(source.shape[1:]), math.prod(output.shape[1:]))
+    if type(operation).__name__ == "Concatenate" and _may_change_first_axis(operation, node):
+        # Joined along the batch axis (classifier-free guidance's `[latents, latents]`): the rows add up.
+        if len(batched) != len(node.input_tensors) or None in batched or getattr(operation, "axis", None) is None:
+            return None
+        return sum(batched, fractions.Fraction(0))
     if _may_change_first_axis(operation, node):
         return None
     if not batched:

@@ -62,6 +62,7 @@ carries, the positions of removed ids are cut from it.
 
 import dataclasses
 import inspect
+import string
 import threading
 import warnings
 
@@ -73,6 +74,7 @@ from tfprune import (
     _utils,
     handlers,
     handlers_decoders,
+    handlers_diffusion,
     handlers_inferred,
     handlers_multimodal,
 )
@@ -725,6 +727,8 @@ _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
 _ONES = keras.ops.ones
 _PAD = keras.ops.pad
+_EINSUM = keras.ops.einsum
+_GET_ITEM = keras.KerasTensor.__getitem__
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -925,6 +929,56 @@ def _traced_ones(shape, dtype=None):
     return _ONES(shape, dtype=dtype)
 
 
+def _traced_einsum(subscripts, *operands, **kwargs):
+    """`keras.ops.einsum` while a composite is traced: upper-case subscripts are recorded in lower case.
+
+    Keras works out a symbolic einsum's output shape by replacing each
+    letter by its size, and replaces the letters left (of the output alone)
+    only when they are lower case: keras-hub's MMDiT attention
+    (`"BTNH,BSNH->BNTS"`) fails on symbolic tensors. The same equation with
+    each letter renamed to a lower-case one not in it computes the same values.
+    """
+    if _tracing_here() and isinstance(subscripts, str) and any(letter.isupper() for letter in subscripts):
+        letters = list(dict.fromkeys(letter for letter in subscripts if letter.isalpha()))
+        free = [letter for letter in string.ascii_lowercase if letter not in letters]
+        upper = [letter for letter in letters if letter.isupper()]
+        if len(upper) <= len(free):
+            renamed = dict(zip(upper, free))
+            subscripts = "".join(renamed.get(letter, letter) for letter in subscripts)
+    return _EINSUM(subscripts, *operands, **kwargs)
+
+
+def _traced_getitem(self, key):
+    """`KerasTensor.__getitem__` while a composite is traced: a slice up to a traced size is read when it runs.
+
+    keras-hub's MMDiT splits its joint attention with
+    `attention[:, :context_length]`, the context's length read with
+    `ops.shape`: recorded as `handlers_diffusion.SliceToSizes`. Only keys
+    of full slices and one slice of int, None or traced bounds are recorded
+    so; any other key holding a marker is left to Keras (the trace is then
+    redone without markers).
+    """
+    parts = key if isinstance(key, tuple) else (key,)
+    if not _tracing_here() or not _holds_marker(parts):
+        return _GET_ITEM(self, key)
+    axis = next((i for i, part in enumerate(parts) if not (isinstance(part, slice) and part == slice(None))), None)
+    part = parts[axis] if axis is not None else None
+    if axis is None or axis != len(parts) - 1 or not isinstance(part, slice) or part.step is not None:
+        return _GET_ITEM(self, key)
+    sources, bounds = [], []
+    for bound in (part.start, part.stop):
+        if isinstance(bound, (_TracedSize, _TracedBatch)):
+            if bound.source is None:
+                return _GET_ITEM(self, key)
+            sources.append(bound.source)
+            bounds.append([len(sources) - 1, bound.axis])
+        elif bound is None or _utils.is_integer(bound):
+            bounds.append(None if bound is None else int(bound))
+        else:
+            return _GET_ITEM(self, key)
+    return handlers_diffusion.SliceToSizes(axis=axis, start=bounds[0], stop=bounds[1])(self, *sources)
+
+
 class _UnknownReshape(ValueError):
     """A traced reshape whose target sizes are only known when the model runs."""
 
@@ -944,6 +998,9 @@ def _static_reshape_call(self, x, *args, **kwargs):
     if not _tracing_here():
         return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
     newshape = _batch_free_shape(x, self.newshape)
+    kept = _per_sample_shape(x, newshape)
+    if kept is not None:
+        return keras.layers.Reshape(kept, name=self.name)(x)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
         # A reshape to sizes only known when it runs: recorded, it could not run.
         raise _UnknownReshape(
@@ -953,6 +1010,26 @@ def _static_reshape_call(self, x, *args, **kwargs):
     if newshape is not self.newshape:  # a new operation, so that its config holds the new shape
         self = type(self)(newshape=newshape, name=self.name)
     return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
+
+
+def _per_sample_shape(x, newshape):
+    """The shape of each sample when a traced reshape `(B, -1, ...)` keeps the input's first axis, else None.
+
+    keras-hub's MMDiT reshapes its attention with `(batch, -1, width)` over
+    a context of unknown length: the -1 beside the batch cannot be worked
+    out, but when the batch entry is the input's own first axis (as many
+    rows of it per sample as the input has) the reshape is the `Reshape`
+    layer's, of the other sizes, which keeps the first axis.
+    """
+    if not (isinstance(newshape, (list, tuple)) and len(newshape) > 1 and isinstance(newshape[0], _TracedBatch)):
+        return None
+    rest = list(newshape[1:])
+    if tuple(x.shape)[:1] != (None,) or rest.count(-1) != 1 or not all(_utils.is_integer(size) for size in rest):
+        return None
+    rows = newshape[0].rows
+    if rows is None or rows != _batch_axis.factor(x, _BATCH_ROWS):
+        return None
+    return tuple(int(size) for size in rest)
 
 
 def _batch_free_shape(x, newshape):
@@ -1174,6 +1251,8 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.broadcast_to = _traced_broadcast_to
                 keras.ops.ones = _traced_ones
                 keras.ops.pad = _traced_pad
+                keras.ops.einsum = _traced_einsum
+                keras.KerasTensor.__getitem__ = _traced_getitem
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1186,6 +1265,8 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.broadcast_to = _BROADCAST_TO
                     keras.ops.ones = _ONES
                     keras.ops.pad = _PAD
+                    keras.ops.einsum = _EINSUM
+                    keras.KerasTensor.__getitem__ = _GET_ITEM
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 
@@ -1346,14 +1427,14 @@ def _branches_on_training(shadow, args, kwargs, outputs):
 
 
 def _reads_sizes(args, kwargs, outputs):
-    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`).
+    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`, `SliceToSizes`).
 
     A trace that used markers without recording one of them made
     constants of them (`ops.ones((length, length))` builds an empty array):
     it is redone without markers, as every trace was before them.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    return bool({"SizeRange", "BroadcastToSizes", "PadToSizes"} & set(_operations_between(inputs, outputs)))
+    return bool({"SizeRange", "BroadcastToSizes", "PadToSizes", "SliceToSizes"} & set(_operations_between(inputs, outputs)))
 
 
 def _records_a_marker(args, kwargs, outputs):

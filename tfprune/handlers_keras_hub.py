@@ -936,9 +936,12 @@ def handler_for(operation):
 
 
 def _by_class(key):
-    from tfprune import handlers_qwen3_5  # imports this module
+    from tfprune import handlers_diffusion, handlers_qwen3_5  # import this module
 
-    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key) or handlers_qwen3_5.BY_CLASS.get(key)
+    for table in (_BY_CLASS, handlers_decoders.BY_CLASS, handlers_qwen3_5.BY_CLASS, handlers_diffusion.BY_CLASS):
+        if key in table:
+            return table[key]
+    return None
 
 
 # ---------------------------------------------------------------- layers whose constructor takes no base arguments

@@ -599,6 +599,10 @@ CONFIGURATIONS = {}
 # out, as removing one changes the normalisation's statistics): they prune on "hidden".
 FAMILY_TARGETS = {
     "mobilenetv5": "hidden",  # every convolution feeds an RmsNorm2d over its channels
+    # The tiny MMDiT's joint block (MLP units 2% of the model, two heads: none at rate 0.3) is small
+    # beside its hidden widths: the context embedding from the 4096-wide text features (32%) and the
+    # position table (8%); with targets="all" 3.1% of the parameters go, with "hidden" 13%.
+    "stable_diffusion_3": "hidden",
 }
 
 
