@@ -11,9 +11,12 @@ from tfprune import _features
 from tfprune.criteria.base import register
 
 
-def _mean_absolute_activation(features):
-    """`(batch, ..., channels)` -> `(batch, channels)`: mean |a| over the positions."""
-    return np.abs(features.reshape(len(features), -1, features.shape[-1])).mean(axis=1)
+def _mean_absolute_activation(features, weights=None):
+    """`(batch, ..., channels)` -> `(batch, channels)`: mean |a| over the (unpadded) positions."""
+    values = np.abs(features.reshape(len(features), -1, features.shape[-1]).astype("float64"))
+    if weights is None:
+        return values.mean(axis=1)
+    return (values * weights[:, :, None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-12)[:, None]
 
 
 def activation(model, graph, data=None, seed=None, num_batches=None, batch_size=128, verbose="auto"):

@@ -12,8 +12,11 @@ from tfprune import _features
 from tfprune.criteria.base import register
 
 
-def _feature_map_ranks(features):
-    """`(batch, height, width, channels)` -> `(batch, channels)` matrix ranks; None otherwise."""
+def _feature_map_ranks(features, weights=None):
+    """`(batch, height, width, channels)` -> `(batch, channels)` matrix ranks; None otherwise.
+
+    `weights` (padding of token inputs) does not apply to image feature maps.
+    """
     if features.ndim != 4:
         return None
     matrices = np.transpose(features, (0, 3, 1, 2))

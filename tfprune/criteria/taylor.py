@@ -24,8 +24,14 @@ _CALLER = "Criterion 'taylor'"
 
 
 def _loss_function(model, loss):
-    """The per-batch scalar loss `(y, y_pred) -> loss`, from `loss` or the model's compiled loss."""
+    """The per-element loss `(y, y_pred) -> losses`, from `loss` or the model's compiled loss.
+
+    A `keras.losses.Loss` gives its unreduced values (`Loss.call`), so that
+    sample weights (padding) weight each element.
+    """
     loss = getattr(model, "loss", None) if loss is None else loss
+    if loss is None and _is_causal_lm(model):  # keras-hub's CausalLM.compile default
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if loss is None:
         raise ValueError(
             f"{_CALLER} needs a loss: compile model '{model.name}' with one "
@@ -50,7 +56,53 @@ def _loss_function(model, loss):
         ) from None
     if not callable(function):
         raise ValueError(f"{_CALLER}: `loss` must be a loss name or a callable. Received: loss={loss!r}")
-    return function
+    return function.call if isinstance(function, keras.losses.Loss) else function
+
+
+def _is_causal_lm(model):
+    """Whether the model reads keras-hub's `token_ids`/`padding_mask` and gives one logit per token."""
+    names = {tensor.name for tensor in model.inputs}
+    output = model.outputs[0]
+    return {"token_ids", "padding_mask"} <= names and len(output.shape) == 3
+
+
+def next_token_labels(inputs):
+    """A causal LM's labels for a batch of token inputs: the next token, padding masked out.
+
+    Position `t` is labelled with token `t + 1` and weighted 1 when both are
+    real tokens (`padding_mask` 1), 0 otherwise (the last position, and any
+    padding on either side) — what keras-hub's CausalLM preprocessors give
+    `fit`, without dropping the last position.
+
+    Args:
+        inputs: Dict with `token_ids` and `padding_mask`, each `(batch, sequence)`.
+
+    Returns:
+        Tuple `(labels, sample_weight)`: int32 and float32 arrays `(batch, sequence)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> labels, weight = next_token_labels(
+    ...     {"token_ids": np.array([[5, 6, 7, 0]]), "padding_mask": np.array([[1, 1, 1, 0]])})
+    >>> labels.tolist(), weight.tolist()
+    ([[6, 7, 0, 0]], [[1.0, 1.0, 0.0, 0.0]])
+    """
+    tokens = np.asarray(inputs["token_ids"])
+    mask = np.asarray(inputs["padding_mask"]).astype(bool)
+    labels = np.zeros_like(tokens, dtype="int32")
+    labels[:, :-1] = tokens[:, 1:]
+    weight = np.zeros(tokens.shape, "float32")
+    weight[:, :-1] = mask[:, 1:] & mask[:, :-1]
+    return labels, weight
+
+
+def _weighted_mean(values, weight):
+    """The mean of per-element losses, weighted by `weight` where it matches their shape."""
+    if weight is None or len(values.shape) != weight.ndim:
+        return keras.ops.mean(values)
+    weight = keras.ops.cast(weight, values.dtype)
+    return keras.ops.sum(values * weight) / keras.ops.maximum(keras.ops.sum(weight), 1e-12)
 
 
 def _consumer_members(group):
@@ -124,7 +176,8 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
             "outputs: score a single-output model built on the same layers."
         )
     function = _loss_function(model, loss)
-    batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER)
+    unlabelled = next_token_labels if _is_causal_lm(model) else None
+    batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER, unlabelled)
     progress = keras.utils.Progbar(len(batches), verbose=check_verbose(verbose, _CALLER), unit_name="batch")
     groups = [group for group in graph.groups if group.prunable and _consumer_members(group)]
     by_path = {variable.path: variable for variable in model.weights}
@@ -132,10 +185,10 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     variables = [by_path[path] for path in paths]
     weights = {path: np.asarray(keras.ops.convert_to_numpy(variable), "float64") for path, variable in zip(paths, variables)}
     totals = {group.name: np.zeros(group.size) for group in groups}
-    for x, y in batches:
+    for x, y, weight in batches:
 
-        def batch_loss(x=x, y=y):
-            return keras.ops.mean(function(y, model(x, training=False)))
+        def batch_loss(x=x, y=y, weight=weight):
+            return _weighted_mean(function(y, model(x, training=False)), weight)
 
         value, gradients = _gradients.loss_gradients(batch_loss, variables)
         if not np.isfinite(value):
