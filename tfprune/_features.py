@@ -132,13 +132,15 @@ def group_features(model, graph):
         if not group.prunable:
             continue
         consumers = [member.layer_name for member in group.members if member.role == "input"]
-        if group.heads_of is not None or (
-            consumers and all(_reads_a_product(functional, name) for name in consumers)
-        ):
+        gated = consumers and all(_reads_a_product(functional, name) for name in consumers)
+        if group.heads_of is not None or gated:
             entries = _consumer_inputs(model, group, shared)
             if entries is not None:
                 features[group.name] = entries
-            continue
+                continue
+            if group.heads_of is not None:
+                continue  # heads have no tensor of their own: not scored
+            # A convolution reading a squeeze-excite product: its producers' maps, as before.
         entries, seen = [], set()
         for member in group.members:
             if member.role != "output" or member.layer_name in seen:
@@ -330,23 +332,27 @@ def input_batches(model, data, num_batches, batch_size, caller):
     """Turns user data into at most `num_batches` NumPy input batches.
 
     Args:
-        model: The model the inputs are for (single input).
+        model: The model the inputs are for.
         data: What `model.fit` accepts: an array of inputs or an `(x, y)`
             tuple of arrays (split into `batch_size` batches), or batches
             of `x` or `(x, y, ...)` from a `tf.data.Dataset`, a
             `keras.utils.PyDataset` or a Python generator/iterator (read
             until it ends, like `fit` without `steps_per_epoch`, unless
-            `num_batches` is given).
+            `num_batches` is given). `x` may be a dict `{input_name: array}`
+            (a model with several inputs takes only that, with exactly its
+            input names, such as a keras-hub CausalLM's `token_ids` and
+            `padding_mask`).
         num_batches: Int or None (all). How many batches to use.
         batch_size: Int. Batch size used to split arrays.
         caller: String naming the criterion or pruner, for the error messages.
 
     Returns:
-        List of float32 NumPy arrays.
+        List of batches: NumPy arrays (float32, or the input's integer
+        dtype), or for a model with several inputs dicts of them.
 
     Raises:
-        ValueError: If `data` is None or empty, its inputs do not have the
-            model's input shape, or the model has several inputs.
+        ValueError: If `data` is None or empty, or its inputs do not have
+            the model's input shapes or names.
         TypeError: If `data` is not a dataset or an array.
     """
     functional = _needs_data(model, data, caller)

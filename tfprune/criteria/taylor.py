@@ -131,6 +131,15 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     transformer's hidden width (`targets="hidden"`) the estimate leaves out
     that LayerNormalization's statistics change too.
 
+    A keras-hub causal LM (inputs `token_ids` and `padding_mask`, logits per
+    token) needs no labels: given only calibration sequences
+    `{"token_ids": ..., "padding_mask": ...}`, the loss is the next-token
+    cross-entropy (`next_token_labels`: token `t + 1` is the label of
+    position `t`, padding weighted 0), with the model's compiled loss or,
+    uncompiled, `SparseCategoricalCrossentropy(from_logits=True)` as
+    keras-hub compiles it. Sample weights given as `(x, y, sample_weight)`
+    weight the loss the same way (docs/METHODS.md §14).
+
     The model runs in inference mode (`training=False`: dropout off,
     BatchNormalization on its moving statistics); gradients are computed by
     the current backend (TensorFlow, JAX or PyTorch). The scores are not
@@ -139,16 +148,19 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     papers do.
 
     Args:
-        model: A built single-input, single-output `keras.Model`. Not modified.
+        model: A built single-output `keras.Model`. Not modified.
         graph: `tfprune.graph.build(model)`.
         data: Inputs with labels: an `(x, y)` tuple of arrays, or batches of
-            `(x, y)` from a `tf.data.Dataset`, `keras.utils.PyDataset` or
-            generator.
+            `(x, y)` or `(x, y, sample_weight)` from a `tf.data.Dataset`,
+            `keras.utils.PyDataset` or generator; `x` is a dict
+            `{input_name: array}` for a model with several inputs. A causal
+            LM takes its inputs alone (the dict, or batches of it).
         seed: Unused (the criterion is deterministic).
         loss: A loss name, `keras.losses.Loss` or callable
             `(y_true, y_pred) -> loss`; None (default) uses the model's
             compiled loss (`tfprune.prune` passes the compiled loss of the
-            model it was given).
+            model it was given), or for an uncompiled causal LM the
+            next-token cross-entropy on its logits.
         num_batches: Int or None. Batches used; None (default) uses all the data.
         batch_size: Int. Batch size when `data` is an array. Defaults to `32`.
         verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
@@ -159,8 +171,9 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
         consumer (higher is more important).
 
     Raises:
-        ValueError: If `data` is missing, empty, without labels or of the
-            wrong shape, there is no loss (uncompiled model and no `loss=`)
+        ValueError: If `data` is missing, empty, without labels (for a model
+            other than a causal LM) or of the wrong shape or input names,
+            there is no loss (uncompiled model and no `loss=`)
             or it is unknown, the model has several losses, inputs or
             outputs, the loss is not finite, or `verbose` is out of range.
         TypeError: If `data` is not a dataset or an array.
@@ -169,6 +182,9 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
 
     >>> # model.compile(loss="sparse_categorical_crossentropy")
     >>> # small, result = tfprune.prune(model, "taylor", rate=0.3, data=(x_train, y_train))
+    >>> # A keras-hub causal LM, on a few calibration sequences (next-token loss):
+    >>> # calibration = {"token_ids": token_ids, "padding_mask": padding_mask}
+    >>> # small, result = tfprune.prune(lm, "taylor", rate=0.3, data=calibration)
     """
     if len(model.outputs) != 1:
         raise ValueError(
