@@ -231,6 +231,12 @@ def test_calibration_data_that_does_not_match_the_inputs_is_refused_in_one_sente
                 criterion(flat, graph, data=wrong_data, verbose=0)
 
 
+def test_hrank_leaves_heads_and_token_features_unscored():
+    # HRank ranks 2-D conv feature maps; a head's (sequence x width) context is not one.
+    _, scores = _scores("hrank", _causal_lm("llama"), _calibration())
+    assert scores == {}
+
+
 def test_docstring_examples():
     import doctest
 

@@ -107,7 +107,7 @@ def _consumer_inputs(model, group, shared):
     return entries or None
 
 
-def group_features(model, graph):
+def group_features(model, graph, consumer_inputs=True):
     """The feature tensors that represent each prunable group's channels.
 
     Every producer of a group is followed to its post-activation output; the
@@ -119,6 +119,13 @@ def group_features(model, graph):
     attention layer (per query head; per key/value group with
     `gqa="groups"`, averaged over its query heads) and the units of a gated
     MLP (the product `act(gate) * up` that the down projection reads).
+
+    Args:
+        model: The model.
+        graph: `tfprune.graph.build(model)`.
+        consumer_inputs: Bool. Whether to read those channels at their
+            consumer projection; False leaves heads out and reads gated
+            units at their producers, as for the other groups.
 
     Returns:
         Dict `{group_name: [(tensor or LayerInput, positions, channels), ...]}`;
@@ -133,7 +140,9 @@ def group_features(model, graph):
             continue
         consumers = [member.layer_name for member in group.members if member.role == "input"]
         gated = consumers and all(_reads_a_product(functional, name) for name in consumers)
-        if group.heads_of is not None or gated:
+        if group.heads_of is not None and not consumer_inputs:
+            continue
+        if consumer_inputs and (group.heads_of is not None or gated):
             entries = _consumer_inputs(model, group, shared)
             if entries is not None:
                 features[group.name] = entries
@@ -429,7 +438,9 @@ def _weighted_sums(statistic, output, mask):
     return (np.asarray(values, "float64") * example_weights[:, None]).sum(axis=0), example_weights.sum()
 
 
-def group_statistics(model, graph, data, statistic, num_batches, batch_size, caller, verbose=0):
+def group_statistics(
+    model, graph, data, statistic, num_batches, batch_size, caller, verbose=0, consumer_inputs=True
+):
     """Averages a per-example, per-channel statistic of each group's feature maps.
 
     Positions that a `padding_mask` input (keras-hub's name) marks as padding
@@ -449,13 +460,14 @@ def group_statistics(model, graph, data, statistic, num_batches, batch_size, cal
         batch_size: Int. Batch size when `data` is an array.
         caller: String for messages.
         verbose: Int. 1 shows a progress bar over the batches.
+        consumer_inputs: Bool. See `group_features`.
 
     Returns:
         Dict `{group_name: scores}`: per group channel, the mean over examples
         and over the group's feature producers.
     """
     batches = input_batches(model, data, num_batches, batch_size, caller)
-    features = group_features(model, graph)
+    features = group_features(model, graph, consumer_inputs)
     entries = [(name, entry) for name, group_entries in features.items() for entry in group_entries]
     tensors = [source for _, (source, _, _) in entries if not isinstance(source, _layer_inputs.LayerInput)]
     captures = {id(source): source for _, (source, _, _) in entries if isinstance(source, _layer_inputs.LayerInput)}

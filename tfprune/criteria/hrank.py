@@ -70,6 +70,7 @@ def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, ver
         batch_size,
         "Criterion 'hrank'",
         verbose,
+        consumer_inputs=False,  # a head's context is no image: HRank ranks conv feature maps only
     )
 
 
