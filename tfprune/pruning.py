@@ -996,7 +996,10 @@ def prune(
         data: Optional data passed to data-driven criteria: inputs, or for
             `"taylor"` inputs with labels (`(x, y)` or batches of `(x, y)`).
             A criterion with a `loss` argument (`"taylor"`) is given the
-            model's compiled loss.
+            model's compiled loss. A keras-hub causal LM takes calibration
+            sequences as it takes inputs, `{"token_ids": ..., "padding_mask": ...}`
+            (or a dataset of such dicts): padding does not count, and
+            `"taylor"` uses the next-token loss (docs/METHODS.md §14).
         seed: Optional int passed to the criterion (`"random"`).
         threshold: Optional float. Instead of `rate`: remove every channel
             whose score is `<= threshold`.

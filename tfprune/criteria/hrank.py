@@ -14,8 +14,11 @@ from tfprune.criteria.base import register
 __all__ = ["hrank"]
 
 
-def _feature_map_ranks(features):
-    """`(batch, height, width, channels)` -> `(batch, channels)` matrix ranks; None otherwise."""
+def _feature_map_ranks(features, weights=None):
+    """`(batch, height, width, channels)` -> `(batch, channels)` matrix ranks; None otherwise.
+
+    `weights` (padding of token inputs) does not apply to image feature maps.
+    """
     if features.ndim != 4:
         return None
     matrices = np.transpose(features, (0, 3, 1, 2))
@@ -69,6 +72,7 @@ def hrank(model, graph, data=None, seed=None, num_batches=5, batch_size=128, ver
         batch_size,
         "Criterion 'hrank'",
         verbose,
+        consumer_inputs=False,  # a head's context is no image: HRank ranks conv feature maps only
     )
 
 

@@ -26,8 +26,14 @@ _CALLER = "Criterion 'taylor'"
 
 
 def _loss_function(model, loss):
-    """The per-batch scalar loss `(y, y_pred) -> loss`, from `loss` or the model's compiled loss."""
+    """The per-element loss `(y, y_pred) -> losses`, from `loss` or the model's compiled loss.
+
+    A `keras.losses.Loss` gives its unreduced values (`Loss.call`), so that
+    sample weights (padding) weight each element.
+    """
     loss = getattr(model, "loss", None) if loss is None else loss
+    if loss is None and _is_causal_lm(model):  # keras-hub's CausalLM.compile default
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if loss is None:
         raise ValueError(
             f"{_CALLER} needs a loss: compile model '{model.name}' with one "
@@ -52,7 +58,53 @@ def _loss_function(model, loss):
         ) from None
     if not callable(function):
         raise ValueError(f"{_CALLER}: `loss` must be a loss name or a callable. Received: loss={loss!r}")
-    return function
+    return function.call if isinstance(function, keras.losses.Loss) else function
+
+
+def _is_causal_lm(model):
+    """Whether the model reads keras-hub's `token_ids`/`padding_mask` and gives one logit per token."""
+    names = {tensor.name for tensor in model.inputs}
+    output = model.outputs[0]
+    return {"token_ids", "padding_mask"} <= names and len(output.shape) == 3
+
+
+def next_token_labels(inputs):
+    """A causal LM's labels for a batch of token inputs: the next token, padding masked out.
+
+    Position `t` is labelled with token `t + 1` and weighted 1 when both are
+    real tokens (`padding_mask` 1), 0 otherwise (the last position, and any
+    padding on either side) — what keras-hub's CausalLM preprocessors give
+    `fit`, without dropping the last position.
+
+    Args:
+        inputs: Dict with `token_ids` and `padding_mask`, each `(batch, sequence)`.
+
+    Returns:
+        Tuple `(labels, sample_weight)`: int32 and float32 arrays `(batch, sequence)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> labels, weight = next_token_labels(
+    ...     {"token_ids": np.array([[5, 6, 7, 0]]), "padding_mask": np.array([[1, 1, 1, 0]])})
+    >>> labels.tolist(), weight.tolist()
+    ([[6, 7, 0, 0]], [[1.0, 1.0, 0.0, 0.0]])
+    """
+    tokens = np.asarray(inputs["token_ids"])
+    mask = np.asarray(inputs["padding_mask"]).astype(bool)
+    labels = np.zeros_like(tokens, dtype="int32")
+    labels[:, :-1] = tokens[:, 1:]
+    weight = np.zeros(tokens.shape, "float32")
+    weight[:, :-1] = mask[:, 1:] & mask[:, :-1]
+    return labels, weight
+
+
+def _weighted_mean(values, weight):
+    """The mean of per-element losses, weighted by `weight` where it matches their shape."""
+    if weight is None or len(values.shape) != weight.ndim:
+        return keras.ops.mean(values)
+    weight = keras.ops.cast(weight, values.dtype)
+    return keras.ops.sum(values * weight) / keras.ops.maximum(keras.ops.sum(weight), 1e-12)
 
 
 def _consumer_members(group):
@@ -81,6 +133,15 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     transformer's hidden width (`targets="hidden"`) the estimate leaves out
     that LayerNormalization's statistics change too.
 
+    A keras-hub causal LM (inputs `token_ids` and `padding_mask`, logits per
+    token) needs no labels: given only calibration sequences
+    `{"token_ids": ..., "padding_mask": ...}`, the loss is the next-token
+    cross-entropy (`next_token_labels`: token `t + 1` is the label of
+    position `t`, padding weighted 0), with the model's compiled loss or,
+    uncompiled, `SparseCategoricalCrossentropy(from_logits=True)` as
+    keras-hub compiles it. Sample weights given as `(x, y, sample_weight)`
+    weight the loss the same way (docs/METHODS.md §14).
+
     The model runs in inference mode (`training=False`: dropout off,
     BatchNormalization on its moving statistics); gradients are computed by
     the current backend (TensorFlow, JAX or PyTorch). The scores are not
@@ -89,16 +150,19 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     papers do.
 
     Args:
-        model: A built single-input, single-output `keras.Model`. Not modified.
+        model: A built single-output `keras.Model`. Not modified.
         graph: `tfprune.graph.build(model)`.
         data: Inputs with labels: an `(x, y)` tuple of arrays, or batches of
-            `(x, y)` from a `tf.data.Dataset`, `keras.utils.PyDataset` or
-            generator.
+            `(x, y)` or `(x, y, sample_weight)` from a `tf.data.Dataset`,
+            `keras.utils.PyDataset` or generator; `x` is a dict
+            `{input_name: array}` for a model with several inputs. A causal
+            LM takes its inputs alone (the dict, or batches of it).
         seed: Unused (the criterion is deterministic).
         loss: A loss name, `keras.losses.Loss` or callable
             `(y_true, y_pred) -> loss`; None (default) uses the model's
             compiled loss (`tfprune.prune` passes the compiled loss of the
-            model it was given).
+            model it was given), or for an uncompiled causal LM the
+            next-token cross-entropy on its logits.
         num_batches: Int or None. Batches used; None (default) uses all the data.
         batch_size: Int. Batch size when `data` is an array. Defaults to `32`.
         verbose: `"auto"` (1), 0, 1 or 2, as in Keras: 1 shows a progress bar
@@ -109,8 +173,9 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
         consumer (higher is more important).
 
     Raises:
-        ValueError: If `data` is missing, empty, without labels or of the
-            wrong shape, there is no loss (uncompiled model and no `loss=`)
+        ValueError: If `data` is missing, empty, without labels (for a model
+            other than a causal LM) or of the wrong shape or input names,
+            there is no loss (uncompiled model and no `loss=`)
             or it is unknown, the model has several losses, inputs or
             outputs, the loss is not finite, or `verbose` is out of range.
         TypeError: If `data` is not a dataset or an array.
@@ -119,6 +184,9 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
 
     >>> # model.compile(loss="sparse_categorical_crossentropy")
     >>> # small, result = tfprune.prune(model, "taylor", rate=0.3, data=(x_train, y_train))
+    >>> # A keras-hub causal LM, on a few calibration sequences (next-token loss):
+    >>> # calibration = {"token_ids": token_ids, "padding_mask": padding_mask}
+    >>> # small, result = tfprune.prune(lm, "taylor", rate=0.3, data=calibration)
     """
     if len(model.outputs) != 1:
         raise ValueError(
@@ -126,7 +194,8 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
             "outputs: score a single-output model built on the same layers."
         )
     function = _loss_function(model, loss)
-    batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER)
+    unlabelled = next_token_labels if _is_causal_lm(model) else None
+    batches = _features.labelled_batches(model, data, num_batches, batch_size, _CALLER, unlabelled)
     progress = keras.utils.Progbar(len(batches), verbose=check_verbose(verbose, _CALLER), unit_name="batch")
     groups = [group for group in graph.groups if group.prunable and _consumer_members(group)]
     by_path = {variable.path: variable for variable in model.weights}
@@ -134,10 +203,10 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     variables = [by_path[path] for path in paths]
     weights = {path: np.asarray(keras.ops.convert_to_numpy(variable), "float64") for path, variable in zip(paths, variables)}
     totals = {group.name: np.zeros(group.size) for group in groups}
-    for x, y in batches:
+    for x, y, weight in batches:
 
-        def batch_loss(x=x, y=y):
-            return keras.ops.mean(function(y, model(x, training=False)))
+        def batch_loss(x=x, y=y, weight=weight):
+            return _weighted_mean(function(y, model(x, training=False)), weight)
 
         value, gradients = _gradients.loss_gradients(batch_loss, variables)
         if not np.isfinite(value):
