@@ -76,6 +76,7 @@ from tfprune import (
     handlers_decoders,
     handlers_diffusion,
     handlers_inferred,
+    handlers_keras_hub,
     handlers_multimodal,
 )
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
@@ -510,11 +511,7 @@ def _own_variables(layer):
 
 def _inlined_with_own_weights(layer):
     """A keras-hub layer inlined although it holds weights (`handlers_keras_hub.INLINED_WITH_OWN_WEIGHTS`)."""
-    if not type(layer).__module__.startswith("keras_hub."):
-        return False
-    from tfprune import handlers_keras_hub
-
-    return handlers_keras_hub.inlined_with_own_weights(layer)
+    return type(layer).__module__.startswith("keras_hub.") and handlers_keras_hub.inlined_with_own_weights(layer)
 
 
 def _flatten_once(functional, copies, composites, name):

@@ -22,6 +22,7 @@ __all__ = [
     "Tracer",
     "channel_mixing_activation",
     "handler_for",
+    "register_by_class_name",
     "register_activation",
     "register_handler",
 ]
@@ -356,11 +357,42 @@ def register_handler(layer_class_or_op_name, handler):
     _HANDLERS[layer_class_or_op_name] = handler
 
 
+# Built-in handlers of classes defined elsewhere (keras-hub's layers), by (module, class name):
+# the family modules (tfprune.handlers_keras_hub, handlers_decoders, ...) fill it when they are
+# imported, so that neither keras-hub nor a family module is imported to find one.
+_BY_CLASS_NAME = {}
+
+
+def register_by_class_name(table):
+    """Registers built-in handlers of classes by `(module, class name)`, without importing the classes.
+
+    tfprune's handler modules for keras-hub families call it once when they
+    are imported; `handler_for` then finds the handler of any layer whose
+    class has that module and name.
+
+    Args:
+        table: Dict `(module name, class name) -> Handler`.
+
+    Raises:
+        ValueError: If a key already has another handler (two family
+            modules claiming one class).
+
+    Example:
+
+    >>> register_by_class_name({("my_package.layers", "Mixer"): Freeze("Mixer mixes channels")})
+    """
+    for key, handler in table.items():
+        if _BY_CLASS_NAME.get(key, handler) is not handler:
+            raise ValueError(f"Two built-in handlers for class {key[1]!r} of module {key[0]!r}.")
+        _BY_CLASS_NAME[key] = handler
+
+
 def handler_for(operation):
     """The registered `Handler` of an operation, or None.
 
     Besides the registry, keras-hub layers with a built-in handler
-    (`tfprune.handlers_keras_hub`) are found by class, without importing
+    (`tfprune.handlers_keras_hub` and the other family modules, see
+    `register_by_class_name`) are found by class, without importing
     keras-hub unless the model uses it.
 
     Args:
@@ -380,10 +412,9 @@ def handler_for(operation):
         return _HANDLERS[type(operation)]
     if not isinstance(operation, keras.layers.Layer) and type(operation).__name__ in _HANDLERS:
         return _HANDLERS[type(operation).__name__]
-    if type(operation).__module__.startswith("keras_hub."):
-        from tfprune import handlers_keras_hub
-
-        return handlers_keras_hub.handler_for(operation)
+    key = (type(operation).__module__, type(operation).__name__)
+    if key in _BY_CLASS_NAME:
+        return _BY_CLASS_NAME[key]
     if hasattr(operation, "stripped_layer"):
         return _TRAINING_LAYER
     return None

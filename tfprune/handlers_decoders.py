@@ -50,7 +50,7 @@ import math
 import keras
 import numpy as np
 
-from tfprune import _utils
+from tfprune import _utils, handlers
 from tfprune.handlers import (
     Freeze,
     Handler,
@@ -1059,7 +1059,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
+# keras-hub classes by (module, name), found by `tfprune.handlers.handler_for` (registered below).
 BY_CLASS = {
     (_HUB + "mistral.mistral_attention", "CachedMistralAttention"): _GroupedQueryAttention(_LLAMA_NAMES),
     (_HUB + "gemma.gemma_attention", "CachedGemmaAttention"): _GroupedQueryAttention(_GEMMA_NAMES),
@@ -1116,3 +1116,5 @@ register_handler(
 from tfprune import handlers_rwkv  # noqa: E402
 
 BY_CLASS.update(handlers_rwkv.BY_CLASS)
+
+handlers.register_by_class_name(BY_CLASS)

@@ -14,6 +14,7 @@ keras-hub's other position embeddings.
 
 import keras
 
+from tfprune import handlers
 from tfprune.handlers import Freeze, Handler, register_handler
 from tfprune.handlers_keras_hub import _PerChannelTables
 
@@ -99,8 +100,10 @@ class _SliceToSizes(Handler):
 
 register_handler("SliceToSizes", _SliceToSizes())
 
-# keras-hub layers by (module, class), looked up by `handlers_keras_hub.handler_for`.
+# keras-hub layers by (module, class), found by `tfprune.handlers.handler_for`.
 BY_CLASS = {
     # Its table (height * width positions, hidden width) is cropped to the image and added to the patches.
     (_MMDIT, "AdjustablePositionEmbedding"): _PerChannelTables(),
 }
+
+handlers.register_by_class_name(BY_CLASS)

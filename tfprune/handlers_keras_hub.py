@@ -936,12 +936,7 @@ def handler_for(operation):
 
 
 def _by_class(key):
-    from tfprune import handlers_diffusion, handlers_qwen3_5  # import this module
-
-    for table in (_BY_CLASS, handlers_decoders.BY_CLASS, handlers_qwen3_5.BY_CLASS, handlers_diffusion.BY_CLASS):
-        if key in table:
-            return table[key]
-    return None
+    return handlers._BY_CLASS_NAME.get(key)
 
 
 # ---------------------------------------------------------------- layers whose constructor takes no base arguments
@@ -1018,3 +1013,5 @@ class _DFineDecoder(Freeze):
 
 
 _BY_CLASS[(_MODELS + "d_fine.d_fine_decoder", "DFineDecoder")] = _DFineDecoder()
+
+handlers.register_by_class_name(_BY_CLASS)

@@ -48,7 +48,7 @@ recurrent states, sized for its pruned heads).
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers_keras_hub
+from tfprune import _utils, handlers, handlers_keras_hub
 from tfprune.handlers import Freeze, Handler, _width
 from tfprune.handlers_decoders import (
     _GroupedQueryAttention,
@@ -239,7 +239,7 @@ class _GatedDeltaNet(Handler):
 
 _MODELS = "keras_hub.src.models."
 _ATTENTION_NAMES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
-# keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
+# keras-hub classes by (module, name), found by `tfprune.handlers.handler_for` (registered below).
 BY_CLASS = {
     (_QWEN3_5 + "qwen3_5_attention", "Qwen3_5Attention"): _GroupedQueryAttention(_ATTENTION_NAMES),
     (_QWEN3_5 + "qwen3_5_layers", "Qwen3_5LayerNorm"): _HubNormalization(),
@@ -253,3 +253,5 @@ BY_CLASS = {
 # Copied as tfprune's subclass, made on first use and registered as `tfprune>Qwen3_5GatedDeltaNet`.
 handlers_keras_hub._SUBCLASSES[_GATED_DELTA_NET] = (_QWEN3_5 + "qwen3_5_gated_delta_net", _GatedDeltaNetShapes)
 handlers_keras_hub._register_stand_in(_GATED_DELTA_NET)
+
+handlers.register_by_class_name(BY_CLASS)

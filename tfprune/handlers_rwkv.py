@@ -419,7 +419,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
+# keras-hub classes by (module, name), found by `tfprune.handlers.handler_for` (registered below).
 BY_CLASS = {(_MODULE, "RWKV7ChannelMix"): _ChannelMix(), (_MODULE, "RWKV7TimeMix"): _TimeMix()}
 for _name in _MIXINS:
     _deferred(_name)
