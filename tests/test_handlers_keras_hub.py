@@ -160,3 +160,14 @@ def test_dinov3_embedding_passes_its_hidden_width_like_dinov2s():
     tables = {path.split("/")[-1] for member in hidden.members if member.layer_name == "embeddings"
               for path, _ in member.weights}  # fmt: skip
     assert {"cls_token", "register_tokens", "kernel"} <= tables
+
+
+def test_family_handlers_are_found_by_class_name_and_a_second_claim_is_refused():
+    from tfprune import handlers, handlers_decoders
+
+    key = next(iter(handlers_decoders.BY_CLASS))
+    stand_in = type(key[1], (), {"__module__": key[0]})()  # a class of that module and name, keras-hub not imported
+    assert handlers.handler_for(stand_in) is handlers_decoders.BY_CLASS[key]
+    handlers.register_by_class_name({key: handlers_decoders.BY_CLASS[key]})  # the same handler again: accepted
+    with pytest.raises(ValueError, match=f"Two built-in handlers for class '{key[1]}'"):
+        handlers.register_by_class_name({key: handlers.Freeze("another")})
