@@ -714,6 +714,7 @@ _SHAPE = keras.ops.shape
 _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
 _ONES = keras.ops.ones
+_TILE = keras.ops.tile
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -870,6 +871,35 @@ def _traced_ones(shape, dtype=None):
     if _tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries):
         return _traced_broadcast_to(_ONES((), dtype=dtype), shape)
     return _ONES(shape, dtype=dtype)
+
+
+def _traced_tile(x, repeats):
+    """`keras.ops.tile` while a composite is traced: repeating axes of size 1 a traced number of times is a broadcast.
+
+    SAM 3 repeats its constant position encodings and queries over the
+    batch (`ops.tile(pos, (batch, 1, 1, 1))`) and its padding mask over the
+    sequence (`ops.tile(mask[:, None, None, :], (1, 1, length, 1))`).
+    Other tiles are left to `keras.ops.tile`.
+    """
+    entries = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats]
+    if not (_tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries)):
+        return _TILE(x, repeats)
+    sizes = _traced_shape(x) if isinstance(x, keras.KerasTensor) else tuple(keras.ops.shape(x))
+    if len(sizes) != len(entries):
+        return _TILE(x, repeats)
+    shape = []
+    for size, repeat in zip(sizes, entries):
+        if isinstance(repeat, (_TracedSize, _TracedBatch)):
+            if size != 1:
+                return _TILE(x, repeats)
+            shape.append(repeat)
+        elif repeat == 1:
+            shape.append(size)
+        elif _utils.is_integer(size):
+            shape.append(int(size) * int(repeat))
+        else:
+            return _TILE(x, repeats)
+    return _traced_broadcast_to(x, tuple(shape))
 
 
 class _UnknownReshape(ValueError):
@@ -1119,6 +1149,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.arange = _traced_arange
                 keras.ops.broadcast_to = _traced_broadcast_to
                 keras.ops.ones = _traced_ones
+                keras.ops.tile = _traced_tile
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1130,6 +1161,7 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.arange = _ARANGE
                     keras.ops.broadcast_to = _BROADCAST_TO
                     keras.ops.ones = _ONES
+                    keras.ops.tile = _TILE
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 
