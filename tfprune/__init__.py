@@ -46,6 +46,7 @@ from tfprune import (
     # Registers the names of the keras-hub layers tfprune rebuilds as its own subclasses
     # (`tfprune>DINOV3Attention`), so that a pruned model reloads from `.keras`.
     handlers_keras_hub,  # noqa: F401
+    handlers_sam3,  # noqa: F401  (`tfprune>SAM3Attention`, ...)
     layers,
     magnitude,
     models,

@@ -1212,7 +1212,8 @@ def _traced(shadow, changed, fallback=None):
             _own_weights_as_layers(shadow, args, kwargs, own)
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
-            expected = shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))
+            spec = _declared_output_spec(shadow)
+            expected = spec(*args, **_accepted_by(spec, kwargs))
             why = None
             if not _same_specs(outputs, expected):
                 # A -1 worked out beside the traced batch size is what such a mismatch comes from.
@@ -1249,6 +1250,17 @@ def _traced(shadow, changed, fallback=None):
         return (None, why) if why is not None else (outputs, None)
 
     return call
+
+
+def _declared_output_spec(layer):
+    """`layer.compute_output_spec`, or tfprune's correction of a keras-hub layer's wrong one (`handlers_sam3`)."""
+    if type(layer).__module__.startswith("keras_hub."):
+        from tfprune import handlers_sam3
+
+        corrected = handlers_sam3.corrected_output_spec(layer)
+        if corrected is not None:
+            return corrected
+    return layer.compute_output_spec
 
 
 def _own_weights_as_layers(shadow, args, kwargs, replaced):

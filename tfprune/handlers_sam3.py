@@ -23,7 +23,7 @@ from tfprune import handlers_decoders
 from tfprune.handlers import Freeze, Handler, _width, register_handler
 from tfprune.handlers_keras_hub import _DenseProjectionHeads, _made_on_first_use, _register_stand_in
 
-__all__ = ["BY_CLASS", "subclass_of"]
+__all__ = ["BY_CLASS", "corrected_output_spec", "subclass_of"]
 
 _MODULE = "keras_hub.src.models.sam3.sam3_layers"
 
@@ -212,6 +212,44 @@ class _SinePositions(Handler):
         """A copy of `layer` as tfprune's subclass with the right output shape (`tfprune.graph.flatten`)."""
         cls = subclass_of("SAM3SinePositionEmbedding")
         return cls.from_config(_loadable_positions_config(layer.get_config()))
+
+
+def _mask_decoder_spec(layer):
+    """`SAM3MaskDecoder`'s output spec: its masks have one channel per query (keras-hub declares `hidden_dim`)."""
+
+    def spec(decoder_queries, *args, **kwargs):
+        masks, semantic = layer.compute_output_spec(decoder_queries, *args, **kwargs)
+        queries = decoder_queries.shape[1]
+        shape = (*masks.shape[:-1], queries) if layer.data_format == "channels_last" else (
+            masks.shape[0], queries, *masks.shape[2:])  # fmt: skip
+        return keras.KerasTensor(shape, dtype=masks.dtype), semantic
+
+    return spec
+
+
+_OUTPUT_SPECS = {(_MODULE.replace("sam3_layers", "sam3_mask_decoder"), "SAM3MaskDecoder"): _mask_decoder_spec}
+
+
+def corrected_output_spec(layer):
+    """The output spec function of a SAM 3 layer whose own is wrong, or None.
+
+    `tfprune.graph.flatten` checks a traced composite against its output
+    spec; keras-hub's `SAM3MaskDecoder` declares masks of `hidden_dim`
+    channels where its call makes one per query.
+
+    Args:
+        layer: A layer whose class is defined in keras-hub.
+
+    Returns:
+        A function taking the layer's call arguments, or None.
+
+    Example:
+
+    >>> corrected_output_spec(keras.layers.Dense(2)) is None
+    True
+    """
+    make = _OUTPUT_SPECS.get((type(layer).__module__, type(layer).__name__))
+    return None if make is None else make(layer)
 
 
 BY_CLASS = {
