@@ -135,3 +135,29 @@ def test_sam3_vision_neck_is_inlined_and_its_channels_prune(tmp_path):
 def test_the_sam3_subclasses_are_known_to_keras_as_soon_as_tfprune_is_imported():
     for name in ("SAM3Attention", "SAM3RoPEAttention", "SAM3SinePositionEmbedding"):
         assert keras.saving.get_registered_object(f"tfprune>{name}") is not None
+
+
+def test_sam3_geometry_encoder_kept_whole_drops_mlp_units_dead_in_every_block(tmp_path):
+    # Its `ops.cond` keeps it one layer; one `intermediate_dim` sizes the MLPs of both blocks.
+    from keras_hub.src.models.sam3.sam3_geometry_encoder import SAM3GeometryEncoder
+
+    keras.utils.set_random_seed(0)
+    encoder = SAM3GeometryEncoder(num_layers=2, hidden_dim=16, intermediate_dim=32, num_heads=4, roi_size=2)
+    boxes = keras.Input((1, 5), name="boxes")
+    labels = keras.Input((1,), dtype="int32", name="labels")
+    features = keras.Input((2, 2, 16), name="features")
+    positions = keras.Input((2, 2, 16), name="positions")
+    masks = keras.ops.not_equal(labels, -10)
+    embeddings, mask = encoder(boxes, labels, masks, fpn_hidden_states=features, fpn_position_encodings=positions)
+    model = keras.Model([boxes, labels, features, positions], [embeddings, keras.ops.cast(mask, "float32")])
+    rng = np.random.default_rng(0)
+    boxes_value = np.concatenate([np.zeros((2, 1, 1)), rng.uniform(0.2, 0.6, (2, 1, 4))], axis=-1)
+    x = [boxes_value.astype("float32"), np.ones((2, 1), "int32"), rng.normal(size=(2, 2, 2, 16)).astype("float32"),
+         rng.normal(size=(2, 2, 2, 16)).astype("float32")]  # fmt: skip
+    graph = tfprune.graph.build(model)
+    units = next(group for group in graph if group.name.endswith("_mlp_units"))
+    assert units.size == 32 and units.prunable
+    assert "`ops.cond`" in graph[encoder.name].reason
+    small = assert_dead_channels_leave_no_trace(model, units.name, [3, 7, 30], x, tmp_path, roles=("input",))
+    rebuilt = next(layer for layer in small.layers if type(layer).__name__ == "SAM3GeometryEncoder")
+    assert rebuilt.intermediate_dim == 29

@@ -20,8 +20,14 @@ DETR encoder and decoder, mask decoder) are composites that
 import keras
 
 from tfprune import handlers_decoders
-from tfprune.handlers import Freeze, Handler, _width, register_handler
-from tfprune.handlers_keras_hub import _DenseProjectionHeads, _made_on_first_use, _register_stand_in
+from tfprune.handlers import Freeze, Handler, _width, channel_mixing_activation, register_handler
+from tfprune.handlers_keras_hub import (
+    _attribute,
+    _BlockFeedForward,
+    _DenseProjectionHeads,
+    _made_on_first_use,
+    _register_stand_in,
+)
 
 __all__ = ["BY_CLASS", "corrected_output_spec", "subclass_of"]
 
@@ -252,8 +258,54 @@ def corrected_output_spec(layer):
     return None if make is None else make(layer)
 
 
+class _StackFeedForward(_BlockFeedForward):
+    """A stack of SAM 3 blocks kept as one layer (its geometry encoder): the units of their MLPs prune.
+
+    `SAM3GeometryEncoder` encodes its box prompts under `ops.cond` on two
+    Python functions, which a functional graph cannot record (nor a `.keras`
+    file name), so `tfprune.graph.flatten` keeps it whole: its inputs' and
+    outputs' channels are pinned. Its constructor takes one
+    `intermediate_dim` for the MLPs of all its blocks, so unit `u` of every
+    block's MLP (`fc1`'s output, `fc2`'s input) is one channel of one group:
+    removing a unit whose `fc2` rows are zero in every block leaves the
+    outputs unchanged. Its attention heads stay (its attention layers'
+    head width is `hidden_dim // num_heads`).
+    """
+
+    def __init__(self):
+        super().__init__(("mlp.fc1",), "mlp.fc2", "intermediate_dim", "mlp.act")
+
+    def trace(self, node, tracer):
+        layer = node.operation
+        reason = (
+            f"tfprune cannot see inside layer '{layer.name}' ({type(layer).__name__}): its call branches with "
+            "`ops.cond` on two Python functions, which a functional graph cannot record, so it is kept whole"
+        )
+        outputs = Freeze(reason).trace(node, tracer)
+        blocks = [block for block in getattr(layer, "layers", []) if isinstance(block, keras.layers.Layer)]
+        pairs = [(_attribute(block, self.producers[0]), _attribute(block, self.consumer)) for block in blocks]
+        dense_layers = [dense for pair in pairs for dense in pair]
+        if not pairs or any(type(dense) is not keras.layers.Dense or getattr(dense, "lora_enabled", False)
+                            or getattr(dense, "quantization_mode", None) for dense in dense_layers):  # fmt: skip
+            return outputs  # another keras-hub version's attributes, or LoRA/quantized: nothing is sliced
+        if len({fc1.units for fc1, _ in pairs}) != 1:
+            return outputs
+        self._kernel_index[layer.name] = [id(weight) for weight in layer.weights].index(id(pairs[0][0].kernel))
+        units = tracer.new_channels(pairs[0][0].units, f"{layer.name}_mlp_units")
+        for block, (fc1, fc2) in zip(blocks, pairs):
+            tracer.use(layer, fc1.kernel, -1, units, "output")
+            tracer.use(layer, fc1.bias, 0, units, "output")
+            tracer.use(layer, fc2.kernel, 0, units, "input")
+            activation = _attribute(block, self.activation_name)
+            why = channel_mixing_activation(activation) if activation is not None else None
+            if why is not None:
+                tracer.pin(units, why)
+        return outputs
+
+
 BY_CLASS = {
     (_MODULE, "SAM3Attention"): _SAM3Heads("SAM3Attention"),
     (_MODULE, "SAM3RoPEAttention"): _SAM3Heads("SAM3RoPEAttention"),
     (_MODULE, "SAM3SinePositionEmbedding"): _SinePositions(),
+    (_MODULE.replace("sam3_layers", "sam3_geometry_encoder"), "SAM3GeometryEncoder"): _StackFeedForward(),
 }
