@@ -1,6 +1,7 @@
 """SAM 3's components prune (issue 28): attention heads of `SAM3Attention` / `SAM3RoPEAttention`
-(rebuilt as tfprune subclasses), and the text encoder and vision neck inline (a traced tile over
-the batch or the sequence length, the sine position encoding's true output shape)."""
+(rebuilt as tfprune subclasses); the text encoder, vision neck and mask decoder inline (a traced
+tile over the batch or the sequence length, the true output shapes of the sine position encoding
+and the mask decoder); the geometry encoder stays whole and its MLP units prune."""
 
 import keras
 import numpy as np
@@ -45,25 +46,26 @@ def _heads(graph):
     return [group for group in graph if group.heads_of is not None]
 
 
-@pytest.mark.parametrize("make, attention_class", [(_detr_encoder, "SAM3Attention"),
-                                                    (_vision_encoder, "SAM3RoPEAttention")])  # fmt: skip
-def test_sam3_attention_heads_zeroed_are_removed_with_unchanged_outputs(make, attention_class, tmp_path):
-    keras.utils.set_random_seed(0)
-    model, x = make()
-    flat = tfprune.graph.flatten(model)
-    for got, want in zip(all_outputs(flat, x), all_outputs(model, x), strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    attention = [layer for layer in flat.layers if type(layer).__name__ == attention_class]
-    assert attention
-    heads = _heads(tfprune.graph.build(flat))
-    assert {group.heads_of for group in heads} == {layer.name for layer in attention}
-    assert all(group.prunable and group.size == 4 for group in heads)
+def _dead_heads_leave_no_trace(flat, heads, x, tmp_path, attention_class):
     for group in heads:
         # A head whose output-projection rows are zero adds nothing: removed, the outputs stay (and reload).
         small = assert_dead_channels_leave_no_trace(flat, group.name, [1], x, tmp_path, roles=("input",))
         resized = small.get_layer(group.heads_of)
         assert resized.num_heads == 3 and resized.head_dim == 4
         assert keras.saving.get_registered_name(type(resized)) == f"tfprune>{attention_class}"
+
+
+def test_sam3_attention_heads_zeroed_are_removed_with_unchanged_outputs(tmp_path):
+    keras.utils.set_random_seed(0)
+    model, x = _detr_encoder()
+    flat = tfprune.graph.flatten(model)
+    for got, want in zip(all_outputs(flat, x), all_outputs(model, x), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    attention = [layer for layer in flat.layers if type(layer).__name__ == "SAM3Attention"]
+    heads = _heads(tfprune.graph.build(flat))
+    assert {group.heads_of for group in heads} == {layer.name for layer in attention} and len(heads) == 2
+    assert all(group.prunable and group.size == 4 for group in heads)
+    _dead_heads_leave_no_trace(flat, heads, x, tmp_path, "SAM3Attention")
     # Heads that read and write nothing (query, key and value weights zeroed too): the same.
     assert_dead_channels_leave_no_trace(flat, heads[-1].name, [0, 3], x, tmp_path,
                                         roles=("output", "param", "input"))  # fmt: skip
@@ -84,7 +86,6 @@ def test_sam3_cross_attention_projects_key_and_value_from_their_own_input():
     assert group_reading("q_proj") != "text"
 
 
-@pytest.mark.slow  # the DETR encoder pruned through `tfprune.prune` (its checks reload it): about 25 s
 def test_a_pruned_sam3_detr_encoder_keeps_three_of_four_heads_and_reloads(tmp_path):
     keras.utils.set_random_seed(0)
     model, x = _detr_encoder()
@@ -117,19 +118,55 @@ def test_sam3_text_encoder_with_a_sequence_of_unknown_length_is_inlined():
         np.testing.assert_allclose(all_outputs(flat, x)[0], all_outputs(model, x)[0], atol=1e-5, rtol=0)
 
 
-def test_sam3_vision_neck_is_inlined_and_its_channels_prune(tmp_path):
+@pytest.mark.slow  # a rotary attention block and a three-level neck, flattened and cut three times: about 30 s
+def test_sam3_vision_encoder_rotary_heads_and_neck_channels_prune(tmp_path):
     keras.utils.set_random_seed(0)
     model, x = _vision_encoder()
     flat = tfprune.graph.flatten(model)
+    for got, want in zip(all_outputs(flat, x), all_outputs(model, x), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     names = {type(layer).__name__ for layer in flat.layers}
     assert "SAM3VisionNeck" not in names and "SAM3SinePositionEmbedding" in names
     positions = next(layer for layer in flat.layers if type(layer).__name__ == "SAM3SinePositionEmbedding")
     assert keras.saving.get_registered_name(type(positions)) == "tfprune>SAM3SinePositionEmbedding"
     graph = tfprune.graph.build(flat)
+    heads = _heads(graph)
+    assert [type(flat.get_layer(group.heads_of)).__name__ for group in heads] == ["SAM3RoPEAttention"]
+    _dead_heads_leave_no_trace(flat, heads, x, tmp_path, "SAM3RoPEAttention")
     # The 1x1 convolution of a level feeds only its 3x3 convolution: its channels prune.
     inner = next(group for group in graph if group.name.endswith("fpn_layer_0_proj1"))
     assert inner.prunable
     assert_dead_channels_leave_no_trace(flat, inner.name, [2, 5], x, tmp_path)
+
+
+def test_sam3_mask_decoder_is_inlined_and_its_heads_and_query_embedding_prune(tmp_path):
+    # keras-hub declares its masks with `hidden_dim` channels; its call makes one per query.
+    from keras_hub.src.models.sam3.sam3_mask_decoder import SAM3MaskDecoder
+
+    keras.utils.set_random_seed(0)
+    decoder = SAM3MaskDecoder(num_upsampling_stages=3, hidden_dim=16, num_heads=4)
+    queries = keras.Input((6, 16), name="queries")
+    features = [keras.Input((size, size, 16), name=f"features_{size}") for size in (8, 4, 2)]
+    encoded = keras.Input((4, 16), name="encoded")
+    prompt = keras.Input((5, 16), name="prompt")
+    prompt_mask = keras.Input((5,), dtype="bool", name="prompt_mask")
+    masks, semantic = decoder(decoder_queries=queries, backbone_features=features, encoder_hidden_states=encoded,
+                              prompt_features=prompt, prompt_masks=prompt_mask)  # fmt: skip
+    model = keras.Model([queries, *features, encoded, prompt, prompt_mask], [masks, semantic])
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, *tensor.shape[1:])).astype("float32") for tensor in model.inputs[:-1]]
+    x.append(np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], bool))
+    flat = tfprune.graph.flatten(model)
+    assert not any(type(layer).__name__ == "SAM3MaskDecoder" for layer in flat.layers)
+    assert flat.outputs[0].shape[-1] == 6
+    for got, want in zip(all_outputs(flat, x), all_outputs(model, x), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    graph = tfprune.graph.build(flat)
+    _dead_heads_leave_no_trace(flat, _heads(graph), x, tmp_path, "SAM3Attention")
+    # The query embedding's channels meet the pixel embedding's in `bqc,bhwc->bhwq`: removed from both.
+    embedding = next(group for group in graph if group.name.endswith("mask_embedder_layer_2"))
+    assert embedding.prunable
+    assert_dead_channels_leave_no_trace(flat, embedding.name, [0, 9], x, tmp_path)
 
 
 def test_the_sam3_subclasses_are_known_to_keras_as_soon_as_tfprune_is_imported():
