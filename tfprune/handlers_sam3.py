@@ -2,7 +2,7 @@
 
 SAM 3's components (vision encoder and neck, text encoder, geometry encoder,
 DETR encoder and decoder, mask decoder) are composites that
-`tfprune.graph.flatten` inlines; two kinds of layer inside them need help:
+`tfprune.graph.flatten` inlines; some layers inside them need help:
 
 - its attention layers (`SAM3Attention`, and `SAM3RoPEAttention` in the
   vision transformer) compute their head width as `hidden_dim // num_heads`
@@ -12,7 +12,12 @@ DETR encoder and decoder, mask decoder) are composites that
 - its sine position encoding (`SAM3SinePositionEmbedding`) declares a wrong
   output shape (channels on axis 1, where its call puts them last), so no
   block calling it could be inlined: it is copied as a tfprune subclass with
-  the right shape (`_SinePositions`), a constant repeated over the batch.
+  the right shape (`_SinePositions`), a constant repeated over the batch;
+- its mask decoder declares masks of `hidden_dim` channels where its call
+  makes one per query: `corrected_output_spec` gives the flattening's check
+  the shape the call makes;
+- its geometry encoder branches with `ops.cond` on Python functions, so it
+  stays whole; the units of its blocks' MLPs prune (`_StackFeedForward`).
 
 `tfprune.handlers_keras_hub.handler_for` looks the classes up in `BY_CLASS`.
 """
