@@ -47,6 +47,7 @@ from tfprune import (
     # (`tfprune>DINOV3Attention`), so that a pruned model reloads from `.keras`.
     handlers_keras_hub,  # noqa: F401
     handlers_qwen3_5,  # noqa: F401
+    handlers_sam3,  # noqa: F401  (`tfprune>SAM3Attention`, ...)
     layers,
     magnitude,
     models,

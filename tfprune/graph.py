@@ -78,6 +78,7 @@ from tfprune import (
     handlers_inferred,
     handlers_keras_hub,
     handlers_multimodal,
+    handlers_sam3,
 )
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
@@ -726,6 +727,7 @@ _ONES = keras.ops.ones
 _PAD = keras.ops.pad
 _EINSUM = keras.ops.einsum
 _GET_ITEM = keras.KerasTensor.__getitem__
+_TILE = keras.ops.tile
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -974,6 +976,33 @@ def _traced_getitem(self, key):
         else:
             return _GET_ITEM(self, key)
     return handlers_diffusion.SliceToSizes(axis=axis, start=bounds[0], stop=bounds[1])(self, *sources)
+def _traced_tile(x, repeats):
+    """`keras.ops.tile` while a composite is traced: repeating axes of size 1 a traced number of times is a broadcast.
+
+    SAM 3 repeats its constant position encodings and queries over the
+    batch (`ops.tile(pos, (batch, 1, 1, 1))`) and its padding mask over the
+    sequence (`ops.tile(mask[:, None, None, :], (1, 1, length, 1))`).
+    Other tiles are left to `keras.ops.tile`.
+    """
+    entries = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats]
+    if not (_tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries)):
+        return _TILE(x, repeats)
+    sizes = _traced_shape(x) if isinstance(x, keras.KerasTensor) else tuple(keras.ops.shape(x))
+    if len(sizes) != len(entries):
+        return _TILE(x, repeats)
+    shape = []
+    for size, repeat in zip(sizes, entries):
+        if isinstance(repeat, (_TracedSize, _TracedBatch)):
+            if size != 1:
+                return _TILE(x, repeats)
+            shape.append(repeat)
+        elif repeat == 1:
+            shape.append(size)
+        elif _utils.is_integer(size):
+            shape.append(int(size) * int(repeat))
+        else:
+            return _TILE(x, repeats)
+    return _traced_broadcast_to(x, tuple(shape))
 
 
 class _UnknownReshape(ValueError):
@@ -1250,6 +1279,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.pad = _traced_pad
                 keras.ops.einsum = _traced_einsum
                 keras.KerasTensor.__getitem__ = _traced_getitem
+                keras.ops.tile = _traced_tile
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1264,6 +1294,7 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.pad = _PAD
                     keras.ops.einsum = _EINSUM
                     keras.KerasTensor.__getitem__ = _GET_ITEM
+                    keras.ops.tile = _TILE
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
 
@@ -1314,7 +1345,8 @@ def _traced(shadow, changed, fallback=None):
             _own_weights_as_layers(shadow, args, kwargs, own)
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
-            expected = shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))
+            spec = _declared_output_spec(shadow)
+            expected = spec(*args, **_accepted_by(spec, kwargs))
             why = None
             if not _same_specs(outputs, expected):
                 # A -1 worked out beside the traced batch size is what such a mismatch comes from.
@@ -1351,6 +1383,15 @@ def _traced(shadow, changed, fallback=None):
         return (None, why) if why is not None else (outputs, None)
 
     return call
+
+
+def _declared_output_spec(layer):
+    """`layer.compute_output_spec`, or tfprune's correction of a keras-hub layer's wrong one (`handlers_sam3`)."""
+    if type(layer).__module__.startswith("keras_hub."):
+        corrected = handlers_sam3.corrected_output_spec(layer)
+        if corrected is not None:
+            return corrected
+    return layer.compute_output_spec
 
 
 def _own_weights_as_layers(shadow, args, kwargs, replaced):

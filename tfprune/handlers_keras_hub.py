@@ -413,17 +413,17 @@ class _DenseProjectionHeads(Handler):
         if why is not None:
             return Freeze(f"'{layer.name}' {why}").trace(node, tracer)
         *inner, output = projections
-        hidden = tracer.channels(_first_input(node))
+        sources = self._projection_inputs(node, len(inner))
         heads = tracer.new_channels(num_heads, f"{layer.name}_heads")
         for channel in heads.tolist():
             tracer._heads[channel] = layer.name
         units = np.repeat(heads, head_dim)
-        for dense in inner:
+        for dense, source in zip(inner, sources):
             # Heads are scored on all the projections making them (`head_kernel`): the
             # first one carries the group's scored member, the others are sliced with it.
             role = "output" if dense is inner[0] else "param"
             parts = np.tile(units, dense.units // len(units))
-            tracer.use(layer, dense.kernel, 0, hidden, "input")
+            tracer.use(layer, dense.kernel, 0, tracer.channels(source), "input")
             tracer.use(layer, dense.kernel, -1, parts, role)
             tracer.use(layer, getattr(dense, "bias", None), 0, parts, role)
         tracer.use(layer, output.kernel, 0, units, "input")
@@ -433,6 +433,10 @@ class _DenseProjectionHeads(Handler):
         index = [id(weight) for weight in layer.weights].index(id(inner[0].kernel))
         self._layouts[layer.name] = (index, head_dim, inner[0].units // len(units))
         return [outputs]
+
+    def _projection_inputs(self, node, count):
+        """The tensor each of the `count` query/key/value projections reads: the call's first argument."""
+        return [_first_input(node)] * count
 
     def head_kernel(self, layer):
         """The projections making the heads, as `(coefficients, units)`: what magnitude criteria score.
@@ -690,12 +694,12 @@ def subclass_of(name):
     return _SUBCLASS_CLASSES[name]
 
 
-def _register_stand_in(name):
-    """Stands for `subclass_of(name)` in Keras's registry until it is made (a `.keras` file names `tfprune>name`)."""
+def _register_stand_in(name, make=None):
+    """Stands for `make(name)` (`subclass_of`) in Keras's registry until it is made (a `.keras` file names `tfprune>name`)."""
 
     def from_config(cls, config):
         try:
-            made = subclass_of(name)
+            made = (make or subclass_of)(name)
         except ImportError as error:
             raise ImportError(
                 f"Layer '{config.get('name', name)}' of this .keras file is tfprune's {name}, a subclass of "
@@ -711,14 +715,19 @@ for _name in _SUBCLASSES:
     _register_stand_in(_name)
 
 
-def __getattr__(name):
-    # `tfprune.handlers_keras_hub.DINOV3Attention` (how Keras finds the class of a saved layer).
-    if name in _SUBCLASSES:
+def _made_on_first_use(name, names, make, module):
+    """A module's `__getattr__`: the subclass `make(name)` for one of `names` (how Keras finds a saved layer's class)."""
+    if name in names:
         try:
-            return subclass_of(name)
+            return make(name)
         except ImportError as error:  # hasattr() must say False, not raise, without keras-hub
             raise AttributeError(f"{name} needs keras-hub, which is not installed") from error
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+def __getattr__(name):
+    # `tfprune.handlers_keras_hub.DINOV3Attention`.
+    return _made_on_first_use(name, _SUBCLASSES, subclass_of, __name__)
 
 
 _MOONSHINE_ATTENTION = ("keras_hub.src.models.moonshine.moonshine_multi_head_attention", "MoonshineMultiHeadAttention")

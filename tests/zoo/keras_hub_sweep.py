@@ -284,16 +284,16 @@ def _sam3(hub):
 
     return hub.models.SAM3PromptableConceptBackbone(
         vision_encoder=SAM3VisionEncoder(image_shape=(28, 28, 3), patch_size=14, num_layers=2, hidden_dim=16,
-                                         intermediate_dim=32, num_heads=2, fpn_hidden_dim=16,
+                                         intermediate_dim=32, num_heads=HEADS, fpn_hidden_dim=16,
                                          fpn_scale_factors=[4.0, 2.0, 1.0, 0.5], pretrain_image_shape=(42, 42, 3),
                                          window_size=2, global_attn_indexes=[1, 2]),
-        text_encoder=SAM3TextEncoder(vocabulary_size=VOCAB, embedding_dim=16, hidden_dim=16, num_layers=2, num_heads=2,
+        text_encoder=SAM3TextEncoder(vocabulary_size=VOCAB, embedding_dim=16, hidden_dim=16, num_layers=2, num_heads=HEADS,
                                      intermediate_dim=32),
-        geometry_encoder=SAM3GeometryEncoder(num_layers=2, hidden_dim=16, intermediate_dim=32, num_heads=2, roi_size=7),
-        detr_encoder=SAM3DetrEncoder(num_layers=2, hidden_dim=16, intermediate_dim=32, num_heads=2),
+        geometry_encoder=SAM3GeometryEncoder(num_layers=2, hidden_dim=16, intermediate_dim=32, num_heads=HEADS, roi_size=7),
+        detr_encoder=SAM3DetrEncoder(num_layers=2, hidden_dim=16, intermediate_dim=32, num_heads=HEADS),
         detr_decoder=SAM3DetrDecoder(image_shape=(28, 28, 3), patch_size=14, num_layers=2, hidden_dim=16,
-                                     intermediate_dim=32, num_heads=2, num_queries=8),
-        mask_decoder=SAM3MaskDecoder(num_upsampling_stages=3, hidden_dim=16, num_heads=2),
+                                     intermediate_dim=32, num_heads=HEADS, num_queries=8),
+        mask_decoder=SAM3MaskDecoder(num_upsampling_stages=3, hidden_dim=16, num_heads=HEADS),
     )  # fmt: skip
 
 
