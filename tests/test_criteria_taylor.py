@@ -182,3 +182,20 @@ def test_a_model_with_several_outputs_is_refused():
     x, y = labelled(model)
     with pytest.raises(ValueError, match="supports single-output models; model .* has 2 outputs"):
         tfprune.criteria.taylor(two, tfprune.graph.build(two), data=(x, y), loss=LOSS, verbose=0)
+
+
+def test_the_losss_reduction_and_per_example_weights_are_honoured():
+    model = conv_model()
+    x, y = labelled(model, count=8)
+    graph = tfprune.graph.build(model)
+    mean = tfprune.criteria.taylor(model, graph, data=(x, y), loss=LOSS, batch_size=8, verbose=0)
+    total = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    summed = tfprune.criteria.taylor(model, graph, data=(x, y), loss=total, batch_size=8, verbose=0)
+    # Weights 1 on the first two examples, 0 elsewhere: the mean loss of those two examples.
+    weight = np.zeros(8, "float32")
+    weight[:2] = 1.0
+    weighted = tfprune.criteria.taylor(model, graph, data=iter([(x, y, weight)]), loss=LOSS, verbose=0)
+    first_two = tfprune.criteria.taylor(model, graph, data=(x[:2], y[:2]), loss=LOSS, batch_size=2, verbose=0)
+    for name in mean:
+        np.testing.assert_allclose(summed[name], 8 * mean[name], rtol=1e-4)  # a sum over the 8 examples
+        np.testing.assert_allclose(weighted[name], first_two[name], rtol=1e-4, atol=1e-9)

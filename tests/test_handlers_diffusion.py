@@ -102,6 +102,14 @@ def test_slice_to_sizes_reads_the_bounds_when_it_runs():
     spec = operation.compute_output_spec(keras.KerasTensor((None, None, 3)), keras.KerasTensor((None, None)))
     assert tuple(spec.shape) == (None, None, 3)
     assert tuple(SliceToSizes(axis=1, stop=2).compute_output_spec(keras.KerasTensor((None, 4, 3))).shape) == (None, 2, 3)
+    # A known length sliced at a size read from an unknown axis has an unknown length (not the whole axis).
+    for bounds in ({"stop": [0, 1]}, {"start": [0, 1]}):
+        spec = SliceToSizes(axis=1, **bounds).compute_output_spec(
+            keras.KerasTensor((None, 10, 4)), keras.KerasTensor((None, None))
+        )
+        assert tuple(spec.shape) == (None, None, 4)
+    spec = SliceToSizes(axis=1, stop=[0, 1]).compute_output_spec(keras.KerasTensor((None, 10, 4)), keras.KerasTensor((2, 3)))
+    assert tuple(spec.shape) == (None, 3, 4)
 
 
 def test_docstring_examples():

@@ -169,5 +169,5 @@ def test_family_handlers_are_found_by_class_name_and_a_second_claim_is_refused()
     stand_in = type(key[1], (), {"__module__": key[0]})()  # a class of that module and name, keras-hub not imported
     assert handlers.handler_for(stand_in) is handlers_decoders.BY_CLASS[key]
     handlers.register_by_class_name({key: handlers_decoders.BY_CLASS[key]})  # the same handler again: accepted
-    with pytest.raises(ValueError, match=f"Two built-in handlers for class '{key[1]}'"):
+    with pytest.raises(ValueError, match=f"Two built-in handlers of different types for class '{key[1]}'"):
         handlers.register_by_class_name({key: handlers.Freeze("another")})

@@ -184,3 +184,12 @@ def test_docstring_examples():
 
     results = doctest.testmod(handlers_multimodal, extraglobs={"tfprune": tfprune, "keras": keras})
     assert results.attempted and not results.failed
+
+
+def test_pad_outside_a_trace_takes_every_form_keras_takes():
+    from tfprune import graph
+
+    x = np.arange(3, dtype="float32")
+    for pad_width in ((1, 2), [(1, 2)], ((1, 2),)):
+        expected = keras.ops.convert_to_numpy(keras.ops.pad(x, pad_width))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(graph._traced_pad(x, pad_width)), expected)

@@ -75,6 +75,28 @@ def test_prune_low_magnitude_refuses_str_layers_unless_skipped():
         tfprune.prune_low_magnitude(model, tfprune.ConstantSparsity(0.5))
     wrapped = tfprune.prune_low_magnitude(tfprune.strip(model), tfprune.ConstantSparsity(0.5))
     assert len(tfprune.magnitude.pruning_wrappers(wrapped)) == 3
+    # An STR layer left out with `skip` is kept as it is; the plain layers beside it are wrapped.
+    inputs = keras.Input((6, 6, 2))
+    x = tfprune.layers.STRConv2D(4, 1, name="str")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    mixed = keras.Model(inputs, keras.layers.Dense(3, name="plain")(x))
+    wrapped = tfprune.prune_low_magnitude(mixed, tfprune.ConstantSparsity(0.5), skip=("str",))
+    assert [layer.name for layer in tfprune.magnitude.pruning_wrappers(wrapped)] == ["plain"]
+    assert isinstance(wrapped.get_layer("str"), tfprune.layers.STRConv2D)
+
+
+def test_sensitivity_of_an_str_model_strips_it_as_prune_does():
+    model = _str_model()
+    x = _sample()
+    reference = tfprune.strip(model).predict(x, verbose=0)
+
+    def distance(candidate):
+        return -float(np.abs(candidate.predict(x, verbose=0) - reference).mean())
+
+    on_str = tfprune.sensitivity(model, (x, None), rates=(0.5,), evaluate=distance)
+    on_stripped = tfprune.sensitivity(tfprune.strip(model), (x, None), rates=(0.5,), evaluate=distance)
+    assert on_str.values == on_stripped.values and on_str.values
+    assert on_str.baseline == on_stripped.baseline == 0.0
 
 
 def test_cli_prunes_the_zero_filters_of_an_str_model_without_a_rate(tmp_path, capsys):

@@ -892,9 +892,9 @@ def _traced_broadcast_to(x, shape):
 
 def _traced_pad(x, pad_width, mode="constant", constant_values=None):
     """`keras.ops.pad` while a composite is traced: a pad of `size - own size` makes an axis of `x` that size when the model runs."""
-    pairs = [list(pair) for pair in pad_width] if isinstance(pad_width, (list, tuple)) else None
-    if not (_tracing_here() and pairs and _holds_marker(pairs)):
+    if not (_tracing_here() and _holds_marker(pad_width)):  # any pad Keras takes, in any thread
         return _PAD(x, pad_width, mode=mode, constant_values=constant_values)
+    pairs = [list(pair) if isinstance(pair, (list, tuple)) else [pair] for pair in pad_width]
     sources, widths = [], []
     for axis, pair in enumerate(pairs):
         sides = []

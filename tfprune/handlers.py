@@ -374,16 +374,23 @@ def register_by_class_name(table):
         table: Dict `(module name, class name) -> Handler`.
 
     Raises:
-        ValueError: If a key already has another handler (two family
-            modules claiming one class).
+        ValueError: If a key already has a handler of another type (two
+            family modules claiming one class). One of the same type
+            replaces it (a family module imported again).
 
     Example:
 
     >>> register_by_class_name({("my_package.layers", "Mixer"): Freeze("Mixer mixes channels")})
+    >>> handler_for(type("Mixer", (), {"__module__": "my_package.layers"})()).reason
+    'Mixer mixes channels'
+    >>> del _BY_CLASS_NAME[("my_package.layers", "Mixer")]
     """
     for key, handler in table.items():
-        if _BY_CLASS_NAME.get(key, handler) is not handler:
-            raise ValueError(f"Two built-in handlers for class {key[1]!r} of module {key[0]!r}.")
+        if type(_BY_CLASS_NAME.get(key, handler)) is not type(handler):
+            raise ValueError(
+                f"Two built-in handlers of different types for class {key[1]!r} of module {key[0]!r}; "
+                "for a handler of your own use `tfprune.graph.register_handler`, which takes precedence."
+            )
         _BY_CLASS_NAME[key] = handler
 
 
@@ -458,7 +465,7 @@ class _TrainingLayer(Handler):
         raise ValueError(
             f"Layer '{layer.name}' ({type(layer).__name__}) is a tfprune training layer whose sparsity depends "
             "on its whole kernel, so its channels cannot be removed in place: call `tfprune.strip(model)` first "
-            "(`tfprune.prune` does it for you)."
+            "(`tfprune.prune` and `tfprune.sensitivity` strip by themselves)."
         )
 
 

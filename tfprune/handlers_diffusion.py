@@ -76,11 +76,12 @@ class SliceToSizes(keras.Operation):
     def compute_output_spec(self, x, *sources):
         shape = list(x.shape)
         axis = self.axis % len(shape)
-        bounds = self._key(len(shape), sources, lambda tensor: tensor.shape)[-1]
-        known = shape[axis] is not None and all(
-            bound is None or isinstance(bound, int) for bound in (bounds.start, bounds.stop)
+        # A bound read from a source axis of unknown size is unknown, not "to the end".
+        unknown = any(
+            isinstance(bound, list) and sources[bound[0]].shape[bound[1]] is None for bound in (self.start, self.stop)
         )
-        shape[axis] = len(range(shape[axis])[bounds]) if known else None
+        bounds = self._key(len(shape), sources, lambda tensor: tensor.shape)[-1]
+        shape[axis] = None if unknown or shape[axis] is None else len(range(shape[axis])[bounds])
         return keras.KerasTensor(tuple(shape), dtype=x.dtype)
 
     def get_config(self):

@@ -1291,7 +1291,7 @@ def sensitivity(
     >>> # result.values["expanded_conv_1_expand"]
     """
     require_graph_model(model, "tfprune.sensitivity")
-    model = _inlined(model)
+    model = _stripped(_inlined(model))
     if not all(is_number(rate) and 0 <= rate < 1 for rate in rates):
         raise ValueError(f"Every rate must be a number in [0, 1). Received: rates={rates!r}")
     rates = tuple(float(rate) for rate in rates)

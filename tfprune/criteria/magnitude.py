@@ -266,11 +266,12 @@ str_zero_filters = from_layer_scores(_nonzero_filters, combine="mean")
 str_zero_filters.__doc__ = (
     """0 for channels whose every producer filter is zero, else > 0.
 
-STR layers in `mode="channel"` expose their zero filters with `zero_filters()`;
-for plain layers (such as the output of `tfprune.strip`) a filter whose
-kernel is all zeros counts as zero. The score is the share of the group's
-producers whose filter is not zero. `prune(criterion="str_zero_filters", threshold=0.0)`
-removes exactly the zero channels.
+A filter whose kernel is all zeros counts as zero: the filters channel-mode
+STR drove to zero are such filters once the model is stripped, and
+`tfprune.prune` strips STR layers before it scores (a channel graph is
+built on plain layers only). The score is the share of the group's
+producers whose filter is not zero. `prune(model, "str_zero_filters")`
+takes no rate and removes exactly the zero channels (threshold 0).
 """
     + _CRITERION_ARGUMENTS
     + "Example:\n"

@@ -58,7 +58,7 @@ def _loss_function(model, loss):
         ) from None
     if not callable(function):
         raise ValueError(f"{_CALLER}: `loss` must be a loss name or a callable. Received: loss={loss!r}")
-    return function.call if isinstance(function, keras.losses.Loss) else function
+    return function
 
 
 def _is_causal_lm(model):
@@ -99,12 +99,32 @@ def next_token_labels(inputs):
     return labels, weight
 
 
-def _weighted_mean(values, weight):
-    """The mean of per-element losses, weighted by `weight` where it matches their shape."""
-    if weight is None or len(values.shape) != weight.ndim:
-        return keras.ops.mean(values)
-    weight = keras.ops.cast(weight, values.dtype)
-    return keras.ops.sum(values * weight) / keras.ops.maximum(keras.ops.sum(weight), 1e-12)
+def _weighted_mean(function, y, prediction, weight):
+    """The batch's loss: per-element values in float32, weighted by `weight`, then reduced.
+
+    A `keras.losses.Loss` gives its per-element values through `call`; they
+    are summed for `reduction="sum"` and otherwise averaged over the
+    weights (a mean over real tokens for padding weights). A weight with
+    fewer axes than the values (one per example) applies to every element
+    of its example.
+    """
+    values = function.call(y, prediction) if isinstance(function, keras.losses.Loss) else function(y, prediction)
+    values = keras.ops.cast(values, "float32")
+    if weight is None:
+        weight = keras.ops.ones_like(values)
+    else:
+        weight = np.asarray(weight, "float32")
+        weight = weight.reshape(weight.shape + (1,) * max(0, len(values.shape) - weight.ndim))
+        if weight.ndim != len(values.shape):
+            raise ValueError(
+                f"{_CALLER}: sample weights of shape {weight.shape} do not match the loss's values of shape "
+                f"{tuple(values.shape)}; give one weight per example or per loss value."
+            )
+        weight = keras.ops.broadcast_to(keras.ops.convert_to_tensor(weight), keras.ops.shape(values))
+    total = keras.ops.sum(values * weight)
+    if getattr(function, "reduction", None) == "sum":
+        return total
+    return total / keras.ops.maximum(keras.ops.sum(weight), 1e-12)
 
 
 def _consumer_members(group):
@@ -206,7 +226,7 @@ def taylor(model, graph, data=None, seed=None, loss=None, num_batches=None, batc
     for x, y, weight in batches:
 
         def batch_loss(x=x, y=y, weight=weight):
-            return _weighted_mean(function(y, model(x, training=False)), weight)
+            return _weighted_mean(function, y, model(x, training=False), weight)
 
         value, gradients = _gradients.loss_gradients(batch_loss, variables)
         if not np.isfinite(value):
