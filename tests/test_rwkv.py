@@ -171,3 +171,13 @@ def test_pruned_model_exports_to_litert_for_any_length(tmp_path):
     assert report.max_abs_error < 1e-4
     assert [list(entry["shape"]) for entry in report.inputs] == [[-1, -1]] * 2  # any batch, any length
     assert "WHILE" in report.ops  # the recurrence, one loop
+
+
+def test_loading_a_saved_rwkv_mix_without_keras_hubs_class_says_to_install_it(monkeypatch):
+    from tfprune import handlers_rwkv
+
+    monkeypatch.setitem(handlers_rwkv._CLASSES, "RWKV7TimeMix", None)  # as when keras-hub lacks RWKV-7
+    handlers_rwkv._deferred("RWKV7TimeMix")  # the stand-in a fresh process registers at import (delegates later)
+    stand_in = keras.saving.get_registered_object("tfprune>RWKV7TimeMix")
+    with pytest.raises(ImportError, match=r"keras-hub's RWKV7TimeMix \(RWKV-7\).*pip install keras-hub"):
+        stand_in.from_config({})

@@ -406,7 +406,13 @@ def _deferred(name):
     """Registers a stand-in under `tfprune>name` (Keras finds a saved layer's class by that name only)."""
 
     def from_config(cls, config):
-        return tfprune_class(name).from_config(config)
+        made = tfprune_class(name)
+        if made is None:
+            raise ImportError(
+                f"This model holds tfprune's copy of keras-hub's {name} (RWKV-7), which needs keras-hub with "
+                "RWKV-7: install keras-hub (`pip install keras-hub`) to load it."
+            )
+        return made.from_config(config)
 
     stand_in = type(f"_Deferred{name}", (), {"from_config": classmethod(from_config), "get_config": lambda self: {}})
     keras.saving.register_keras_serializable(package="tfprune", name=name)(stand_in)
