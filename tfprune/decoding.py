@@ -20,10 +20,13 @@ The attention layers are given a causal mask over the cache (query `i`
 of the call sees cache positions up to `cache_update_index + i`, as
 keras-hub's `compute_causal_mask` does) instead of the mask the traced
 block computed for the full sequence; layers whose `call` takes a
-`start_index` (position embeddings) start at `cache_update_index`.
+`start_index` (position embeddings) start at `cache_update_index`, and a
+`position_ids` input (Gemma 4) is given the tokens' positions.
 Rotary embeddings, computed inside keras-hub's attention layers, follow
-the cache index there. A block that adds its own terms to the mask
-(Mistral's sliding window) is not reproduced: decode within its window.
+the cache index there. Gemma 4's sliding window, which its block adds to
+the mask, is added to the cache's mask of its local attention layers; a
+block that adds other terms to the mask (Mistral's sliding window) is
+not reproduced: decode within its window.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
 (`build_cache` finds no attention layer in them and says so).
@@ -159,12 +162,15 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
     token_ids = keras.ops.convert_to_tensor(token_ids, dtype="int32")
     length = keras.ops.shape(token_ids)[1]
     values = {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)}
+    # Gemma 4 takes the tokens' positions (its rotary embeddings read them).
+    positions = keras.ops.arange(length, dtype="int32") + keras.ops.cast(cache_update_index, "int32")
+    values["position_ids"] = keras.ops.broadcast_to(positions[None], keras.ops.shape(token_ids))
     inputs = []
     for tensor in functional.inputs:
         name = tensor._keras_history.operation.name
         if name not in values:
             raise ValueError(
-                f"tfprune.decoding runs models whose inputs are token_ids and padding_mask; model "
+                f"tfprune.decoding runs models whose inputs are token_ids, padding_mask and position_ids; model "
                 f"'{model.name}' also takes '{name}'."
             )
         inputs.append(values[name])
@@ -182,10 +188,14 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
             layer_cache = cache[layer.name]
             mask = _causal_mask(keras.ops.shape(token_ids)[0], length, keras.ops.shape(layer_cache)[2],
                                 cache_update_index)  # fmt: skip
+            if getattr(handlers.handler_for(layer), "window_from_block", False) and layer.use_sliding_window_attention:
+                # Gemma 4's block, not its attention layer, narrows the mask to the sliding window.
+                mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
             kwargs = {**kwargs, "attention_mask": mask, "cache": layer_cache, "cache_update_index": cache_update_index}
             kwargs.pop("training", None)
             output, updated[layer.name] = layer(*args, **kwargs)
-            return output
+            # A layer that returns its cache even without one (Gemma 4) has two outputs in the graph.
+            return (output, updated[layer.name]) if len(layer._inbound_nodes[0].outputs) == 2 else output
 
         return call
 

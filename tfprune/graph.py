@@ -714,6 +714,7 @@ _SHAPE = keras.ops.shape
 _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
 _ONES = keras.ops.ones
+_MATMUL = keras.ops.matmul
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -870,6 +871,46 @@ def _traced_ones(shape, dtype=None):
     if _tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries):
         return _traced_broadcast_to(_ONES((), dtype=dtype), shape)
     return _ONES(shape, dtype=dtype)
+
+
+_KERNEL_LAYERS = {}  # id of a kernel -> the sub-layer of a traced composite that holds it (`_traced_matmul`)
+
+
+def _kernel_layers(shadow):
+    """The Dense / EinsumDense sub-layers of `shadow` whose call is `x @ kernel`, by the id of their kernel."""
+    found = {}
+    for value in vars(shadow).values():
+        if not isinstance(value, (keras.layers.Dense, keras.layers.EinsumDense)) or not value.built:
+            continue
+        kernel = getattr(value, "_kernel", None)
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2 or value.quantization_mode:
+            continue
+        if getattr(value, "bias", None) is not None or value.activation not in (None, keras.activations.linear):
+            continue
+        if isinstance(value, keras.layers.EinsumDense):
+            inputs, _, output = value.equation.partition("->")
+            source, _, weights = inputs.partition(",")
+            if len(weights) != 2 or source[-1:] != weights[0] or output != source[:-1] + weights[1]:
+                continue
+        found[id(kernel)] = value
+    return found
+
+
+def _traced_matmul(x1, x2):
+    """`keras.ops.matmul` while a composite is traced: `x @ layer.kernel` is recorded as a call of that layer.
+
+    Gemma 4's decoder block multiplies by its MLP layers' kernels directly
+    (`ops.matmul(x, self.gating_ffw.kernel)`); recorded as a product with a
+    constant, the kernel would be no weight of the new model. The layer
+    computes the same product (no bias, no activation), and its call is a
+    layer tfprune can slice.
+    """
+    layer = _KERNEL_LAYERS.get(id(x2)) if _tracing_here() and isinstance(x2, keras.Variable) else None
+    if layer is not None and isinstance(x1, keras.KerasTensor):
+        rank = len(layer.equation.partition(",")[0]) if isinstance(layer, keras.layers.EinsumDense) else None
+        if rank is None or rank == len(x1.shape):
+            return layer(x1)
+    return _MATMUL(x1, x2)
 
 
 class _UnknownReshape(ValueError):
@@ -1119,6 +1160,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.arange = _traced_arange
                 keras.ops.broadcast_to = _traced_broadcast_to
                 keras.ops.ones = _traced_ones
+                keras.ops.matmul = _traced_matmul
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1130,8 +1172,10 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.arange = _ARANGE
                     keras.ops.broadcast_to = _BROADCAST_TO
                     keras.ops.ones = _ONES
+                    keras.ops.matmul = _MATMUL
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
+                    _KERNEL_LAYERS.clear()
 
     def as_one_unit(*args, **kwargs):
         if fallback is not None:
@@ -1178,6 +1222,7 @@ def _traced(shadow, changed, fallback=None):
         outputs = None
         try:
             _own_weights_as_layers(shadow, args, kwargs, own)
+            _KERNEL_LAYERS.update(_kernel_layers(shadow))
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             expected = shadow.compute_output_spec(*args, **_accepted_by(shadow.compute_output_spec, kwargs))

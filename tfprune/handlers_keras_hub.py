@@ -12,7 +12,7 @@ import types
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers, handlers_decoders
+from tfprune import _utils, handlers, handlers_decoders, handlers_gemma
 from tfprune.handlers import (
     Freeze,
     Handler,
@@ -914,7 +914,8 @@ def inlined_with_own_weights(layer):
     >>> inlined_with_own_weights(object())
     False
     """
-    return (type(layer).__module__, type(layer).__name__) in INLINED_WITH_OWN_WEIGHTS
+    key = (type(layer).__module__, type(layer).__name__)
+    return key in INLINED_WITH_OWN_WEIGHTS or key in handlers_gemma.INLINED_WITH_OWN_WEIGHTS
 
 
 def handler_for(operation):
@@ -934,7 +935,7 @@ def handler_for(operation):
     from tfprune import handlers_decoders  # imports tfprune.handlers, as this module does
 
     key = (type(operation).__module__, type(operation).__name__)
-    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key)
+    return _BY_CLASS.get(key) or handlers_decoders.BY_CLASS.get(key) or handlers_gemma.BY_CLASS.get(key)
 
 
 # ---------------------------------------------------------------- layers whose constructor takes no base arguments
