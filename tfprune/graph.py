@@ -68,7 +68,14 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune import _batch_axis, _utils, handlers, handlers_decoders, handlers_inferred
+from tfprune import (
+    _batch_axis,
+    _utils,
+    handlers,
+    handlers_decoders,
+    handlers_gemma,
+    handlers_inferred,
+)
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -663,7 +670,15 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
 
 
 def _adjusted_ranks(functional, inputs):
-    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it."""
+    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it.
+
+    A dict given to a model whose inputs are a list (Gemma 3n's backbone) is
+    taken by input name, as `Functional.call` does, not in key order.
+    """
+    if isinstance(inputs, dict) and not isinstance(functional._inputs_struct, dict):
+        names = [_tensor_name(tensor) for tensor in functional.inputs]
+        if set(names) <= set(inputs):
+            inputs = [inputs[name] for name in names]
     flat = keras.tree.flatten(inputs)
     if len(flat) != len(functional.inputs):
         return inputs
@@ -715,6 +730,8 @@ _ARANGE = keras.ops.arange
 _BROADCAST_TO = keras.ops.broadcast_to
 _ONES = keras.ops.ones
 _MATMUL = keras.ops.matmul
+_MULTIPLY_OPERATION = handlers_decoders._MULTIPLY
+_MULTIPLY_SYMBOLIC_CALL = _MULTIPLY_OPERATION.symbolic_call
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -839,14 +856,21 @@ def _traced_arange(start, stop=_NO_STOP, step=None, dtype=None):
 def _traced_broadcast_to(x, shape):
     """`keras.ops.broadcast_to` while a composite is traced: traced sizes in `shape` are read when the model runs."""
     entries = list(shape) if isinstance(shape, (list, tuple)) else [shape]
-    markers = [size for size in entries if isinstance(size, (_TracedSize, _TracedBatch))]
-    if not (_tracing_here() and markers):
+    if not (_tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries)):
         return _BROADCAST_TO(x, shape)
-    if any(marker.source is None for marker in markers):
-        raise TypeError("a broadcast to a size unknown while traced cannot be recorded")
+    sizes, sources = _sizes_read_when_run(entries, "a broadcast")
+    if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
+        x = keras.ops.convert_to_tensor(x)
+    return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+
+
+def _sizes_read_when_run(entries, what):
+    """`(sizes, sources)` of `BroadcastToSizes` for a shape holding traced sizes: `[i, axis]` of `sources[i]`, or ints."""
     sources, sizes = [], []
     for size in entries:
         if isinstance(size, (_TracedSize, _TracedBatch)):
+            if size.source is None:
+                raise TypeError(f"{what} to a size unknown while traced cannot be recorded")
             index = next((i for i, source in enumerate(sources) if source is size.source), None)
             if index is None:
                 sources.append(size.source)
@@ -855,10 +879,8 @@ def _traced_broadcast_to(x, shape):
         elif _utils.is_integer(size):
             sizes.append(int(size))
         else:
-            raise TypeError(f"a broadcast to a shape holding {size!r} cannot be recorded")
-    if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
-        x = keras.ops.convert_to_tensor(x)
-    return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+            raise TypeError(f"{what} to a shape holding {size!r} cannot be recorded")
+    return sizes, sources
 
 
 def _traced_ones(shape, dtype=None):
@@ -913,6 +935,22 @@ def _traced_matmul(x1, x2):
     return _MATMUL(x1, x2)
 
 
+def _dense_multiply_call(self, x1, x2):
+    """`x * c` while a composite is traced: recorded as a `DenseMultiply` when Keras marks it sparse (see `_dense_unless_sparse_input`).
+
+    Gemma 3n's scaled word embedding multiplies by a constant in its `call`;
+    traced, the product would be marked sparse where the layer's own output
+    spec is dense, and the trace refused.
+    """
+    outputs = _MULTIPLY_SYMBOLIC_CALL(self, x1, x2)
+    if not _tracing_here() or type(self) is not _MULTIPLY_OPERATION or not getattr(outputs, "sparse", False):
+        return outputs
+    tensors = [value for value in (x1, x2) if isinstance(value, keras.KerasTensor)]
+    if tensors and not any(tensor.sparse for tensor in tensors):
+        return handlers_decoders.DenseMultiply(name=self.name)(x1, x2)
+    return outputs
+
+
 class _UnknownReshape(ValueError):
     """A traced reshape whose target sizes are only known when the model runs."""
 
@@ -933,6 +971,12 @@ def _static_reshape_call(self, x, *args, **kwargs):
         return _RESHAPE_SYMBOLIC_CALL(self, x, *args, **kwargs)
     newshape = _batch_free_shape(x, self.newshape)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
+        markers = [size for size in newshape if isinstance(size, (_TracedSize, _TracedBatch))]
+        if len(markers) == sum(_unknown(size) for size in newshape) and all(marker.source is not None for marker in markers):
+            # Every unknown size is an axis of a tensor of the graph (Gemma 3n's `reshape(x,
+            # shape(ids) + (layers, width))`): read from it when the model runs.
+            sizes, sources = _sizes_read_when_run(newshape, "a reshape")
+            return handlers_gemma.ReshapeToSizes(sizes=sizes)(x, *sources)
         # A reshape to sizes only known when it runs: recorded, it could not run.
         raise _UnknownReshape(
             f"its call reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or "
@@ -1161,6 +1205,7 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.broadcast_to = _traced_broadcast_to
                 keras.ops.ones = _traced_ones
                 keras.ops.matmul = _traced_matmul
+                _MULTIPLY_OPERATION.symbolic_call = _dense_multiply_call
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1173,6 +1218,7 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.broadcast_to = _BROADCAST_TO
                     keras.ops.ones = _ONES
                     keras.ops.matmul = _MATMUL
+                    _MULTIPLY_OPERATION.symbolic_call = _MULTIPLY_SYMBOLIC_CALL
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
                     _KERNEL_LAYERS.clear()
@@ -1335,14 +1381,14 @@ def _branches_on_training(shadow, args, kwargs, outputs):
 
 
 def _reads_sizes(args, kwargs, outputs):
-    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`).
+    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`, `ReshapeToSizes`).
 
     A trace that used markers without recording one of them made
     constants of them (`ops.ones((length, length))` builds an empty array):
     it is redone without markers, as every trace was before them.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    return bool({"SizeRange", "BroadcastToSizes"} & set(_operations_between(inputs, outputs)))
+    return bool({"SizeRange", "BroadcastToSizes", "ReshapeToSizes"} & set(_operations_between(inputs, outputs)))
 
 
 def _records_a_marker(args, kwargs, outputs):
