@@ -169,3 +169,14 @@ def test_a_nested_model_with_list_inputs_given_a_dict_is_inlined_by_input_name()
     values = {"token": np.ones((1, 3), "float32"), "mask": np.full((1, 3), 5.0, "float32")}
     flat = tfprune.graph.flatten(model)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(flat(values)), keras.ops.convert_to_numpy(model(values)))
+
+
+def test_gemma3n_pruned_causal_lm_decodes_with_a_cache():
+    model = _gemma3n()
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="heads")
+    tokens = _tokens(3)
+    full = _logits(pruned, {"token_ids": tokens, "padding_mask": np.ones_like(tokens, dtype=bool)})
+    _, cache = tfprune.decoding.build_cache(pruned, tokens, max_length=LENGTH)
+    assert {tuple(value.shape) for value in cache.values()} == {(2, 2, 2, LENGTH, 8)}  # key/value heads kept
+    # 7 tokens: past the sliding window of 4, which the attention layer applies to its cache itself.
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), full, atol=1e-4)

@@ -27,6 +27,8 @@ the cache index there. Gemma 4's sliding window, which its block adds to
 the mask, is added to the cache's mask of its local attention layers; a
 block that adds other terms to the mask (Mistral's sliding window) is
 not reproduced: decode within its window.
+Gemma 3n's attention layers, which lay their cache out `(batch, 2,
+key/value heads, length, head width)`, are given caches of that layout.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
 (`build_cache` finds no attention layer in them and says so).
@@ -77,6 +79,9 @@ def _key_projection(layer):
 def _cache_shape(layer, batch_size, max_length):
     """`(batch, 2, max_length, key/value heads, head width)`: keras-hub's cache of one attention layer."""
     key = _key_projection(layer)
+    own = getattr(handlers.handler_for(layer), "cache_shape", None)  # a layer laying its cache out otherwise
+    if own is not None:
+        return own(layer, batch_size, max_length)
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads, width = layer.num_heads, layer.key_dim
     else:
@@ -173,7 +178,7 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
                 f"tfprune.decoding runs models whose inputs are token_ids, padding_mask and position_ids; model "
                 f"'{model.name}' also takes '{name}'."
             )
-        inputs.append(values[name])
+        inputs.append(keras.ops.cast(values[name], tensor.dtype))  # Gemma 3n's padding mask is boolean
     updated = dict(cache)
 
     def operation_fn(operation):
@@ -186,16 +191,22 @@ def call_with_cache(model, token_ids, cache, cache_update_index):
     def _cached(layer):
         def call(*args, **kwargs):
             layer_cache = cache[layer.name]
-            mask = _causal_mask(keras.ops.shape(token_ids)[0], length, keras.ops.shape(layer_cache)[2],
+            axis = getattr(handlers.handler_for(layer), "cache_length_axis", 2)  # the cache's positions
+            mask = _causal_mask(keras.ops.shape(token_ids)[0], length, keras.ops.shape(layer_cache)[axis],
                                 cache_update_index)  # fmt: skip
             if getattr(handlers.handler_for(layer), "window_from_block", False) and layer.use_sliding_window_attention:
                 # Gemma 4's block, not its attention layer, narrows the mask to the sliding window.
                 mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
-            kwargs = {**kwargs, "attention_mask": mask, "cache": layer_cache, "cache_update_index": cache_update_index}
-            kwargs.pop("training", None)
-            output, updated[layer.name] = layer(*args, **kwargs)
-            # A layer that returns its cache even without one (Gemma 4) has two outputs in the graph.
-            return (output, updated[layer.name]) if len(layer._inbound_nodes[0].outputs) == 2 else output
+            # The arguments by name (Gemma 3n passes its mask by position), the first one kept by position.
+            arguments = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+            first = arguments.pop(next(iter(arguments)))
+            arguments.update(attention_mask=mask, cache=layer_cache, cache_update_index=cache_update_index)
+            arguments.pop("training", None)
+            results = layer(first, **arguments)
+            updated[layer.name] = results[-1]
+            # A layer that returns its cache even without one (Gemma 4) or its attention weights too
+            # (Gemma 3n) has as many outputs in the graph: its call with a cache gives them in that order.
+            return results[0] if len(layer._inbound_nodes[0].outputs) == 1 else results
 
         return call
 

@@ -243,6 +243,7 @@ class _Gemma3nAttention(_GemmaAttention):
 
     description = "q_proj, k_proj, v_proj and o_proj Dense"
     _projection_type = keras.layers.Dense
+    cache_length_axis = 3  # its cache is laid out (batch, 2, key/value heads, length, head width)
 
     def __init__(self):
         super().__init__(("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -277,6 +278,21 @@ class _Gemma3nAttention(_GemmaAttention):
         weights = [id(weight) for weight in layer.weights]
         self._layouts[layer.name] = (weights.index(id(query.kernel)), weights.index(id(key.kernel)), width)
         return results
+
+    @staticmethod
+    def cache_shape(layer, batch_size, max_length):
+        """`(batch, 2, key/value heads, max_length, head width)`: the layer's key/value cache (`tfprune.decoding`).
+
+        Args:
+            layer: A Gemma 3n text attention layer.
+            batch_size: Int.
+            max_length: Int. Positions in the cache.
+
+        Returns:
+            Tuple of ints.
+        """
+        width = int(layer.head_dim)
+        return (batch_size, 2, int(layer.k_proj.units) // width, max_length, width)
 
     def head_kernel(self, layer):
         """The query kernel as `(coefficients, query columns)`, each column holding its whole head's weights.
