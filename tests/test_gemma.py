@@ -92,6 +92,18 @@ def test_gemma4_whole_key_value_groups_are_removed_in_groups_mode():
     np.testing.assert_allclose(_logits(pruned, inputs), _logits(model, inputs), atol=1e-5)
 
 
+def test_gemma4_hidden_width_shrinks_past_the_block_scalar_and_decodes(tmp_path):
+    model = _gemma4()
+    pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="hidden", round_to=1)
+    assert tuple(pruned.get_layer("token_embedding").embeddings.shape) == (VOCAB, 8)  # the vocabulary stays
+    inputs = _gemma4_inputs(_tokens(4))
+    full = _logits(pruned, inputs)
+    assert full.shape == (2, LENGTH, VOCAB)
+    np.testing.assert_allclose(decode_step_by_step(pruned, inputs["token_ids"]), full, atol=1e-4)
+    pruned.save(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), inputs), full, atol=1e-6)
+
+
 # ---------------------------------------------------------------- Gemma 3n
 
 
