@@ -13,6 +13,18 @@ its key/value cache as a second output, which nothing reads in a model
 without KV sharing. Its heads follow the `gqa` mode of
 `tfprune.handlers_decoders`. Layers that reuse another layer's keys and
 values (KV sharing, Gemma 4 E2B/E4B) are kept whole.
+
+Gemma 3n's backbone computes its token and per-layer embeddings in a
+multimodal embedding processor that reshapes them to `shape(token_ids) +
+(layers, width)`; traced, that reshape reads its sizes from the token ids
+when the model runs (`ReshapeToSizes`), so the processor and the text
+model inline, with their AltUp, Laurel and per-layer-input layers. Its
+attention layer (`Gemma3nTextAttention`: Dense projections with the heads
+flattened, three outputs) prunes its query heads within key/value groups
+(or whole groups), and its MLP units prune as Dense units. Its hidden width
+stays: AltUp rescales its predictions by their root mean square, a mean
+over the hidden channels computed with `keras.ops`, which every channel
+changes.
 """
 
 import functools
