@@ -77,3 +77,15 @@ def assert_dead_channels_leave_no_trace(model, group, channels, x, tmp_path, rol
     for got, want in zip(all_outputs(reloaded, x), all_outputs(small, x)):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     return small
+
+
+def decode_step_by_step(model, tokens, prompt=3):
+    """The logits of a pruned causal LM run through `tfprune.decoding`: the prompt, then one token at a time."""
+    import tfprune
+
+    logits, cache = tfprune.decoding.build_cache(model, tokens[:, :prompt], max_length=tokens.shape[1])
+    steps = [keras.ops.convert_to_numpy(logits)]
+    for index in range(prompt, tokens.shape[1]):
+        logits, cache = tfprune.decoding.call_with_cache(model, tokens[:, index : index + 1], cache, index)
+        steps.append(keras.ops.convert_to_numpy(logits))
+    return np.concatenate(steps, axis=1)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from surgery_helpers import decode_step_by_step
 
 import tfprune
 
@@ -140,7 +141,7 @@ def test_pruned_causal_lm_decodes_with_a_cache_and_reloads(family, tmp_path):
     assert full.shape == (2, LENGTH, VOCAB)  # the vocabulary never shrinks
     _, cache = tfprune.decoding.build_cache(pruned, tokens, max_length=LENGTH)
     assert {tuple(value.shape) for value in cache.values()} == {(2, 2, LENGTH, 2, 8)}
-    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), full, atol=1e-4)
 
     path = tmp_path / "pruned.keras"
     pruned.save(path)
@@ -148,15 +149,6 @@ def test_pruned_causal_lm_decodes_with_a_cache_and_reloads(family, tmp_path):
     np.testing.assert_allclose(_logits(reloaded, tokens), full, atol=1e-6)
     logits, _ = tfprune.decoding.build_cache(reloaded, tokens, max_length=LENGTH)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full, atol=1e-4)
-
-
-def _decode_step_by_step(model, tokens, prompt=3):
-    logits, cache = tfprune.decoding.build_cache(model, tokens[:, :prompt], max_length=tokens.shape[1])
-    steps = [keras.ops.convert_to_numpy(logits)]
-    for index in range(prompt, tokens.shape[1]):
-        logits, cache = tfprune.decoding.call_with_cache(model, tokens[:, index : index + 1], cache, index)
-        steps.append(keras.ops.convert_to_numpy(logits))
-    return np.concatenate(steps, axis=1)
 
 
 def test_pruned_gpt2_decodes_with_a_cache_and_learned_positions():
@@ -169,7 +161,7 @@ def test_pruned_gpt2_decodes_with_a_cache_and_learned_positions():
     tokens = _tokens(2)
     pruned, _ = tfprune.prune(model, "l1", rate=0.5, targets="all", round_to=1)
     assert [layer.num_heads for layer in tfprune.decoding.attention_layers(pruned)] == [2, 2]
-    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
 
 
 def test_hidden_width_shrinks_through_rms_norms_and_the_embedding_but_not_the_vocabulary():
@@ -335,7 +327,7 @@ def test_pruned_mixtral_decodes_with_a_cache():
     tokens = _tokens(4)
     pruned, result = tfprune.prune(model, "l1", rate=0.5, round_to=1)
     assert {group.name: group.after for group in result.groups}["transformer_layer_0_mixtral_sparse_moe_block_experts"] == 8
-    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), _logits(pruned, tokens), atol=1e-4)
 
 
 def test_gpt_neo_x_fused_query_key_value_loses_dead_heads_and_reloads(tmp_path):
@@ -423,7 +415,7 @@ def test_gpt_oss_loses_dead_heads_with_their_attention_sinks_and_decodes_with_a_
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.sinks), sinks[[0, 3]])
     full = _logits(pruned, tokens)
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
-    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), full, atol=1e-4)
     pruned.save(tmp_path / "pruned.keras")
     np.testing.assert_allclose(_logits(keras.saving.load_model(tmp_path / "pruned.keras"), tokens), full, atol=1e-6)
 
@@ -443,4 +435,4 @@ def test_qwen3_moe_loses_dead_query_heads_and_decodes_with_a_cache():
     assert (layer.num_query_heads, layer.num_key_value_heads, layer.head_dim) == (2, 2, 4)
     full = _logits(pruned, tokens)
     np.testing.assert_allclose(full, _logits(model, tokens), atol=1e-5)
-    np.testing.assert_allclose(_decode_step_by_step(pruned, tokens), full, atol=1e-4)
+    np.testing.assert_allclose(decode_step_by_step(pruned, tokens), full, atol=1e-4)

@@ -243,13 +243,16 @@ def test_a_magnitude_pruned_lambda_model_exports(tmp_path):
     assert report.max_abs_error < 1e-4
 
 
-def test_a_lambda_whose_trace_differs_stays_a_lambda():
-    # Keras marks `x * 2.0` traced op by op as a sparse tensor; the Lambda is then kept whole.
+def test_a_lambda_multiplying_by_a_constant_is_inlined_as_a_dense_product():
+    # Keras marks `x * 2.0` traced op by op as a sparse tensor, where the Lambda's output is dense:
+    # the product is recorded as a DenseMultiply.
     inputs = keras.Input((6,))
     x = layers.Lambda(lambda t: t * 2.0, name="double")(layers.Dense(6, name="dense")(inputs))
     model = randomized(keras.Model(inputs, layers.Dense(2, name="head")(x)))
     flat = tfprune.graph.flatten(model)
-    assert isinstance(flat.get_layer("double"), layers.Lambda)
+    assert not any(isinstance(layer, layers.Lambda) for layer in flat.layers)
+    assert any(type(node.operation).__name__ == "DenseMultiply" for node in tfprune.graph._ordered_nodes(flat))
+    np.testing.assert_allclose(ops.convert_to_numpy(flat(sample((3, 6)))), ops.convert_to_numpy(model(sample((3, 6)))))
     masked = tfprune.prune_low_magnitude(model)
     x = sample((3, 6))
     np.testing.assert_allclose(ops.convert_to_numpy(masked(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
@@ -585,19 +588,14 @@ class _BiasedAttention(layers.Layer):
 
 
 class _HeadsAttention(layers.Layer):
-    """Like T5's other attention layers, returns `(x, None)`; reshapes to `(batch, length, heads, -1)`.
-
-    (A reshape to `(batch, -1, heads, dim)` keeps the input's first axis and is
-    traced as the Reshape layer; one to the sequence length read from the input
-    is not.)
-    """
+    """Reshapes to `(2 * batch, -1, 1, 4)` (a size no tensor holds, so no trace), returns `(x, None)` like T5's."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.project = layers.Dense(8, name="project")
 
     def call(self, x):
-        heads = ops.reshape(self.project(x), (ops.shape(x)[0], ops.shape(x)[1], 2, -1))
+        heads = ops.reshape(self.project(x), (ops.shape(x)[0] * 2, -1, 1, 4))
         return ops.reshape(heads, (ops.shape(x)[0], -1, 8)), None
 
 

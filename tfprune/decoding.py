@@ -20,10 +20,15 @@ The attention layers are given a causal mask over the cache (query `i`
 of the call sees cache positions up to `cache_update_index + i`, as
 keras-hub's `compute_causal_mask` does) instead of the mask the traced
 block computed for the full sequence; layers whose `call` takes a
-`start_index` (position embeddings) start at `cache_update_index`.
+`start_index` (position embeddings) start at `cache_update_index`, and a
+`position_ids` input (Gemma 4) is given the tokens' positions.
 Rotary embeddings, computed inside keras-hub's attention layers, follow
-the cache index there. A block that adds its own terms to the mask
-(Mistral's sliding window) is not reproduced: decode within its window.
+the cache index there. Gemma 4's sliding window, which its block adds to
+the mask, is added to the cache's mask of its local attention layers; a
+block that adds other terms to the mask (Mistral's sliding window) is
+not reproduced: decode within its window.
+Gemma 3n's attention layers, which lay their cache out `(batch, 2,
+key/value heads, length, head width)`, are given caches of that layout.
 Pruned GPT-NeoX and SmolLM3 models, whose attention layers take their
 cache under other argument names, are not run step by step here
 (`build_cache` finds no attention layer in them and says so). A layer whose
@@ -104,6 +109,9 @@ def _key_projection(layer):
 def _cache_shape(layer, batch_size, max_length):
     """`(batch, 2, max_length, key/value heads, head width)`: keras-hub's cache of one attention layer."""
     key = _key_projection(layer)
+    own = getattr(handlers.handler_for(layer), "cache_shape", None)  # a layer laying its cache out otherwise
+    if own is not None:
+        return own(layer, batch_size, max_length)
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads, width = layer.num_heads, layer.key_dim
     else:
@@ -210,9 +218,22 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
         )
     token_ids = keras.ops.convert_to_tensor(token_ids, dtype="int32")
     ones = keras.ops.ones_like(token_ids)
-    values = {"token_ids": token_ids, "padding_mask": ones, "response_mask": ones, **(inputs or {})}
+    # Gemma 4 takes the tokens' positions (its rotary embeddings read them).
+    positions = keras.ops.arange(keras.ops.shape(token_ids)[1], dtype="int32") + keras.ops.cast(
+        cache_update_index, "int32"
+    )
+    values = {
+        "token_ids": token_ids,
+        "padding_mask": ones,
+        "response_mask": ones,
+        "position_ids": keras.ops.broadcast_to(positions[None], keras.ops.shape(token_ids)),
+        **(inputs or {}),
+    }
     names = [tensor._keras_history.operation.name for tensor in functional.inputs]
     absent = [name for name in names if name not in values]
+    # Gemma 3n's padding mask is boolean: each value in its input's dtype.
+    dtypes = {tensor._keras_history.operation.name: tensor.dtype for tensor in functional.inputs}
+    values = {name: keras.ops.cast(value, dtypes[name]) if name in dtypes else value for name, value in values.items()}
     updated = dict(cache)
     # axis -> leading positions the concatenations `concatenations` leave out.
     dropped, concatenations = _left_out(functional, absent)
@@ -239,12 +260,22 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
                 )
                 return output
             query = args[0] if args else next(value for value in kwargs.values() if keras.ops.is_tensor(value))
+            axis = getattr(handlers.handler_for(layer), "cache_length_axis", 2)  # the cache's positions
             mask = _causal_mask(keras.ops.shape(token_ids)[0], keras.ops.shape(query)[1],
-                                keras.ops.shape(layer_cache)[2], cache_update_index, prefix_length)  # fmt: skip
-            kwargs = {**kwargs, "attention_mask": mask, "cache": layer_cache, "cache_update_index": cache_update_index}
-            kwargs.pop("training", None)
-            output, updated[layer.name] = layer(*args, **kwargs)
-            return output
+                                keras.ops.shape(layer_cache)[axis], cache_update_index, prefix_length)  # fmt: skip
+            if getattr(handlers.handler_for(layer), "window_from_block", False) and layer.use_sliding_window_attention:
+                # Gemma 4's block, not its attention layer, narrows the mask to the sliding window.
+                mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
+            # The arguments by name (Gemma 3n passes its mask by position), the first one kept by position.
+            arguments = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+            first = arguments.pop(next(iter(arguments)))
+            arguments.update(attention_mask=mask, cache=layer_cache, cache_update_index=cache_update_index)
+            arguments.pop("training", None)
+            results = layer(first, **arguments)
+            updated[layer.name] = results[-1]
+            # A layer that returns its cache even without one (Gemma 4) or its attention weights too
+            # (Gemma 3n) has as many outputs in the graph: its call with a cache gives them in that order.
+            return results[0] if len(layer._inbound_nodes[0].outputs) == 1 else results
 
         return call
 

@@ -75,6 +75,7 @@ from tfprune import (
     handlers,
     handlers_decoders,
     handlers_diffusion,
+    handlers_gemma,
     handlers_inferred,
     handlers_keras_hub,
     handlers_multimodal,
@@ -673,7 +674,15 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
 
 
 def _adjusted_ranks(functional, inputs):
-    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it."""
+    """`inputs` of a nested model with a trailing axis of size 1 added or removed where `Functional.call` does it.
+
+    A dict given to a model whose inputs are a list (Gemma 3n's backbone) is
+    taken by input name, as `Functional.call` does, not in key order.
+    """
+    if isinstance(inputs, dict) and not isinstance(functional._inputs_struct, dict):
+        names = [_tensor_name(tensor) for tensor in functional.inputs]
+        if set(names) <= set(inputs):
+            inputs = [inputs[name] for name in names]
     flat = keras.tree.flatten(inputs)
     if len(flat) != len(functional.inputs):
         return inputs
@@ -728,6 +737,9 @@ _PAD = keras.ops.pad
 _EINSUM = keras.ops.einsum
 _GET_ITEM = keras.KerasTensor.__getitem__
 _TILE = keras.ops.tile
+_MATMUL = keras.ops.matmul
+_MULTIPLY_OPERATION = handlers_decoders._MULTIPLY
+_MULTIPLY_SYMBOLIC_CALL = _MULTIPLY_OPERATION.symbolic_call
 _SIZE_MARKERS = [True]  # False while a trace is retried without sequence-length markers
 _NESTING = [0]  # depth of `_traced` calls in progress
 _BATCH_ROWS = {}  # `_batch_axis.factor`'s memo for the trace in progress
@@ -868,14 +880,21 @@ def _traced_arange(start, stop=_NO_STOP, step=None, dtype=None):
 def _traced_broadcast_to(x, shape):
     """`keras.ops.broadcast_to` while a composite is traced: traced sizes in `shape` are read when the model runs."""
     entries = list(shape) if isinstance(shape, (list, tuple)) else [shape]
-    markers = [size for size in entries if isinstance(size, (_TracedSize, _TracedBatch))]
-    if not (_tracing_here() and markers):
+    if not (_tracing_here() and any(isinstance(size, (_TracedSize, _TracedBatch)) for size in entries)):
         return _BROADCAST_TO(x, shape)
-    if any(marker.source is None for marker in markers):
-        raise TypeError("a broadcast to a size unknown while traced cannot be recorded")
+    sizes, sources = _sizes_read_when_run(entries, "a broadcast")
+    if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
+        x = keras.ops.convert_to_tensor(x)
+    return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+
+
+def _sizes_read_when_run(entries, what):
+    """`(sizes, sources)` of `BroadcastToSizes` for a shape holding traced sizes: `[i, axis]` of `sources[i]`, or ints."""
     sources, sizes = [], []
     for size in entries:
         if isinstance(size, (_TracedSize, _TracedBatch)):
+            if size.source is None:
+                raise TypeError(f"{what} to a size unknown while traced cannot be recorded")
             index = next((i for i, source in enumerate(sources) if source is size.source), None)
             if index is None:
                 sources.append(size.source)
@@ -884,10 +903,8 @@ def _traced_broadcast_to(x, shape):
         elif _utils.is_integer(size):
             sizes.append(int(size))
         else:
-            raise TypeError(f"a broadcast to a shape holding {size!r} cannot be recorded")
-    if not isinstance(x, keras.KerasTensor):  # a constant: the operation's first input must be a tensor
-        x = keras.ops.convert_to_tensor(x)
-    return handlers_decoders.BroadcastToSizes(sizes=sizes)(x, *sources)
+            raise TypeError(f"{what} to a shape holding {size!r} cannot be recorded")
+    return sizes, sources
 
 
 def _traced_pad(x, pad_width, mode="constant", constant_values=None):
@@ -976,6 +993,8 @@ def _traced_getitem(self, key):
         else:
             return _GET_ITEM(self, key)
     return handlers_diffusion.SliceToSizes(axis=axis, start=bounds[0], stop=bounds[1])(self, *sources)
+
+
 def _traced_tile(x, repeats):
     """`keras.ops.tile` while a composite is traced: repeating axes of size 1 a traced number of times is a broadcast.
 
@@ -1005,6 +1024,62 @@ def _traced_tile(x, repeats):
     return _traced_broadcast_to(x, tuple(shape))
 
 
+_KERNEL_LAYERS = {}  # id of a kernel -> the sub-layer of a traced composite that holds it (`_traced_matmul`)
+
+
+def _kernel_layers(shadow):
+    """The Dense / EinsumDense sub-layers of `shadow` whose call is `x @ kernel`, by the id of their kernel."""
+    found = {}
+    for value in vars(shadow).values():
+        if not isinstance(value, (keras.layers.Dense, keras.layers.EinsumDense)) or not value.built:
+            continue
+        kernel = getattr(value, "_kernel", None)
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2 or value.quantization_mode:
+            continue
+        if getattr(value, "bias", None) is not None or value.activation not in (None, keras.activations.linear):
+            continue
+        if isinstance(value, keras.layers.EinsumDense):
+            inputs, _, output = value.equation.partition("->")
+            source, _, weights = inputs.partition(",")
+            if len(weights) != 2 or source[-1:] != weights[0] or output != source[:-1] + weights[1]:
+                continue
+        found[id(kernel)] = value
+    return found
+
+
+def _traced_matmul(x1, x2):
+    """`keras.ops.matmul` while a composite is traced: `x @ layer.kernel` is recorded as a call of that layer.
+
+    Gemma 4's decoder block multiplies by its MLP layers' kernels directly
+    (`ops.matmul(x, self.gating_ffw.kernel)`); recorded as a product with a
+    constant, the kernel would be no weight of the new model. The layer
+    computes the same product (no bias, no activation), and its call is a
+    layer tfprune can slice.
+    """
+    layer = _KERNEL_LAYERS.get(id(x2)) if _tracing_here() and isinstance(x2, keras.Variable) else None
+    if layer is not None and isinstance(x1, keras.KerasTensor):
+        rank = len(layer.equation.partition(",")[0]) if isinstance(layer, keras.layers.EinsumDense) else None
+        if rank is None or rank == len(x1.shape):
+            return layer(x1)
+    return _MATMUL(x1, x2)
+
+
+def _dense_multiply_call(self, x1, x2):
+    """`x * c` while a composite is traced: recorded as a `DenseMultiply` when Keras marks it sparse (see `_dense_unless_sparse_input`).
+
+    Gemma 3n's scaled word embedding multiplies by a constant in its `call`;
+    traced, the product would be marked sparse where the layer's own output
+    spec is dense, and the trace refused.
+    """
+    outputs = _MULTIPLY_SYMBOLIC_CALL(self, x1, x2)
+    if not _tracing_here() or type(self) is not _MULTIPLY_OPERATION or not getattr(outputs, "sparse", False):
+        return outputs
+    tensors = [value for value in (x1, x2) if isinstance(value, keras.KerasTensor)]
+    if tensors and not any(tensor.sparse for tensor in tensors):
+        return handlers_decoders.DenseMultiply(name=self.name)(x1, x2)
+    return outputs
+
+
 class _UnknownReshape(ValueError):
     """A traced reshape whose target sizes are only known when the model runs."""
 
@@ -1028,6 +1103,12 @@ def _static_reshape_call(self, x, *args, **kwargs):
     if kept is not None:
         return keras.layers.Reshape(kept, name=self.name)(x)
     if isinstance(newshape, (list, tuple)) and any(_unknown(size) for size in newshape):
+        markers = [size for size in newshape if isinstance(size, (_TracedSize, _TracedBatch))]
+        if len(markers) == sum(_unknown(size) for size in newshape) and all(marker.source is not None for marker in markers):
+            # Every unknown size is an axis of a tensor of the graph (Gemma 3n's `reshape(x,
+            # shape(ids) + (layers, width))`): read from it when the model runs.
+            sizes, sources = _sizes_read_when_run(newshape, "a reshape")
+            return handlers_gemma.ReshapeToSizes(sizes=sizes)(x, *sources)
         # A reshape to sizes only known when it runs: recorded, it could not run.
         raise _UnknownReshape(
             f"its call reshapes to {tuple(newshape)}, sizes read from a tensor whose batch or "
@@ -1280,6 +1361,8 @@ def _traced(shadow, changed, fallback=None):
                 keras.ops.einsum = _traced_einsum
                 keras.KerasTensor.__getitem__ = _traced_getitem
                 keras.ops.tile = _traced_tile
+                keras.ops.matmul = _traced_matmul
+                _MULTIPLY_OPERATION.symbolic_call = _dense_multiply_call
             try:
                 return traced_call(*args, **kwargs)
             finally:
@@ -1295,8 +1378,11 @@ def _traced(shadow, changed, fallback=None):
                     keras.ops.einsum = _EINSUM
                     keras.KerasTensor.__getitem__ = _GET_ITEM
                     keras.ops.tile = _TILE
+                    keras.ops.matmul = _MATMUL
+                    _MULTIPLY_OPERATION.symbolic_call = _MULTIPLY_SYMBOLIC_CALL
                     _TRACER_THREAD[0] = None
                     _BATCH_ROWS.clear()
+                    _KERNEL_LAYERS.clear()
 
     def as_one_unit(*args, **kwargs):
         if fallback is not None:
@@ -1343,6 +1429,7 @@ def _traced(shadow, changed, fallback=None):
         outputs = None
         try:
             _own_weights_as_layers(shadow, args, kwargs, own)
+            _KERNEL_LAYERS.update(_kernel_layers(shadow))
             kwargs = _accepted(shadow, kwargs)
             outputs = shadow.call(*args, **kwargs)
             spec = _declared_output_spec(shadow)
@@ -1465,14 +1552,15 @@ def _branches_on_training(shadow, args, kwargs, outputs):
 
 
 def _reads_sizes(args, kwargs, outputs):
-    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`, `SliceToSizes`).
+    """True when the trace records a size read when the model runs (`SizeRange`, `BroadcastToSizes`, `SliceToSizes`, ...).
 
     A trace that used markers without recording one of them made
     constants of them (`ops.ones((length, length))` builds an empty array):
     it is redone without markers, as every trace was before them.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    return bool({"SizeRange", "BroadcastToSizes", "PadToSizes", "SliceToSizes"} & set(_operations_between(inputs, outputs)))
+    sized = {"SizeRange", "BroadcastToSizes", "PadToSizes", "SliceToSizes", "ReshapeToSizes"}
+    return bool(sized & set(_operations_between(inputs, outputs)))
 
 
 def _records_a_marker(args, kwargs, outputs):

@@ -1184,7 +1184,11 @@ class _Weight(Handler):
     def trace(self, node, tracer):
         layer = node.operation
         if not layer.shape:
-            return Freeze(f"'{layer.name}' outputs a scalar").trace(node, tracer)
+            # Its input only places it in the graph (Gemma 4's `layer_scalar` reads the hidden
+            # state): those channels are not its own, and stay free.
+            scalar = tracer.new_channels(1, layer.name)
+            tracer.pin(scalar, f"'{layer.name}' outputs a scalar")
+            return [scalar]
         outputs = tracer.new_channels(layer.shape[-1], layer.name)
         tracer.use(layer, layer.weight, -1, outputs, "output")
         return [outputs]

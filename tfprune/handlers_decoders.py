@@ -248,9 +248,11 @@ class _GroupedQueryAttention(Handler):
             return None
         return kernel_spec.index(hidden), kernel_spec.index(head)
 
-    def _projections(self, layer):
-        found = [getattr(layer, name, None) for name in self.projections]
-        if not all(isinstance(dense, keras.layers.EinsumDense) for dense in found):
+    _projection_type = keras.layers.EinsumDense  # the class of the projection layers
+
+    def _projections(self, layer, names=None):
+        found = [getattr(layer, name, None) for name in names or self.projections]
+        if not all(isinstance(dense, self._projection_type) for dense in found):
             return None
         if any(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None) for dense in found):
             return None

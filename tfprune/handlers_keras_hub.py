@@ -12,7 +12,7 @@ import types
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers, handlers_decoders
+from tfprune import _utils, handlers, handlers_decoders, handlers_gemma
 from tfprune.handlers import (
     Freeze,
     Handler,
@@ -924,7 +924,8 @@ def inlined_with_own_weights(layer):
     >>> inlined_with_own_weights(object())
     False
     """
-    return (type(layer).__module__, type(layer).__name__) in INLINED_WITH_OWN_WEIGHTS
+    key = (type(layer).__module__, type(layer).__name__)
+    return key in INLINED_WITH_OWN_WEIGHTS or key in handlers_gemma.INLINED_WITH_OWN_WEIGHTS
 
 
 def handler_for(operation):

@@ -338,7 +338,8 @@ def _rewrite(model, graph, removals):
                 "and none of them is kept. Keep more channels of that group, or leave it out "
                 "(`skip=` in tfprune.prune)."
             )
-        resized = output_width != node.outputs[0].shape[-1]
+        # A scalar output (a `tfprune.layers.Weight` of shape ()) has no channel axis to resize.
+        resized = len(node.outputs[0].shape) > 0 and output_width != node.outputs[0].shape[-1]
         if layer.name not in slices and not resized:
             return None
         # No handler: a weightless operation whose per-channel rule was inferred
