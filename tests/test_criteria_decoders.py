@@ -12,7 +12,8 @@ from tfprune import graph as graph_module
 keras_hub = pytest.importorskip("keras_hub")
 tf = pytest.importorskip("tensorflow")
 
-from tests.test_decoders import _CONFIG, VOCAB, _causal_lm, _decode_step_by_step  # noqa: E402
+from tests.surgery_helpers import decode_step_by_step as _decode_step_by_step  # noqa: E402
+from tests.test_decoders import _CONFIG, VOCAB, _causal_lm  # noqa: E402
 
 taylor_module = sys.modules["tfprune.criteria.taylor"]
 HIDDEN, HEADS, HEAD_DIM = 32, 4, 8

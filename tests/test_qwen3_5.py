@@ -10,7 +10,7 @@ keras_hub = pytest.importorskip("keras_hub")
 if not hasattr(keras_hub.models, "Qwen3_5Backbone"):
     pytest.skip("this keras-hub has no Qwen 3.5", allow_module_level=True)
 
-from test_decoders import _decode_step_by_step  # noqa: E402
+from surgery_helpers import decode_step_by_step as _decode_step_by_step  # noqa: E402
 
 VOCAB, LENGTH, WIDTH = 50, 7, 4
 # A linear-attention block (GatedDeltaNet: 4 value heads over 2 key heads, width 4) and a
