@@ -291,6 +291,8 @@ INDEPENDENT = [
     ("Concatenate", 2, lambda x: ops.concatenate([x, ops.relu(x)], axis=1)),
     # keras-hub's ResNetV2 pads spatially with ops.pad; CSPNet splits with ops.split.
     ("Pad", 2, lambda x: ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])),
+    ("Repeat", 2, lambda x: ops.repeat(x, 2, axis=1)),  # a spatial axis repeated: channels pass
+    ("ZerosLike", 2, lambda x: x + ops.zeros_like(x)),
     ("Split", 2, lambda x: ops.concatenate(ops.split(x, 2, axis=1)[::-1], axis=1)),
     ("Relu", 2, ops.relu),
     ("Relu6", 2, ops.relu6),
@@ -420,6 +422,7 @@ COUPLED = [
     (layers.Normalization, layers.Normalization(mean=0.0, variance=1.0, name="op"), "per-channel statistics", False),
     (layers.GroupNormalization, layers.GroupNormalization(groups=2, name="op"), "ties channels into groups", False),
     ("Softmax", lambda x: ops.softmax(x), "normalises over the channel axis", True),
+    ("Repeat", lambda x: ops.repeat(x, 2, axis=-1), "repeats the channel axis", False),
     ("LogSoftmax", lambda x: ops.log_softmax(x), "normalises over the channel axis", True),
     ("Sparsemax", lambda x: ops.sparsemax(x), "normalises over the channel axis", False),
     ("Normalize", lambda x: ops.normalize(x), "normalises over the channel axis", True),
@@ -513,6 +516,8 @@ def test_every_registered_handler_is_audited():
     audited |= {"SizeRange", "BroadcastToSizes", "DenseMultiply", layers.GroupQueryAttention}
     audited |= {cls for cls in handlers_decoders._EXPLICIT_CLASSES.values() if cls is not None}
     audited |= {cls for cls in handlers_rwkv._CLASSES.values() if cls is not None}  # tests/test_rwkv.py
+    # Sizes read when the model runs: tests/test_multimodal_decoders.py, test_handlers_diffusion.py, test_gemma.py.
+    audited |= {"PadToSizes", "SliceToSizes", "ReshapeToSizes"}
     assert set(handlers._HANDLERS) - audited == set()
 
 
