@@ -243,3 +243,17 @@ def test_docstring_examples():
 
     results = doctest.testmod(taylor_module, extraglobs={"np": np})
     assert results.attempted and not results.failed
+
+
+def test_only_a_model_giving_one_logit_per_vocabulary_token_gets_the_next_token_loss():
+    from tfprune.criteria.taylor import _is_causal_lm
+
+    def token_model(units):
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input((None,), dtype="int32", name="padding_mask")
+        x = keras.layers.Embedding(VOCAB, 8)(token_ids)
+        return keras.Model([token_ids, padding_mask], keras.layers.Dense(units)(x))
+
+    assert _is_causal_lm(token_model(VOCAB))
+    assert not _is_causal_lm(token_model(3))  # a token tagger on the same inputs
+    assert _is_causal_lm(_causal_lm("llama"))  # the embedding inside the nested backbone

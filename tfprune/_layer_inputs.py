@@ -83,10 +83,11 @@ def recording(captures):
     Yields:
         None.
     """
-    wrapped = []
+    wrapped = []  # (layer, its own instance `call` or None)
     try:
         for capture in captures:
             original = capture.layer.call
+            own = capture.layer.__dict__.get("call")  # a call set on the instance (a shadow's traceable call)
 
             def call(inputs, *args, _original=original, _capture=capture, **kwargs):
                 array = np.asarray(keras.ops.convert_to_numpy(inputs))
@@ -95,8 +96,11 @@ def recording(captures):
 
             # Layer.__setattr__ would track the function; an instance attribute shadows the method.
             object.__setattr__(capture.layer, "call", call)
-            wrapped.append(capture.layer)
+            wrapped.append((capture.layer, own))
         yield
     finally:
-        for layer in wrapped:
-            object.__delattr__(layer, "call")
+        for layer, own in wrapped:
+            if own is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", own)

@@ -291,7 +291,8 @@ def renamed_argument(function_name, name, value, default, old_name, old_value):
         `old_value` if the old name was used, else `value`.
 
     Raises:
-        TypeError: If both names were given.
+        TypeError: If both names were given and the new one differs from its default
+            (a new name left at its default is taken as not given).
 
     Example:
 

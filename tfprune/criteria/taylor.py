@@ -62,10 +62,28 @@ def _loss_function(model, loss):
 
 
 def _is_causal_lm(model):
-    """Whether the model reads keras-hub's `token_ids`/`padding_mask` and gives one logit per token."""
+    """Whether the model reads keras-hub's `token_ids`/`padding_mask` and gives one logit per vocabulary token.
+
+    The output's width must be the vocabulary of a token embedding of the
+    model, so a token tagger or classifier on the same inputs is not taken
+    for a language model.
+    """
     names = {tensor.name for tensor in model.inputs}
     output = model.outputs[0]
-    return {"token_ids", "padding_mask"} <= names and len(output.shape) == 3
+    if not ({"token_ids", "padding_mask"} <= names and len(output.shape) == 3):
+        return False
+    return output.shape[-1] in _vocabularies(model)
+
+
+def _vocabularies(model):
+    """The `input_dim` of every Embedding of a model, nested models included."""
+    found = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Embedding):
+            found.add(layer.input_dim)
+        elif isinstance(layer, keras.Model):
+            found |= _vocabularies(layer)
+    return found
 
 
 def next_token_labels(inputs):
