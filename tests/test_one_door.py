@@ -21,7 +21,7 @@ import pytest
 
 import tfprune
 from tfprune import _keras
-from tfprune._keras import functional
+from tfprune._keras import functional, hub, layers, ops, optimizers
 
 PACKAGE = pathlib.Path(tfprune.__file__).parent
 DOOR = PACKAGE / "_keras"
@@ -334,7 +334,7 @@ def test_checker_accepts_tfprune_own_private_names():
 
 
 def test_door_docstring_examples_run():
-    for module in (_keras, functional):
+    for module in (_keras, functional, layers, hub, ops, optimizers):
         failures, _ = doctest.testmod(module, extraglobs={"keras": keras, "numpy": np})
         assert failures == 0, module.__name__
 

@@ -1,0 +1,116 @@
+"""Private fields of Keras layers that tfprune reads or changes.
+
+`keras.layers.MultiHeadAttention` keeps its four projections and head sizes
+in private attributes; Keras's own applications keep two small layers
+(`LayerScale`, `CustomScaleLayer`) unexported; a layer's own variables and
+whether its `call` takes `training` are private too.
+"""
+
+__all__ = [
+    "attention_projections",
+    "attention_sizes",
+    "call_takes_training",
+    "gated_attention",
+    "head_count",
+    "own_variables",
+    "untrack",
+]
+
+
+def attention_projections(layer):
+    """The query, key, value and output `EinsumDense` layers of a `keras.layers.MultiHeadAttention`.
+
+    Args:
+        layer: a built `MultiHeadAttention` (or a subclass keeping Keras's fields).
+
+    Returns:
+        A dict with keys "query", "key", "value", "output"; a value is None when
+        the layer has no such projection.
+
+    Example:
+        >>> import keras
+        >>> attention = keras.layers.MultiHeadAttention(2, 4)
+        >>> _ = attention(keras.Input((3, 8)), keras.Input((3, 8)))
+        >>> tuple(attention_projections(attention)["output"].kernel.shape)
+        (2, 4, 8)
+    """
+    return {
+        "query": getattr(layer, "_query_dense", None),
+        "key": getattr(layer, "_key_dense", None),
+        "value": getattr(layer, "_value_dense", None),
+        "output": getattr(layer, "_output_dense", None),
+    }
+
+
+def attention_sizes(layer):
+    """`(num_heads, key_dim, value_dim)` of a `MultiHeadAttention` (value_dim defaults to key_dim).
+
+    Example:
+        >>> import keras
+        >>> attention_sizes(keras.layers.MultiHeadAttention(2, 4))
+        (2, 4, 4)
+    """
+    key_dim = getattr(layer, "_key_dim", None)
+    return head_count(layer), key_dim, getattr(layer, "_value_dim", None) or key_dim
+
+
+def head_count(layer):
+    """An attention layer's number of heads (`num_heads`, or Keras's private `_num_heads`), or None.
+
+    Example:
+        >>> import keras
+        >>> head_count(keras.layers.MultiHeadAttention(3, 4)), head_count(keras.layers.Dense(2))
+        (3, None)
+    """
+    return getattr(layer, "num_heads", getattr(layer, "_num_heads", None))
+
+
+def gated_attention(layer):
+    """Whether an attention layer was made with `use_gate=True` (public or private field).
+
+    Example:
+        >>> import keras
+        >>> gated_attention(keras.layers.MultiHeadAttention(2, 4))
+        False
+    """
+    return bool(getattr(layer, "use_gate", False) or getattr(layer, "_use_gate", False))
+
+
+def call_takes_training(layer):
+    """Whether the layer's `call` has a `training` argument (Keras passes it then).
+
+    Example:
+        >>> import keras
+        >>> call_takes_training(keras.layers.Dropout(0.5)), call_takes_training(keras.layers.ReLU())
+        (True, False)
+    """
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def own_variables(layer):
+    """The variables a layer created itself, not those of the layers it holds.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2, name="d")
+        >>> dense.build((None, 3))
+        >>> [variable.path for variable in own_variables(dense)]
+        ['d/kernel', 'd/bias']
+    """
+    return list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+
+
+def untrack(layer, value):
+    """Stops a layer from tracking `value` (a sublayer or variable about to be replaced).
+
+    Example:
+        >>> import keras
+        >>> outer = keras.layers.Layer()
+        >>> outer.inner = keras.layers.Dense(2)
+        >>> untrack(outer, outer.inner)
+        >>> len(outer._layers)
+        0
+    """
+    layer._tracker.untrack(value)
