@@ -44,6 +44,10 @@ class CostModel:
         names: Tuple of the varying group names, in the order of `shares`.
         sizes: Int array of their sizes.
         total: Float. The cost of the full model.
+        terms: Tuple of `(weight path, axes)`, one per weight whose cost
+            varies, in the order of `axis_shares`' columns; `axes` are the
+            weight's grouped axes, in the order of `axis_shares`' rows.
+        term_costs: Float array. Each term's cost when complete.
 
     Raises:
         ValueError: If `cost` is unknown.
@@ -79,7 +83,7 @@ class CostModel:
                     by_column = counts.setdefault(path, {}).setdefault(axis, {})
                     by_column[column[group.name]] = by_column.get(column[group.name], 0) + len(member.positions)
         shapes = {weight.path: tuple(weight.shape) for weight in model.weights}
-        coefficients, axes = [], []
+        coefficients, axes, terms = [], [], []
         self._constant = 0.0
         for path, coefficient in _weight_costs(model, cost):
             grouped = counts.get(path, {})
@@ -88,6 +92,8 @@ class CostModel:
                 continue
             coefficients.append(coefficient)
             axes.append([(shapes[path][axis], by_column) for axis, by_column in sorted(grouped.items())])
+            terms.append((path, tuple(sorted(grouped))))
+        self.terms = tuple(terms)
         slots = max([len(weight_axes) for weight_axes in axes] + [1])
         # share kept on axis slot k of term t: slopes[k, t] @ shares + intercepts[k, t]
         self._slopes = np.zeros((slots, len(axes), len(self.names)))
@@ -98,7 +104,27 @@ class CostModel:
                     self._slopes[slot, term, index] += count / length
                 self._intercepts[slot, term] = 1.0 - sum(by_column.values()) / length
         self._coefficients = np.array(coefficients, dtype=np.float64)
+        self.term_costs = self._coefficients
         self.total = float(self(np.ones(len(self.names))))
+
+    def axis_shares(self, shares):
+        """The share kept on each grouped axis of each term, for NumPy `shares`.
+
+        Args:
+            shares: 1-D array with one share in [0, 1] per name of `names`.
+
+        Returns:
+            Float array of shape `(max axes per term, len(terms))`; entry
+            `[k, t]` is the share kept on the k-th grouped axis of term `t`
+            (1 where the term has fewer axes). `cost == term_costs @
+            prod(axis_shares, axis=0) + constant part`.
+
+        Example:
+
+        >>> costs.axis_shares(np.array([0.5]))                        # doctest: +SKIP
+        array([[0.5, 0.5]])
+        """
+        return self._slopes @ np.asarray(shares, dtype=np.float64) + self._intercepts
 
     def __call__(self, shares):
         """The cost when each group keeps the given share of its channels.
@@ -165,6 +191,7 @@ class CostModel:
             "intercepts": self._intercepts.tolist(),
             "coefficients": self._coefficients.tolist(),
             "constant": self._constant,
+            "terms": [[path, list(axes)] for path, axes in self.terms],
         }
 
     @classmethod
@@ -188,6 +215,8 @@ class CostModel:
         costs._slopes = np.array(config["slopes"], dtype=np.float64).reshape(slots, -1, len(costs.names))
         costs._intercepts = np.array(config["intercepts"], dtype=np.float64).reshape(slots, -1)
         costs._coefficients = np.array(config["coefficients"], dtype=np.float64)
+        costs.term_costs = costs._coefficients
+        costs.terms = tuple((path, tuple(axes)) for path, axes in config.get("terms", ()))
         costs._constant = float(config["constant"])
         costs.total = float(costs(np.ones(len(costs.names))))
         return costs
