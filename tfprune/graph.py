@@ -81,6 +81,9 @@ from tfprune import (
     handlers_multimodal,
     handlers_sam3,
 )
+from tfprune._keras import functional as keras_graph
+from tfprune._keras import layers as keras_layers
+from tfprune._keras import ops as keras_ops
 from tfprune._utils import ConfigRepairWarning, SharedLayerWarning
 from tfprune.handlers import (
     Freeze,
@@ -357,7 +360,7 @@ def build(model, unknown="raise", hidden=False, gqa="query_heads"):
     for node in _ordered_nodes(functional):
         _trace_node(node, tracer, unknown)
     for tensor in functional.outputs:
-        tracer.pin(tracer.channels(tensor), f"its channels are model output '{_tensor_name(tensor)}'")
+        tracer.pin(tracer.channels(tensor), f"its channels are model output '{keras_graph.input_name(tensor)}'")
     return _assemble(functional, tracer, hidden)
 
 
@@ -499,16 +502,12 @@ def is_composite(layer):
     module = type(layer).__module__
     if module.startswith(("keras.", "tfprune.")):
         return False
-    return not _own_variables(layer) or _inlined_with_own_weights(layer)
+    return not keras_layers.own_variables(layer) or _inlined_with_own_weights(layer)
 
 
 def _is_graph_model(layer):
     """A Sequential or functional model: inlined from its graph (a subclassed model is a composite)."""
-    return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and _utils._is_functional(layer))
-
-
-def _own_variables(layer):
-    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+    return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and keras_graph.is_functional(layer))
 
 
 def _inlined_with_own_weights(layer):
@@ -519,7 +518,7 @@ def _inlined_with_own_weights(layer):
 def _flatten_once(functional, copies, composites, name):
     copies["names"] = {layer.name for layer in functional.layers}
     inputs = [
-        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_tensor_name(tensor))
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=keras_graph.input_name(tensor))
         for tensor in functional.inputs
     ]
     changed = [False]
@@ -578,8 +577,7 @@ def _shadow(layer, copies, name=None):
     if traceable is not None:  # traced in place of `call`; `_verified` still runs the layer's own
         object.__setattr__(shadow, "call", traceable.__get__(shadow))
     # The shadow's calls must not be recorded in the original layer's node lists.
-    object.__setattr__(shadow, "_inbound_nodes", [])
-    object.__setattr__(shadow, "_outbound_nodes", [])
+    keras_graph.forget_calls(shadow)
     return shadow
 
 
@@ -646,9 +644,7 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
         return copies["claimed"][id(layer)]
 
     def operation_fn(operation):
-        if isinstance(operation, keras.Sequential) or (
-            isinstance(operation, keras.Model) and _utils._is_functional(operation)
-        ):
+        if _is_graph_model(operation):
             changed[0] = True
             inner = _utils.functional_view(operation)
             # As `Functional.call` does: inputs by name, and an axis of size 1 added or
@@ -664,13 +660,13 @@ def _inline(functional, inputs, copies, composites, changed, prefix=None):
             if isinstance(operation, (keras.layers.Lambda, keras.layers.Activation)):
                 return _traced(_renamed(_copy(operation, copies), name, operation), changed)
             fallback = None
-            if _own_variables(operation):
+            if keras_layers.own_variables(operation):
                 # Kept whole, it must not share its own weights with the user's layer.
                 fallback = lambda: _renamed(_copy(operation, copies), name, operation)  # noqa: E731
             return _traced(_shadow(operation, copies, name=name), changed, fallback)
         return _renamed(_copy(operation, copies), name, operation)
 
-    return functional._run_through_graph(inputs, operation_fn=operation_fn)
+    return keras_graph.run_graph(functional, inputs, operation_fn=operation_fn)
 
 
 def _adjusted_ranks(functional, inputs):
@@ -679,8 +675,8 @@ def _adjusted_ranks(functional, inputs):
     A dict given to a model whose inputs are a list (Gemma 3n's backbone) is
     taken by input name, as `Functional.call` does, not in key order.
     """
-    if isinstance(inputs, dict) and not isinstance(functional._inputs_struct, dict):
-        names = [_tensor_name(tensor) for tensor in functional.inputs]
+    if isinstance(inputs, dict) and not isinstance(keras_graph.inputs_structure(functional), dict):
+        names = [keras_graph.input_name(tensor) for tensor in functional.inputs]
         if set(names) <= set(inputs):
             inputs = [inputs[name] for name in names]
     flat = keras.tree.flatten(inputs)
@@ -727,7 +723,7 @@ def _renamed(copy, name, original):
 
 
 _LAYER_CALL = keras.layers.Layer.__call__
-_RESHAPE_OPERATION = type(keras.ops.reshape(keras.KerasTensor((1, 2)), (2,))._keras_history.operation)
+_RESHAPE_OPERATION = keras_ops.operation_class(keras.ops.reshape, keras.KerasTensor((1, 2)), (2,))
 _RESHAPE_SYMBOLIC_CALL = _RESHAPE_OPERATION.symbolic_call
 _SHAPE = keras.ops.shape
 _ARANGE = keras.ops.arange
@@ -1033,8 +1029,10 @@ def _kernel_layers(shadow):
     for value in vars(shadow).values():
         if not isinstance(value, (keras.layers.Dense, keras.layers.EinsumDense)) or not value.built:
             continue
-        kernel = getattr(value, "_kernel", None)
-        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2 or value.quantization_mode:
+        if value.quantization_mode:
+            continue
+        kernel = value.kernel  # a tensor, not the variable, when LoRA is on
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2:
             continue
         if getattr(value, "bias", None) is not None or value.activation not in (None, keras.activations.linear):
             continue
@@ -1289,7 +1287,7 @@ def _failing_keras_operation(error):
         ):
             module = type(operation).__module__
             name = getattr(operation, "name", type(operation).__name__)
-            return f" in operation '{name}' ({module.replace('keras.src.ops.', 'keras.ops.')}.{type(operation).__name__})"
+            return f" in operation '{name}' ({keras_ops.public_module(module)}.{type(operation).__name__})"
     return ""
 
 
@@ -1491,7 +1489,7 @@ def _own_weights_as_layers(shadow, args, kwargs, replaced):
     """
     from tfprune.layers import Weight
 
-    variables = {id(variable) for variable in _own_variables(shadow)}
+    variables = {id(variable) for variable in keras_layers.own_variables(shadow)}
     if not variables:
         return
     anchor = next(value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor))
@@ -1541,7 +1539,7 @@ def _compatible(traced, expected):
 
 
 def _branches_on_training(shadow, args, kwargs, outputs):
-    if not getattr(shadow, "_call_has_training_arg", False):
+    if not keras_layers.call_takes_training(shadow):
         return False
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
     traces = [_operations_between(inputs, outputs)]
@@ -1571,7 +1569,7 @@ def _records_a_marker(args, kwargs, outputs):
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
     return any(
-        _holds_marker((node.arguments.args, node.arguments.kwargs)) for node in _nodes_between(inputs, outputs)
+        _holds_marker((node.arguments.args, node.arguments.kwargs)) for node in keras_graph.walk(outputs, stop=inputs)
     )
 
 
@@ -1583,7 +1581,7 @@ def _unnamed_function(args, kwargs, outputs):
     model holding the operation would not load back.
     """
     inputs = [value for value in keras.tree.flatten((args, kwargs)) if isinstance(value, keras.KerasTensor)]
-    for node in _nodes_between(inputs, outputs):
+    for node in keras_graph.walk(outputs, stop=inputs):
         for value in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)):
             if (inspect.isfunction(value) or inspect.ismethod(value)) and not _utils.loads_back(value):
                 return value.__name__
@@ -1602,55 +1600,14 @@ def _holds_marker(value):
     return False
 
 
-def _nodes_between(inputs, outputs):
-    """Yields each node recorded from `inputs` to `outputs` once, from the outputs back."""
-    stop = {id(tensor) for tensor in inputs}
-    seen = set()
-    stack = [tensor for tensor in keras.tree.flatten(outputs) if isinstance(tensor, keras.KerasTensor)]
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in stop or not hasattr(tensor, "_keras_history"):
-            continue
-        history = tensor._keras_history
-        node = history.operation._inbound_nodes[history.node_index]
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        stack.extend(node.input_tensors)
-
-
 def _operations_between(inputs, outputs):
     """The classes of the operations recorded from `inputs` to `outputs`, in a fixed order."""
-    return [type(node.operation).__name__ for node in _nodes_between(inputs, outputs)]
+    return [type(node.operation).__name__ for node in keras_graph.walk(outputs, stop=inputs)]
 
 
 def _ordered_nodes(functional):
-    """The model's call nodes in topological order.
-
-    A depth-first post-order from the outputs, visiting inputs in argument
-    order, so that groups are named after the producer a reader meets first
-    (the first branch of an `Add` or `Concatenate`).
-    """
-    ordered, done = [], set()
-    stack = [(tensor._keras_history, False) for tensor in reversed(functional.outputs)]
-    while stack:
-        history, expanded = stack.pop()
-        node = history.operation._inbound_nodes[history.node_index]
-        if id(node) in done:
-            continue
-        if expanded:
-            done.add(id(node))
-            ordered.append(node)
-            continue
-        stack.append((history, True))
-        for tensor in reversed(node.input_tensors):
-            stack.append((tensor._keras_history, False))
-    return ordered
-
-
-def _tensor_name(tensor):
-    return tensor._keras_history.operation.name
+    """The model's call nodes in topological order (`surgery` reads them; the one walk)."""
+    return keras_graph.walk(functional.outputs)
 
 
 def _trace_node(node, tracer, unknown):
