@@ -62,8 +62,9 @@ carries, the positions of removed ids are cut from it.
 Where the parts live: `graph_groups` (the groups `build` returns and how
 traced ids become groups), `graph_inline` (`flatten`), `graph_composites`
 (composite layers and the tracing of their `call`),
-`graph_composite_checks` (whether a trace may replace its layer) and
-`graph_traced_ops` (the `keras.ops` functions as they act during a trace).
+`graph_composite_checks` (whether a trace may replace its layer),
+`graph_traced_ops` and `graph_traced_reshape` (the `keras.ops` functions as
+they act during a trace).
 """
 
 import warnings

@@ -8,9 +8,10 @@ recorded in the new graph. While a trace runs, Keras's `Layer.__call__` and
 a few `keras.ops` functions are replaced (`_PATCHES`): a composite nested in
 it is inlined at once (`_nested_shadow_call`), and sizes unknown until the
 model runs are recorded as operations reading them
-(`tfprune.graph_traced_ops`). A trace that cannot take the layer's place
-(`tfprune.graph_composite_checks`) leaves the layer whole, and the reason is
-kept on it for the warning that freezes its channels.
+(`tfprune.graph_traced_ops`, `tfprune.graph_traced_reshape`). A trace that
+cannot take the layer's place (`tfprune.graph_composite_checks`) leaves the
+layer whole, and the reason is kept on it for the warning that freezes its
+channels.
 """
 
 import inspect
@@ -33,16 +34,13 @@ from tfprune.graph_composite_checks import (
 )
 from tfprune.graph_traced_ops import (
     _BATCH_ROWS,
-    _GUESSED,
     _KERNEL_LAYERS,
     _LAYER_CALL,
     _MULTIPLY_OPERATION,
-    _RESHAPE_OPERATION,
     _SIZE_MARKERS,
     _TRACER_THREAD,
     _dense_multiply_call,
     _kernel_layers,
-    _static_reshape_call,
     _traced_arange,
     _traced_broadcast_to,
     _traced_einsum,
@@ -53,6 +51,11 @@ from tfprune.graph_traced_ops import (
     _traced_shape,
     _traced_tile,
     _tracing_here,
+)
+from tfprune.graph_traced_reshape import (
+    _GUESSED,
+    _RESHAPE_OPERATION,
+    _static_reshape_call,
     _UnknownReshape,
 )
 from tfprune.handlers import handler_for
