@@ -518,7 +518,7 @@ def test_rows_per_sample_follow_reshapes_and_stop_at_operations_on_the_first_axi
 
 
 def test_tracing_restores_keras_and_touches_no_other_thread():
-    from tfprune import graph
+    from tfprune import graph_traced_ops as graph
 
     inputs = keras.Input((4,))
     flat = tfprune.graph.flatten(keras.Model(inputs, ZerosOfBatch(name="zeros")(inputs)))  # its trace fails

@@ -187,7 +187,7 @@ def test_docstring_examples():
 
 
 def test_pad_outside_a_trace_takes_every_form_keras_takes():
-    from tfprune import graph
+    from tfprune import graph_traced_ops as graph
 
     x = np.arange(3, dtype="float32")
     for pad_width in ((1, 2), [(1, 2)], ((1, 2),)):

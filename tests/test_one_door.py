@@ -96,17 +96,6 @@ ALLOWED = {
     "tfprune/export/verify.py": {
         "._get_ops_details",
     },
-    "tfprune/graph.py": {
-        "'keras.src.ops.'",
-        "._inbound_nodes",
-        "._inputs_struct",
-        "._keras_history",
-        "._run_through_graph",
-        "getattr(..., '_call_has_training_arg')",
-        "getattr(..., '_non_trainable_variables')",
-        "getattr(..., '_trainable_variables')",
-        "hasattr(..., '_keras_history')",
-    },
     "tfprune/handlers.py": {
         "'keras_hub.src.utils.keras_utils'",
         "._key_dense",

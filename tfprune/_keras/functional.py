@@ -136,6 +136,9 @@ def call_nodes(operation):
 def forget_calls(layer):
     """Clears the calls recorded on a layer object (a fresh copy must not share its source's).
 
+    Both the calls of the layer and the calls that read its outputs: a
+    shallow copy holds its source's lists, which its own calls would grow.
+
     Example:
         >>> dense = keras.layers.Dense(1)
         >>> _ = dense(keras.Input((2,)))
@@ -143,6 +146,7 @@ def forget_calls(layer):
         []
     """
     object.__setattr__(layer, "_inbound_nodes", [])
+    object.__setattr__(layer, "_outbound_nodes", [])
 
 
 def model_nodes(functional):
