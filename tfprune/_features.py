@@ -55,7 +55,8 @@ def _readers(functional):
 
 def call_node(functional, layer_name):
     """The node (call) of layer `layer_name` in the functional model; raises ValueError if none."""
-    # Outputs first: a layer called twice (a tied embedding) is found at its call nearest the outputs.
+    # Outputs first: a layer called twice (a tied embedding) is found at its call
+    # nearest the outputs.
     for node in reversed(model_nodes(functional)):
         if node.operation.name == layer_name and not node.is_input:
             return node

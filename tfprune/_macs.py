@@ -34,8 +34,9 @@ def register_macs(layer_class, function):
         layer_class: A class, usually a `keras.layers.Layer` subclass.
         function: Callable `function(layer, input_shape, output_shape)`
             returning the multiply-accumulates (int) of one call of `layer`
-            for one example, or None if they cannot be counted. `input_shape` and `output_shape` are the shapes of the
-            call's first input and first output, batch dimension included.
+            for one example, or None if they cannot be counted. `input_shape`
+            and `output_shape` are the shapes of the call's first input and
+            first output, batch dimension included.
             It is not called when a non-batch axis of either is of unknown
             size (the layer is then listed as uncounted by `analyze`; pass
             `sequence_length=` to fix the token axis of a text model).
@@ -111,7 +112,9 @@ def _einsum_dense_macs(layer, input_shape, output_shape):
     # Every input entry meets every kernel entry along the letters the input lacks
     # ("btd,ndh->btnh": t*d inputs times n*h); the batch axis is not counted.
     input_spec, kernel_spec = layer.equation.split("->")[0].split(",")
-    extra = [size for letter, size in zip(kernel_spec, layer.kernel.shape) if letter not in input_spec]
+    extra = [
+        size for letter, size in zip(kernel_spec, layer.kernel.shape) if letter not in input_spec
+    ]
     if any(size is None for size in input_shape[1:]):
         return None
     return math.prod(input_shape[1:]) * math.prod(extra)

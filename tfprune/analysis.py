@@ -5,7 +5,9 @@ forward pass) and returns an `Analysis`: one `LayerRecord` per layer or graph
 operation, and totals. The MAC formula of a layer is looked up in a registry
 keyed by layer class; the lookup walks the class's MRO, so subclasses of
 `Conv2D`, `Dense`, ... (tfprune's STR layers, user layers) are counted by
-their base class. Other modules add formulas with `register_macs`.
+their base class. Other modules add formulas with `register_macs`. This module
+reads the graph; the formulas live in `tfprune._macs` and the records in
+`tfprune._analysis_report`.
 
 Conventions, the same as the MobileNet, ResNet and Keras application papers
 and tables: one MAC is one multiply-accumulate of a convolution or dense

@@ -24,7 +24,9 @@ def sliding_window_mask(layer, mask, cache_update_index=0):
 
     Example:
         >>> from keras_hub.src.models.gemma4.gemma4_attention import Gemma4TextAttention
-        >>> attention = Gemma4TextAttention(4, 2, 1, use_sliding_window_attention=True, sliding_window_size=2)
+        >>> attention = Gemma4TextAttention(
+        ...     4, 2, 1, use_sliding_window_attention=True, sliding_window_size=2
+        ... )
         >>> mask = sliding_window_mask(attention, keras.ops.ones((1, 3, 3), "bool"))
         >>> keras.ops.convert_to_numpy(mask)[0].astype(int).tolist()
         [[1, 1, 0], [1, 1, 1], [0, 1, 1]]

@@ -25,8 +25,10 @@ def ops_details(interpreter):
         >>> @tf.function(input_signature=[tf.TensorSpec((1, 2), tf.float32)])
         ... def double(x):
         ...     return x + x
-        >>> converter = tf.lite.TFLiteConverter.from_concrete_functions([double.get_concrete_function()], double)
-        >>> [op["op_name"] for op in ops_details(Interpreter(model_content=converter.convert()))]
+        >>> function = double.get_concrete_function()
+        >>> converter = tf.lite.TFLiteConverter.from_concrete_functions([function], double)
+        >>> interpreter = Interpreter(model_content=converter.convert())
+        >>> [op["op_name"] for op in ops_details(interpreter)]
         ['ADD']
     """
     return list(interpreter._get_ops_details())

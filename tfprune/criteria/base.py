@@ -266,9 +266,10 @@ class AttentionHeads:
             self.kernel = head_kernel(layer)
             return
         projections = attention_projections(layer)
+        kernels = [projections[name].kernel for name in ("query", "key", "value")]
         parts = [
-            np.moveaxis(keras.ops.convert_to_numpy(projections[name].kernel), 1, -1).reshape(-1, layer.num_heads)
-            for name in ("query", "key", "value")
+            np.moveaxis(keras.ops.convert_to_numpy(kernel), 1, -1).reshape(-1, layer.num_heads)
+            for kernel in kernels
         ]
         self.kernel = np.concatenate(parts, axis=0)
 
