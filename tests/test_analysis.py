@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfprune
-from tfprune import analysis
+from tfprune import _analysis_report, _macs, analysis
 
 
 def single_layer_model(input_shape, layer):
@@ -396,8 +396,9 @@ def test_unknown_layer_name_raises_key_error():
 
 
 def test_docstring_examples_run():
-    failures, _ = doctest.testmod(analysis, optionflags=doctest.ELLIPSIS)
-    assert failures == 0
+    for module in (analysis, _analysis_report, _macs):
+        failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failures == 0, module.__name__
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ whose first axis is the batch.
 import fractions
 import math
 
+from tfprune._keras.functional import producing_node
+
 # Operations that may change what the first axis holds, when they act on it (their
 # `axis`/`axes` argument) or always (einsum, tile, swap/move of axes).
 _BY_AXIS = {"Concatenate", "Stack", "Repeat", "Split", "ExpandDims", "Squeeze", "Take", "TakeAlongAxis", "Flip", "Roll"}
@@ -112,13 +114,11 @@ def factor(tensor, memo):
         if id(current) in memo:
             stack.pop()
             continue
-        history = getattr(current, "_keras_history", None)
-        operation = getattr(history, "operation", None)
-        if operation is None:
+        node = producing_node(current)
+        if node is None:
             memo[id(current)] = (current, fractions.Fraction(1))
             stack.pop()
             continue
-        node = operation._inbound_nodes[history.node_index]
         pending = [item for item in node.input_tensors if id(item) not in memo]
         if pending:
             stack.extend(pending)

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 
 from tfprune import _layer_inputs
+from tfprune._keras.functional import model_nodes, producing_node
+from tfprune._keras.ops import operation_class
 from tfprune._utils import check_verbose, functional_view
 
 # Layers a producer's output passes through before it is "the feature map"
@@ -35,20 +37,17 @@ _POST_ACTIVATION_LAYERS = (
     keras.layers.ELU,
 )
 # What joins a gated MLP's two producers, and the casts between (keras-hub's Llama casts to float32).
-_PRODUCTS = (keras.layers.Multiply, keras.src.ops.numpy.Multiply)
-_CASTS = (keras.src.ops.core.Cast,)
-
-
-def _nodes(functional):
-    # Keras has no public accessor for a model's call nodes; `_nodes_by_depth`
-    # holds exactly the nodes of this model (a shared layer may have others).
-    return [node for nodes in functional._nodes_by_depth.values() for node in nodes]
+_PRODUCTS = (
+    keras.layers.Multiply,
+    operation_class(keras.ops.multiply, keras.KerasTensor((1,)), keras.KerasTensor((1,))),
+)
+_CASTS = (operation_class(keras.ops.cast, keras.KerasTensor((1,)), "float32"),)
 
 
 def _readers(functional):
     """`{id(tensor): [node, ...]}`: the nodes of the model that read each tensor."""
     readers = {}
-    for node in _nodes(functional):
+    for node in model_nodes(functional):
         for tensor in node.input_tensors:
             readers.setdefault(id(tensor), []).append(node)
     return readers
@@ -56,7 +55,9 @@ def _readers(functional):
 
 def call_node(functional, layer_name):
     """The node (call) of layer `layer_name` in the functional model; raises ValueError if none."""
-    for node in _nodes(functional):
+    # Outputs first: a layer called twice (a tied embedding) is found at its call
+    # nearest the outputs.
+    for node in reversed(model_nodes(functional)):
         if node.operation.name == layer_name and not node.is_input:
             return node
     raise ValueError(f"Layer '{layer_name}' is not called in model '{functional.name}'.")
@@ -82,12 +83,10 @@ def _feature_size(tensor):
 
 def _reads_a_product(functional, layer_name):
     """Whether a layer's input is a product (a gated MLP's `act(gate) * up`), through dtype casts."""
-    tensor = call_node(functional, layer_name).input_tensors[0]
-    while True:
-        operation = tensor._keras_history.operation
-        if not isinstance(operation, _CASTS) or not operation._inbound_nodes:
-            return isinstance(operation, _PRODUCTS)
-        tensor = operation._inbound_nodes[0].input_tensors[0]
+    node = producing_node(call_node(functional, layer_name).input_tensors[0])
+    while node is not None and isinstance(node.operation, _CASTS):
+        node = producing_node(node.input_tensors[0])
+    return node is not None and isinstance(node.operation, _PRODUCTS)
 
 
 def _consumer_inputs(model, group, shared):

@@ -60,6 +60,9 @@ import inspect
 import keras
 
 from tfprune import _utils, decoding_rwkv, handlers, handlers_decoders
+from tfprune._keras.decoders import sliding_window_mask
+from tfprune._keras.functional import call_nodes, input_name, model_nodes, run_graph
+from tfprune._keras.layers import attention_projections
 
 __all__ = ["attention_layers", "build_cache", "call_with_cache"]
 
@@ -102,7 +105,7 @@ def _key_projection(layer):
     if names is not None:
         return getattr(layer, names[1], None)
     if isinstance(layer, keras.layers.MultiHeadAttention) and type(layer).__module__.startswith("keras_hub."):
-        return layer._key_dense
+        return attention_projections(layer)["key"]
     return None
 
 
@@ -229,10 +232,10 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
         "position_ids": keras.ops.broadcast_to(positions[None], keras.ops.shape(token_ids)),
         **(inputs or {}),
     }
-    names = [tensor._keras_history.operation.name for tensor in functional.inputs]
+    names = [input_name(tensor) for tensor in functional.inputs]
     absent = [name for name in names if name not in values]
     # Gemma 3n's padding mask is boolean: each value in its input's dtype.
-    dtypes = {tensor._keras_history.operation.name: tensor.dtype for tensor in functional.inputs}
+    dtypes = {input_name(tensor): tensor.dtype for tensor in functional.inputs}
     values = {name: keras.ops.cast(value, dtypes[name]) if name in dtypes else value for name, value in values.items()}
     updated = dict(cache)
     # axis -> leading positions the concatenations `concatenations` leave out.
@@ -265,7 +268,7 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
                                 keras.ops.shape(layer_cache)[axis], cache_update_index, prefix_length)  # fmt: skip
             if getattr(handlers.handler_for(layer), "window_from_block", False) and layer.use_sliding_window_attention:
                 # Gemma 4's block, not its attention layer, narrows the mask to the sliding window.
-                mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
+                mask = sliding_window_mask(layer, mask, cache_update_index)
             # The arguments by name (Gemma 3n passes its mask by position), the first one kept by position.
             arguments = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
             first = arguments.pop(next(iter(arguments)))
@@ -275,11 +278,11 @@ def call_with_cache(model, token_ids, cache, cache_update_index, inputs=None, pr
             updated[layer.name] = results[-1]
             # A layer that returns its cache even without one (Gemma 4) or its attention weights too
             # (Gemma 3n) has as many outputs in the graph: its call with a cache gives them in that order.
-            return results[0] if len(layer._inbound_nodes[0].outputs) == 1 else results
+            return results[0] if len(call_nodes(layer)[0].outputs) == 1 else results
 
         return call
 
-    outputs = functional._run_through_graph([values.get(name, _ABSENT) for name in names], operation_fn=operation_fn)
+    outputs = run_graph(functional, [values.get(name, _ABSENT) for name in names], operation_fn)
     if any(value is _ABSENT for value in keras.tree.flatten(outputs)):
         raise ValueError(
             f"The outputs of model '{model.name}' need its input(s) {absent} in this call; pass them in `inputs`."
@@ -310,23 +313,22 @@ def _left_out(functional, absent):
     Only leading parts computed from those inputs alone are left out (image
     tokens before the text), and only parts whose size is known.
     """
-    derived = {id(tensor) for tensor in functional.inputs if tensor._keras_history.operation.name in absent}
+    derived = {id(tensor) for tensor in functional.inputs if input_name(tensor) in absent}
     dropped, concatenations = {}, set()
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            if node.is_input or not any(id(tensor) in derived for tensor in node.input_tensors):
+    for node in model_nodes(functional):
+        if node.is_input or not any(id(tensor) in derived for tensor in node.input_tensors):
+            continue
+        parts = node.arguments.args[0] if node.arguments.args else None
+        if type(node.operation).__name__ == "Concatenate" and isinstance(parts, (list, tuple)):
+            flags = [id(part) in derived for part in parts]
+            lead = flags.index(False) if False in flags else len(flags)
+            axis = node.operation.axis % len(node.outputs[0].shape)
+            sizes = [part.shape[axis] for part in parts[:lead]]
+            if 0 < lead and not any(flags[lead:]) and None not in sizes:
+                dropped[axis] = sum(sizes)
+                concatenations.add(id(node.operation))
                 continue
-            parts = node.arguments.args[0] if node.arguments.args else None
-            if type(node.operation).__name__ == "Concatenate" and isinstance(parts, (list, tuple)):
-                flags = [id(part) in derived for part in parts]
-                lead = flags.index(False) if False in flags else len(flags)
-                axis = node.operation.axis % len(node.outputs[0].shape)
-                sizes = [part.shape[axis] for part in parts[:lead]]
-                if 0 < lead and not any(flags[lead:]) and None not in sizes:
-                    dropped[axis] = sum(sizes)
-                    concatenations.add(id(node.operation))
-                    continue
-            derived.update(id(tensor) for tensor in node.outputs)
+        derived.update(id(tensor) for tensor in node.outputs)
     return dropped, concatenations
 
 

@@ -14,6 +14,7 @@ state holds everything seen so far).
 import keras
 
 from tfprune import _utils, handlers, handlers_rwkv
+from tfprune._keras.functional import input_name, run_graph
 
 __all__ = ["build_cache", "call_with_cache", "recurrent_layers"]
 
@@ -99,7 +100,7 @@ def call_with_cache(model, token_ids, cache, rnn_mode=True):
         )
     token_ids = keras.ops.convert_to_tensor(token_ids, dtype="int32")
     values = {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)}
-    names = [tensor._keras_history.operation.name for tensor in functional.inputs]
+    names = [input_name(tensor) for tensor in functional.inputs]
     if any(name not in values for name in names):
         raise ValueError(
             f"tfprune.decoding runs models whose inputs are token_ids and padding_mask; model '{model.name}' "
@@ -137,5 +138,5 @@ def call_with_cache(model, token_ids, cache, rnn_mode=True):
             return channel_mix(operation)
         return operation
 
-    outputs = functional._run_through_graph([values[name] for name in names], operation_fn=operation_fn)
+    outputs = run_graph(functional, [values[name] for name in names], operation_fn)
     return outputs, updated

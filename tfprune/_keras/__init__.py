@@ -16,4 +16,6 @@ Submodules:
 - ``ops``: the classes of Keras's operations (``keras.src.ops``).
 - ``optimizers``: optimizer slots.
 - ``hub``: keras-hub classes found by their module path.
+- ``decoders``: private methods of keras-hub decoder layers (a sliding-window mask).
+- ``lite``: the LiteRT interpreter's list of a file's operators.
 """

@@ -28,6 +28,8 @@ import keras
 import numpy as np
 
 from tfprune import handlers
+from tfprune._keras.functional import model_nodes, producer
+from tfprune._keras.layers import attention_projections
 from tfprune._utils import functional_view
 
 __all__ = [
@@ -184,16 +186,15 @@ def consumers(model):
     ['bn']
     """
     functional = functional_view(model)
-    operations = set(id(operation) for operation in functional.operations)
+    position = {id(operation): index for index, operation in enumerate(functional.operations)}
+    # The model's calls grouped by operation, in the order of `functional.operations`.
+    nodes = sorted(model_nodes(functional), key=lambda node: position.get(id(node.operation), -1))
     readers = {}
-    for operation in functional.operations:
-        # Keras has no public accessor for an operation's call nodes; `_inbound_nodes`
-        # is where functional models keep them.
-        for node in operation._inbound_nodes:
-            for tensor in node.input_tensors:
-                source = tensor._keras_history.operation
-                if id(source) in operations:
-                    readers.setdefault(source.name, []).append(operation)
+    for node in nodes:
+        for tensor in node.input_tensors:
+            made_by = producer(tensor)
+            if made_by is not None and id(made_by.operation) in position:
+                readers.setdefault(made_by.operation.name, []).append(node.operation)
     return readers
 
 
@@ -264,9 +265,11 @@ class AttentionHeads:
         if head_kernel is not None:
             self.kernel = head_kernel(layer)
             return
+        projections = attention_projections(layer)
+        kernels = [projections[name].kernel for name in ("query", "key", "value")]
         parts = [
-            np.moveaxis(keras.ops.convert_to_numpy(dense.kernel), 1, -1).reshape(-1, layer.num_heads)
-            for dense in (layer._query_dense, layer._key_dense, layer._value_dense)
+            np.moveaxis(keras.ops.convert_to_numpy(kernel), 1, -1).reshape(-1, layer.num_heads)
+            for kernel in kernels
         ]
         self.kernel = np.concatenate(parts, axis=0)
 

@@ -10,6 +10,7 @@ import zlib
 import keras
 import numpy as np
 
+from tfprune._keras.layers import attention_projections
 from tfprune.criteria.base import from_layer_scores, register
 
 __all__ = [
@@ -45,7 +46,7 @@ def _transpose_kernel(layer):
 
 def _attention_output_kernel(layer):
     # The output projection (heads, dim, width): the layer's output channels last.
-    kernel = to_numpy(layer._output_dense.kernel)
+    kernel = to_numpy(attention_projections(layer)["output"].kernel)
     return kernel.reshape(-1, kernel.shape[-1])
 
 

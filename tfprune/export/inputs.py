@@ -20,6 +20,7 @@ import re
 import keras
 import numpy as np
 
+from tfprune._keras.functional import input_name
 from tfprune._utils import LazyModule
 
 __all__ = ["ModelInput", "as_batches", "model_inputs", "random_batch"]
@@ -89,8 +90,7 @@ def model_inputs(model):
         if named_by_key and len(path) == 1:
             name = str(path[0])
         else:
-            # Keras has no public accessor for the InputLayer that created a tensor.
-            name = tensor._keras_history.operation.name
+            name = input_name(tensor)
         signature_name = _SIGNATURE_CHARACTER.sub("_", name).lstrip("_-/") or "input"
         while signature_name in signature_names:
             signature_name += "_"

@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 
+from tfprune._keras.lite import ops_details
 from tfprune._utils import LazyModule
 from tfprune.export.inputs import _call_arguments, _input_structure, _sample_count
 
@@ -173,9 +174,7 @@ def _dequantize(values, details):
 def _op_counts(content):
     interpreter = _interpreter(content, use_xnnpack=False)
     counts = {}
-    # The interpreter has no public node list; without delegates every node is
-    # one op of the file.
-    for op in interpreter._get_ops_details():
+    for op in ops_details(interpreter):  # without delegates, one node per op of the file
         counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
     return dict(sorted(counts.items()))
 
