@@ -17,6 +17,8 @@ OLDEST_STAMP := $(OLDEST_VENV)/.tfprune-oldest-installed
 
 .PHONY: demo test test-oldest test-all lint bench fashion-mnist clean
 
+# tfprune[dev] is everything: the tensorflow extra (TensorFlow, LiteRT, tensorflow-datasets),
+# the test tools, JAX, PyTorch and keras-hub; tfprune[bench] includes the tensorflow extra too.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -29,10 +31,11 @@ $(BENCH_STAMP): $(STAMP)
 	$(TFMOT_VENV)/bin/python -m pip install --quiet -e ".[bench]"
 	touch $(BENCH_STAMP)
 
+# Without the tensorflow extra: the core must run without TensorFlow, here on JAX.
 $(OLDEST_STAMP): setup.cfg pyproject.toml
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test]" "keras==$(KERAS_OLDEST)"
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test,jax]" "keras==$(KERAS_OLDEST)"
 	touch $(OLDEST_STAMP)
 
 demo: $(STAMP)
@@ -58,9 +61,11 @@ JAX_TESTS_ALL := $(BACKEND_TESTS) tests/test_str_layers.py tests/test_magnitude_
 JAX_ENV := KERAS_BACKEND=jax
 TORCH_ENV := KERAS_BACKEND=torch
 
-# The core (graph, surgery, prune, STR, magnitude pruning) on the oldest Keras of the range.
+# The core (graph, surgery, prune, STR, magnitude pruning) on the oldest Keras of the range, on JAX
+# and without TensorFlow (its few TensorFlow-only tests skip), as a user of plain `pip install tfprune`
+# has it; tests/test_optional_tensorflow.py adds the command and the sentences asking for the extra.
 CORE_TESTS := tests/test_graph.py tests/test_surgery.py tests/test_str_layers.py tests/test_magnitude_prune.py \
-	tests/test_magnitude_masks.py tests/test_sparsity.py tests/test_prune_str.py
+	tests/test_magnitude_masks.py tests/test_sparsity.py tests/test_prune_str.py tests/test_optional_tensorflow.py
 
 test: lint $(BENCH_STAMP) test-oldest
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15
@@ -68,7 +73,7 @@ test: lint $(BENCH_STAMP) test-oldest
 	$(TORCH_ENV) $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(BACKEND_TESTS)
 
 test-oldest: $(OLDEST_STAMP)
-	KERAS_BACKEND=tensorflow $(OLDEST_VENV)/bin/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(CORE_TESTS)
+	KERAS_BACKEND=jax $(OLDEST_VENV)/bin/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q $(CORE_TESTS)
 
 test-all: lint $(BENCH_STAMP)
 	$(TFMOT_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --durations=25

@@ -300,7 +300,7 @@ def test_block_sparsity_on_dense_kernels():
 
 
 def test_callback_logs_sparsity_and_writes_tensorboard_summaries(tmp_path):
-    import tensorflow as tf  # reads the event files back
+    tf = pytest.importorskip("tensorflow")  # reads the event files back (the tensorflow extra)
 
     pruned = compiled(tfprune.prune_low_magnitude(small_cnn(), tfprune.ConstantSparsity(0.5, frequency=2)))
     history = pruned.fit(*digits_batch(32), batch_size=8, epochs=2, verbose=0,
@@ -475,7 +475,7 @@ def test_custom_loop_may_train_after_update_pruning_step():
 
 
 def test_pruning_summaries_write_every_n_batches(tmp_path):
-    import tensorflow as tf  # reads the event files back
+    tf = pytest.importorskip("tensorflow")  # reads the event files back (the tensorflow extra)
 
     pruned = compiled(tfprune.prune_low_magnitude(small_cnn(), tfprune.ConstantSparsity(0.5, frequency=1)))
     pruned.fit(*digits_batch(32), batch_size=8, epochs=1, verbose=0, callbacks=[

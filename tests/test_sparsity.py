@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfprune
 from tfprune.callbacks.sparsity_budget import common_threshold_scale
@@ -168,7 +167,8 @@ def test_sparsity_report_counts_whole_filters_in_channel_mode():
 
 
 def test_sparse_tflite_file_is_smaller_and_computes_the_same():
-    from ai_edge_litert.interpreter import Interpreter
+    tf = pytest.importorskip("tensorflow")  # the tensorflow extra: skipped without it
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
     inputs = keras.Input((12, 12, 1))
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)

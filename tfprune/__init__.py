@@ -5,6 +5,7 @@ physically removes channels from functional models, and export to
 TFLite/LiteRT. The public API is re-exported here.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -28,12 +29,23 @@ def _import_tensorflow_quietly():
         os.close(devnull)
 
 
+def _installed_backend():
+    # TensorFlow first (the `tensorflow` extra); without it the first other backend installed.
+    for name in ("tensorflow", "jax", "torch"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "tensorflow"  # none installed: Keras's own error says so
+
+
 # The library runs on the user's Keras backend (KERAS_BACKEND or
 # ~/.keras/keras.json). The `tfprune` command is a TensorFlow program: it
-# chooses TensorFlow for itself unless the variable says otherwise.
+# chooses TensorFlow for itself unless the variable says otherwise, or JAX or
+# PyTorch when TensorFlow is not installed (its commands that need TensorFlow
+# then say what to install).
 if os.path.basename(sys.argv[0]) == "tfprune":
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    _import_tensorflow_quietly()
+    os.environ.setdefault("KERAS_BACKEND", _installed_backend())
+    if os.environ["KERAS_BACKEND"] == "tensorflow" and importlib.util.find_spec("tensorflow"):
+        _import_tensorflow_quietly()
 
 from tfprune import (
     analysis,

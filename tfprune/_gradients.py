@@ -11,6 +11,8 @@ layer's weights still have a gradient); no variable is changed.
 import keras
 import numpy as np
 
+from tfprune._optional import require_tensorflow
+
 
 def loss_gradients(loss, variables):
     """Returns `d loss() / d variable` for each variable, as float64 NumPy arrays.
@@ -30,7 +32,7 @@ def loss_gradients(loss, variables):
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
+        tf = require_tensorflow("Gradients on the TensorFlow backend")
 
         values = [variable.value for variable in variables]
         with tf.GradientTape(watch_accessed_variables=False) as tape:

@@ -14,6 +14,8 @@ import warnings
 import keras
 import numpy as np
 
+from tfprune._optional import require_tensorflow
+
 
 class LazyModule:
     """A module imported on first attribute access.
@@ -842,7 +844,7 @@ def write_summary(tag, value, plugin_name="scalars"):
         value: Scalar or array (a histogram tensor for `"histograms"`).
         plugin_name: String. TensorBoard plugin, `"scalars"` or `"histograms"`.
     """
-    import tensorflow as tf  # TensorBoard summaries are TensorFlow-only
+    tf = require_tensorflow("Writing TensorBoard summaries (log_dir=...)")
 
     metadata = tf.compat.v1.SummaryMetadata()
     metadata.plugin_data.plugin_name = plugin_name

@@ -36,6 +36,8 @@ import textwrap
 import warnings
 import zipfile
 
+from tfprune._optional import MissingDependencyError, require
+
 __all__ = ["main"]
 
 
@@ -87,7 +89,7 @@ def main(argv=None):
             raise
         print("tfprune: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except (UsageError, ValueError, TypeError, OSError) as error:
+    except (UsageError, ValueError, TypeError, OSError, MissingDependencyError) as error:
         if show_traceback:
             raise
         message = _os_error_message(error) if isinstance(error, OSError) else str(error)
@@ -438,6 +440,7 @@ def _json_default(value):
 def _run_demo(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out '{args.out}' is a file; pass a directory for the demo's outputs.")
+    require("The demo", "tensorflow", "ai_edge_litert")  # it exports: asked before it trains
     from tfprune import demo
 
     with _writing(args.out), _without_litert_info():

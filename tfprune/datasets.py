@@ -22,7 +22,7 @@ import zlib
 import keras
 import numpy as np
 
-from tfprune._utils import LazyModule
+from tfprune._optional import OptionalModule, require
 
 __all__ = [
     "FASHION_MNIST_ENVIRONMENT_VARIABLE",
@@ -35,7 +35,8 @@ __all__ = [
     "fashion_mnist",
 ]
 
-tf = LazyModule("tensorflow")  # tf.data is TensorFlow's; imported when a dataset is built
+# tf.data is TensorFlow's; imported when a dataset is built.
+tf = OptionalModule("tensorflow", "The tf.data form of tfprune.datasets (as_numpy=False)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +134,7 @@ def digits(
 
     The 1797 8x8 grey images of `sklearn.datasets.load_digits` (bundled with
     scikit-learn, no download) are scaled from 0..16 to [0, 1], resized
-    bilinearly to `image_size` x `image_size` (`tf.image.resize`) and
+    bilinearly to `image_size` x `image_size` (`keras.ops.image.resize`) and
     repeated over `channels`. The train/test split is stratified (each digit
     keeps its share in both splits) and depends only on `seed`; no image is in
     both splits.
@@ -183,7 +184,7 @@ def digits(
         )
     data = load_digits()
     images = (data.images / 16.0).astype("float32")[..., np.newaxis]
-    images = tf.image.resize(images, (image_size, image_size), method="bilinear").numpy()
+    images = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (image_size, image_size)))
     images = np.repeat(images, channels, axis=-1)
     labels = data.target.astype("int32")
     train_index, test_index = train_test_split(
@@ -473,7 +474,7 @@ def cifar100(
 def _load_tfds(
     name, num_classes, data_dir, image_size, augment, batch_size, seed, shuffle, download
 ):
-    import tensorflow_datasets as tfds
+    tfds = require(f"Loading {name} (tensorflow-datasets)", "tensorflow_datasets", "tensorflow")
 
     _check_common_arguments(name, image_size, batch_size, seed)
     if data_dir is not None:

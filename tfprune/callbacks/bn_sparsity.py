@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune._optional import require_tensorflow
 from tfprune._utils import write_summary
 from tfprune.structure import batch_norm_layers, expansion_layers
 
@@ -680,7 +681,7 @@ class BNSparsity(keras.callbacks.Callback):
         self._strength = keras.Variable(0.0, trainable=False, dtype="float32", name="bn_l1")
         self._update = self._proximal_update
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            tf = require_tensorflow("tf.function on the TensorFlow backend")
 
             # One traced call per batch instead of a few hundred eager ops (1.2 s per step
             # on MobileNetV3-Small on a loaded 2-core machine when eager).
@@ -692,7 +693,7 @@ class BNSparsity(keras.callbacks.Callback):
             # The train function traced before this point does not know the new penalty.
             self.model.make_train_function(force=True)
         if self.log_dir is not None:
-            import tensorflow as tf  # TensorBoard summaries are TensorFlow-only
+            tf = require_tensorflow("Writing TensorBoard summaries (log_dir=...)")
 
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "bn_sparsity"))
 

@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 
+from tfprune._optional import require_tensorflow
 from tfprune._utils import is_integer, write_summary
 from tfprune.magnitude.prune import _require_wrappers, mask_sparsity
 
@@ -73,7 +74,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._wrappers = _require_wrappers(self.model, "UpdatePruningStep")
         if self.log_dir is not None:
-            import tensorflow as tf  # TensorBoard summaries are TensorFlow-only
+            tf = require_tensorflow("Writing TensorBoard summaries (log_dir=...)")
 
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
 
@@ -190,7 +191,7 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def _ensure_writer(self):
         if self._writer is None:
-            import tensorflow as tf  # TensorBoard summaries are TensorFlow-only
+            tf = require_tensorflow("Writing TensorBoard summaries (log_dir=...)")
 
             self._wrappers = _require_wrappers(self.model, "PruningSummaries")
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))

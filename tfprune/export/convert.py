@@ -20,7 +20,8 @@ import warnings
 import keras
 import numpy as np
 
-from tfprune._utils import LazyModule, atomic_path, check_verbose, first_line, require_graph_model
+from tfprune._optional import OptionalModule, require
+from tfprune._utils import atomic_path, check_verbose, first_line, require_graph_model
 from tfprune.export.inputs import (
     _call_arguments,
     _input_structure,
@@ -43,7 +44,7 @@ __all__ = [
     "to_tflite",
 ]
 
-tf = LazyModule("tensorflow")  # imported by the first conversion, not by `import tfprune`
+tf = OptionalModule("tensorflow", "Export to LiteRT")  # imported by the first conversion
 
 # TensorFlow's guide recommends a few hundred calibration samples; more only
 # slows the conversion down.
@@ -214,6 +215,7 @@ def to_tflite(
     (True, ['int32', 'int32'])
     """
     caller = "tfprune.export.to_tflite"
+    require("Export to LiteRT", "tensorflow", "ai_edge_litert")  # before any work, on every backend
     require_graph_model(model, caller)
     say = print if check_verbose(verbose, caller) else (lambda *args, **kwargs: None)
     if not isinstance(quantize, (str, type(None))) or quantize not in QUANTIZERS:

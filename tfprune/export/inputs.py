@@ -21,11 +21,10 @@ import keras
 import numpy as np
 
 from tfprune._keras.functional import input_name
-from tfprune._utils import LazyModule
+from tfprune._optional import is_tf_dataset
 
 __all__ = ["ModelInput", "as_batches", "model_inputs", "random_batch"]
 
-tf = LazyModule("tensorflow")  # only for isinstance checks of tf.data datasets
 
 # Characters a TensorFlow signature name may hold (`[A-Za-z0-9_.\-/]`, not first `_-/`).
 _SIGNATURE_CHARACTER = re.compile(r"[^A-Za-z0-9_.\-/]")
@@ -159,7 +158,7 @@ def as_batches(data, inputs, argument, limit):
     ...
     ValueError: `data` must hold at least one sample of input 'image' of shape (None, 2, 2) (samples first). Received: data with shape (5, 3)
     """
-    if isinstance(data, tf.data.Dataset):
+    if is_tf_dataset(data):
         batches = _dataset_batches(data, inputs, argument, limit)
     else:
         batches = [_checked(_named_arrays(data, inputs, argument), inputs, argument)]

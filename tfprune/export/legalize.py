@@ -34,12 +34,14 @@ import re
 
 import numpy as np
 
-from tfprune._utils import LazyModule
+from tfprune._optional import OptionalModule
 
 __all__ = ["missing_ops_reason", "rewrite_saved_model"]
 
-tf = LazyModule("tensorflow")
-saved_model_pb2 = LazyModule("tensorflow.core.protobuf.saved_model_pb2")
+tf = OptionalModule("tensorflow", "Export to LiteRT")
+saved_model_pb2 = OptionalModule(
+    "tensorflow.core.protobuf.saved_model_pb2", "Export to LiteRT"
+)
 
 # TensorFlow's DataType enum values (tensorflow/core/framework/types.proto).
 _INT32 = 3

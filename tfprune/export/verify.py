@@ -7,12 +7,13 @@ import keras
 import numpy as np
 
 from tfprune._keras.lite import ops_details
-from tfprune._utils import LazyModule
+from tfprune._optional import OptionalModule
 from tfprune.export.inputs import _call_arguments, _input_structure, _sample_count
 
 __all__ = ["predict"]
 
-litert = LazyModule("ai_edge_litert.interpreter")  # imported when a file is first run
+# Imported when a file is first run.
+litert = OptionalModule("ai_edge_litert.interpreter", "Running a .tflite file")
 
 
 def predict(model_file, inputs, num_threads=None, use_xnnpack=True):
