@@ -107,18 +107,6 @@ ALLOWED = {
         "getattr(..., '_trainable_variables')",
         "hasattr(..., '_keras_history')",
     },
-    "tfprune/handlers.py": {
-        "'keras_hub.src.utils.keras_utils'",
-        "._key_dense",
-        "._output_dense",
-        "._query_dense",
-        "._value_dense",
-        "getattr(..., '_output_shape')",
-        "getattr(..., '_use_gate')",
-        "hasattr(..., '_keras_history')",
-        "keras.src.applications.convnext",
-        "keras.src.applications.inception_resnet_v2",
-    },
     "tfprune/handlers_decoders.py": {
         "'keras_hub.src.layers.modeling.cached_multi_head_attention'",
         "'keras_hub.src.layers.modeling.reversible_embedding'",
