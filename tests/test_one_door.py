@@ -107,53 +107,6 @@ ALLOWED = {
         "getattr(..., '_trainable_variables')",
         "hasattr(..., '_keras_history')",
     },
-    "tfprune/handlers_decoders.py": {
-        "'keras_hub.src.layers.modeling.cached_multi_head_attention'",
-        "'keras_hub.src.layers.modeling.reversible_embedding'",
-        "'keras_hub.src.models.'",
-        "._keras_history",
-        "._tracker",
-        "getattr(..., '_output_dense')",
-        "getattr(..., '_qkv_dense')",
-        "getattr(..., '_use_gate')",
-        "self._output_dense",
-        "self._tracker",
-    },
-    "tfprune/handlers_diffusion.py": {
-        "'keras_hub.src.models.stable_diffusion_3.mmdit'",
-    },
-    "tfprune/handlers_gemma.py": {
-        "'keras_hub.src.models.'",
-    },
-    "tfprune/handlers_inferred.py": {
-        "._inbound_nodes",
-        "._keras_history",
-    },
-    "tfprune/handlers_keras_hub.py": {
-        "'keras_hub.src.layers.modeling.f_net_encoder'",
-        "'keras_hub.src.layers.modeling.masked_lm_head'",
-        "'keras_hub.src.layers.modeling.position_embedding'",
-        "'keras_hub.src.layers.modeling.rms_normalization'",
-        "'keras_hub.src.models.'",
-        "'keras_hub.src.models.dinov3.dinov3_layers'",
-        "'keras_hub.src.models.moonshine.moonshine_multi_head_attentio'",
-        "'keras_hub.src.models.swin_transformer.swin_transformer_layer'",
-        "'keras_hub.src.models.vit_det.vit_layers'",
-        "getattr(..., '_num_heads')",
-    },
-    "tfprune/handlers_multimodal.py": {
-        "'keras_hub.src.models.blip2.blip2_custom_opt'",
-    },
-    "tfprune/handlers_qwen3_5.py": {
-        "'keras_hub.src.models.'",
-        "'keras_hub.src.models.qwen3_5.'",
-    },
-    "tfprune/handlers_rwkv.py": {
-        "'keras_hub.src.models.rwkv7.rwkv7_layer'",
-    },
-    "tfprune/handlers_sam3.py": {
-        "'keras_hub.src.models.sam3.sam3_layers'",
-    },
     "tfprune/magnitude/prune.py": {
         "._input_shape_arg",
         "getattr(..., '_input_shape_arg')",

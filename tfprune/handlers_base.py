@@ -328,3 +328,10 @@ class Preserve(Handler):
 def _width(tensor):
     """Size of a tensor's channel (last) axis; a scalar counts as one channel."""
     return tensor.shape[-1] if len(tensor.shape) else 1
+
+
+def _attribute(layer, path):
+    """`layer.a.b` for the dotted `path` "a.b", or None where an attribute is missing."""
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+    return layer

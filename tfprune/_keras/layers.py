@@ -7,6 +7,7 @@ whether its `call` takes `training` are private too.
 """
 
 __all__ = [
+    "ATTENTION_PROJECTION_ATTRIBUTES",
     "application_layers",
     "attention_output_shape",
     "attention_projections",
@@ -16,6 +17,7 @@ __all__ = [
     "head_count",
     "own_variables",
     "qkv_projection",
+    "replace_sublayer",
     "untrack",
 ]
 
@@ -171,3 +173,32 @@ def application_layers():
         except (ImportError, AttributeError):
             continue
     return found
+
+
+def replace_sublayer(layer, name, new):
+    """Sets `layer.<name>` to `new` in the old sub-layer's place, so that `layer.weights` keep their order.
+
+    Args:
+        layer: a layer holding a sub-layer in attribute `name`.
+        name: String. The attribute.
+        new: the layer to put there (built or not).
+
+    Example:
+        >>> import keras
+        >>> outer = keras.layers.Layer()
+        >>> outer.first, outer.second = keras.layers.Dense(2, name="a"), keras.layers.Dense(2, name="b")
+        >>> replace_sublayer(outer, "first", keras.layers.Dense(3, name="c"))
+        >>> [sub.name for sub in outer._layers]
+        ['c', 'b']
+    """
+    old = getattr(layer, name)
+    position = next(index for index, sub in enumerate(layer._layers) if sub is old)
+    layer._tracker.untrack(old)
+    setattr(layer, name, new)
+    layer._layers.remove(new)
+    layer._layers.insert(position, new)
+
+
+# The private attributes `keras.layers.MultiHeadAttention` keeps its query, key, value and
+# output projections in; keras-hub's Llama-family attention layers use the same names.
+ATTENTION_PROJECTION_ATTRIBUTES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
