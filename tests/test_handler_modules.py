@@ -11,11 +11,18 @@ import tfprune
 
 @pytest.mark.parametrize(
     "module_name",
-    ["tfprune.tracer", "tfprune.handlers_base", "tfprune.handlers_sizes", "tfprune.handlers_decoders"],
+    [
+        "tfprune.tracer",
+        "tfprune.handlers_base",
+        "tfprune.handlers_sizes",
+        "tfprune.handlers_decoders",
+    ],
 )
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(module_name)
-    results = doctest.testmod(module, extraglobs={"tfprune": tfprune, "keras": keras}, optionflags=doctest.ELLIPSIS)
+    results = doctest.testmod(
+        module, extraglobs={"tfprune": tfprune, "keras": keras}, optionflags=doctest.ELLIPSIS
+    )
     assert results.attempted and not results.failed
 
 

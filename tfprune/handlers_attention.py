@@ -19,9 +19,13 @@ class _DotProductAttention(Handler):
     def trace(self, node, tracer):
         query, key, value = (list(node.input_tensors) + [None] * 3)[:3]
         if value is None or _width(value) != _width(node.outputs[0]):
-            return Freeze(f"'{node.operation.name}' has no value input of its output's width").trace(node, tracer)
+            return Freeze(
+                f"'{node.operation.name}' has no value input of its output's width"
+            ).trace(node, tracer)
         for tensor in (query, key, value):
-            tracer.pin(tracer.channels(tensor), f"'{node.operation.name}' contracts them in attention")
+            tracer.pin(
+                tracer.channels(tensor), f"'{node.operation.name}' contracts them in attention"
+            )
         return [tracer.channels(value)]
 
 

@@ -58,14 +58,23 @@ class _MixtureOfExperts(Handler):
         attributes: Dict from constructor argument to attribute name.
     """
 
-    _SHARED = ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
+    _SHARED = (
+        "_feedforward_gate_dense",
+        "_feedforward_intermediate_dense",
+        "_feedforward_output_dense",
+    )
     makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
 
     def __init__(self, router, experts, gate, down, up=None, fused=None, gate_up_bias=None, down_bias=None,
                  units_key="intermediate_dim", shared=None, shared_key=None, shared_gate=None, attributes=None):  # fmt: skip
         self.router, self.experts, self.gate, self.down, self.up = router, experts, gate, down, up
         self.fused, self.gate_up_bias, self.down_bias = fused, gate_up_bias, down_bias
-        self.units_key, self.shared, self.shared_key, self.shared_gate = units_key, shared, shared_key, shared_gate
+        self.units_key, self.shared, self.shared_key, self.shared_gate = (
+            units_key,
+            shared,
+            shared_key,
+            shared_gate,
+        )
         self.attributes = attributes or {}
         self._layouts = {}  # layer name -> (index of the down kernel, index of the shared down kernel or None)
 
@@ -89,7 +98,9 @@ class _MixtureOfExperts(Handler):
         layer = node.operation
         parts = self._parts(layer)
         if parts is None:
-            return Freeze(f"'{layer.name}' has no router and expert weights tfprune knows").trace(node, tracer)
+            return Freeze(f"'{layer.name}' has no router and expert weights tfprune knows").trace(
+                node, tracer
+            )
         router, bank, shared = parts
         hidden = tracer.channels(self._hidden_input(node))
         gate, down = getattr(bank, self.gate), getattr(bank, self.down)
@@ -97,7 +108,11 @@ class _MixtureOfExperts(Handler):
         outputs = tracer.new_channels(_width(node.outputs[0]), layer.name)
         tracer.use(layer, router.kernel, 0, hidden, "input")
         # Each unit's positions on the gate (and fused up) kernel's last axis.
-        on_gate = {None: units, "halves": np.concatenate([units, units]), "interleaved": np.repeat(units, 2)}
+        on_gate = {
+            None: units,
+            "halves": np.concatenate([units, units]),
+            "interleaved": np.repeat(units, 2),
+        }
         for kernel in [gate] + ([getattr(bank, self.up)] if self.up else []):
             tracer.use(layer, kernel, 1, hidden, "input")
             tracer.use(layer, kernel, 2, on_gate[self.fused], "output")
@@ -111,7 +126,9 @@ class _MixtureOfExperts(Handler):
         shared_down = None
         if shared is not None:
             shared_gate, shared_up, shared_output = shared
-            shared_units = tracer.new_channels(shared_output.kernel.shape[0], f"{layer.name}_shared_expert")
+            shared_units = tracer.new_channels(
+                shared_output.kernel.shape[0], f"{layer.name}_shared_expert"
+            )
             for dense in (shared_gate, shared_up):
                 tracer.use(layer, dense.kernel, 0, hidden, "input")
                 tracer.use(layer, dense.kernel, 1, shared_units, "output")
@@ -137,7 +154,11 @@ class _MixtureOfExperts(Handler):
 
     def resize_for_weights(self, config, output_width, weight_shapes):
         down, shared_down = self._layouts[config["name"]]
-        config = {**config, "hidden_dim": int(output_width), self.units_key: int(weight_shapes[down][1])}
+        config = {
+            **config,
+            "hidden_dim": int(output_width),
+            self.units_key: int(weight_shapes[down][1]),
+        }
         if shared_down is not None:
             config[self.shared_key] = int(weight_shapes[shared_down][0])
         return config

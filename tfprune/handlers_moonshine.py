@@ -9,7 +9,10 @@ from tfprune.handlers_attention import _MultiHeadAttention
 __all__ = ["recordable_moonshine_attention"]
 
 
-_MOONSHINE_ATTENTION = (hub.model_module("moonshine.moonshine_multi_head_attention"), "MoonshineMultiHeadAttention")
+_MOONSHINE_ATTENTION = (
+    hub.model_module("moonshine.moonshine_multi_head_attention"),
+    "MoonshineMultiHeadAttention",
+)
 _RECORDABLE = {}  # the class made by `recordable_moonshine_attention`, once made
 
 
@@ -50,7 +53,9 @@ class _Recordable:
     def compute_output_spec(self, query, value, key=None, rotary_embedding=None, attention_mask=None, cache=None,
                             cache_update_index=None, training=None, **kwargs):  # fmt: skip
         output = super().compute_output_spec(query, value, key, attention_mask=attention_mask)
-        return output if cache is None else (output, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+        return (
+            output if cache is None else (output, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+        )
 
     def get_config(self):
         return {**super().get_config(), "attention_bias": self.attention_bias,

@@ -91,10 +91,15 @@ class BroadcastToSizes(keras.Operation):
 
     def __init__(self, sizes, name=None):
         super().__init__(name=name)
-        self.sizes = [list(size) if isinstance(size, (list, tuple)) else int(size) for size in sizes]
+        self.sizes = [
+            list(size) if isinstance(size, (list, tuple)) else int(size) for size in sizes
+        ]
 
     def _shape(self, sources, shape_of):
-        return tuple(shape_of(sources[size[0]])[size[1]] if isinstance(size, list) else size for size in self.sizes)
+        return tuple(
+            shape_of(sources[size[0]])[size[1]] if isinstance(size, list) else size
+            for size in self.sizes
+        )
 
     def call(self, x, *sources):
         return keras.ops.broadcast_to(x, self._shape(sources, keras.ops.shape))
@@ -106,7 +111,9 @@ class BroadcastToSizes(keras.Operation):
         return {"sizes": self.sizes, "name": self.name}
 
 
-_MULTIPLY = ops.operation_class(keras.ops.multiply, keras.KerasTensor((2,)), keras.KerasTensor((2,)))
+_MULTIPLY = ops.operation_class(
+    keras.ops.multiply, keras.KerasTensor((2,)), keras.KerasTensor((2,))
+)
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -127,7 +134,11 @@ class DenseMultiply(_MULTIPLY):
 
     def compute_output_spec(self, x1, x2):
         spec = super().compute_output_spec(x1, x2)
-        sparse = any(getattr(value, "sparse", False) for value in (x1, x2) if isinstance(value, keras.KerasTensor))
+        sparse = any(
+            getattr(value, "sparse", False)
+            for value in (x1, x2)
+            if isinstance(value, keras.KerasTensor)
+        )
         return keras.KerasTensor(spec.shape, dtype=spec.dtype, sparse=sparse)
 
 
@@ -147,5 +158,8 @@ class _ReadsShape(Handler):
 
 
 register_handler("SizeRange", _ReadsShape())
-register_handler("DenseMultiply", handler_for(functional.producer(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)).operation))
+register_handler(
+    "DenseMultiply",
+    handler_for(functional.producer(keras.ops.multiply(keras.KerasTensor((2,)), 2.0)).operation),
+)
 register_handler("BroadcastToSizes", _ReadsShape())
