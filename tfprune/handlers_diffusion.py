@@ -15,12 +15,13 @@ keras-hub's other position embeddings.
 import keras
 
 from tfprune import handlers
+from tfprune._keras import hub
 from tfprune.handlers import Freeze, Handler, register_handler
 from tfprune.handlers_keras_hub import _PerChannelTables
 
 __all__ = ["BY_CLASS", "SliceToSizes"]
 
-_MMDIT = "keras_hub.src.models.stable_diffusion_3.mmdit"
+_MMDIT = hub.model_module("stable_diffusion_3.mmdit")
 
 
 def _bound(value, sources, shape_of):

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from tfprune import handlers
+from tfprune._keras import hub
 from tfprune.handlers import Freeze, Handler, Preserve, _width, register_handler
 from tfprune.handlers_decoders import (
     BroadcastToSizes,
@@ -43,7 +44,6 @@ from tfprune.handlers_decoders import (
 
 __all__ = ["BY_CLASS", "INLINED_WITH_OWN_WEIGHTS", "ReshapeToSizes"]
 
-_HUB = "keras_hub.src.models."
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -364,15 +364,15 @@ class _Gemma3nNormalization(_HubNormalization):
 # (`tfprune.handlers_keras_hub.inlined_with_own_weights`): Gemma 4's decoder block holds
 # only its `layer_scalar`; kept whole, its heads and MLP units could not prune.
 INLINED_WITH_OWN_WEIGHTS = {
-    (_HUB + "gemma4.gemma4_decoder_block", "Gemma4TextDecoderBlock"),
+    (hub.model_module("gemma4.gemma4_decoder_block"), "Gemma4TextDecoderBlock"),
 }
 
 # keras-hub classes by (module, name): tfprune.handlers_keras_hub.handler_for looks here too.
 BY_CLASS = {
-    (_HUB + "gemma4.gemma4_attention", "Gemma4TextAttention"): _Gemma4Attention(),
-    (_HUB + "gemma4.gemma4_layers", "RMSNormalization"): _HubNormalization(),
-    (_HUB + "gemma3n.gemma3n_attention", "Gemma3nTextAttention"): _Gemma3nAttention(),
-    (_HUB + "gemma3n.rms_normalization", "Gemma3nRMSNorm"): _Gemma3nNormalization(),
+    (hub.model_module("gemma4.gemma4_attention"), "Gemma4TextAttention"): _Gemma4Attention(),
+    (hub.model_module("gemma4.gemma4_layers"), "RMSNormalization"): _HubNormalization(),
+    (hub.model_module("gemma3n.gemma3n_attention"), "Gemma3nTextAttention"): _Gemma3nAttention(),
+    (hub.model_module("gemma3n.rms_normalization"), "Gemma3nRMSNorm"): _Gemma3nNormalization(),
 }
 
 register_handler("ReshapeToSizes", _Reshape())

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from tfprune import _utils
+from tfprune._keras import functional
 
 __all__ = ["activation_reason", "infer"]
 
@@ -53,11 +54,11 @@ def infer(node, elementwise):
     Example:
 
     >>> inputs = keras.Input((4, 6))
-    >>> node = keras.ops.sin(inputs)._keras_history.operation._inbound_nodes[0]
+    >>> node = tfprune._keras.functional.producing_node(keras.ops.sin(inputs))
     >>> handler, rule = infer(node, tfprune.handlers.ELEMENTWISE)
     >>> rule
     "'sin' (Sin): output channel c is input channel c, established numerically on 6 channels"
-    >>> node = keras.ops.flip(inputs, axis=-1)._keras_history.operation._inbound_nodes[0]
+    >>> node = tfprune._keras.functional.producing_node(keras.ops.flip(inputs, axis=-1))
     >>> infer(node, tfprune.handlers.ELEMENTWISE)
     (None, 'changing its input channel ... changes other output channels')
     """
@@ -226,7 +227,7 @@ def activation_reason(function):
     inputs = keras.Input((3, 8))
     try:
         outputs = _Applied(function)(inputs)
-        node = outputs._keras_history.operation._inbound_nodes[0]
+        node = functional.producing_node(outputs)
         handler, why = infer(node, object())
         reason = None if handler is not None else why
     except Exception as error:  # the function cannot even run symbolically

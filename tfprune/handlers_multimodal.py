@@ -25,6 +25,7 @@ probe).
 
 import keras
 
+from tfprune._keras import hub
 from tfprune.handlers import Handler, _width, register_handler
 
 __all__ = ["PadToSizes", "TRACEABLE_CALLS", "traceable_call"]
@@ -117,7 +118,7 @@ def _blip2_opt_embeddings_call(self, token_ids, position_ids=None, visual_positi
 
 # keras-hub layers traced with another `call` that computes the same: (module, class) -> function.
 TRACEABLE_CALLS = {
-    ("keras_hub.src.models.blip2.blip2_custom_opt", "BLIP2OPTEmbeddings"): _blip2_opt_embeddings_call,
+    (hub.model_module("blip2.blip2_custom_opt"), "BLIP2OPTEmbeddings"): _blip2_opt_embeddings_call,
 }
 
 

@@ -48,7 +48,9 @@ recurrent states, sized for its pruned heads).
 import keras
 import numpy as np
 
-from tfprune import _utils, handlers, handlers_keras_hub
+from tfprune import _utils, handlers, handlers_hub_blocks
+from tfprune._keras import hub
+from tfprune._keras import layers as keras_layers
 from tfprune.handlers import Freeze, Handler, _width
 from tfprune.handlers_decoders import (
     _GroupedQueryAttention,
@@ -59,7 +61,7 @@ from tfprune.handlers_decoders import (
 
 __all__ = ["BY_CLASS"]
 
-_QWEN3_5 = "keras_hub.src.models.qwen3_5."
+_QWEN3_5 = hub.model_module("qwen3_5.")
 _GATED_DELTA_NET = "Qwen3_5GatedDeltaNet"
 
 
@@ -186,7 +188,7 @@ class _GatedDeltaNet(Handler):
 
     def rebuild(self, layer, config):
         """A new layer from `config`, as tfprune's subclass (which says its output shape)."""
-        return handlers_keras_hub.subclass_of(_GATED_DELTA_NET).from_config(config)
+        return handlers_hub_blocks.subclass_of(_GATED_DELTA_NET).from_config(config)
 
     def copy(self, layer):
         """A copy of `layer` with its weights, as tfprune's subclass (`tfprune.graph.flatten` calls it symbolically).
@@ -195,7 +197,7 @@ class _GatedDeltaNet(Handler):
         """
         if _projections(layer) is None:
             return None
-        copy = handlers_keras_hub.subclass_of(_GATED_DELTA_NET).from_config(layer.get_config())
+        copy = handlers_hub_blocks.subclass_of(_GATED_DELTA_NET).from_config(layer.get_config())
         _utils._build_like(copy, layer)
         copy.set_weights(layer.get_weights())
         return copy
@@ -237,21 +239,19 @@ class _GatedDeltaNet(Handler):
         return output, tuple(cache)
 
 
-_MODELS = "keras_hub.src.models."
-_ATTENTION_NAMES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+_ATTENTION_NAMES = keras_layers.ATTENTION_PROJECTION_ATTRIBUTES
 # keras-hub classes by (module, name), found by `tfprune.handlers.handler_for` (registered below).
 BY_CLASS = {
     (_QWEN3_5 + "qwen3_5_attention", "Qwen3_5Attention"): _GroupedQueryAttention(_ATTENTION_NAMES),
     (_QWEN3_5 + "qwen3_5_layers", "Qwen3_5LayerNorm"): _HubNormalization(),
     (_QWEN3_5 + "qwen3_5_gated_delta_net", _GATED_DELTA_NET): _GatedDeltaNet(),
-    (_MODELS + "qwen3_5_moe.qwen3_5_moe_decoder", "Qwen3_5MoeSparseMoeBlock"): _MixtureOfExperts(
+    (hub.model_module("qwen3_5_moe.qwen3_5_moe_decoder"), "Qwen3_5MoeSparseMoeBlock"): _MixtureOfExperts(
         router="_router_gate", experts="expert_bank", gate="_expert_feedforward_gate_dense", fused="halves",
         down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim", shared="shared_expert",
         shared_key="shared_expert_intermediate_size", shared_gate="_shared_expert_gate"),
 }  # fmt: skip
 
 # Copied as tfprune's subclass, made on first use and registered as `tfprune>Qwen3_5GatedDeltaNet`.
-handlers_keras_hub._SUBCLASSES[_GATED_DELTA_NET] = (_QWEN3_5 + "qwen3_5_gated_delta_net", _GatedDeltaNetShapes)
-handlers_keras_hub._register_stand_in(_GATED_DELTA_NET)
+handlers_hub_blocks.add_subclass(_GATED_DELTA_NET, _QWEN3_5 + "qwen3_5_gated_delta_net", _GatedDeltaNetShapes)
 
 handlers.register_by_class_name(BY_CLASS)

@@ -49,11 +49,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune.handlers import Freeze, Handler, _width, register_handler
+from tfprune import _first_use
+from tfprune._keras import hub
+from tfprune.handlers import Freeze, Handler, _width
 
 __all__ = ["tfprune_class"]
 
-_MODULE = "keras_hub.src.models.rwkv7.rwkv7_layer"
+_MODULE = hub.model_module("rwkv7.rwkv7_layer")
 # The time mix's own weights, in the order keras-hub creates them (the surgery's sliced weights follow it).
 _MIXING = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 # The low-rank projections `x @ <letter>1 @ <letter>2`: (letter, rank argument, with an offset `<letter>0`).
@@ -82,28 +84,43 @@ def _hidden_input(node):
     return args[0] if args else kwargs["x"]
 
 
-def _copy_as(layer, name):
-    """A copy of a built keras-hub mix (same weights) as tfprune's class `name`, or None to copy it from its config."""
-    cls = tfprune_class(name)
-    if type(layer) is cls or not layer.built:
-        return None
-    copy = cls.from_config(layer.get_config())
-    copy.build(tuple(layer.get_build_config()["input_shape"]))
-    copy.set_weights(layer.get_weights())
-    return copy
-
-
 def _weight_index(layer, weight):
     return [id(variable) for variable in layer.weights].index(id(weight))
 
 
-class _ChannelMix(Handler):
-    """keras-hub's `RWKV7ChannelMix`: its units prune, and the hidden width passes through it."""
+class _Mix(Handler):
+    """What keras-hub's two RWKV-7 mixes share: rebuilt and copied as tfprune's class `class_name`, built on the hidden input."""
 
-    makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
+    class_name = None  # "RWKV7ChannelMix" or "RWKV7TimeMix"
 
     def __init__(self):
-        self._kernel_index = {}  # layer name -> index of dense_k's kernel in `layer.weights`
+        self._kernel_index = {}  # layer name -> where `resize_for_weights` reads the new widths
+
+    def rebuild(self, layer, config):
+        """tfprune's class from `config` (its config loads back; a time mix's input width may differ from its heads')."""
+        return tfprune_class(self.class_name).from_config(config)
+
+    def copy(self, layer):
+        """A copy of a built keras-hub mix (same weights) as tfprune's class, or None to copy it from its config."""
+        cls = tfprune_class(self.class_name)
+        if type(layer) is cls or not layer.built:
+            return None
+        copy = cls.from_config(layer.get_config())
+        copy.build(tuple(layer.get_build_config()["input_shape"]))
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    def build(self, layer, input_shapes, node=None):
+        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
+        layer.build(shapes[id(_hidden_input(node))])
+
+
+class _ChannelMix(_Mix):
+    """keras-hub's `RWKV7ChannelMix`: its units prune, and the hidden width passes through it."""
+
+    class_name = "RWKV7ChannelMix"
+    makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
+    # `_kernel_index`: layer name -> index of dense_k's kernel in `layer.weights`
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -129,24 +146,13 @@ class _ChannelMix(Handler):
     def resize_for_weights(self, config, output_width, weight_shapes):
         return {**config, "dim_ffn": int(weight_shapes[self._kernel_index[config["name"]]][1])}
 
-    def rebuild(self, layer, config):
-        """tfprune's `RWKV7ChannelMix` from `config` (its config loads back)."""
-        return tfprune_class("RWKV7ChannelMix").from_config(config)
-
-    def copy(self, layer):
-        """A copy of `layer` (built, same weights) as tfprune's `RWKV7ChannelMix`, whose config loads back."""
-        return _copy_as(layer, "RWKV7ChannelMix")
-
-    def build(self, layer, input_shapes, node=None):
-        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
-        layer.build(shapes[id(_hidden_input(node))])
 
 
-class _TimeMix(Handler):
+class _TimeMix(_Mix):
     """keras-hub's `RWKV7TimeMix` (and tfprune's): whole heads prune, and the hidden width passes through it."""
 
-    def __init__(self):
-        self._kernel_index = {}  # layer name -> (receptance kernel's index in `layer.weights`, {rank argument: index})
+    class_name = "RWKV7TimeMix"
+    # `_kernel_index`: layer name -> (receptance kernel's index in `layer.weights`, {rank argument: index})
 
     def trace(self, node, tracer):
         layer = node.operation
@@ -162,8 +168,7 @@ class _TimeMix(Handler):
         receptance, key, value, output = projections
         hidden = tracer.channels(_hidden_input(node))
         heads = tracer.new_channels(layer.n_head, f"{layer.name}_heads")
-        for channel in heads.tolist():
-            tracer._heads[channel] = f"{layer.name}/heads"
+        tracer.mark_heads(heads, f"{layer.name}/heads")
         inner = np.repeat(heads, layer.head_size)
         for name in _MIXING:
             tracer.use(layer, getattr(layer, name), 0, hidden, "param")
@@ -209,17 +214,6 @@ class _TimeMix(Handler):
         config = {**config, "hidden_size": int(weight_shapes[receptance][1])}
         return {**config, **{key: int(weight_shapes[index][1]) for key, index in ranks.items()}}
 
-    def rebuild(self, layer, config):
-        """tfprune's `RWKV7TimeMix` from `config`: its input width may differ from its heads' width."""
-        return tfprune_class("RWKV7TimeMix").from_config(config)
-
-    def copy(self, layer):
-        """A copy of `layer` (built, same weights) as tfprune's `RWKV7TimeMix`, which also exports."""
-        return _copy_as(layer, "RWKV7TimeMix")
-
-    def build(self, layer, input_shapes, node=None):
-        shapes = {id(tensor): shape for tensor, shape in zip(node.input_tensors, input_shapes)}
-        layer.build(shapes[id(_hidden_input(node))])
 
 
 def _recurrence_loop(receptance, decay, key, value, a, b, initial_state=None):
@@ -389,40 +383,21 @@ def tfprune_class(name):
     >>> tfprune.handlers_rwkv.tfprune_class("RWKV7TimeMix").__name__
     'RWKV7TimeMix'
     """
-    if name not in _CLASSES:
-        try:
-            parent = getattr(__import__(_MODULE, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            _CLASSES[name] = None
-            return None
-        mixin = _MIXINS[name]
-        cls = type(name, (mixin, parent), {"__module__": __name__, "__doc__": mixin.__doc__})
-        _CLASSES[name] = keras.saving.register_keras_serializable(package="tfprune")(cls)
-        register_handler(cls, BY_CLASS[(_MODULE, name)])
-    return _CLASSES[name]
+    try:
+        return _first_use.subclass(_CLASSES, name, _MODULE, _MIXINS[name], __name__,
+                                   handler=lambda: BY_CLASS[(_MODULE, name)])  # fmt: skip
+    except ImportError:
+        return None
 
 
 def _deferred(name):
     """Registers a stand-in under `tfprune>name` (Keras finds a saved layer's class by that name only)."""
-
-    def from_config(cls, config):
-        made = tfprune_class(name)
-        if made is None:
-            raise ImportError(
-                f"This model holds tfprune's copy of keras-hub's {name} (RWKV-7), which needs keras-hub with "
-                "RWKV-7: install keras-hub (`pip install keras-hub`) to load it."
-            )
-        return made.from_config(config)
-
-    stand_in = type(f"_Deferred{name}", (), {"from_config": classmethod(from_config), "get_config": lambda self: {}})
-    keras.saving.register_keras_serializable(package="tfprune", name=name)(stand_in)
+    return _first_use.register_stand_in(name, tfprune_class, family=" (RWKV-7)")
 
 
 def __getattr__(name):
     # `tfprune.handlers_rwkv.RWKV7TimeMix` (how Keras finds the class of a saved layer).
-    if name in _MIXINS and tfprune_class(name) is not None:
-        return _CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _first_use.module_attribute(name, _MIXINS, tfprune_class, __name__)
 
 
 # keras-hub classes by (module, name), found by `tfprune.handlers.handler_for` (registered below).

@@ -24,19 +24,14 @@ DETR encoder and decoder, mask decoder) are composites that
 
 import keras
 
-from tfprune import handlers, handlers_decoders
-from tfprune.handlers import Freeze, Handler, _width, channel_mixing_activation, register_handler
-from tfprune.handlers_keras_hub import (
-    _attribute,
-    _BlockFeedForward,
-    _DenseProjectionHeads,
-    _made_on_first_use,
-    _register_stand_in,
-)
+from tfprune import _first_use, handlers, handlers_decoders
+from tfprune._keras import hub
+from tfprune.handlers import Freeze, Handler, _width, channel_mixing_activation
+from tfprune.handlers_hub_blocks import _attribute, _BlockFeedForward, _DenseProjectionHeads
 
 __all__ = ["BY_CLASS", "corrected_output_spec", "subclass_of"]
 
-_MODULE = "keras_hub.src.models.sam3.sam3_layers"
+_MODULE = hub.model_module("sam3.sam3_layers")
 
 
 class _ExplicitHeadWidth:
@@ -137,22 +132,17 @@ def subclass_of(name):
     >>> subclass_of("SAM3Attention").__name__  # doctest: +SKIP
     'SAM3Attention'
     """
-    if name not in _MADE:
-        parent = getattr(__import__(_MODULE, fromlist=[name]), name)
-        mixin = _SUBCLASSES[name]
-        cls = type(name, (mixin, parent), {"__module__": __name__, "__doc__": mixin.__doc__})
-        _MADE[name] = keras.saving.register_keras_serializable(package="tfprune")(cls)
-        register_handler(cls, BY_CLASS[(_MODULE, name)])  # its module is tfprune's: found by class
-    return _MADE[name]
+    return _first_use.subclass(_MADE, name, _MODULE, _SUBCLASSES[name], __name__,
+                               handler=lambda: BY_CLASS[(_MODULE, name)])  # fmt: skip
 
 
 for _name in _SUBCLASSES:
-    _register_stand_in(_name, subclass_of)
+    _first_use.register_stand_in(_name, subclass_of)
 
 
 def __getattr__(name):
     # `tfprune.handlers_sam3.SAM3Attention`.
-    return _made_on_first_use(name, _SUBCLASSES, subclass_of, __name__)
+    return _first_use.module_attribute(name, _SUBCLASSES, subclass_of, __name__)
 
 
 class _SAM3Heads(_DenseProjectionHeads):

@@ -7,12 +7,17 @@ whether its `call` takes `training` are private too.
 """
 
 __all__ = [
+    "ATTENTION_PROJECTION_ATTRIBUTES",
+    "application_layers",
+    "attention_output_shape",
     "attention_projections",
     "attention_sizes",
     "call_takes_training",
     "gated_attention",
     "head_count",
     "own_variables",
+    "qkv_projection",
+    "replace_sublayer",
     "untrack",
 ]
 
@@ -114,3 +119,86 @@ def untrack(layer, value):
         0
     """
     layer._tracker.untrack(value)
+
+
+def attention_output_shape(layer):
+    """The `output_shape` a `MultiHeadAttention` was made with (None: the query's width).
+
+    Example:
+        >>> import keras
+        >>> attention_output_shape(keras.layers.MultiHeadAttention(2, 4, output_shape=6))
+        (6,)
+        >>> attention_output_shape(keras.layers.MultiHeadAttention(2, 4)) is None
+        True
+    """
+    return getattr(layer, "_output_shape", None)
+
+
+def qkv_projection(layer):
+    """The fused query/key/value projection of an attention layer keeping one (`_qkv_dense`), or None.
+
+    Example:
+        >>> import keras
+        >>> qkv_projection(keras.layers.MultiHeadAttention(2, 4)) is None
+        True
+    """
+    return getattr(layer, "_qkv_dense", None)
+
+
+_APPLICATION_LAYERS = {
+    "LayerScale": "keras.src.applications.convnext",
+    "CustomScaleLayer": "keras.src.applications.inception_resnet_v2",
+}
+
+
+def application_layers():
+    """The layer classes Keras's applications define but do not export, by class name.
+
+    ConvNeXt's `LayerScale` and InceptionResNetV2's `CustomScaleLayer`; a
+    Keras version that moved or dropped one leaves it out.
+
+    Returns:
+        A dict class name -> class.
+
+    Example:
+        >>> sorted(application_layers())
+        ['CustomScaleLayer', 'LayerScale']
+    """
+    import importlib
+
+    found = {}
+    for name, module in _APPLICATION_LAYERS.items():
+        try:
+            found[name] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+def replace_sublayer(layer, name, new):
+    """Sets `layer.<name>` to `new` in the old sub-layer's place, so that `layer.weights` keep their order.
+
+    Args:
+        layer: a layer holding a sub-layer in attribute `name`.
+        name: String. The attribute.
+        new: the layer to put there (built or not).
+
+    Example:
+        >>> import keras
+        >>> outer = keras.layers.Layer()
+        >>> outer.first, outer.second = keras.layers.Dense(2, name="a"), keras.layers.Dense(2, name="b")
+        >>> replace_sublayer(outer, "first", keras.layers.Dense(3, name="c"))
+        >>> [sub.name for sub in outer._layers]
+        ['c', 'b']
+    """
+    old = getattr(layer, name)
+    position = next(index for index, sub in enumerate(layer._layers) if sub is old)
+    layer._tracker.untrack(old)
+    setattr(layer, name, new)
+    layer._layers.remove(new)
+    layer._layers.insert(position, new)
+
+
+# The private attributes `keras.layers.MultiHeadAttention` keeps its query, key, value and
+# output projections in; keras-hub's Llama-family attention layers use the same names.
+ATTENTION_PROJECTION_ATTRIBUTES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
