@@ -8,7 +8,13 @@ The check reads every module of the package with `ast` and flags, outside
 - `obj._name` (and `getattr(obj, "_name")`) where `_name` is not defined by
   tfprune itself: an underscore attribute of a Keras object;
 - `self._name` inside a tfprune class where `_name` is a private attribute
-  Keras defines and tfprune does not (a Keras base class's internals).
+  Keras defines and tfprune does not (a Keras base class's internals);
+- a string that is exactly a private attribute name Keras or keras-hub sets
+  (`"_router_gate"` in a table of sublayers to `getattr`).
+
+A private name that Keras also uses counts as tfprune's own only when listed
+in `OWN_SHARED`, with the class that owns it (a plain class, or a callback
+whose Keras base does not define it).
 """
 
 import ast
@@ -59,6 +65,16 @@ ALLOWED = {
         "._keras_history",
         "._run_through_graph",
     },
+}
+
+
+# tfprune's own attributes whose names Keras also uses somewhere, on tfprune classes
+# whose Keras bases (if any) do not define them.
+OWN_SHARED = {
+    "_name": "tfprune._utils.LazyModule and tfprune._optional.OptionalModule (plain classes)",
+    "_variables": "tfprune.callbacks.BNSparsity (a keras.callbacks.Callback, which has no _variables)",
+    "_steps_seen": "tfprune.callbacks.BNSparsity",
+    "_layers": "tfprune.callbacks.SparsityBudget (a keras.callbacks.Callback, which has no _layers)",
 }
 
 
@@ -132,6 +148,8 @@ def _violations(path, tree, own, keras_private):
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if "keras.src" in node.value or "keras_hub.src" in node.value:
                 flag(node, repr(node.value[:60]))
+            elif _private(node.value) and node.value in keras_private and node.value not in own:
+                flag(node, repr(node.value))
         elif isinstance(node, ast.Attribute):
             if (
                 node.attr == "src"
@@ -158,8 +176,8 @@ def _violations(path, tree, own, keras_private):
 def violations():
     trees = _trees()
     outside = {path: tree for path, tree in trees.items() if DOOR not in path.parents}
-    own = _own_names(outside)
     keras_private = _keras_private_names()
+    own = (_own_names(outside) - keras_private) | set(OWN_SHARED)
     found = {}
     for path, tree in outside.items():
         hits = _violations(path, tree, own, keras_private)

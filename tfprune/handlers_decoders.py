@@ -127,18 +127,17 @@ BY_CLASS = {
 # Mixture-of-experts blocks: their experts' units pruned (same units in every expert).
 BY_CLASS.update({
     (hub.model_module("mixtral.mixtral_decoder"), "MixtralSparseMoeBlock"): _MixtureOfExperts(
-        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
-        up="_expert_feedforward_intermediate_dense", down="_expert_feedforward_output_dense"),
+        experts="expert_bank", **hub.MOE_SUBLAYERS["mixtral"]),
     (hub.model_module("qwen_moe.qwen_moe_decoder"), "QwenSparseMoeBlock"): _MixtureOfExperts(
-        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
-        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        experts="expert_bank", **hub.MOE_SUBLAYERS["qwen_moe"],
+        fused="halves", units_key="moe_intermediate_dim",
         shared="shared_expert_dense", shared_key="shared_expert_intermediate_dim",
         shared_gate="shared_expert_gate_dense",
         attributes={"moe_intermediate_dim": "intermediate_dim",
                     "shared_expert_intermediate_dim": "intermediate_dim_shared"}),
     (hub.model_module("qwen3_moe.qwen3_moe_decoder"), "Qwen3SparseMoeBlock"): _MixtureOfExperts(
-        router="_sparse_feedforward_gate_dense", experts="expert_bank", gate="_expert_feedforward_gate_dense",
-        fused="halves", down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim",
+        experts="expert_bank", **hub.MOE_SUBLAYERS["qwen_moe"],
+        fused="halves", units_key="moe_intermediate_dim",
         attributes={"moe_intermediate_dim": "intermediate_dim"}),
     (hub.model_module("gpt_oss.gpt_oss_decoder"), "GptOssSparseMoeBlock"): _MixtureOfExperts(
         router="router.router_dense", experts="experts", gate="gate_up_proj", fused="interleaved",

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from tfprune import _utils
+from tfprune._keras import hub
 from tfprune.handlers_base import Freeze, Handler, _attribute, _width
 from tfprune.handlers_grouped_attention import _constructor_config
 
@@ -58,11 +59,7 @@ class _MixtureOfExperts(Handler):
         attributes: Dict from constructor argument to attribute name.
     """
 
-    _SHARED = (
-        "_feedforward_gate_dense",
-        "_feedforward_intermediate_dense",
-        "_feedforward_output_dense",
-    )
+    _SHARED = hub.SHARED_EXPERT_SUBLAYERS
     makes_mlp_units = True  # its unit groups are what `tfprune.prune(..., targets="mlp")` selects
 
     def __init__(self, router, experts, gate, down, up=None, fused=None, gate_up_bias=None, down_bias=None,

@@ -7,12 +7,12 @@ Both are rebuilt with an explicit head width when their heads shrink
 mixins here).
 """
 
-import math
 
 import keras
 import numpy as np
 
 from tfprune import _utils
+from tfprune._keras import hub
 from tfprune._keras import layers as keras_layers
 from tfprune.handlers_base import Freeze, Handler, _width
 from tfprune.handlers_grouped_attention import (
@@ -137,7 +137,7 @@ class _FusedHeadDimMixin:
         if head_dim is not None:
             self.attn_head_size = int(head_dim)
             self.rotary_dim = int(self.attn_head_size * self.rotary_percentage)
-            self._inv_norm_factor = 1.0 / math.sqrt(self.attn_head_size)
+            hub.set_attention_head_width(self, self.attn_head_size)
             self.hidden_dim = self.num_heads * self.attn_head_size
 
     def build(self, input_shape):

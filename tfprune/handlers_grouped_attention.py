@@ -10,7 +10,6 @@ width shrink, as tfprune's subclass with an explicit `head_dim`
 """
 
 import inspect
-import math
 
 import keras
 import numpy as np
@@ -282,10 +281,7 @@ class _ExplicitHeadDimMixin:
         # hidden width are made again for the real one, each in its place (the
         # weights keep their order, so the surgery's sliced weights fit).
         super().build((*inputs_shape[:-1], self.num_query_heads * self.head_dim))
-        self._inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
-        if hasattr(self, "_head_dim"):  # Mixtral keeps it, and its hidden width, for its call
-            self._head_dim = self.head_dim
-            self._hidden_dim = hidden
+        hub.set_attention_head_width(self, self.head_dim, hidden)  # Mixtral keeps both widths for its call
         for name in self._tfprune_projections:
             old = getattr(self, name)
             config = old.get_config()

@@ -378,7 +378,7 @@ _BY_CLASS = {
         ("q_dense", "k_dense", "v_dense", "o_dense"), "heads", output_key="out_dim"
     ),
     (hub.layer_module("modeling.f_net_encoder"), "FNetEncoder"): _BlockFeedForward(
-        ("_intermediate_dense",), "_output_dense", "intermediate_dim"
+        *hub.FNET_FEEDFORWARD, "intermediate_dim"
     ),
 }
 

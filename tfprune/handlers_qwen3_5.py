@@ -246,9 +246,9 @@ BY_CLASS = {
     (_QWEN3_5 + "qwen3_5_layers", "Qwen3_5LayerNorm"): _HubNormalization(),
     (_QWEN3_5 + "qwen3_5_gated_delta_net", _GATED_DELTA_NET): _GatedDeltaNet(),
     (hub.model_module("qwen3_5_moe.qwen3_5_moe_decoder"), "Qwen3_5MoeSparseMoeBlock"): _MixtureOfExperts(
-        router="_router_gate", experts="expert_bank", gate="_expert_feedforward_gate_dense", fused="halves",
-        down="_expert_feedforward_output_dense", units_key="moe_intermediate_dim", shared="shared_expert",
-        shared_key="shared_expert_intermediate_size", shared_gate="_shared_expert_gate"),
+        experts="expert_bank", **hub.MOE_SUBLAYERS["qwen3_5_moe"], fused="halves",
+        units_key="moe_intermediate_dim", shared="shared_expert",
+        shared_key="shared_expert_intermediate_size"),
 }  # fmt: skip
 
 # Copied as tfprune's subclass, made on first use and registered as `tfprune>Qwen3_5GatedDeltaNet`.

@@ -17,6 +17,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tfprune._keras import layers as keras_layers
 from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
 from tfprune.layers.str_base import _STR_CONFIG_KEYS
 
@@ -184,7 +185,7 @@ def sparsify(model, skip=(), **str_kwargs):
         # Copied through NumPy: a variable assigned another variable shares its buffer
         # on JAX, and training the copy (which donates its buffers) would delete the
         # original's weights.
-        new_layer._kernel.assign(np.array(layer.kernel.numpy()))
+        keras_layers.stored_kernel(new_layer).assign(np.array(layer.kernel.numpy()))
         if layer.use_bias:
             new_layer.bias.assign(np.array(layer.bias.numpy()))
         return new_layer

@@ -202,3 +202,51 @@ def replace_sublayer(layer, name, new):
 # The private attributes `keras.layers.MultiHeadAttention` keeps its query, key, value and
 # output projections in; keras-hub's Llama-family attention layers use the same names.
 ATTENTION_PROJECTION_ATTRIBUTES = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+
+
+def kernel_variable(layer):
+    """The kernel variable itself of a Dense/EinsumDense/Conv layer (its `kernel` may be a LoRA sum or a view).
+
+    Keras's Dense, EinsumDense and convolution layers keep the variable in a
+    private `_kernel` and expose `kernel` as a property; DepthwiseConv2D
+    keeps it in `kernel` itself.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> dense.build((None, 3))
+        >>> kernel_variable(dense) is dense.kernel
+        True
+    """
+    return layer._kernel if hasattr(layer, "_kernel") else layer.kernel
+
+
+def set_kernel_variable(layer, variable):
+    """Stores `variable` where Keras's layers keep their kernel variable (`_kernel`).
+
+    For a layer class that overrides the `kernel` property (tfprune's STR
+    layers return the thresholded kernel there) while Keras's `build` still
+    assigns the variable to it.
+
+    Example:
+        >>> class Layer:
+        ...     pass
+        >>> layer = Layer()
+        >>> set_kernel_variable(layer, 3)
+        >>> kernel_variable(layer)
+        3
+    """
+    layer._kernel = variable
+
+
+def stored_kernel(layer):
+    """The variable `set_kernel_variable` (or Keras's own `build`) stored as the layer's kernel.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> dense.build((None, 3))
+        >>> stored_kernel(dense).shape == (3, 2)
+        True
+    """
+    return layer._kernel

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune._keras import layers as keras_layers
+
 __all__ = ["STRMixin", "SoftThresholdMixin"]
 
 # g and its inverse (NumPy, used to rescale thresholds after training steps).
@@ -244,19 +246,19 @@ class STRMixin(SoftThresholdMixin):
 
     @kernel.setter
     def kernel(self, value):
-        self._kernel = value
+        keras_layers.set_kernel_variable(self, value)
 
     def build(self, input_shape):
         super().build(input_shape)
         shape = ()
         if self.granularity == "filter":
-            shape = tuple(self._kernel.shape[-self._filter_axes :])
+            shape = tuple(keras_layers.stored_kernel(self).shape[-self._filter_axes :])
         self._add_threshold_parameter(shape)
 
     @property
     def sparse_kernel(self):
         """The effective kernel `W_eff` used by the forward pass (same shape as the kernel)."""
-        kernel = self._kernel
+        kernel = keras_layers.stored_kernel(self)
         # Norms and the gain in at least float32 under mixed precision: float16
         # squares of small weights underflow, and _NORM_FLOOR is not a float16 number.
         dtype = keras.backend.standardize_dtype(kernel.dtype)
@@ -287,7 +289,7 @@ class STRMixin(SoftThresholdMixin):
         return ops.sqrt(kept_squared_norm / ops.maximum(sparse_squared_norm, _NORM_FLOOR))
 
     def _reduced_axes(self):
-        return tuple(range(len(self._kernel.shape) - self._filter_axes))
+        return tuple(range(len(keras_layers.stored_kernel(self).shape) - self._filter_axes))
 
     def pruning_scores(self):
         """Returns the magnitudes STR compares to the threshold, as NumPy arrays.
@@ -312,7 +314,7 @@ class STRMixin(SoftThresholdMixin):
         ((2,), 3)
         """
         # float32 like the variables: |W| <= g compares exactly what the layer compares.
-        kernel = np.abs(ops.convert_to_numpy(ops.cast(self._kernel, "float32")))
+        kernel = np.abs(ops.convert_to_numpy(ops.cast(keras_layers.stored_kernel(self), "float32")))
         thresholds = ops.convert_to_numpy(ops.cast(self.threshold, "float32"))
         if self.mode == "unstructured":
             return kernel, thresholds, 1
@@ -362,7 +364,7 @@ class STRMixin(SoftThresholdMixin):
         plain = plain_class.from_config(config)
         plain.build_from_config(self.get_build_config())
         # Dense/Conv keep the kernel variable in `_kernel`, DepthwiseConv2D in `kernel`.
-        kernel_variable = plain._kernel if hasattr(plain, "_kernel") else plain.kernel
+        kernel_variable = keras_layers.kernel_variable(plain)
         kernel_variable.assign(self.sparse_kernel)
         if self.use_bias:
             plain.bias.assign(np.array(self.bias.numpy()))  # a copy: on JAX, variables share buffers
