@@ -39,18 +39,6 @@ ALLOWED = {
         "._nodes_by_depth",
         "keras.src",
     },
-    "tfprune/_layer_inputs.py": {
-        "._flatten_layers",
-    },
-    "tfprune/_utils.py": {
-        "._functional",
-        "._inbound_nodes",
-        "._inputs_struct",
-        "._keras_history",
-        "._output_shape",
-        "hasattr(..., '_functional')",
-        "keras.src.models.functional",
-    },
     "tfprune/analysis.py": {
         "'keras.src.ops.nn'",
         "'keras.src.ops.numpy'",
@@ -60,13 +48,6 @@ ALLOWED = {
         "._key_dim",
         "._nodes_by_depth",
         "._value_dim",
-    },
-    "tfprune/callbacks/bn_sparsity.py": {
-        "._accumulators",
-        "._get_variable_index",
-        "._u",
-        "._velocities",
-        "hasattr(..., '_velocities')",
     },
     "tfprune/criteria/base.py": {
         "._inbound_nodes",
@@ -165,17 +146,6 @@ ALLOWED = {
     },
     "tfprune/handlers_sam3.py": {
         "'keras_hub.src.models.sam3.sam3_layers'",
-    },
-    "tfprune/magnitude/prune.py": {
-        "._input_shape_arg",
-        "getattr(..., '_input_shape_arg')",
-    },
-    "tfprune/magnitude/wrapper.py": {
-        "getattr(..., '_call_has_training_arg')",
-    },
-    "tfprune/pruning.py": {
-        "._keras_history",
-        "._run_through_graph",
     },
 }
 

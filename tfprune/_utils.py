@@ -14,6 +14,8 @@ import warnings
 import keras
 import numpy as np
 
+from tfprune._keras import functional
+
 
 class LazyModule:
     """A module imported on first attribute access.
@@ -132,13 +134,13 @@ def require_graph_model(model, caller):
             f"{type(model).__name__}. Build a Sequential or functional keras.Model first."
         )
     if isinstance(model, keras.Sequential):
-        if not model.built or not hasattr(model, "_functional"):
+        if not model.built or functional.sequential_graph(model) is None:
             raise ValueError(
                 f"`{caller}` needs a built model, but Sequential model '{model.name}' is not "
                 "built. Give it a `keras.Input(shape=...)` first or call `model.build(input_shape)`."
             )
         return model
-    if not _is_functional(model):
+    if not functional.is_functional(model):
         raise TypeError(
             f"`{caller}` cannot transform subclassed model '{model.name}' "
             f"({type(model).__name__}): its graph is Python code that tfprune cannot read. "
@@ -148,21 +150,19 @@ def require_graph_model(model, caller):
 
 
 def _is_functional(model):
-    # Keras exposes no public name for the class of graph models; `Functional` is
-    # what `keras.Model(inputs, outputs)` returns, subclassed models are not one.
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)
+    # Kept for tfprune.graph, which still calls it by this name.
+    return functional.is_functional(model)
 
 
 def functional_view(model):
     """Returns the functional graph of a Sequential or functional model.
 
-    A built Sequential model holds an equivalent functional model in
-    `model._functional`; functional models are returned as they are.
+    A built Sequential model holds an equivalent functional model
+    (`tfprune._keras.functional.sequential_graph`); functional models are
+    returned as they are.
     """
     if isinstance(model, keras.Sequential):
-        return model._functional
+        return functional.sequential_graph(model)
     return model
 
 
@@ -402,7 +402,7 @@ def copy_layer(layer):
     if isinstance(layer, keras.layers.Lambda):
         copy = keras.layers.Lambda(
             layer.function,
-            output_shape=layer._output_shape,
+            output_shape=functional.lambda_output_shape(layer),
             mask=layer.mask,
             arguments=dict(layer.arguments),
             name=layer.name,
@@ -646,14 +646,15 @@ def _probe_inputs(layer):
     the input shape it was built with stands for it.
     """
     generator = np.random.default_rng(0)
-    if not layer._inbound_nodes:
+    calls = functional.call_nodes(layer)
+    if not calls:
         shape = (layer.get_build_config() or {}).get("input_shape")
         if not shape or not all(size is None or isinstance(size, int) for size in shape):
             return None
         shape = [2 if size is None else size for size in shape]
         dtype = layer.compute_dtype
         return (keras.ops.convert_to_tensor(generator.standard_normal(shape), dtype=dtype),), {}
-    node = layer._inbound_nodes[0]
+    node = calls[0]
 
     def probe(value):
         if isinstance(value, keras.KerasTensor):
@@ -694,7 +695,8 @@ def _build_like(copy, layer):
             # Keras's warning about a layer without `build`: the symbolic call below builds it.
             warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer")
             copy.build_from_config(layer.get_build_config())
-    if len(copy.weights) == len(layer.weights) or not layer._inbound_nodes:
+    calls = functional.call_nodes(layer)
+    if len(copy.weights) == len(layer.weights) or not calls:
         return
     # Its `build` does not make what its first call makes (keras-hub's DeBERTa
     # RelativeEmbedding has no `build` and builds a LayerNormalization in
@@ -703,7 +705,7 @@ def _build_like(copy, layer):
     object.__setattr__(copy, "get_build_config", lambda: None)
     if type(copy).build is keras.layers.Layer.build:
         copy.built = False  # Keras's own `build` only marked it built: the call below builds it
-    node = layer._inbound_nodes[0]
+    node = calls[0]
 
     def fresh(value):
         if isinstance(value, keras.KerasTensor):
@@ -779,9 +781,9 @@ def clone_graph(model, replace=None, caller="tfprune"):
                 batch_shape=tensor.shape,
                 dtype=tensor.dtype,
                 sparse=tensor.sparse,
-                name=tensor._keras_history.operation.name,
+                name=functional.input_name(tensor),
             ),
-            model._inputs_struct,
+            functional.inputs_structure(model),
         )
     return keras.models.clone_model(model, clone_function=clone_function, **kwargs)
 

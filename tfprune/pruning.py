@@ -54,6 +54,7 @@ from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
 from tfprune import sparsity as sparsity_module
 from tfprune import surgery
+from tfprune._keras import functional
 from tfprune._utils import (
     check_verbose,
     clone_graph,
@@ -357,7 +358,7 @@ def _require_targets(model, graph, targeted, targets, ignore):
     prunable = [group for group in graph.groups if group.prunable]
     hidden = [group for group in graph.groups if group.normalized_by and not group.prunable]
     if targets == "hidden" and hidden:  # say why the hidden width itself may not shrink
-        output_names = {tensor._keras_history.operation.name for tensor in functional_view(model).outputs}
+        output_names = {functional.input_name(tensor) for tensor in functional_view(model).outputs}
         why = hidden[0].reason.split(" is not prunable: ", 1)[-1].rstrip(".")
         at_output = any(name in output_names for name in hidden[0].producers) or any(
             f"model output '{name}'" in why for name in output_names
@@ -677,7 +678,7 @@ def _failing_operation(model, inputs):
 
     try:
         # Keras's own graph runner (what `Functional.call` uses), with each call recorded.
-        functional_view(model)._run_through_graph(inputs, operation_fn=operation_fn)
+        functional.run_graph(functional_view(model), inputs, operation_fn=operation_fn)
     except Exception:  # noqa: BLE001 - the last operation started is the one that failed
         return started[-1] if started else None
     return None

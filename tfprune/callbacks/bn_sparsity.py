@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune._keras.optimizers import slot as optimizer_slot
 from tfprune._utils import write_summary
 from tfprune.structure import batch_norm_layers, expansion_layers
 
@@ -26,7 +27,7 @@ def effective_step(optimizer, variable):
     The returned `η` is such that the optimizer's update was `η * ĝ` for a
     bias-corrected gradient estimate `ĝ`:
 
-    - Adam, AdamW, Nadam (anything with `_velocities` and `beta_2`):
+    - Adam, AdamW, Nadam (anything with a velocity slot and `beta_2`):
       `lr * sqrt(1 - beta_2**t) / (sqrt(v) + epsilon)`.
     - Adamax: `lr / (u + epsilon)`.
     - RMSprop: `lr / sqrt(v + epsilon)`.
@@ -54,19 +55,24 @@ def effective_step(optimizer, variable):
     """
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     learning_rate = ops.cast(optimizer.learning_rate, "float32")
-    index = optimizer._get_variable_index(variable)
     if isinstance(optimizer, keras.optimizers.Adamax):
-        return learning_rate / (ops.cast(optimizer._u[index], "float32") + optimizer.epsilon)
+        return learning_rate / (_slot(optimizer, variable, "u") + optimizer.epsilon)
     if isinstance(optimizer, keras.optimizers.RMSprop):
-        return learning_rate / ops.sqrt(ops.cast(optimizer._velocities[index], "float32") + optimizer.epsilon)
+        return learning_rate / ops.sqrt(_slot(optimizer, variable, "velocity") + optimizer.epsilon)
     if isinstance(optimizer, keras.optimizers.Adagrad):
-        return learning_rate / ops.sqrt(ops.cast(optimizer._accumulators[index], "float32") + optimizer.epsilon)
-    if hasattr(optimizer, "_velocities") and hasattr(optimizer, "beta_2"):
+        return learning_rate / ops.sqrt(_slot(optimizer, variable, "accumulator") + optimizer.epsilon)
+    velocity = _slot(optimizer, variable, "velocity")
+    if velocity is not None and hasattr(optimizer, "beta_2"):
         steps = ops.maximum(ops.cast(optimizer.iterations, "float32"), 1.0)
         correction = ops.sqrt(1.0 - ops.power(ops.cast(optimizer.beta_2, "float32"), steps))
-        velocity = ops.cast(optimizer._velocities[index], "float32")
         return learning_rate * correction / (ops.sqrt(velocity) + optimizer.epsilon)
     return learning_rate
+
+
+def _slot(optimizer, variable, name):
+    """The optimizer's slot `name` for `variable` as float32, or None when it keeps none."""
+    value = optimizer_slot(optimizer, variable, name)
+    return None if value is None else ops.cast(value, "float32")
 
 
 def group_soft_threshold(values, steps, group_ids, group_count, strength, group_units=None, cutoff=None):
