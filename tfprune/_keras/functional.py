@@ -240,14 +240,14 @@ def nested_layers(layer):
     Example:
         >>> inputs = keras.Input((2,))
         >>> inner = keras.Model(inputs, keras.layers.Dense(1, name="d")(inputs), name="inner")
-        >>> [sub.name for sub in nested_layers(inner) if not isinstance(sub, keras.layers.InputLayer)]
+        >>> [sub.name for sub in nested_layers(inner) if sub.weights]
         ['inner', 'd']
     """
     return list(layer._flatten_layers(include_self=True))
 
 
 def copy_input_shape_argument(source, target):
-    """Gives `target` the `input_shape=` argument `source` was made with (None when it had none).
+    """Gives `target` the `input_shape=` argument `source` was made with (None if it had none).
 
     `keras.Sequential` takes its input from its first layer's `input_shape=`
     argument; a layer put in the place of such a layer needs it too.
@@ -273,7 +273,7 @@ def copy_input_shape_argument(source, target):
 
 
 def lambda_output_shape(layer):
-    """The `output_shape` argument a `keras.layers.Lambda` was made with (a shape, a callable or None).
+    """The `output_shape` a `keras.layers.Lambda` was made with (a shape, a callable or None).
 
     A `Lambda` layer's config holds its functions as bytecode, which safe mode
     refuses to load; a copy is made from the objects themselves instead.
