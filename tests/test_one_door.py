@@ -35,36 +35,6 @@ DOOR = PACKAGE / "_keras"
 # Files still being moved behind the door, with the private names they use.
 # This shrinks to nothing; an entry that is no longer needed fails the test.
 ALLOWED = {
-    "tfprune/_layer_inputs.py": {
-        "._flatten_layers",
-    },
-    "tfprune/_utils.py": {
-        "._functional",
-        "._inbound_nodes",
-        "._inputs_struct",
-        "._keras_history",
-        "._output_shape",
-        "hasattr(..., '_functional')",
-        "keras.src.models.functional",
-    },
-    "tfprune/callbacks/bn_sparsity.py": {
-        "._accumulators",
-        "._get_variable_index",
-        "._u",
-        "._velocities",
-        "hasattr(..., '_velocities')",
-    },
-    "tfprune/magnitude/prune.py": {
-        "._input_shape_arg",
-        "getattr(..., '_input_shape_arg')",
-    },
-    "tfprune/magnitude/wrapper.py": {
-        "getattr(..., '_call_has_training_arg')",
-    },
-    "tfprune/pruning.py": {
-        "._keras_history",
-        "._run_through_graph",
-    },
 }
 
 

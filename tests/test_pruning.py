@@ -861,3 +861,29 @@ def test_a_layer_that_never_rebuilds_from_its_own_config_is_named_as_the_reason(
                                          r"TypeError: expected a tuple.* when re-created from its own config even "
                                          r"unpruned, and a pruned model loads back through each layer's config"):  # fmt: skip
         prune(model, "l1", rate=0.5, unknown="freeze")
+
+
+def _attention_model():
+    inputs = keras.Input((6, 16))
+    x = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="attention")(inputs, inputs)
+    x = keras.layers.Dense(32, activation="relu", name="up")(x)
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize(
+    "make_model, targets", [(_small_model, "all"), (_attention_model, "heads"), (_attention_model, "all")]
+)
+def test_prune_builds_the_channel_graph_once(monkeypatch, make_model, targets):
+    builds = []
+    build = tfprune.graph.build
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[0].name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(tfprune.graph, "build", counting_build)
+    model = make_model()
+    pruned, result = prune(model, "l1", rate=0.5, targets=targets)
+    assert not result.unchanged
+    assert len(builds) == 1

@@ -15,6 +15,8 @@ import contextlib
 import keras
 import numpy as np
 
+from tfprune._keras import functional
+
 
 class LayerInput:
     """The inputs a Dense or EinsumDense layer receives, with their channel axis last.
@@ -60,7 +62,7 @@ def projection_input(model, member):
     if not member.weights:
         return None
     path, kernel_axis = member.weights[0]
-    for layer in model.get_layer(member.layer_name)._flatten_layers(include_self=True):
+    for layer in functional.nested_layers(model.get_layer(member.layer_name)):
         if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
             continue
         kernel = getattr(layer, "_kernel", None)  # the variable itself (`kernel` may be a LoRA sum)

@@ -27,22 +27,34 @@ tfprune bench small.tflite --threads 1 2
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 import textwrap
 import warnings
 import zipfile
 
+from tfprune._cli_files import (
+    UsageError,
+    _check_input,
+    _check_output,
+    _positive_int,
+    _rate,
+    _without_litert_info,
+    _writing,
+)
+from tfprune._cli_inputs import (
+    _calibration_data,
+    _check_sample_inputs_file,
+    _file_inputs,
+    _input_shapes,
+    _require_known_sizes,
+    _sample_inputs,
+    _shape_specification,
+)
 from tfprune._optional import MissingDependencyError, require
 
 __all__ = ["main"]
-
-
-class UsageError(Exception):
-    """Bad input from the command line: reported in one sentence, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -301,100 +313,6 @@ def _add_output_flags(parser, suffix):
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
 
 
-def _rate(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rate must be a number in (0, 1); received {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"rate must be in (0, 1); received {text}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text!r}")
-    return value
-
-
-def _check_input(path, suffix):
-    if os.path.isdir(path):
-        raise UsageError(f"Input '{path}' is a directory; pass a {suffix} file.")
-    if not os.path.isfile(path):
-        raise UsageError(f"Input file '{path}' does not exist.")
-    if not path.endswith(suffix):
-        raise UsageError(f"Input file '{path}' is not a {suffix} file; pass a {suffix} file.")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"Input file '{path}' cannot be read (permission denied).")
-
-
-def _check_output(path, suffix, force):
-    """Refuses an output the command could not write, before any work is done."""
-    if not path.endswith(suffix):
-        raise UsageError(f"Output '{path}' must end in {suffix}.")
-    if os.path.isdir(path):
-        raise UsageError(f"Output '{path}' is a directory; pass a file name ending in {suffix}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"Output directory '{directory}' does not exist; create it first.")
-    if os.path.exists(path) and not force:
-        raise UsageError(f"Output '{path}' already exists; pass --force to overwrite it.")
-    name_limit = _name_limit(directory)
-    if len(os.fsencode(os.path.basename(path))) > name_limit:
-        raise UsageError(
-            f"Output file name '{os.path.basename(path)[:40]}...' is "
-            f"{len(os.path.basename(path))} characters long; this file system allows {name_limit}."
-        )
-    # Try for real: permission bits do not tell about read-only file systems or root.
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise UsageError(f"Cannot write to output directory '{directory}': {error.strerror}.") from None
-
-
-def _name_limit(directory):
-    try:
-        return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # not every platform reports it
-        return 255
-
-
-@contextlib.contextmanager
-def _writing(path):
-    """Reports a failed write under the output's name, not the private temporary file's."""
-    try:
-        yield
-    except OSError as error:
-        raise UsageError(f"Cannot write output '{path}': {error.strerror or error}.") from None
-
-
-@contextlib.contextmanager
-def _without_litert_info():
-    """Keeps the LiteRT interpreter's `INFO:` lines (written by C++ to fd 2) off the terminal.
-
-    Everything else written to stderr meanwhile is passed on once the block ends.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines():
-                if line.strip() and not line.startswith("INFO: "):
-                    print(line, file=sys.stderr)
-
-
 def _load_model(path, unsafe=False):
     _check_input(path, ".keras")
     if not zipfile.is_zipfile(path):
@@ -567,169 +485,6 @@ def _run_export(args):
             verbose=0 if args.json else "auto",
         )
     _emit(report, args.json)
-
-
-def _shape_specification(text):
-    """`224,224,3` -> (None, (224, 224, 3)); `token_ids=12` -> ("token_ids", (12,))."""
-    name, separator, sizes = text.rpartition("=")
-    try:
-        shape = tuple(int(size) for size in sizes.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1 or (separator and not name):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a shape; give positive sizes separated by commas, without the batch "
-            "axis, such as 224,224,3, or NAME=SIZES such as token_ids=12"
-        )
-    return (name if separator else None, shape)
-
-
-def _input_shapes(specifications, inputs, owner):
-    """The --input-shape values as a dict input name -> sample shape, checked against the model."""
-    by_name = {item.name: item for item in inputs}
-    shapes, unnamed = {}, []
-    for name, shape in specifications:
-        if name is None:
-            unnamed.append(shape)
-        elif name not in by_name:
-            raise UsageError(
-                f"--input-shape names input '{name}', but {owner} has inputs "
-                f"{list(by_name)}; use one of these names."
-            )
-        else:
-            shapes[name] = shape
-    if len(unnamed) > 1:
-        raise UsageError(
-            "--input-shape takes at most one shape without a name (it applies to every input not "
-            f"named); give NAME=SIZES for the others. Received: {len(unnamed)} unnamed shapes"
-        )
-    for item in inputs:
-        if unnamed:
-            shapes.setdefault(item.name, unnamed[0])
-        if item.name not in shapes:
-            continue
-        expected, shape = item.shape[1:], shapes[item.name]
-        if len(shape) != len(expected) or any(
-            known is not None and known != size for known, size in zip(expected, shape)
-        ):
-            count = f"{len(expected)} size{'' if len(expected) == 1 else 's'}"
-            raise UsageError(
-                f"--input-shape {','.join(map(str, shape))} does not fit input '{item.name}' of shape "
-                f"{item.shape} (batch first); give {count} without the batch axis, such as "
-                f"{_example_sizes(item)}."
-            )
-    return shapes
-
-
-def _require_known_sizes(inputs, shapes, owner, purpose="make verification inputs", bench=False):
-    from tfprune.export.inputs import _unknown_sizes
-
-    unknown = _unknown_sizes(inputs, shapes)
-    if unknown:
-        names = ", ".join(f"'{item.name}' {item.shape}" for item in unknown)
-        if len(inputs) == 1:
-            example = _example_sizes(unknown[0])
-        else:
-            example = " ".join(f"{item.name}={_example_sizes(item)}" for item in unknown)
-        alternative = "" if bench else " or --sample-inputs FILE (.npy, or .npz with one array per input name)"
-        raise UsageError(
-            f"{owner} leaves sizes of input{'s' if len(unknown) > 1 else ''} {names} unknown, so the "
-            f"command cannot {purpose}; pass --input-shape {example} (sizes without the batch "
-            f"axis){alternative}."
-        )
-
-
-def _file_inputs(path):
-    """The inputs of a `.tflite` file's signature, as `ModelInput`s (None for dynamic sizes)."""
-    import numpy as np
-
-    from tfprune.export.inputs import ModelInput
-    from tfprune.export.verify import _interpreter
-
-    runner = _interpreter(path, use_xnnpack=False).get_signature_runner()
-    return [
-        ModelInput(
-            name, name, tuple(None if size == -1 else int(size) for size in details["shape_signature"]),
-            np.dtype(details["dtype"]).name,
-        )
-        for name, details in sorted(runner.get_input_details().items())
-    ]
-
-
-def _example_sizes(item):
-    return ",".join(str(32 if size is None else size) for size in item.shape[1:])
-
-
-def _check_sample_inputs_file(path):
-    if not path.endswith((".npy", ".npz")):
-        raise UsageError(
-            f"--sample-inputs '{path}' is not a .npy or .npz file; save the inputs with np.save "
-            "(one input) or np.savez (one array per input name)."
-        )
-    if not os.path.isfile(path):
-        raise UsageError(f"--sample-inputs file '{path}' does not exist.")
-
-
-def _sample_inputs(path, inputs, model_name):
-    """The arrays of a --sample-inputs file: one array, or a dict input name -> array."""
-    import numpy as np
-
-    from tfprune import export
-    from tfprune.export.inputs import as_batches
-
-    names = [item.name for item in inputs]
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            data = loaded
-        else:
-            with loaded:
-                data = {key: loaded[key] for key in loaded.files}
-    except Exception as error:  # NumPy raises several types for files it cannot read
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"Cannot read --sample-inputs '{path}' as NumPy data: {first_line}") from None
-    if isinstance(data, np.ndarray) and len(inputs) > 1:
-        arguments = ", ".join(f"{name}=..." for name in names)
-        raise UsageError(
-            f"--sample-inputs '{path}' holds one array, but model '{model_name}' has {len(inputs)} "
-            f"inputs {names}; save one array per input name in an .npz file, "
-            f"np.savez('inputs.npz', {arguments})."
-        )
-    if isinstance(data, dict) and len(inputs) == 1 and len(data) == 1:
-        (data,) = data.values()  # one array, whatever np.savez named it
-    as_batches(data, inputs, "--sample-inputs", export.MAX_VERIFICATION_SAMPLES)  # refused here by name
-    return data
-
-
-def _calibration_data(args, inputs, shapes, model_name):
-    import numpy as np
-
-    from tfprune.export.inputs import random_batch
-
-    source = args.calibration or ("samples" if args.sample_inputs is not None else "random")
-    if source == "samples":
-        return _sample_inputs(args.sample_inputs, inputs, model_name)
-    if source == "digits":
-        from tfprune import datasets
-
-        shape = shapes.get(inputs[0].name, inputs[0].shape[1:])
-        if len(inputs) != 1 or len(shape) != 3:
-            raise UsageError(
-                "--calibration digits needs an image model with one (height, width, channels) input; "
-                f"model '{model_name}' has inputs {[item.shape for item in inputs]}."
-            )
-        _require_known_sizes(inputs, shapes, f"Model '{model_name}'", "make calibration inputs")
-        if shape[0] != shape[1]:
-            raise UsageError(
-                f"--calibration digits makes square images; input '{inputs[0].name}' is {shape[0]}x"
-                f"{shape[1]}. Use --calibration random or --sample-inputs FILE."
-            )
-        (images, _), _ = datasets.digits(image_size=shape[0], channels=shape[2], as_numpy=True)
-        if inputs[0].dtype == "uint8":
-            images = np.round(255 * images)  # the digits are floats in [0, 1]
-        return images[:200].astype(inputs[0].dtype)
-    _require_known_sizes(inputs, shapes, f"Model '{model_name}'", "make calibration inputs")
-    return random_batch(inputs, 100, shapes, seed=1)
 
 
 def _run_bench(args):

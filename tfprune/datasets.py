@@ -15,13 +15,28 @@ Images are float32 in [0, 1], channels last; labels are int32 class indices.
 """
 
 import dataclasses
-import gzip
 import os
-import zlib
 
 import keras
 import numpy as np
 
+from tfprune._idx_files import (
+    _FASHION_MNIST_IMAGE_SIZE,
+    _check_fashion_mnist_split,
+    _fashion_mnist_files,
+    _keras_cache_directories,
+    _read_fashion_mnist_split,
+)
+from tfprune._idx_files import _read_idx as _read_idx  # read by the tests
+from tfprune._image_pipelines import (
+    _augment,
+    _check_common_arguments,
+    _check_positive_int,
+    _finish,
+    _scale_and_resize,
+    _size,
+    _stratified_subset,
+)
 from tfprune._optional import OptionalModule, require
 
 __all__ = [
@@ -211,13 +226,6 @@ def digits(
 FASHION_MNIST_ENVIRONMENT_VARIABLE = "TFPRUNE_FASHION_MNIST"
 # Where Debian's `dataset-fashion-mnist` package installs the four gzipped files.
 _DEBIAN_FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"
-_FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_FASHION_MNIST_IMAGE_SIZE = 28
-
-
 def fashion_mnist(
     path=None,
     image_size=28,
@@ -570,191 +578,3 @@ def _fashion_mnist_not_found(looked_in, reason):
 def _download_fashion_mnist():
     # The only place fashion_mnist reaches the network; tests replace it.
     return keras.datasets.fashion_mnist.load_data()
-
-
-def _keras_cache_directories():
-    # Where keras.utils.get_file puts `cache_subdir="datasets/fashion-mnist"`:
-    # $KERAS_HOME or ~/.keras, or /tmp/.keras when that is not writable.
-    home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
-    directories = [home]
-    if not os.access(home, os.W_OK):
-        directories.append(os.path.join("/tmp", ".keras"))
-    return [os.path.join(directory, "datasets", "fashion-mnist") for directory in directories]
-
-
-def _fashion_mnist_files(directory):
-    """`{split: (images_file, labels_file)}` found in `directory`, and the names it lacks."""
-    files, missing = {}, []
-    for split, names in _FASHION_MNIST_FILES.items():
-        found = []
-        for name in names:
-            for candidate in (name, name + ".gz"):
-                if os.path.isfile(os.path.join(directory, candidate)):
-                    found.append(os.path.join(directory, candidate))
-                    break
-            else:
-                missing.append(name + "[.gz]")
-        files[split] = tuple(found)
-    return files, missing
-
-
-def _read_fashion_mnist_split(images_path, labels_path):
-    return _check_fashion_mnist_split(
-        _read_idx(images_path), _read_idx(labels_path), images_path, labels_path
-    )
-
-
-def _check_fashion_mnist_split(images, labels, images_source, labels_source):
-    size = _FASHION_MNIST_IMAGE_SIZE
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (size, size):
-        raise ValueError(
-            f"`fashion_mnist` cannot use '{images_source}': it holds {images.dtype} data of shape "
-            f"{images.shape}, not uint8 images of shape (count, {size}, {size}); {_REPLACE_THE_FILE}"
-        )
-    if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise ValueError(
-            f"`fashion_mnist` cannot use '{labels_source}': it holds {labels.dtype} data of shape "
-            f"{labels.shape}, not uint8 labels of shape (count,); {_REPLACE_THE_FILE}"
-        )
-    if len(labels) != len(images):
-        raise ValueError(
-            f"`fashion_mnist` cannot use '{labels_source}': it holds {len(labels)} labels for the "
-            f"{len(images)} images of '{images_source}'; {_REPLACE_THE_FILE}"
-        )
-    if len(labels) and labels.max() > 9:
-        raise ValueError(
-            f"`fashion_mnist` cannot use '{labels_source}': it holds the label {labels.max()}, "
-            f"outside Fashion-MNIST's 0..9; {_REPLACE_THE_FILE}"
-        )
-    return images, labels
-
-
-_REPLACE_THE_FILE = (
-    "replace it with a good copy (`make fashion-mnist` installs one, "
-    "`sudo apt-get install --reinstall dataset-fashion-mnist` repairs that one)."
-)
-
-# IDX type codes (the third byte of the magic number) and their big-endian dtypes.
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _read_idx(path):
-    """The array in an IDX file (LeCun's MNIST format), gzipped or not.
-
-    The header is two zero bytes, a type code, the number of dimensions and
-    one big-endian uint32 per dimension; the data follows, big-endian, and
-    must fill exactly the product of the dimensions.
-    """
-
-    def refuse(reason):
-        return ValueError(f"`fashion_mnist` cannot use '{path}': {reason}; {_REPLACE_THE_FILE}")
-
-    with open(path, "rb") as file:
-        data = file.read()
-    if data[:2] == b"\x1f\x8b":  # gzip's magic number, whatever the file's name
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise refuse(f"it is a damaged gzip file ({error})") from None
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES:
-        raise refuse(
-            f"it does not start with an IDX magic number (00 00, a type code, a number of "
-            f"dimensions) but with {data[:4].hex(' ') or 'nothing'}"
-        )
-    dtype, rank = np.dtype(_IDX_DTYPES[data[2]]), data[3]
-    header_size = 4 + 4 * rank
-    if len(data) < header_size:
-        raise refuse(
-            f"its header announces {rank} dimensions but the file ends after {len(data)} bytes"
-        )
-    shape = tuple(int(dimension) for dimension in np.frombuffer(data, ">u4", rank, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header_size != expected:
-        raise refuse(
-            f"its header announces shape {shape} ({expected} bytes of data) but it holds "
-            f"{len(data) - header_size} bytes of data"
-        )
-    return (
-        np.frombuffer(data, dtype, offset=header_size)
-        .reshape(shape)
-        .astype(dtype.newbyteorder("="))
-    )
-
-
-def _stratified_subset(labels, size, seed, name):
-    """Sorted indices of a class-stratified subsample of `size` labels (all if None)."""
-    if size is None:
-        return np.arange(len(labels))
-    if size > len(labels):
-        raise ValueError(
-            f"`fashion_mnist` expects `{name}` to be at most {len(labels)}, the images in that "
-            f"split; received {name}={size!r}."
-        )
-    if size == len(labels):
-        return np.arange(len(labels))
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(
-        np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
-    )
-    return np.sort(keep)
-
-
-def _scale_and_resize(images, image_size, channels):
-    """uint8 `(count, 28, 28)` images as float32 `(count, image_size, image_size, channels)` in [0, 1]."""
-    images = images.astype("float32")[..., np.newaxis] / np.float32(255.0)
-    if image_size != images.shape[1]:
-        # keras.ops, not tf.image, so the NumPy form works on every backend; in
-        # chunks, to bound the memory the backend's resize takes.
-        images = np.concatenate(
-            [
-                keras.ops.convert_to_numpy(
-                    keras.ops.image.resize(
-                        chunk,
-                        (image_size, image_size),
-                        interpolation="bilinear",
-                        data_format="channels_last",
-                    )
-                )
-                for chunk in np.array_split(images, max(1, len(images) // 10_000))
-            ]
-        )
-    if channels > 1:
-        images = np.repeat(images, channels, axis=-1)
-    return images
-
-
-def _augment(image, label, random_seed, image_size):
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(random_seed, 2))
-    padded_size = image_size + 2 * (image_size // 8)
-    image = tf.image.resize_with_crop_or_pad(image, padded_size, padded_size)
-    image = tf.image.stateless_random_crop(image, (image_size, image_size, 3), seed=crop_seed)
-    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return image, label
-
-
-def _finish(dataset, batch_size):
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _size(dataset):
-    size = int(dataset.cardinality())
-    return size if size >= 0 else None
-
-
-def _check_positive_int(caller, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"`{caller}` expects `{name}` to be a positive integer; "
-            f"received {name}={value!r}. Pass an integer of at least 1."
-        )
-
-
-def _check_common_arguments(caller, image_size, batch_size, seed):
-    _check_positive_int(caller, "image_size", image_size)
-    _check_positive_int(caller, "batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(
-            f"`{caller}` expects `seed` to be a non-negative integer; "
-            f"received seed={seed!r}. Pass e.g. seed=0."
-        )

@@ -67,7 +67,7 @@ def remove_channels(model, removals, unknown="raise", gqa="query_heads"):
     return _rewrite(model, graph, _checked_removals(graph, removals))
 
 
-def set_widths(model, widths, scores=None, se_policy=None, unknown="raise", gqa="query_heads"):
+def set_widths(model, widths, scores=None, se_policy=None, unknown="raise", gqa="query_heads", graph=None):
     """Returns a new model whose groups keep only their highest-scored channels.
 
     Args:
@@ -86,6 +86,11 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise", gqa=
             `remove_channels`.
         gqa: String. `"query_heads"` (default) or `"groups"`, as for
             `remove_channels`.
+        graph: Optional `tfprune.graph.ChannelGraph` of `model`, already
+            built (`tfprune.prune` passes the one it scored with), so the
+            graph is not traced again; `unknown` and `gqa` are then those it
+            was built with, and a group it marks as not prunable is refused.
+            Defaults to `None`: built here with `hidden=True`.
 
     Returns:
         A new `keras.Model` of the same kind, with the same layer names.
@@ -116,7 +121,13 @@ def set_widths(model, widths, scores=None, se_policy=None, unknown="raise", gqa=
         raise ValueError(
             f"`se_policy` must be None or 'keep_ratio'. Received: se_policy={se_policy!r}"
         )
-    graph = graph_module.build(model, unknown=unknown, hidden=True, gqa=gqa)
+    if graph is None:
+        graph = graph_module.build(model, unknown=unknown, hidden=True, gqa=gqa)
+    elif not isinstance(graph, graph_module.ChannelGraph):
+        raise TypeError(
+            "`graph` must be the `tfprune.graph.build(model)` of the model; received an object of "
+            f"type {type(graph).__name__}."
+        )
     for name, values in scores.items():
         _checked_group(graph, name)
         nan = np.flatnonzero(np.isnan(np.asarray(values, dtype=np.float64).reshape(-1)))

@@ -230,3 +230,66 @@ def run_graph(functional, inputs, operation_fn):
 def inputs_structure(functional):
     """The nested structure the functional model was built with (a dict, a list, one tensor)."""
     return functional._inputs_struct
+
+
+def nested_layers(layer):
+    """`layer` and every layer it holds, at any depth (a composite layer's sublayers).
+
+    Args:
+        layer: a `keras.layers.Layer` (a model included).
+
+    Returns:
+        A list of layers, `layer` first.
+
+    Example:
+        >>> inputs = keras.Input((2,))
+        >>> inner = keras.Model(inputs, keras.layers.Dense(1, name="d")(inputs), name="inner")
+        >>> [sub.name for sub in nested_layers(inner) if sub.weights]
+        ['inner', 'd']
+    """
+    return list(layer._flatten_layers(include_self=True))
+
+
+def copy_input_shape_argument(source, target):
+    """Gives `target` the `input_shape=` argument `source` was made with (None if it had none).
+
+    `keras.Sequential` takes its input from its first layer's `input_shape=`
+    argument; a layer put in the place of such a layer needs it too.
+
+    Args:
+        source: the `keras.layers.Layer` being replaced.
+        target: the `keras.layers.Layer` taking its place.
+
+    Returns:
+        The argument given to `target` (a shape tuple), or None.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")  # Keras advises `keras.Input` instead
+        ...     dense = keras.layers.Dense(1, input_shape=(3,))
+        >>> copy_input_shape_argument(dense, keras.layers.Dense(1))
+        (3,)
+    """
+    value = getattr(source, "_input_shape_arg", None)
+    target._input_shape_arg = value
+    return value
+
+
+def lambda_output_shape(layer):
+    """The `output_shape` a `keras.layers.Lambda` was made with (a shape, a callable or None).
+
+    A `Lambda` layer's config holds its functions as bytecode, which safe mode
+    refuses to load; a copy is made from the objects themselves instead.
+
+    Args:
+        layer: a `keras.layers.Lambda`.
+
+    Returns:
+        The `output_shape` it was given.
+
+    Example:
+        >>> lambda_output_shape(keras.layers.Lambda(lambda x: x, output_shape=(2,)))
+        (2,)
+    """
+    return layer._output_shape

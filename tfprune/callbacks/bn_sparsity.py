@@ -8,213 +8,16 @@ from keras import ops
 
 from tfprune._optional import require_tensorflow
 from tfprune._utils import write_summary
-from tfprune.structure import batch_norm_layers, expansion_layers
+from tfprune.callbacks._bn_control import (
+    adapt_strength,
+    check_arguments,
+    share_quantile,
+    tracking_error,
+)
+from tfprune.callbacks._bn_proximal import channel_coordinates, effective_step, group_soft_threshold
+from tfprune.structure import batch_norm_layers as batch_norm_layers  # read from here by the tests
 
 __all__ = ["BNSparsity"]
-
-_MODES = ("proximal", "subgradient")
-_PENALTIES = ("channel", "gamma")
-_TARGETS = ("all", "expansion")
-
-
-def effective_step(optimizer, variable):
-    """Returns the step size the optimizer applied to each coordinate of `variable` in its last update.
-
-    The proximal step of `BNSparsity` must use the step the optimizer really
-    takes: under SGD that is the learning rate, but Adam divides every
-    coordinate's step by the root of its second-moment estimate, so a scale
-    whose loss gradient is small moves much faster than the learning rate.
-    The returned `η` is such that the optimizer's update was `η * ĝ` for a
-    bias-corrected gradient estimate `ĝ`:
-
-    - Adam, AdamW, Nadam (anything with `_velocities` and `beta_2`):
-      `lr * sqrt(1 - beta_2**t) / (sqrt(v) + epsilon)`.
-    - Adamax: `lr / (u + epsilon)`.
-    - RMSprop: `lr / sqrt(v + epsilon)`.
-    - Adagrad: `lr / sqrt(accumulator + epsilon)`.
-    - Anything else (SGD with or without momentum, Lion, ...): `lr`.
-
-    A `LossScaleOptimizer` (mixed precision) is looked through.
-
-    Args:
-        optimizer: A built `keras.optimizers.Optimizer` that has taken at least one step.
-        variable: A trainable variable the optimizer updates.
-
-    Returns:
-        A float32 tensor broadcastable to `variable`'s shape.
-
-    Example:
-
-    >>> import keras
-    >>> from tfprune.callbacks.bn_sparsity import effective_step
-    >>> variable = keras.Variable([1.0, 2.0])
-    >>> optimizer = keras.optimizers.SGD(0.1)
-    >>> optimizer.apply([keras.ops.ones(2)], [variable])
-    >>> float(effective_step(optimizer, variable))
-    0.1...
-    """
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    learning_rate = ops.cast(optimizer.learning_rate, "float32")
-    index = optimizer._get_variable_index(variable)
-    if isinstance(optimizer, keras.optimizers.Adamax):
-        return learning_rate / (ops.cast(optimizer._u[index], "float32") + optimizer.epsilon)
-    if isinstance(optimizer, keras.optimizers.RMSprop):
-        return learning_rate / ops.sqrt(ops.cast(optimizer._velocities[index], "float32") + optimizer.epsilon)
-    if isinstance(optimizer, keras.optimizers.Adagrad):
-        return learning_rate / ops.sqrt(ops.cast(optimizer._accumulators[index], "float32") + optimizer.epsilon)
-    if hasattr(optimizer, "_velocities") and hasattr(optimizer, "beta_2"):
-        steps = ops.maximum(ops.cast(optimizer.iterations, "float32"), 1.0)
-        correction = ops.sqrt(1.0 - ops.power(ops.cast(optimizer.beta_2, "float32"), steps))
-        velocity = ops.cast(optimizer._velocities[index], "float32")
-        return learning_rate * correction / (ops.sqrt(velocity) + optimizer.epsilon)
-    return learning_rate
-
-
-def group_soft_threshold(values, steps, group_ids, group_count, strength, group_units=None, cutoff=None):
-    """The proximal operator of `strength * Σ_c ||u_c||_2` in the metric of per-coordinate steps.
-
-    Coordinate `i` of `values` belongs to group `group_ids[i]` (`group_count`
-    means "no group": left unchanged). Each group `u_c` is shrunk towards zero,
-    `u_c ← u_c * max(0, 1 - strength * η_c / ||u_c||)`, with `η_c` the group's
-    step: `1 / sqrt(mean_i (1/η_i)²)` over its coordinates (for equal steps,
-    just `η`). A group of one coordinate gets the soft threshold
-    `sign(u) * max(|u| - strength * η, 0)`.
-
-    Args:
-        values: 1-D float tensor, the coordinates.
-        steps: 1-D float tensor of positive step sizes `η_i`, same length.
-        group_ids: 1-D int tensor, the group of each coordinate in `[0, group_count]`.
-        group_count: Int. Number of groups.
-        strength: Float. The penalty strength λ.
-        group_units: Optional 1-D int array of length `group_count`: the unit
-            (a channel group of the graph, or a BatchNormalization layer) each
-            group belongs to, numbered from 0. With it, a unit is never
-            emptied: if the step would zero every group of a unit, the group
-            with the largest norm before the step keeps its values. Defaults to
-            `None` (no guard).
-        cutoff: Optional float: groups whose norm before the step is above it
-            are left unchanged (the target form of `BNSparsity` penalises only
-            the groups ranked below its target share). Defaults to `None`
-            (every group is penalised).
-
-    Returns:
-        1-D float tensor: the new coordinates (exact zeros for removed groups).
-
-    Example:
-
-    >>> import numpy as np
-    >>> from tfprune.callbacks.bn_sparsity import group_soft_threshold
-    >>> new = group_soft_threshold(np.array([3.0, 4.0, 0.5], "float32"),
-    ...                            np.ones(3, "float32"), np.array([0, 0, 1]), 2, 1.0)
-    >>> np.round(np.asarray(new, 'float64'), 3).tolist()
-    [2.4, 3.2, 0.0]
-    """
-    values = ops.convert_to_tensor(values, "float32")
-    segments = group_count + 1
-    inverse_steps = 1.0 / ops.maximum(ops.convert_to_tensor(steps, "float32"), 1e-30)
-    squares = ops.segment_sum(ops.square(values), group_ids, num_segments=segments)
-    counts = ops.segment_sum(ops.ones_like(values), group_ids, num_segments=segments)
-    mean_inverse = ops.segment_sum(ops.square(inverse_steps), group_ids, num_segments=segments)
-    group_steps = 1.0 / ops.sqrt(mean_inverse / ops.maximum(counts, 1.0))
-    norms = ops.sqrt(squares)
-    factors = ops.maximum(0.0, 1.0 - strength * group_steps / ops.maximum(norms, 1e-30))
-    if cutoff is not None:
-        factors = ops.where(norms > cutoff, 1.0, factors)
-    factors = factors[:group_count]
-    if group_units is not None:
-        # An emptied unit cuts the network (every channel of a layer at zero):
-        # its largest group skips this step instead.
-        norms = norms[:group_count]
-        units = ops.convert_to_tensor(np.asarray(group_units, "int32"))
-        unit_count = int(np.max(group_units)) + 1 if len(group_units) else 0
-        largest_before = ops.take(ops.segment_max(norms, units, num_segments=unit_count), units)
-        largest_after = ops.take(ops.segment_max(norms * factors, units, num_segments=unit_count), units)
-        keep = ops.logical_and(ops.equal(largest_after, 0.0), ops.logical_and(norms > 0.0, norms >= largest_before))
-        factors = ops.where(keep, 1.0, factors)
-    # the "no group" segment keeps its coordinates
-    factors = ops.concatenate([factors, ops.ones((1,), "float32")])
-    return values * ops.take(factors, group_ids)
-
-
-def share_quantile(magnitudes, share):
-    """Returns the `ceil(share * n)`-th smallest of `magnitudes`: below a threshold iff `share` of them are.
-
-    Args:
-        magnitudes: 1-D array of |γ|.
-        share: Float in `(0, 1)`.
-
-    Returns:
-        Float (`0.0` for an empty array).
-
-    Example:
-
-    >>> import numpy as np
-    >>> from tfprune.callbacks.bn_sparsity import share_quantile
-    >>> share_quantile(np.array([0.3, 0.0, 1.0, 0.004]), 0.5)
-    0.004
-    """
-    magnitudes = np.asarray(magnitudes, "float64").ravel()
-    count = max(int(np.ceil(share * magnitudes.size - 1e-9)), 1)
-    if magnitudes.size == 0:
-        return 0.0
-    return float(np.partition(magnitudes, count - 1)[count - 1])
-
-
-def tracking_error(quantile, goal):
-    """Returns the controller's error: `log2(quantile / goal)` clipped to `[-1, 1]`, and `0` at an exact zero.
-
-    Positive when the scale at the target share is above where it should be
-    (too few small scales: the strength must rise), negative below (the
-    shrinking is ahead of the ramp: it slows down). The error saturates at a
-    factor of 2 either way. An exact zero (the proximal step gives them) means
-    the target share is reached: the strength is held, so that the zeroed
-    channels stay zero (lowering it let a zeroed channel grow back to 0.01 in
-    the tests); the channels above the share are not penalised, so holding
-    it costs them nothing.
-
-    Args:
-        quantile: Non-negative float, from `share_quantile`.
-        goal: Positive float. Where the quantile should be now.
-
-    Returns:
-        Float in `[-1, 1]`.
-
-    Example:
-
-    >>> from tfprune.callbacks.bn_sparsity import tracking_error
-    >>> tracking_error(0.2, 0.1), tracking_error(0.0, 0.005), tracking_error(0.01, 0.1)
-    (1.0, 0.0, -1.0)
-    >>> round(tracking_error(0.12, 0.1), 4)
-    0.263
-    """
-    if quantile <= 0.0:
-        return 0.0
-    return float(np.clip(np.log2(quantile / goal), -1.0, 1.0))
-
-
-def adapt_strength(strength, error, gain, elapsed):
-    """Returns the strength after one feedback step: `strength * exp(gain * error * elapsed)`.
-
-    An integral controller in log space: the strength rises while the error
-    is positive (too few small scales) and falls while it is negative, by a
-    factor of at most `exp(gain)` per epoch, whatever the strength's scale.
-
-    Args:
-        strength: Positive float. The current strength.
-        error: Float in `[-1, 1]`, from `tracking_error`.
-        gain: Positive float. Log-strength change per epoch at full error.
-        elapsed: Non-negative float. Epochs since the last step (`1 / steps_per_epoch` per batch).
-
-    Returns:
-        Positive float.
-
-    Example:
-
-    >>> from tfprune.callbacks.bn_sparsity import adapt_strength
-    >>> round(adapt_strength(0.02, 1.0, 2.0, 0.5), 6)  # 0.02 * e
-    0.054366
-    """
-    return float(strength * np.exp(gain * error * elapsed))
 
 
 class _ScheduledL1:
@@ -236,72 +39,6 @@ def _histogram(values, bins=30):
     """TensorBoard's histogram tensor: one row `(left edge, right edge, count)` per bin."""
     counts, edges = np.histogram(values, bins=bins)
     return np.stack([edges[:-1], edges[1:], counts]).T.astype("float64")
-
-
-def _targeted_groups(model, targets):
-    """The prunable channel groups `tfprune.prune(..., targets=targets)` would score."""
-    from tfprune import graph as graph_module
-
-    graph = graph_module.build(model)
-    groups = [group for group in graph.groups if group.prunable]
-    if targets == "expansion":
-        expansion = set(expansion_layers(model))
-        return [group for group in groups if expansion & set(group.producers)]
-    if callable(targets):
-        return [group for group in groups if targets(group)]
-    return groups
-
-
-def _channel_coordinates(model, targets, penalty):
-    """`(variables, group ids per variable, group count, unit of each group)` for the proximal step.
-
-    penalty="channel": one group per channel of every targeted channel group,
-    holding γ and β of every BatchNormalization the channel passes through.
-    penalty="gamma": one group per γ coordinate of those BatchNormalizations
-    (with targets="all": of every BN with a trainable scale, nested ones too).
-    The unit of a group is what must keep at least one channel: its channel
-    group of the graph (penalty="channel") or its BatchNormalization layer.
-    """
-    if penalty == "gamma" and targets == "all":
-        layers = batch_norm_layers(model)
-        ids, units, offset = [], [], 0
-        for index, layer in enumerate(layers):
-            size = int(layer.gamma.shape[0])
-            ids.append(np.arange(offset, offset + size))
-            units.append(np.full(size, index))
-            offset += size
-        units = np.concatenate(units) if units else np.zeros(0, "int64")
-        return [layer.gamma for layer in layers], ids, offset, units
-    members = {}  # layer name -> (layer, group id per channel, -1 where not targeted)
-    units = []
-    offset = 0
-    for group_index, group in enumerate(_targeted_groups(model, targets)):
-        units.append(np.full(group.size, group_index))
-        for member in group.members:
-            layer = model.get_layer(member.layer_name)
-            if member.role != "param" or not isinstance(layer, keras.layers.BatchNormalization):
-                continue
-            if not (layer.scale and layer.trainable):
-                continue
-            _, ids = members.setdefault(layer.name, (layer, np.full(int(layer.gamma.shape[0]), -1)))
-            ids[np.asarray(member.positions)] = offset + np.asarray(member.channels)
-        offset += group.size
-    variables, variable_ids = [], []
-    unit_count = len(units)
-    for layer, ids in members.values():
-        if penalty == "gamma":
-            # one group per γ coordinate: renumber so that channels of a group stay apart
-            ids = np.where(ids >= 0, offset + np.arange(len(ids)), -1)
-            offset += len(ids)
-            units.append(np.full(len(ids), unit_count))  # the unit is the layer
-            unit_count += 1
-        pairs = [layer.gamma] + ([layer.beta] if penalty == "channel" and layer.center else [])
-        for variable in pairs:
-            variables.append(variable)
-            variable_ids.append(ids)
-    count = offset
-    units = np.concatenate(units) if units else np.zeros(0, "int64")
-    return variables, [np.where(ids >= 0, ids, count) for ids in variable_ids], count, units
 
 
 class BNSparsity(keras.callbacks.Callback):
@@ -512,73 +249,9 @@ class BNSparsity(keras.callbacks.Callback):
         gain=2.0,
     ):
         super().__init__()
-        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or l1 < 0:
-            raise ValueError(f"`l1` must be a non-negative number such as 0.02. Received: l1={l1!r}")
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
-        if penalty not in _PENALTIES:
-            raise ValueError(f"`penalty` must be one of {_PENALTIES}. Received: penalty={penalty!r}")
-        if mode == "subgradient" and penalty != "gamma":
-            raise ValueError(
-                "`mode='subgradient'` is the Network Slimming L1 on γ: pass penalty='gamma' with it. "
-                f"Received: penalty={penalty!r}"
-            )
-        if targets not in _TARGETS and not callable(targets):
-            raise ValueError(
-                "`targets` must be 'all', 'expansion' or a callable `group -> bool`. "
-                f"Received: targets={targets!r}"
-            )
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(
-                f"`warmup_epochs` must be a non-negative int. Received: warmup_epochs={warmup_epochs!r}"
-            )
-        if schedule is not None and not callable(schedule):
-            raise TypeError(
-                "`schedule` must be a callable `(epoch, l1) -> float` or None. "
-                f"Received: schedule={schedule!r}"
-            )
-        if not thresholds or any(
-            isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in thresholds
-        ):
-            raise ValueError(
-                f"`thresholds` must be a non-empty tuple of positive numbers. Received: thresholds={thresholds!r}"
-            )
-        if target is not None:
-            if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
-                raise ValueError(
-                    "`target` must be the share of the targeted γ to bring below `target_threshold`, strictly "
-                    f"between 0 and 1 (e.g. 0.5, the rate you will prune at), or None. Received: target={target!r}"
-                )
-            if mode != "proximal":
-                raise ValueError(
-                    "`target` adapts the strength at every step, which only the proximal step follows: "
-                    f"use mode='proximal' with it. Received: mode={mode!r}"
-                )
-            if schedule is not None:
-                raise ValueError(
-                    "`target` sets the strength itself: pass either `target` or `schedule`, not both. "
-                    f"Received: schedule={schedule!r}"
-                )
-            if l1 == 0:
-                raise ValueError(
-                    "With `target`, `l1` is the starting strength and must be positive (the controller "
-                    f"multiplies it). Received: l1={l1!r}"
-                )
-        if isinstance(target_threshold, bool) or not isinstance(target_threshold, (int, float)) or not (
-            target_threshold > 0
-        ):
-            raise ValueError(
-                f"`target_threshold` must be a positive number such as 0.01. Received: target_threshold={target_threshold!r}"
-            )
-        if ramp_epochs is not None and (
-            isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, (int, float)) or not ramp_epochs > 0
-        ):
-            raise ValueError(
-                "`ramp_epochs` must be a positive number of epochs (or None for two thirds of the epochs "
-                f"after the warm-up). Received: ramp_epochs={ramp_epochs!r}"
-            )
-        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0:
-            raise ValueError(f"`gain` must be a positive number such as 2.0. Received: gain={gain!r}")
+        check_arguments(
+            l1, mode, penalty, targets, warmup_epochs, schedule, thresholds, target, target_threshold, ramp_epochs, gain
+        )
         self.l1 = float(l1)
         self.mode = mode
         self.penalty = penalty
@@ -657,7 +330,7 @@ class BNSparsity(keras.callbacks.Callback):
         return self.l1
 
     def on_train_begin(self, logs=None):
-        variables, ids, count, units = _channel_coordinates(self.model, self.targets, self.penalty)
+        variables, ids, count, units = channel_coordinates(self.model, self.targets, self.penalty)
         self._gammas = [variable for variable in variables if variable.path.endswith("gamma")]
         if not self._gammas:
             raise ValueError(

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune._keras import functional
 from tfprune._utils import clone_graph, require_graph_model, warn_partial_coverage
 from tfprune.layers.str_base import SoftThresholdMixin
 from tfprune.magnitude.policy import PruningPolicy
@@ -168,7 +169,7 @@ def prune_low_magnitude(
             wrapper.build_from_config(model_or_layer.get_build_config())
         # `Dense(20, input_shape=...)` as a Sequential's first layer gives the model
         # its input; the wrapper in its place must too.
-        wrapper._input_shape_arg = getattr(model_or_layer, "_input_shape_arg", None)
+        functional.copy_input_shape_argument(model_or_layer, wrapper)
         return wrapper
     model = require_graph_model(model_or_layer, "tfprune.prune_low_magnitude")
     from tfprune import graph  # noqa: PLC0415 - graph imports the layer handlers

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tfprune._keras.layers import call_takes_training
 from tfprune.magnitude.masks import mask_for
 from tfprune.magnitude.schedules import PruningSchedule
 
@@ -305,7 +306,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "`tfprune.magnitude.update_pruning_step(model)` before each step of a custom "
                 "training loop."
             )
-        if getattr(self.layer, "_call_has_training_arg", False):
+        if call_takes_training(self.layer):
             kwargs["training"] = training
         masked = {
             id(weight): ops.multiply(weight.value, mask.value)
