@@ -52,9 +52,13 @@ def _trees():
     return {path: ast.parse(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _own_names(trees):
-    """The names tfprune defines: functions, classes, module names, attributes set on self/cls."""
-    own = set()
+def _own_names(trees, keras_private=frozenset()):
+    """The names tfprune defines: functions, classes, module names, attributes set on self/cls.
+
+    An attribute tfprune sets on `self` under a name Keras also sets is Keras's
+    (a base class's internals) unless listed in `OWN_SHARED`.
+    """
+    own, stored = set(), set()
     for tree in trees.values():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -69,8 +73,8 @@ def _own_names(trees):
                 and isinstance(node.value, ast.Name)
                 and node.value.id in ("self", "cls")
             ):
-                own.add(node.attr)
-    return own
+                stored.add(node.attr)
+    return own | (stored - set(keras_private)) | set(OWN_SHARED)
 
 
 def _keras_private_names():
@@ -147,7 +151,7 @@ def violations():
     trees = _trees()
     outside = {path: tree for path, tree in trees.items() if DOOR not in path.parents}
     keras_private = _keras_private_names()
-    own = (_own_names(outside) - keras_private) | set(OWN_SHARED)
+    own = _own_names(outside, keras_private)
     found = {}
     for path, tree in outside.items():
         hits = _violations(path, tree, own, keras_private)

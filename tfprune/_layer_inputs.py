@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tfprune._keras import functional
+from tfprune._keras import layers as keras_layers
 
 
 class LayerInput:
@@ -65,7 +66,7 @@ def projection_input(model, member):
     for layer in functional.nested_layers(model.get_layer(member.layer_name)):
         if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
             continue
-        kernel = getattr(layer, "_kernel", None)  # the variable itself (`kernel` may be a LoRA sum)
+        kernel = keras_layers.kernel_variable(layer)  # the variable itself (`kernel` may be a LoRA sum)
         if kernel is not None and kernel.path == path:
             axis = _input_axis(layer, kernel_axis)
             return None if axis is None else LayerInput(layer, axis)

@@ -289,7 +289,7 @@ def _trace_node(node, tracer, unknown):
             f"({type(operation).__name__}) on inputs of shapes {shapes}: {error}."
         ) from error
     for tensor, channels in zip(node.outputs, outputs):
-        tracer._tensors[id(tensor)] = np.asarray(channels, dtype=np.int64)
+        tracer.record(tensor, np.asarray(channels, dtype=np.int64))
 
 
 def _not_inlined(operation):

@@ -165,8 +165,8 @@ class ChannelGraph:
 
 def _assemble(functional, tracer, hidden=False):
     """Turns the traced ids into `ChannelGroup`s."""
-    count = len(tracer._parent)
-    roots = np.array([tracer._find(channel) for channel in range(count)], dtype=np.int64)
+    count = tracer.channel_count
+    roots = np.array([tracer.root(channel) for channel in range(count)], dtype=np.int64)
     # Channels created together (one producer) belong to one group: merge the
     # group labels of every root met in a segment. A label is the smallest id
     # of its group, so groups sort in the order their first channel was made.
@@ -178,7 +178,7 @@ def _assemble(functional, tracer, hidden=False):
             root = label[root]
         return root
 
-    for first, size, _ in tracer._segments:
+    for first, size, _ in tracer.segments:
         if not size:  # an empty output (a block's unused cache): no channels
             continue
         segment_roots = np.unique(roots[first : first + size]).tolist()
@@ -196,17 +196,17 @@ def _assemble(functional, tracer, hidden=False):
     group_keys, starts, sizes = np.unique(label[class_roots], return_index=True, return_counts=True)
     channel_of = np.zeros(count, dtype=np.int64)  # root id -> channel index in its group
     channel_of[class_roots] = np.arange(len(class_roots)) - np.repeat(starts, sizes)
-    segment_starts = np.array([first for first, _, _ in tracer._segments])
+    segment_starts = np.array([first for first, _, _ in tracer.segments])
     names = {}
     for key in group_keys.tolist():
-        name = tracer._segments[np.searchsorted(segment_starts, key, side="right") - 1][2]
+        name = tracer.segments[np.searchsorted(segment_starts, key, side="right") - 1][2]
         names[key] = name if name not in names.values() else f"{name}:{key}"
     reasons = {}
-    for channel, reason in tracer._pins.items():
+    for channel, reason in tracer.pins.items():
         reasons.setdefault(int(group_of[channel]), reason)
 
     members = {key: [] for key in names}
-    for (layer_name, _, axis), (role, channels, path) in tracer._uses.items():
+    for (layer_name, _, axis), (role, channels, path) in tracer.uses.items():
         channel_groups = group_of[channels]
         for key in np.unique(channel_groups).tolist():
             positions = np.flatnonzero(channel_groups == key)
@@ -222,13 +222,13 @@ def _assemble(functional, tracer, hidden=False):
             )
     members = {key: _merge_members(group_members) for key, group_members in members.items()}
     squeeze_excite = _squeeze_excite_links(
-        members, names, set(group_of[sorted(tracer._gates)].tolist())
+        members, names, set(group_of[sorted(tracer.gates)].tolist())
     )
     normalized_by, heads_of = {}, {}
-    for channel, layer_names in tracer._normalized.items():
+    for channel, layer_names in tracer.normalized.items():
         found = normalized_by.setdefault(int(group_of[channel]), [])
         found.extend(name for name in layer_names if name not in found)
-    for channel, layer_name in tracer._heads.items():
+    for channel, layer_name in tracer.heads.items():
         heads_of.setdefault(int(group_of[channel]), layer_name)
     groups = []
     for key, size in zip(group_keys.tolist(), sizes.tolist()):

@@ -5,7 +5,7 @@ of its own, the non-trainable `layer_scalar` its output is multiplied by;
 `tfprune.graph.flatten` inlines it all the same (`INLINED_WITH_OWN_WEIGHTS`),
 the scalar becoming a `tfprune.layers.Weight`, and its MLP, which
 multiplies by its EinsumDense layers' kernels directly, is recorded as
-calls of those layers (`graph._traced_matmul`). Its attention layer
+calls of those layers (`graph_traced_ops._traced_matmul`). Its attention layer
 (`Gemma4TextAttention`) is a grouped-query attention like Gemma 3's, with
 query and key RMS norms over the head width (shared by every head, so
 they keep their size) and a value norm without weights; it always returns

@@ -123,7 +123,7 @@ class DenseMultiply(_MULTIPLY):
     Keras's own `Multiply` marks `x * c` sparse when the constant `c` is not
     a Keras tensor; `tfprune.graph.flatten` records such products with this
     operation, so that the layers after them are not given a sparse
-    placeholder (`graph._dense_unless_sparse_input`).
+    placeholder (`graph_inline._dense_unless_sparse_input`).
 
     Example:
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from tfprune import _utils, handlers
 from tfprune import graph as graph_module
+from tfprune._keras.functional import walk
 
 __all__ = ["remove_channels", "se_bottleneck_width", "set_widths", "squeeze_excite_widths"]
 
@@ -316,14 +317,14 @@ def _rewrite(model, graph, removals):
 
     tracer = trace.tracer
     slices = {}  # layer name -> {weight index: [(axis, keep mask)]}
-    for (layer_name, index, axis), (_, channels, _) in tracer._uses.items():
+    for (layer_name, index, axis), (_, channels, _) in tracer.uses.items():
         keep = keep_of_id[channels]
         if not keep.all():
             slices.setdefault(layer_name, {}).setdefault(index, []).append((axis, keep))
 
     functional = _utils.functional_view(model)
     calls = {}
-    for node in graph_module._ordered_nodes(functional):
+    for node in walk(functional.outputs):
         calls.setdefault(node.operation.name, node)
 
     def new_width(tensor):
