@@ -72,7 +72,7 @@ def _tfmot_interpreter():
 # structured_latency); tfmot_compare keeps the TFMOT interpreter exercised in CI.
 SLOW_QUICK_MODES = {
     "search_digits", "structured_digits", "datadriven_digits", "export_litert", "str_grid", "str_step_time",
-    "bn_sparsity_digits", "str_vs_tfmot", "structured_latency",
+    "bn_sparsity_digits", "str_vs_tfmot", "structured_latency", "latency_model",
 }
 
 

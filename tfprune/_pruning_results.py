@@ -52,6 +52,12 @@ class PruneResult:
             could not count, in the model before or after pruning
             (`Analysis.uncounted_layers`): `macs_before` and `macs_after`
             leave them out and are lower bounds. Empty when `complete`.
+        latency: Dict or None. With a latency budget (`prune(..., latency=)`):
+            `target_ms`, `predicted_ms` (the chosen widths, by the latency
+            model), `dense_predicted_ms`, `threads`, and where the model was
+            timed here, `measured_ms` and `dense_measured_ms` (interleaved
+            LiteRT runs of the pruned and the given model) and
+            `prediction_error` (predicted / measured - 1).
 
     Example:
 
@@ -72,6 +78,7 @@ class PruneResult:
     reinitialized: bool = False
     renormalized: tuple = ()
     uncounted_layers: tuple = ()
+    latency: object = None
 
     @property
     def complete(self):
@@ -189,6 +196,8 @@ class PruneResult:
                 f"normalisation statistics changed in {len(self.renormalized)} layer(s) "
                 f"({_shown(self.renormalized, quote=False)}): fine-tune the pruned model"
             )
+        if self.latency is not None:
+            lines.append(_latency_line(self.latency))
         return "\n".join(lines)
 
 
@@ -251,3 +260,25 @@ class SensitivityResult:
             "rates": list(self.rates),
             "values": {name: list(values) for name, values in self.values.items()},
         }
+
+
+def _latency_line(latency):
+    """One line of `str(PruneResult)` for a latency budget.
+
+    Example:
+
+    >>> _latency_line({"target_ms": 5.0, "predicted_ms": 4.9, "dense_predicted_ms": 10.0, "threads": 1,
+    ...                "measured_ms": 5.1, "dense_measured_ms": 10.2, "prediction_error": -0.04})
+    'latency (LiteRT, 1 thread): target 5.00 ms, predicted 4.90 ms (dense 10.00), measured 5.10 ms (dense 10.20; prediction -4.0%)'
+    """
+    threads = latency["threads"]
+    line = (
+        f"latency (LiteRT, {threads} thread{'s' if threads != 1 else ''}): target {latency['target_ms']:.2f} ms, "
+        f"predicted {latency['predicted_ms']:.2f} ms (dense {latency['dense_predicted_ms']:.2f})"
+    )
+    if latency.get("measured_ms") is not None:
+        line += (
+            f", measured {latency['measured_ms']:.2f} ms (dense {latency['dense_measured_ms']:.2f}; "
+            f"prediction {100 * latency['prediction_error']:+.1f}%)"
+        )
+    return line

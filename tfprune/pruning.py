@@ -42,6 +42,7 @@ import warnings
 
 import keras
 
+from tfprune import _pruning_latency as pruning_latency
 from tfprune import criteria as criteria_module
 from tfprune import graph as graph_module
 from tfprune import sparsity as sparsity_module
@@ -159,6 +160,8 @@ def prune(
     verbose="auto",
     gqa="query_heads",
     ignore=None,
+    latency=None,
+    latency_model=None,
 ):
     """Removes the least important channels of a model; returns a smaller model.
 
@@ -256,6 +259,23 @@ def prune(
             query projection weights. Defaults to `"query_heads"`.
         ignore: Deprecated name of `skip`; it still works, with a
             `DeprecationWarning`.
+        latency: Instead of `rate`: a LiteRT latency budget, as a share of
+            the dense model's latency in (0, 1] (`latency=0.6`) or as
+            milliseconds on the device a `latency_model` was measured on
+            (`latency="8ms"`). The rate is chosen so that the widths it gives
+            (same criterion, scope, guards and rounding) are predicted by
+            the latency model to run at or under the budget, as close to it
+            as a channel allows. `PruneResult.latency` reports the target and
+            the prediction, and where the model was timed here the measured
+            latency of the pruned and the given model (interleaved runs).
+            Defaults to `None`.
+        latency_model: Optional `tfprune.latency.LatencyModel` (from
+            `measure_latency_model`, or `fit_latency_model` on a phone's
+            times, or `LatencyModel.load`) covering the targeted groups.
+            Without one, `latency=` times the model here first:
+            `measure_latency_model(model, groups=<targeted>)` exports and
+            times 24 pruned copies on LiteRT (1 thread), minutes for a
+            MobileNet at 224x224; keep and pass it to prune repeatedly.
 
     Layers that train sparsity (STR layers, `prune_low_magnitude` wrappers)
     are stripped first (`tfprune.strip`): their sparsity depends on the
@@ -302,6 +322,11 @@ def prune(
             probe input or does not rebuild from its config while the input
             model does (the message names the layer: typically a custom layer
             whose code or config holds a channel count).
+            With `latency`: a budget that is neither a share in (0, 1] nor
+            milliseconds like "8ms", given with `rate`/`threshold`,
+            milliseconds without a `latency_model`, a latency model not
+            covering a targeted group, or a budget no rate reaches (the
+            layers no targeted group changes take the rest).
 
     Warns:
         UserWarning: When the rate or threshold removes no channel (the
@@ -325,9 +350,11 @@ def prune(
     given = model
     model = _stripped(_inlined(model))
     rate, threshold = _zero_filters_threshold(criterion, rate, threshold)
+    latency_share, latency_ms = pruning_latency.check_latency(latency, latency_model, rate, threshold)
     rate, threshold = _check_arguments(
-        rate, threshold, scope, targets, min_channels, max_group_rate, round_to, ignore
-    )
+        0.0 if latency is not None else rate, threshold, scope, targets, min_channels, max_group_rate, round_to,
+        ignore,
+    )  # fmt: skip
     score_function = criteria_module.get(criterion)
     criterion_name = _criterion_name(criterion)
     comparable = criteria_module.comparable_across_groups(criterion)
@@ -341,26 +368,35 @@ def prune(
         model, graph, data=data, seed=seed, **_criterion_arguments(score_function, verbose, given)
     )
     scores = _checked_scores(all_scores, targeted, criterion_name, model)
-    asked, removals, used_threshold = _removal_counts(scores, rate, threshold, scope)
-    if scope == "global" and threshold is None and not comparable:
-        _refuse_emptied_groups(removals, scores, criterion_name, rate)
 
-    widths, records, shortfalls = {}, [], []
-    for group in targeted:
-        if group.name not in scores:
-            continue
-        # A head is already a large unit: head groups are never rounded to `round_to`.
-        width, guarded, causes = _guarded_width(
-            group.name, group.size, removals[group.name], min_channels, max_group_rate,
-            round_to if group.heads_of is None else 1,
-        )  # fmt: skip
-        records.append(GroupWidth(group.name, group.size, width, guarded))
-        if width < group.size:
-            widths[group.name] = width
-        shortfall = _shortfall(group, asked[group.name], width, causes)
-        if shortfall is not None:
-            shortfalls.append(shortfall)
-    records, widths = _balanced_heads(graph, records, widths)
+    def widths_at(rate):
+        asked, removals, used_threshold = _removal_counts(scores, rate, threshold, scope)
+        if scope == "global" and threshold is None and not comparable:
+            _refuse_emptied_groups(removals, scores, criterion_name, rate)
+        widths, records, shortfalls = {}, [], []
+        for group in targeted:
+            if group.name not in scores:
+                continue
+            # A head is already a large unit: head groups are never rounded to `round_to`.
+            width, guarded, causes = _guarded_width(
+                group.name, group.size, removals[group.name], min_channels, max_group_rate,
+                round_to if group.heads_of is None else 1,
+            )  # fmt: skip
+            records.append(GroupWidth(group.name, group.size, width, guarded))
+            if width < group.size:
+                widths[group.name] = width
+            shortfall = _shortfall(group, asked[group.name], width, causes)
+            if shortfall is not None:
+                shortfalls.append(shortfall)
+        records, widths = _balanced_heads(graph, records, widths)
+        return widths, records, shortfalls, used_threshold
+
+    latency_report = None
+    if latency is not None:
+        rate, latency_report = _rate_for_latency(
+            model, widths_at, latency_model, latency_share, latency_ms, [name for name in scores]
+        )
+    widths, records, shortfalls, used_threshold = widths_at(rate)
     _warn_shortfalls(
         model, shortfalls, len(records), rate, threshold, sum(len(values) for values in scores.values()),
         removed_any=bool(widths),
@@ -373,6 +409,15 @@ def prune(
     _check_not_larger(pruned, given)
     if _CHECK_PRUNED.get():  # unchanged too: inlining alone can give a model that does not reload
         _check_runs_and_reloads(pruned, given, model)
+    if latency_report is not None and latency_model is None:  # timed here: measure what it predicted
+        measured = pruning_latency.measured_latency(model, pruned, latency_report["threads"])
+        latency_report = pruning_latency.report(
+            latency_report["target_ms"], latency_report["predicted_ms"], latency_report["model"], measured
+        )
+    elif latency_report is not None:
+        latency_report = pruning_latency.report(
+            latency_report["target_ms"], latency_report["predicted_ms"], latency_report["model"]
+        )
     before, after = analyze(model), analyze(pruned)
     result = PruneResult(
         criterion=criterion_name,
@@ -390,8 +435,31 @@ def prune(
             layer for group in targeted if widths.get(group.name, group.size) < group.size
             for layer in group.normalized_by)),  # fmt: skip
         uncounted_layers=tuple(dict.fromkeys(before.uncounted_layers + after.uncounted_layers)),
+        latency=latency_report,
     )
     return pruned, result
+
+
+def _rate_for_latency(model, widths_at, latency_model, share, milliseconds, group_names):
+    """`(rate, {target_ms, predicted_ms, model, threads})` for a latency budget."""
+    if latency_model is None:
+        from tfprune.latency import measure_latency_model
+
+        latency_model = measure_latency_model(model, groups=group_names)
+    pruning_latency.check_coverage(latency_model, [name for name in group_names], model.name)
+
+    def feasible_widths(rate):
+        try:
+            with warnings.catch_warnings():  # the chosen rate's warnings are given once, below
+                warnings.simplefilter("ignore")
+                return widths_at(rate)[0]
+        except ValueError:  # a global ranking that would empty a group: too far
+            return None
+
+    target_ms = milliseconds if milliseconds is not None else share * latency_model.total
+    rate, predicted = pruning_latency.rate_for_latency(feasible_widths, latency_model, target_ms)
+    return rate, {"target_ms": target_ms, "predicted_ms": predicted, "model": latency_model,
+                  "threads": latency_model.threads}  # fmt: skip
 
 
 def _compiled_evaluator(model, data, metric):
