@@ -60,6 +60,14 @@ def check_several_inputs(names, output):
         ("padding_mask", [-1, -1]), ("token_ids", [-1, -1])]  # fmt: skip
 
 
+def check_latency_budget(names, output):
+    table, result = names["table"], names["result"]
+    assert result.latency["predicted_ms"] <= 0.6 * table.total + 1e-9
+    loaded = names["tfprune"].latency.LatencyModel.load("latency_1thread.json")
+    assert loaded.of_widths({"conv": 16}) == table.of_widths({"conv": 16})
+    assert "latency (LiteRT, 1 thread): target" in output
+
+
 def check_decoder(names, output):
     assert "(1, 1, 50)" in output
     result = names["result"]
@@ -74,6 +82,7 @@ CHECKS = {
     "# A one-block transformer classifier": check_transformer,
     'token_ids = keras.Input((None,), dtype="int32", name="token_ids")': check_several_inputs,
     "keras_hub.models.LlamaCausalLM": check_decoder,
+    "# Prune to 60% of the dense latency": check_latency_budget,
     "# TFMOT, legacy tf_keras only": None,
 }
 

@@ -60,6 +60,7 @@ from tfprune import (
     handlers_keras_hub,  # noqa: F401
     handlers_qwen3_5,  # noqa: F401
     handlers_sam3,  # noqa: F401  (`tfprune>SAM3Attention`, ...)
+    latency,
     layers,
     magnitude,
     models,
@@ -91,6 +92,7 @@ __all__ = [
     "decoding",
     "export",
     "graph",
+    "latency",
     "layers",
     "magnitude",
     "ConstantSparsity",
