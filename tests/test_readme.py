@@ -74,6 +74,14 @@ def check_decoder(names, output):
     assert result.params_after < result.params_before
 
 
+def check_one_shot(names, output):
+    result = names["result"]
+    assert result.global_sparsity == 0.5
+    assert [record["name"] for record in result.layers] == ["up", "down"]
+    assert all(0 < record["error"] < 1 for record in result.layers)
+    assert "one-shot sparsegpt pruning at 2:4" in output and output.rstrip().endswith("True")
+
+
 # A distinctive line of each block -> its check; "tf_keras" marks the block that runs under TFMOT.
 CHECKS = {
     "# 1. Unstructured, learnable (STR)": check_quick_tour,
@@ -83,6 +91,7 @@ CHECKS = {
     'token_ids = keras.Input((None,), dtype="int32", name="token_ids")': check_several_inputs,
     "keras_hub.models.LlamaCausalLM": check_decoder,
     "# Prune to 60% of the dense latency": check_latency_budget,
+    "# One-shot pruning of a trained model from calibration inputs": check_one_shot,
     "# TFMOT, legacy tf_keras only": None,
 }
 

@@ -1,5 +1,7 @@
 """`tfprune.oneshot.prune`: one-shot unstructured pruning of a trained model, layer by layer."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -209,6 +211,13 @@ def prune(model, method, sparsity=None, m_by_n=None, data=None, skip=(), block_c
             pruned_model, [view.layer for view in views], batches[0]
         )
         position = {id(layer): index for index, layer in enumerate(order)}
+        unread = [view.name for view in views if id(view.layer) not in position]
+        if unread:
+            warnings.warn(
+                f"`{_CALLER}`: model '{model.name}' does not call the layers {unread} on `data`, so they "
+                "have no calibration inputs and are left dense.",
+                stacklevel=2,
+            )
         views = sorted(
             (view for view in views if id(view.layer) in position),
             key=lambda view: position[id(view.layer)],
