@@ -131,10 +131,10 @@ def test_sparsegpt_update_for_one_pruned_weight_is_the_optimal_brain_surgeon_ste
 def _mixed_model():
     keras.utils.set_random_seed(4)
     x = keras.Input((6, 6, 8))
-    y = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
-    y = keras.layers.Reshape((36, 8))(y)
-    y = keras.layers.EinsumDense("abc,dce->abde", output_shape=(36, 2, 4), name="heads")(y)
-    y = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(36, 12), name="merge")(y)
+    y = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(x)
+    y = keras.layers.Reshape((9, 8))(y)
+    y = keras.layers.EinsumDense("abc,dce->abde", output_shape=(9, 2, 4), name="heads")(y)
+    y = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(9, 12), name="merge")(y)
     y = keras.layers.Conv1D(8, 3, padding="causal", dilation_rate=2, name="conv1d")(y)
     return keras.Model(x, keras.layers.Dense(5, name="dense")(keras.layers.Flatten()(y)))
 
@@ -266,6 +266,30 @@ def test_a_keras_hub_causal_lm_prunes_with_every_method_and_still_generates():
     assert np.all(
         keras.ops.convert_to_numpy(model.backbone.get_layer("transformer_layer_0").weights[0]) != 0
     )
+
+
+def test_a_gemma_causal_lm_whose_projections_contract_a_middle_kernel_axis_prunes_two_of_four():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(10)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=100, num_layers=1, num_query_heads=4, num_key_value_heads=2, head_dim=8,
+        hidden_dim=32, intermediate_dim=64,
+    )  # fmt: skip
+    model = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    tokens = np.random.default_rng(11).integers(1, 100, (8, 12)).astype("int32")
+    data = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    pruned, result = tfprune.oneshot.prune(model, "sparsegpt", m_by_n=(2, 4), data=data, verbose=0)
+    assert len(result.layers) == 7 and result.global_sparsity == 0.5
+    query = pruned.backbone.transformer_layers[0].attention.query_dense
+    assert (
+        query.equation == "btd,ndh->btnh"
+    )  # the kernel (heads, hidden, head_dim) contracts its middle axis
+    runs = (
+        keras.ops.convert_to_numpy(query.kernel).reshape(4, 8, 4, 8) != 0
+    )  # (heads, runs, 4 inputs, head_dim)
+    assert runs.sum(axis=2).max() == 2
+    prompt = {"token_ids": tokens[:2, :8], "padding_mask": np.arange(8) < np.array([[4], [4]])}
+    assert pruned.generate(prompt, max_length=8, stop_token_ids=None)["token_ids"].shape == (2, 8)
 
 
 def test_bad_arguments_are_refused_in_one_sentence():
