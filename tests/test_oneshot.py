@@ -292,6 +292,40 @@ def test_a_gemma_causal_lm_whose_projections_contract_a_middle_kernel_axis_prune
     assert pruned.generate(prompt, max_length=8, stop_token_ids=None)["token_ids"].shape == (2, 8)
 
 
+def _nested_model():
+    keras.utils.set_random_seed(12)
+    x = keras.Input((8,))
+    inner = keras.Model(
+        x, keras.layers.Dense(8, name="dense")(keras.layers.Dense(8, name="first")(x)), name="inner"
+    )
+    outer_input = keras.Input((8,))
+    return keras.Model(outer_input, keras.layers.Dense(4, name="dense")(inner(outer_input)))
+
+
+@pytest.mark.parametrize(
+    "skip, pruned_names",
+    [
+        ((), ["inner/first", "inner/dense", "dense"]),
+        (("inner/dense",), ["inner/first", "dense"]),  # a qualified name
+        (("dense",), ["inner/first"]),  # a layer's own name: every layer of that name
+        (("inner",), ["dense"]),  # a layer holding others: all of them
+    ],
+)
+def test_layers_inside_nested_models_are_named_by_their_path_and_can_be_skipped(skip, pruned_names):
+    model = _nested_model()
+    x = np.random.default_rng(13).normal(size=(32, 8)).astype("float32")
+    pruned, result = tfprune.oneshot.prune(
+        model, "wanda", sparsity=0.5, data=x, skip=skip, verbose=0
+    )
+    assert [record["name"] for record in result.layers] == pruned_names
+    for name, owner in (("inner/first", "inner"), ("inner/dense", "inner"), ("dense", None)):
+        layer_name = name.split("/")[-1]
+        before = _kernel(model.get_layer(owner) if owner else model, layer_name)
+        after = _kernel(pruned.get_layer(owner) if owner else pruned, layer_name)
+        assert np.mean(after == 0) == (0.5 if name in pruned_names else 0.0), name
+        np.testing.assert_array_equal(after[after != 0], before[after != 0])
+
+
 def test_bad_arguments_are_refused_in_one_sentence():
     model = _dense_model()
     with pytest.raises(ValueError, match="either `sparsity`.*or `m_by_n`"):
