@@ -347,3 +347,12 @@ def test_bad_arguments_are_refused_in_one_sentence():
         )
     with pytest.raises(ValueError, match="found no Dense"):
         tfprune.oneshot.prune(model, "magnitude", sparsity=0.5, skip=("dense",))
+
+
+@pytest.mark.parametrize("module_name", ["methods", "pruning", "result"])
+def test_docstring_examples(module_name):
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(f"tfprune.oneshot.{module_name}"))
+    assert results.attempted and not results.failed

@@ -23,32 +23,25 @@ __all__ = ["METHODS", "prune"]
 
 _CALLER = "tfprune.oneshot.prune"
 
-# Method name -> (function `(weights, hessian, channels, options) -> pruned weights`, needs data).
+
+def _by_magnitude(weights, hessian, channels, options):
+    return methods.magnitude(weights, options["sparsity"], options["m_by_n"], channels)
+
+
+def _by_wanda(weights, hessian, channels, options):
+    norms = np.sqrt(np.diag(hessian))
+    return methods.wanda(weights, norms, options["sparsity"], options["m_by_n"], channels)
+
+
+def _by_sparsegpt(weights, hessian, channels, options):
+    return methods.sparsegpt(weights, hessian, channels=channels, **options)
+
+
+# Method name -> (`(weights, hessian, channels, options) -> pruned weights`, whether it needs data).
 METHODS = {
-    "magnitude": (
-        lambda weights, hessian, channels, options: methods.magnitude(
-            weights, options["sparsity"], options["m_by_n"], channels
-        ),
-        False,
-    ),
-    "wanda": (
-        lambda weights, hessian, channels, options: methods.wanda(
-            weights, np.sqrt(np.diag(hessian)), options["sparsity"], options["m_by_n"], channels
-        ),
-        True,
-    ),
-    "sparsegpt": (
-        lambda weights, hessian, channels, options: methods.sparsegpt(
-            weights,
-            hessian,
-            options["sparsity"],
-            options["m_by_n"],
-            channels,
-            options["block_columns"],
-            options["dampening"],
-        ),  # fmt: skip
-        True,
-    ),
+    "magnitude": (_by_magnitude, False),
+    "wanda": (_by_wanda, True),
+    "sparsegpt": (_by_sparsegpt, True),
 }
 
 
@@ -117,6 +110,24 @@ def _record(view, pruned_matrix, error, rows):
         "error": error,
         "rows": rows,
     }
+
+
+def _in_call_order(pruned_model, name, views, batches):
+    """The views of the layers the model calls on `data`, first call first, and their calls per pass."""
+    if batches is None:
+        return views, {}
+    layers = [view.layer for view in views]
+    order, calls = _calibration.call_order(pruned_model, layers, batches[0])
+    position = {id(layer): index for index, layer in enumerate(order)}
+    unread = [view.name for view in views if id(view.layer) not in position]
+    if unread:
+        warnings.warn(
+            f"`{_CALLER}`: model '{name}' does not call the layers {unread} on `data`, so they "
+            "have no calibration inputs and are left dense.",
+            stacklevel=3,
+        )
+    called = [view for view in views if id(view.layer) in position]
+    return sorted(called, key=lambda view: position[id(view.layer)]), calls
 
 
 def prune(model, method, sparsity=None, m_by_n=None, data=None, skip=(), block_columns=128, dampening=0.01,
@@ -205,23 +216,7 @@ def prune(model, method, sparsity=None, m_by_n=None, data=None, skip=(), block_c
     )
     pruned_model = _copy(model)
     views = _kernels.kernel_views(pruned_model, set(skip), _CALLER)
-    calls = {}
-    if batches is not None:
-        order, calls = _calibration.call_order(
-            pruned_model, [view.layer for view in views], batches[0]
-        )
-        position = {id(layer): index for index, layer in enumerate(order)}
-        unread = [view.name for view in views if id(view.layer) not in position]
-        if unread:
-            warnings.warn(
-                f"`{_CALLER}`: model '{model.name}' does not call the layers {unread} on `data`, so they "
-                "have no calibration inputs and are left dense.",
-                stacklevel=2,
-            )
-        views = sorted(
-            (view for view in views if id(view.layer) in position),
-            key=lambda view: position[id(view.layer)],
-        )
+    views, calls = _in_call_order(pruned_model, model.name, views, batches)
     if not views:
         raise ValueError(
             f"`{_CALLER}` found no Dense, EinsumDense, Conv1D or Conv2D layer to prune in model "
@@ -246,7 +241,6 @@ def prune(model, method, sparsity=None, m_by_n=None, data=None, skip=(), block_c
         if progress is not None:
             progress.update(index + 1)
         elif verbose == 2:
-            print(
-                f"{view.name}: sparsity {records[-1]['sparsity']:.1%}, error {error if error is None else round(error, 4)}"
-            )
+            shown = "-" if error is None else f"{error:.4f}"
+            print(f"{view.name}: sparsity {records[-1]['sparsity']:.1%}, error {shown}")
     return pruned_model, OneShotResult(method, sparsity, m_by_n, records)
